@@ -1,0 +1,1 @@
+"""The `rstar` command-line interface."""

@@ -1,0 +1,211 @@
+"""`rstar demo`: the whole system on one machine, for real: two local models, Redis, a Celery worker,
+Flower and SQLite. It starts what it needs and stops everything it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from db import migrate, queries
+from db.models import TERMINAL_PROBLEM_STATES
+from db.session import session_scope
+from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+from workers.local_models import DEFAULT_MODEL, PRESETS, ModelFetchError, fetch_model
+from workers.local_servers import LocalServerError, free_port, serve_local
+from workers.settings import get_settings
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "gsm8k_sample.jsonl"
+console = Console()
+YES_NO = {True: "yes", False: "no", None: "-"}
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _check_redis(broker_url: str) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(broker_url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        raise _fail(
+            f"no Redis answers at {broker_url} ({type(exc).__name__}). Start one with\n"
+            '    redis-server --daemonize yes --port 6379 --save ""\n'
+            "or `docker run -d -p 6379:6379 redis:7`, or point RSTAR_BROKER_URL at yours, then run again."
+        ) from None
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _finished(db_url: str, job_id: int) -> tuple[int, int]:
+    with session_scope(db_url) as s:
+        counts = queries.status_counts(session=s, job_id=job_id)
+    return sum(counts[st.value] for st in TERMINAL_PROBLEM_STATES), sum(counts.values())
+
+
+def demo_command(
+    model: Annotated[
+        str, typer.Option(help=f"Local model: {', '.join(PRESETS)} or a .gguf path.")
+    ] = DEFAULT_MODEL,
+    problems: Annotated[int, typer.Option(help="How many GSM8K problems to run.", min=1, max=100)] = 5,
+    max_rounds: Annotated[int, typer.Option(help="Review rounds at most.", min=1, max=10)] = 3,
+    database_url: Annotated[
+        str, typer.Option(help="Where the audit trail goes.")
+    ] = "sqlite:///rstar-demo.db",
+    keep_running: Annotated[bool, typer.Option(help="Leave everything up until Ctrl-C at the end.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1800.0,
+) -> None:
+    """Fetch a small model, start two local model servers, a worker and Flower, solve problems from
+    GSM8K with mutual reasoning, and print the results."""
+    started = time.monotonic()
+    settings = get_settings()
+    broker = settings.broker_url
+    _check_redis(broker)
+    try:
+        model_file = fetch_model(model, models_dir=settings.models_dir, progress=True)
+    except ModelFetchError as exc:
+        raise _fail(str(exc), 2 if isinstance(exc, ValueError) else 1) from None
+    migrate.upgrade(database_url)
+    logs = Path(tempfile.mkdtemp(prefix="rstar-demo-"))
+    console.print(f"[bold]rstar demo[/]: model {model_file.name}, database {database_url}, logs in {logs}")
+
+    with ExitStack() as stack:
+        try:
+            servers = stack.enter_context(serve_local(model_file, log_dir=logs))
+        except LocalServerError as exc:
+            raise _fail(str(exc)) from None
+        console.print(f"model servers: A {servers.url_a}, B {servers.url_b}")
+        env = {
+            **os.environ,
+            "RSTAR_DATABASE_URL": database_url,
+            "RSTAR_BROKER_URL": broker,
+            "RSTAR_MODEL_A_URL": servers.url_a,
+            "RSTAR_MODEL_B_URL": servers.url_b,
+            # One request at a time per llama.cpp server: a call may wait for the ones before it.
+            "RSTAR_REQUEST_TIMEOUT": str(max(settings.request_timeout, 600)),
+        }
+        queues = [CONTROL_QUEUE, queue_for_endpoint(servers.url_a), queue_for_endpoint(servers.url_b)]
+        celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+        worker = _spawn(
+            [*celery, "worker", "--pool", "threads", "--concurrency", "8", "--queues", ",".join(queues),
+             "--loglevel", "INFO", "--task-events", "--hostname", f"rstar-demo-{os.getpid()}@%h"],
+            env, logs / "worker.log",
+        )  # fmt: skip
+        stack.callback(_stop, worker)
+        flower_port, password = free_port(), secrets.token_urlsafe(9)
+        flower_url = f"http://127.0.0.1:{flower_port} (user rstar, password {password})"
+        flower = _spawn(
+            [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1",
+             f"--basic-auth=rstar:{password}"],
+            env, logs / "flower.log",
+        )  # fmt: skip
+        stack.callback(_stop, flower)
+        console.print(
+            f"worker and Flower started: http://127.0.0.1:{flower_port} (user rstar, password {password})"
+        )
+
+        sample = logs / "problems.jsonl"
+        with SAMPLE.open(encoding="utf-8") as f:
+            sample.write_text(
+                "".join(line for _, line in zip(range(problems), f, strict=False)), encoding="utf-8"
+            )
+        sub = subprocess.run(
+            [sys.executable, "-m", "cli.main", "submit", str(sample), "--name", f"demo-{model}",
+             "--max-rounds", str(max_rounds), "--seed", "0"],
+            env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        if sub.returncode != 0:
+            raise _fail(f"submit failed:\n{sub.stderr}")
+        job_id = int(sub.stdout.strip())
+        console.print(f"job {job_id}: {problems} problems submitted")
+
+        with Progress(TextColumn("solving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:  # fmt: skip
+            task = bar.add_task("", total=problems)
+            while True:
+                done, total = _finished(database_url, job_id)
+                bar.update(task, completed=done, total=total)
+                if done == total:
+                    break
+                if worker.poll() is not None:
+                    raise _fail(f"the worker exited ({worker.returncode}); see {logs / 'worker.log'}")
+                if time.monotonic() - started > timeout:
+                    raise _fail(f"timed out after {timeout:.0f} s; see {logs}")
+                time.sleep(1.0)
+
+        _print_results(database_url, job_id, time.monotonic() - started)
+        console.print(
+            f"\nFlower: {flower_url}\n"
+            f"The audit trail of one problem:  RSTAR_DATABASE_URL={database_url} rstar show {job_id} "
+            f"gsm8k-train-7374\n"
+            f"Or query it directly:  sqlite3 {database_url.removeprefix('sqlite:///')} "
+            f"'select item_id, status, final_answer, reference_answer, rounds_used from problems where "
+            f"job_id = {job_id}'"
+        )
+        if keep_running:
+            console.print("Everything is still running; press Ctrl-C to stop it.")
+            try:
+                while worker.poll() is None:
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                pass
+        console.print("stopping the worker, Flower and the model servers")
+
+
+def _print_results(db_url: str, job_id: int, elapsed: float) -> None:
+    with session_scope(db_url) as s:
+        rows = queries.problem_results(session=s, job_id=job_id)
+    table = Table(title=f"job {job_id}: results")
+    for col in ("id", "answer", "reference", "correct", "rounds", "calls", "tokens", "seconds", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.id, str(r.final_answer), str(r.reference_answer), YES_NO[r.correct],
+            str(r.rounds_used), str(r.model_calls), str(r.prompt_tokens + r.completion_tokens),
+            f"{r.wall_time_s or 0:.1f}", r.status + (f" ({r.error})" if r.error else ""),
+        )  # fmt: skip
+    console.print(table)
+    judged = [r for r in rows if r.correct is not None]
+    right = sum(1 for r in judged if r.correct)
+    tokens = sum(r.completion_tokens for r in rows)
+    gen_seconds = sum(r.wall_time_s or 0 for r in rows)
+    calls = sum(r.model_calls for r in rows)
+    per_problem = elapsed / max(len(rows), 1)
+    console.print(
+        f"accuracy {right}/{len(rows)} against the references; {calls} model calls, {tokens} generated "
+        f"tokens; wall time {elapsed:.0f} s ({per_problem:.0f} s per problem)"
+    )
+    summary = {"job": job_id, "correct": right, "problems": len(rows), "wall_s": round(elapsed, 1),
+               "generated_tokens": tokens, "problem_seconds": round(gen_seconds, 1)}  # fmt: skip
+    console.print(json.dumps(summary), highlight=False)

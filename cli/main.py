@@ -1,0 +1,267 @@
+"""The `rstar` command: a thin layer that parses arguments, calls one function, prints the result."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rstar.inputs import InputError, parse_problems
+
+from cli.demo import demo_command
+from cli.local import models_app, serve_local_command
+from cli.render import print_trail
+from db import audit, migrate, queries
+from db.models import TERMINAL_PROBLEM_STATES, Job
+from db.session import session_scope
+from rstar.strategies import STRATEGIES, ParamError
+from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+from workers.settings import get_settings
+
+app = typer.Typer(help="Batch mutual reasoning with two small language models.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.command("serve-local")(serve_local_command)
+app.command("demo")(demo_command)
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _job_or_fail(session: Any, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise fail(f"no job {job_id} in {migrate.redact_url(get_settings().database_url)}")
+    return job
+
+
+def _ensure_schema() -> None:
+    try:
+        migrate.ensure_current(get_settings().database_url)
+    except migrate.SchemaOutOfDateError as exc:
+        raise fail(str(exc)) from None
+
+
+# -- submit ------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSONL: one {question, id?, answer?} per line.")],
+    name: Annotated[str | None, typer.Option(help="A name for the job (default: the file name).")] = None,
+    model_a: Annotated[str | None, typer.Option(help="Endpoint of model A [env RSTAR_MODEL_A_URL].")] = None,
+    model_b: Annotated[str | None, typer.Option(help="Endpoint of model B [env RSTAR_MODEL_B_URL].")] = None,
+    strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(STRATEGIES))}.")] = "mutual",
+    max_rounds: Annotated[int | None, typer.Option(help="Review rounds at most (default 3).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature for solutions.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Max new tokens per solution.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed; each step derives its own.")] = None,
+) -> None:
+    """Validate FILE, create the job and its problems in one transaction, and enqueue the work."""
+    from tasks.submit import BrokerUnavailableError, submit_job
+
+    settings = get_settings()
+    url_a = model_a or settings.model_a_url
+    url_b = model_b or settings.model_b_url or url_a
+    if not url_a:
+        raise fail("no endpoint for model A: pass --model-a URL or set RSTAR_MODEL_A_URL")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        problems = parse_problems(
+            data,
+            max_question_chars=settings.max_question_chars,
+            max_problems=settings.max_problems_per_job,
+        )
+    except InputError as exc:
+        raise fail(f"{file}: nothing was submitted.\n{exc}") from None
+    given = {"max_rounds": max_rounds, "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+    params = {k: v for k, v in given.items() if v is not None}
+    try:
+        done = submit_job(
+            settings=settings,
+            name=name or file.stem,
+            strategy_name=strategy,
+            params=params,
+            model_a_url=url_a,
+            model_b_url=url_b or url_a,
+            source=str(file),
+            problems=problems,
+        )
+    except (ParamError, migrate.SchemaOutOfDateError) as exc:
+        raise fail(str(exc)) from None
+    except BrokerUnavailableError as exc:
+        raise fail(str(exc), code=1) from None
+    err.print(f"job {done.job_id}: {done.problems} problems enqueued on {', '.join(done.queues)}")
+    print(done.job_id)
+
+
+# -- worker ------------------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    endpoint: Annotated[
+        list[str] | None, typer.Option(help="Serve this endpoint's queue (repeatable); default A and B.")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Threads = model requests in flight.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (threads pool) on the endpoints' queues and the control queue.
+
+    Extra arguments go to `celery worker` unchanged.
+    """
+    settings = get_settings()
+    endpoints = endpoint or [u for u in (settings.model_a_url, settings.model_b_url) if u]
+    if not endpoint and not endpoints:
+        raise fail("no endpoints: pass --endpoint URL or set RSTAR_MODEL_A_URL / RSTAR_MODEL_B_URL")
+    queues = sorted({CONTROL_QUEUE, *(queue_for_endpoint(u) for u in endpoints)})
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+        "--pool", "threads",
+        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--queues", ",".join(queues),
+        "--loglevel", loglevel,
+        "--task-events",
+        *ctx.args,
+    ]  # fmt: skip
+    err.print(f"worker on {', '.join(queues)}")
+    os.execvp(argv[0], argv)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def _status_view(job_id: int) -> tuple[Table, bool]:
+    with session_scope(get_settings().database_url) as session:
+        job = _job_or_fail(session, job_id)
+        counts = queries.status_counts(session=session, job_id=job_id)
+        job_status, name = job.status, job.name
+    total = sum(counts.values())
+    finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
+    table = Table(title=f"job {job_id} ({name}): {job_status}", show_header=True)
+    for state in ("pending", "running", "answered", "failed", "cancelled"):
+        table.add_column(state, justify="right")
+    table.add_row(*(str(counts.get(s, 0)) for s in ("pending", "running", "answered", "failed", "cancelled")))
+    progress = Progress(TextColumn("done"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress.add_task("", total=total or 1, completed=finished)
+    grid = Table.grid()
+    grid.add_row(table)
+    grid.add_row(progress.get_renderable())
+    return grid, total > 0 and finished == total
+
+
+@app.command()
+def status(
+    job: Annotated[int, typer.Argument(help="Job id.")],
+    watch: Annotated[bool, typer.Option(help="Follow live until the job finishes.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
+) -> None:
+    """Counts per state and a progress bar."""
+    _ensure_schema()
+    view, done = _status_view(job)
+    if not watch:
+        console.print(view)
+        return
+    with Live(view, console=console, refresh_per_second=4) as live:
+        while not done:
+            time.sleep(interval)
+            view, done = _status_view(job)
+            live.update(view)
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+@app.command()
+def results(
+    job: Annotated[int, typer.Argument(help="Job id.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default: stdout).")] = None,
+) -> None:
+    """One record per problem: answer, reference, match, rounds, calls, tokens, time, status, error."""
+    if format not in ("jsonl", "csv"):
+        raise fail(f"--format must be jsonl or csv, not {format!r}")
+    _ensure_schema()
+    with session_scope(get_settings().database_url) as session:
+        _job_or_fail(session, job)
+        rows = [asdict(r) for r in queries.problem_results(session=session, job_id=job)]
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if format == "jsonl":
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            fields = list(rows[0]) if rows else list(queries.ProblemResult.__dataclass_fields__)
+            writer = csv.DictWriter(out, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if output:
+            out.close()
+    if output:
+        err.print(f"{len(rows)} records written to {output}")
+
+
+# -- show --------------------------------------------------------------------------------------
+
+
+@app.command()
+def show(
+    job: Annotated[int, typer.Argument(help="Job id.")],
+    item: Annotated[str, typer.Argument(help="Problem id (the input's `id`, or its line number).")],
+    calls: Annotated[bool, typer.Option(help="Include every model call's prompt and response.")] = True,
+) -> None:
+    """The whole audit trail of one problem."""
+    _ensure_schema()
+    with session_scope(get_settings().database_url) as session:
+        _job_or_fail(session, job)
+        trail = audit.problem_trail(session=session, job_id=job, item_id=item)
+    if trail is None:
+        raise fail(f"job {job} has no problem with id {item!r}")
+    print_trail(console, trail, with_calls=calls)
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the Alembic migrations to RSTAR_DATABASE_URL."""
+    url = get_settings().database_url
+    migrate.upgrade(url, revision)
+    err.print(f"{migrate.redact_url(url)} is at revision {migrate.current_revision(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the code's."""
+    url = get_settings().database_url
+    print(f"database: {migrate.current_revision(url)}  code: {migrate.head_revision(url)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

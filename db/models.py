@@ -1,0 +1,197 @@
+"""The audit schema. The database is the source of truth for where every problem stands.
+
+    Job 1─* Problem 1─* Step 1─* ModelCall          (one row per attempt, failed ones too)
+                          Step 1─1 Solution | Review  (the parsed output of the step's call)
+                  Problem 1─1 Selection
+
+Idempotency lives in the unique constraints: a step key is unique per problem (so a step is
+dispatched once), an attempt number is unique per step (so a call is recorded once), and a step
+has at most one output row (so a redelivered task cannot duplicate a solution or a review).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobStatus(StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+
+class ProblemStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_PROBLEM_STATES = (ProblemStatus.ANSWERED, ProblemStatus.FAILED, ProblemStatus.CANCELLED)
+
+
+class StepStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class CallOutcome(StrEnum):
+    OK = "ok"
+    RETRYABLE_ERROR = "retryable_error"
+    PERMANENT_ERROR = "permanent_error"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    strategy: Mapped[str] = mapped_column(String(50))
+    params: Mapped[dict[str, Any]]
+    """Every parameter of the run (rounds, temperatures, max tokens, seeds, prompt version)."""
+    model_a_url: Mapped[str] = mapped_column(String(500))
+    model_b_url: Mapped[str] = mapped_column(String(500))
+    source: Mapped[str | None] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    problems: Mapped[list[Problem]] = relationship(back_populates="job", order_by="Problem.id")
+
+
+class Problem(Base):
+    __tablename__ = "problems"
+    __table_args__ = (UniqueConstraint("job_id", "item_id", name="uq_problems_job_item"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(String(200))
+    line: Mapped[int] = mapped_column(Integer)
+    question: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(Text)
+    reference_answer: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20), default=ProblemStatus.PENDING, index=True)
+    final_answer: Mapped[str | None] = mapped_column(String(500))
+    rounds_used: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    job: Mapped[Job] = relationship(back_populates="problems")
+    steps: Mapped[list[Step]] = relationship(order_by="Step.id", viewonly=True)
+
+
+class Step(Base):
+    """One unit of work for a problem: a model call (generate, review, refine) or the selection."""
+
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("problem_id", "key", name="uq_steps_problem_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(100))
+    """E.g. "r2.review.A": round 2, A reviews B's latest solution."""
+    kind: Mapped[str] = mapped_column(String(20))
+    role: Mapped[str | None] = mapped_column(String(1))
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=StepStatus.QUEUED, index=True)
+    task_id: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class ModelCall(Base):
+    __tablename__ = "model_calls"
+    __table_args__ = (UniqueConstraint("step_id", "attempt", name="uq_model_calls_step_attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    endpoint: Mapped[str] = mapped_column(String(500))
+    server_kind: Mapped[str | None] = mapped_column(String(20))
+    model: Mapped[str | None] = mapped_column(String(500))
+    request: Mapped[dict[str, Any]]
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    response_text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(50))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(20))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Solution(Base):
+    __tablename__ = "solutions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    model_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    author: Mapped[str] = mapped_column(String(1))
+    kind: Mapped[str] = mapped_column(String(20))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("solutions.id"))
+    """The solution this one refines."""
+    steps: Mapped[list[Any]]
+    answer_raw: Mapped[str | None] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(String(500))
+    structured: Mapped[bool] = mapped_column(Boolean)
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    model_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"))
+    round: Mapped[int] = mapped_column(Integer)
+    reviewer: Mapped[str] = mapped_column(String(1))
+    target_solution_id: Mapped[int] = mapped_column(ForeignKey("solutions.id"))
+    verdict: Mapped[str] = mapped_column(String(20))
+    logical_consistency: Mapped[int | None] = mapped_column(Integer)
+    calculation_accuracy: Mapped[int | None] = mapped_column(Integer)
+    step_completeness: Mapped[int | None] = mapped_column(Integer)
+    issues: Mapped[list[Any]]
+    suggested_answer: Mapped[str | None] = mapped_column(String(500))
+    structured: Mapped[bool] = mapped_column(Boolean)
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Selection(Base):
+    __tablename__ = "selections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), unique=True)
+    solution_id: Mapped[int | None] = mapped_column(ForeignKey("solutions.id"))
+    answer: Mapped[str | None] = mapped_column(String(500))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

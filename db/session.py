@@ -1,0 +1,82 @@
+"""One engine per database URL per process, and the session factory everything uses."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+_engines: dict[str, Engine] = {}
+_factories: dict[str, sessionmaker[Session]] = {}
+_lock = threading.Lock()
+
+# Enough connections for every worker thread plus the dispatching done between calls.
+DEFAULT_POOL_SIZE = 40
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN IMMEDIATE below is what runs.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers queue on the busy timeout instead of failing with "database is locked" when
+        # a read transaction tries to upgrade to a write lock under WAL.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def get_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = create_engine(
+                    url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=pool_size
+                )
+                _configure_sqlite(engine)
+            else:
+                engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+            _engines[url] = engine
+        return engine
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    engine = get_engine(url)
+    with _lock:
+        factory = _factories.get(url)
+        if factory is None:
+            factory = sessionmaker(engine, expire_on_commit=False)
+            _factories[url] = factory
+        return factory
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any exception."""
+    session = session_factory(url)()
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
+
+
+def dispose_all() -> None:
+    """Close every pool; used after fork and by tests that drop databases."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _factories.clear()

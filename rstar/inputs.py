@@ -1,0 +1,234 @@
+"""Validation of a JSONL input file of problems (pure: takes bytes, returns values).
+
+A file is accepted whole or refused whole: every problem found is reported at once, with its
+line number, so a user fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from rstar.answers import extract_reference
+from rstar.types import ProblemInput
+
+__all__ = ["MAX_ID_CHARS", "MAX_REPORTED_PROBLEMS", "InputError", "InputProblem", "parse_problems"]
+
+MAX_REPORTED_PROBLEMS = 50
+MAX_ID_CHARS = 200
+"""Ids become database keys and file names in reports; anything longer is a mistake."""
+
+_BOM = b"\xef\xbb\xbf"
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    line: int
+    """1-based line number; 0 for problems with the file as a whole."""
+    field: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", field '{self.field}'" if self.field else "")
+        return f"{where}: {self.reason}"
+
+
+class InputError(ValueError):
+    """The input file was refused; `problems` lists every reason found (up to a cap)."""
+
+    def __init__(self, problems: list[InputProblem]) -> None:
+        self.problems = problems
+        super().__init__(problems)  # args stay the list, so the error pickles across processes
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        header = f"the input file has {count} problem{'s' if count != 1 else ''}:"
+        return "\n".join([header, *(f"  {p}" for p in self.problems)])
+
+
+class _TooMany(Exception):
+    """Stops the scan once enough problems have been collected to report."""
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[InputProblem] = []
+
+    def add(self, line: int, field: str | None, reason: str) -> None:
+        self.problems.append(InputProblem(line, field, reason))
+        if len(self.problems) >= MAX_REPORTED_PROBLEMS:
+            self.problems.append(InputProblem(line, None, "too many problems; stopped checking here"))
+            raise _TooMany
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
+
+
+def _unstorable(text: str) -> str | None:
+    """Why a decoded string cannot be stored (PostgreSQL text and UTF-8 refuse these), or None."""
+    m = _UNSTORABLE.search(text)
+    if m is None:
+        return None
+    return "contains a NUL character" if m[0] == "\x00" else "contains an unpaired UTF-16 surrogate escape"
+
+
+def _check_question(obj: dict[str, Any], line: int, max_chars: int, out: _Collector) -> str | None:
+    value = obj.get("question")
+    if value is not None and not isinstance(value, str):
+        out.add(line, "question", f"must be a string, not {_type_name(value)}")
+        return None
+    question = (value or "").strip()
+    if not question:
+        out.add(line, "question", "missing or empty")
+        return None
+    if len(question) > max_chars:
+        out.add(line, "question", f"too long: {len(question)} characters, the limit is {max_chars}")
+        return None
+    if reason := _unstorable(question):
+        out.add(line, "question", reason)
+        return None
+    return question
+
+
+def _check_id(obj: dict[str, Any], line: int, out: _Collector) -> str | None:
+    value = obj.get("id")
+    if value is None:  # absent or null: the line number names the problem
+        return str(line)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        out.add(line, "id", f"must be a string or an integer, not {_type_name(value)}")
+        return None
+    item_id = value.strip() if isinstance(value, str) else str(value)
+    if not item_id:
+        out.add(line, "id", "empty")
+        return None
+    if len(item_id) > MAX_ID_CHARS:
+        out.add(line, "id", f"too long: {len(item_id)} characters, the limit is {MAX_ID_CHARS}")
+        return None
+    if reason := _unstorable(item_id):
+        out.add(line, "id", reason)
+        return None
+    return item_id
+
+
+def _check_answer(obj: dict[str, Any], line: int, out: _Collector) -> tuple[bool, str | None]:
+    """(ok, reference as text); an absent, null or blank answer is fine: no reference."""
+    value = obj.get("answer")
+    if value is None:
+        return True, None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        out.add(line, "answer", f"must be a string or a number, not {_type_name(value)}")
+        return False, None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            out.add(line, "answer", "must be a finite number")
+            return False, None
+        # Positional notation: str(1e20) would be "1e+20", which no model writes.
+        return True, format(Decimal(repr(value)), "f")
+    if isinstance(value, int):
+        return True, str(value)
+    if reason := _unstorable(value):
+        out.add(line, "answer", reason)
+        return False, None
+    return True, value if value.strip() else None
+
+
+_INVALID = object()
+"""_decode_line's result for a line already reported: None would be the JSON null."""
+
+
+def _decode_line(raw: bytes, line: int, max_line_bytes: int, out: _Collector) -> Any:
+    """The line's JSON value, or _INVALID after reporting why there is none."""
+    if len(raw) > max_line_bytes:
+        out.add(line, None, f"line too long: {len(raw)} bytes, the limit is {max_line_bytes}")
+        return _INVALID
+    nul = raw.find(b"\x00")
+    if nul != -1:
+        out.add(line, None, f"contains a NUL byte at byte {nul + 1}")
+        return _INVALID
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        out.add(line, None, f"invalid UTF-8 at byte {exc.start + 1}")
+        return _INVALID
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        out.add(line, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        out.add(line, None, "not valid JSON: nested too deeply")
+    except ValueError as exc:  # e.g. an integer beyond Python's int-parsing digit limit
+        out.add(line, None, f"not valid JSON: {exc}")
+    return _INVALID
+
+
+def parse_problems(
+    data: bytes,
+    *,
+    max_line_bytes: int = 65536,
+    max_question_chars: int = 20000,
+    max_problems: int = 100000,
+) -> list[ProblemInput]:
+    """The problems of a JSONL file, in file order; raises InputError listing what is wrong.
+
+    Each non-blank line is a JSON object with a non-empty string "question", an optional "id"
+    (string or integer; defaults to the line number) and an optional "answer" (string or number:
+    the reference, e.g. GSM8K's worked answer ending in "#### 72").
+    """
+    out = _Collector()
+    problems: list[ProblemInput] = []
+    first_line_of: dict[str, int] = {}
+    count = 0
+    try:
+        for index, raw in enumerate(data.split(b"\n")):
+            line = index + 1
+            if index == 0 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if not raw.strip():
+                continue
+            count += 1
+            if count > max_problems:
+                out.add(line, None, f"more than {max_problems} problems; split the file")
+                break
+            obj = _decode_line(raw, line, max_line_bytes, out)
+            if obj is _INVALID:
+                continue
+            if not isinstance(obj, dict):
+                out.add(line, None, f"must be a JSON object, not {_type_name(obj)}")
+                continue
+            question = _check_question(obj, line, max_question_chars, out)
+            item_id = _check_id(obj, line, out)
+            answer_ok, reference = _check_answer(obj, line, out)
+            if item_id is not None:
+                if item_id in first_line_of:
+                    out.add(
+                        line, "id", f"duplicate id {item_id!r}, first used on line {first_line_of[item_id]}"
+                    )
+                    continue
+                first_line_of[item_id] = line
+            if question is None or item_id is None or not answer_ok:
+                continue
+            problems.append(
+                ProblemInput(
+                    item_id=item_id,
+                    line=line,
+                    question=question,
+                    reference=reference,
+                    reference_answer=extract_reference(reference),
+                )
+            )
+    except _TooMany:
+        pass
+    if not out.problems and not problems:
+        out.add(0, None, "no problems: the file is empty or has only blank lines")
+    if out.problems:
+        raise InputError(out.problems)
+    return problems

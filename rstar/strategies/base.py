@@ -1,0 +1,157 @@
+"""The strategy contract: given a problem's persisted state, which model calls come next, what
+to ask in each, and which answer to select at the end.
+
+A strategy is pure. The dispatcher (`tasks/dispatch.py`) loads a `ProblemState` from the database,
+asks `plan()`, inserts the steps that do not exist yet (a unique key makes that race-free) and
+enqueues them; a task asks `build_request()` for its step's prompt. Adding a strategy means adding
+a module here and registering it; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from rstar.types import ModelRequest, ReviewIssue, Role, StepKind, Verdict
+
+SELECT_KEY = "select"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A step a strategy wants to exist. Its key is unique per problem."""
+
+    key: str
+    kind: StepKind
+    role: Role
+    round: int
+
+
+def step_key(round_: int, kind: StepKind, role: Role) -> str:
+    return f"r{round_}.{kind.value}.{role}"
+
+
+@dataclass(frozen=True)
+class StepView:
+    key: str
+    kind: str
+    role: Role | None
+    round: int
+    status: str
+
+
+@dataclass(frozen=True)
+class SolutionView:
+    id: int
+    step_key: str
+    round: int
+    author: Role
+    kind: str
+    steps: tuple[str, ...]
+    answer: str | None
+    text: str
+    """The solution rendered for a reader (a reviewer, or its author refining it)."""
+    parse_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReviewView:
+    id: int
+    step_key: str
+    round: int
+    reviewer: Role
+    target_solution_id: int
+    verdict: Verdict
+    scores: tuple[int | None, int | None, int | None]
+    issues: tuple[ReviewIssue, ...]
+    suggested_answer: str | None
+    text: str
+
+    @property
+    def mean_score(self) -> float | None:
+        known = [s for s in self.scores if s is not None]
+        return sum(known) / len(known) if known else None
+
+
+@dataclass(frozen=True)
+class ProblemState:
+    question: str
+    steps: Mapping[str, StepView]
+    solutions: Mapping[str, SolutionView]
+    """Keyed by the key of the step that produced each."""
+    reviews: Mapping[str, ReviewView]
+
+    def done(self, key: str) -> bool:
+        step = self.steps.get(key)
+        return step is not None and step.status == "done"
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[StepSpec, ...]
+    """Every step whose inputs exist; the dispatcher creates the missing ones."""
+    finished: bool = False
+    """True when no more model calls are needed and the selection can run."""
+
+
+@dataclass(frozen=True)
+class StepLinks:
+    """How a step's output links to earlier outputs, for the audit trail."""
+
+    target_solution_id: int | None = None
+    """The solution a review judges."""
+    parent_solution_id: int | None = None
+    """The solution a refinement revises."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    solution_id: int | None
+    answer: str | None
+    reason: str
+    rounds_used: int
+
+
+class Strategy(Protocol):
+    name: ClassVar[str]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every parameter, defaults resolved: stored on the job."""
+        ...
+
+    def plan(self, state: ProblemState) -> Plan: ...
+
+    def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest: ...
+
+    def links(self, step: StepSpec, state: ProblemState) -> StepLinks: ...
+
+    def select(self, state: ProblemState) -> Selection: ...
+
+
+class ParamError(ValueError):
+    """A strategy parameter is missing, of the wrong type or out of range."""
+
+
+def int_param(params: Mapping[str, Any], name: str, default: int, *, low: int, high: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ParamError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def float_param(params: Mapping[str, Any], name: str, default: float, *, low: float, high: float) -> float:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ParamError(f"{name} must be a number from {low} to {high}, got {value!r}")
+    return float(value)
+
+
+def step_seed(base: int | None, step: StepSpec) -> int | None:
+    """A distinct, reproducible seed per step, so A and B (and each round) do not sample alike."""
+    if base is None:
+        return None
+    return (
+        base * 1000 + step.round * 10 + (0 if step.role == "A" else 1) + 3 * list(StepKind).index(step.kind)
+    )

@@ -1,0 +1,106 @@
+"""The contract between the domain and the I/O layers: small frozen value types.
+
+The parsers turn untrusted model text into `ParsedSolution` / `ParsedReview`; they never raise on
+bad model output, they record why parsing failed in `parse_error` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+Role = Literal["A", "B"]
+ROLES: tuple[Role, Role] = ("A", "B")
+
+
+def peer(role: Role) -> Role:
+    """The other model of the pair."""
+    return "B" if role == "A" else "A"
+
+
+class Verdict(StrEnum):
+    CORRECT = "correct"
+    INCORRECT = "incorrect"
+    UNCERTAIN = "uncertain"
+
+
+class StepKind(StrEnum):
+    """What a model call is for. One Celery task module per kind."""
+
+    GENERATE = "generate"
+    REVIEW = "review"
+    REFINE = "refine"
+
+
+@dataclass(frozen=True)
+class ReviewIssue:
+    step: int | None
+    description: str
+
+
+@dataclass(frozen=True)
+class ParsedSolution:
+    steps: tuple[str, ...]
+    answer_raw: str | None
+    """The final answer as the model wrote it (e.g. "$1,000.00")."""
+    answer: str | None
+    """The normalised final answer (e.g. "1000"); None when none could be found."""
+    structured: bool
+    """True when the reply was the JSON object we asked for."""
+    parse_error: str | None = None
+    """Why the reply was not (fully) understood; None when it parsed cleanly."""
+
+
+@dataclass(frozen=True)
+class ParsedReview:
+    verdict: Verdict
+    logical_consistency: int | None
+    calculation_accuracy: int | None
+    step_completeness: int | None
+    issues: tuple[ReviewIssue, ...]
+    suggested_answer: str | None
+    """The normalised answer the reviewer believes is right, if it gave one."""
+    structured: bool
+    parse_error: str | None = None
+
+    @property
+    def mean_score(self) -> float | None:
+        scores = [
+            s
+            for s in (self.logical_consistency, self.calculation_accuracy, self.step_completeness)
+            if s is not None
+        ]
+        return sum(scores) / len(scores) if scores else None
+
+
+@dataclass(frozen=True)
+class ProblemInput:
+    """One validated line of an input file."""
+
+    item_id: str
+    line: int
+    question: str
+    reference: str | None
+    """The reference answer as given (GSM8K's full worked answer is kept)."""
+    reference_answer: str | None
+    """The normalised reference final answer."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a strategy asks a model for; the client turns it into the server's wire format."""
+
+    messages: tuple[ChatMessage, ...]
+    temperature: float
+    max_tokens: int
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None
+    """Ask for structured output with this JSON Schema where the server supports it."""
+    stop: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,186 @@
+"""What every stage task shares: claim the step, call the model once, record, write, dispatch.
+
+A stage module only says how to turn the model's reply into its output row. The retry policy is
+here, keyed on `workers.errors.RetryableError`: backoff doubling from `retry_backoff`, capped at
+`retry_backoff_max`, with full jitter, at most `max_retries` retries counted from the attempts
+recorded in the database (so a redelivered message does not reset the budget).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+
+from celery import Task
+from celery.utils.log import get_task_logger
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.models import CallOutcome
+from db.session import session_scope
+from rstar.strategies import get_strategy
+from rstar.strategies.base import StepSpec
+from rstar.types import Role, StepKind
+from tasks.dispatch import advance_and_enqueue
+from workers.client import ModelClient, ModelReply, truncate
+from workers.errors import ModelServerError, RetryableError
+from workers.settings import Settings, get_settings
+
+logger = get_task_logger(__name__)
+
+# (session, claim, reply text, model call id) -> None: writes the step's output row.
+OutputWriter = Callable[[Session, queries.Claim, str, int], None]
+
+_clients: dict[str, ModelClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(endpoint: str, settings: Settings) -> ModelClient:
+    with _clients_lock:
+        client = _clients.get(endpoint)
+        if client is None:
+            token = settings.api_token.get_secret_value() if settings.api_token else None
+            client = ModelClient(
+                endpoint, kind=settings.server_kind, timeout=settings.request_timeout, token=token
+            )
+            _clients[endpoint] = client
+        return client
+
+
+def backoff_delay(retries: int, settings: Settings) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+    cap = min(settings.retry_backoff_max, settings.retry_backoff * (2**retries))
+    return random.uniform(cap / 2, cap)
+
+
+class StepTask(Task):
+    """Base for stage tasks: at-least-once delivery, database outages retried without limit."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    max_retries = None  # model-call retries are bounded by attempts recorded in the database
+
+    def retry_on_database_error(self, exc: Exception) -> None:
+        settings = get_settings()
+        delay = backoff_delay(min(self.request.retries, 6), settings)
+        logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+        raise self.retry(exc=exc, countdown=delay)
+
+
+def run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
+    try:
+        return _run_model_step(task, step_id, write_output)
+    except (OperationalError, DBAPIError) as exc:
+        if (
+            isinstance(exc, DBAPIError)
+            and not exc.connection_invalidated
+            and not isinstance(exc, OperationalError)
+        ):
+            raise
+        task.retry_on_database_error(exc)
+        raise  # unreachable: retry raises
+
+
+def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
+    settings = get_settings()
+    url = settings.database_url
+    lease = timedelta(seconds=settings.task_time_limit + 60)
+    with session_scope(url) as session:
+        claim = queries.claim_step(
+            session=session, step_id=step_id, task_id=task.request.id or "", lease=lease
+        )
+    if claim is None:
+        return "missing"
+    if isinstance(claim, int):
+        advance_and_enqueue(claim)  # a crash may have come after the output, before the dispatch
+        return "skipped"
+    assert claim.endpoint is not None and claim.role is not None
+    strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
+    role: Role = "A" if claim.role == "A" else "B"
+    spec = StepSpec(claim.key, StepKind(claim.kind), role, claim.round)
+    claim = replace(claim, links=strategy.links(spec, claim.state))
+    if claim.recorded is not None:
+        call_id, text = claim.recorded.id, claim.recorded.response_text or ""
+    else:
+        client = client_for(claim.endpoint, settings)
+        attempt = claim.attempts + 1
+        try:
+            request = strategy.build_request(spec, claim.state)
+            reply = client.complete(request)
+        except ModelServerError as exc:
+            return _handle_call_error(task, claim, attempt, exc, settings)
+        call_id = _record_reply(claim, attempt, reply, client, settings)
+        text = reply.text
+    with session_scope(url) as session:
+        write_output(session, claim, text, call_id)
+    advance_and_enqueue(claim.problem_id)
+    return "done"
+
+
+def _record_reply(
+    claim: queries.Claim, attempt: int, reply: ModelReply, client: ModelClient, settings: Settings
+) -> int:
+    info = client.info
+    with session_scope(settings.database_url) as session:
+        call = queries.record_call(
+            session=session,
+            step_id=claim.step_id,
+            problem_id=claim.problem_id,
+            attempt=attempt,
+            endpoint=client.base_url,
+            server_kind=info.kind,
+            model=reply.model or info.model_id,
+            request=reply.request,
+            response=reply.response,
+            response_text=truncate(reply.text),
+            finish_reason=reply.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_ms=reply.latency_ms,
+            outcome=CallOutcome.OK,
+        )
+        return call.id
+
+
+def _handle_call_error(
+    task: StepTask, claim: queries.Claim, attempt: int, exc: ModelServerError, settings: Settings
+) -> str:
+    retryable = isinstance(exc, RetryableError)
+    with session_scope(settings.database_url) as session:
+        queries.record_call(
+            session=session,
+            step_id=claim.step_id,
+            problem_id=claim.problem_id,
+            attempt=attempt,
+            endpoint=claim.endpoint or "",
+            server_kind=None,
+            model=None,
+            request=exc.request or {},
+            response=None,
+            response_text=exc.body,
+            finish_reason=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+            latency_ms=exc.latency_ms,
+            outcome=CallOutcome.RETRYABLE_ERROR if retryable else CallOutcome.PERMANENT_ERROR,
+            http_status=exc.http_status,
+            error=f"{type(exc).__name__}: {exc.message}",
+        )
+        if retryable and attempt <= settings.max_retries:
+            queries.release_step(session=session, step_id=claim.step_id)
+        else:
+            why = f"{type(exc).__name__} after {attempt} attempt(s): {exc.message}"
+            queries.fail_step(session=session, step_id=claim.step_id, error=why)
+            retryable = False
+    if retryable:
+        delay = backoff_delay(attempt - 1, settings)
+        logger.info("step %s attempt %d failed (%s); retry in %.1f s", claim.key, attempt, exc.message, delay)
+        raise task.retry(exc=exc, countdown=delay)
+    logger.warning("step %s failed for good: %s", claim.key, exc.message)
+    advance_and_enqueue(claim.problem_id)  # marks the problem failed; the rest of the job goes on
+    return "failed"

@@ -1,0 +1,97 @@
+"""From persisted state to the next Celery tasks: the only place that enqueues work.
+
+`advance()` runs in its own transaction *after* a step's output is committed, holding the problem
+row, so when A's and B's steps finish together the later one sees both and exactly one of them
+creates each next step (the unique step key settles any remaining race). Messages are sent only
+after the steps are committed; a crash in between leaves queued steps that `rstar resume` re-sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from celery import current_app
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import queries
+from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
+from db.session import session_scope
+from rstar.strategies import get_strategy
+from rstar.strategies.base import SELECT_KEY
+from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+from workers.settings import get_settings
+
+TASK_FOR_KIND = {
+    "generate": "rstar.generate",
+    "review": "rstar.cross_validate",
+    "refine": "rstar.refine",
+    "select": "rstar.select",
+}
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    step_id: int
+    kind: str
+    queue: str
+
+
+def dispatch_for(step: Step, job: Job) -> Dispatch:
+    if step.role is None:
+        queue = CONTROL_QUEUE
+    else:
+        queue = queue_for_endpoint(job.model_a_url if step.role == "A" else job.model_b_url)
+    return Dispatch(step.id, step.kind, queue)
+
+
+def enqueue(dispatches: Iterable[Dispatch]) -> int:
+    count = 0
+    for d in dispatches:
+        current_app.send_task(TASK_FOR_KIND[d.kind], args=[d.step_id], queue=d.queue)
+        count += 1
+    return count
+
+
+def advance(problem_id: int) -> list[Dispatch]:
+    """Create the problem's next steps (or fail it) and return what to enqueue."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        outcome = _advance(session, problem_id, settings.max_rounds_limit)
+    if isinstance(outcome, int):
+        # After the commit, so that problems finishing together see each other (see tasks/select.py).
+        with session_scope(settings.database_url) as session:
+            queries.maybe_finish_job(session=session, job_id=outcome)
+        return []
+    return outcome
+
+
+def _advance(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
+    """The dispatches to send, or the job id when this problem just failed."""
+    problem = session.get(Problem, problem_id, with_for_update={"key_share": True})
+    if problem is None or problem.status in TERMINAL_PROBLEM_STATES:
+        return []
+    job = session.get(Job, problem.job_id)
+    assert job is not None
+    if job.status == JobStatus.CANCELLED:
+        return []
+    steps = session.scalars(select(Step).where(Step.problem_id == problem_id)).all()
+    failed = [s for s in steps if s.status == StepStatus.FAILED]
+    if failed:
+        queries.fail_problem(
+            session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}"
+        )
+        return job.id
+    strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
+    plan = strategy.plan(queries.load_state(session=session, problem=problem))
+    existing = {s.key for s in steps}
+    specs = [(s.key, s.kind.value, s.role, s.round) for s in plan.steps if s.key not in existing]
+    if plan.finished and not specs and SELECT_KEY not in existing:
+        specs = [(SELECT_KEY, "select", None, max((s.round for s in steps), default=1))]
+    made = queries.add_steps(session=session, problem_id=problem_id, specs=specs)
+    return [dispatch_for(step, job) for step in made]
+
+
+def advance_and_enqueue(problem_id: int) -> None:
+    enqueue(advance(problem_id))

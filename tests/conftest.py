@@ -1,0 +1,122 @@
+"""Shared fixtures: a fresh database per test (SQLite, and PostgreSQL when it answers), a private
+Redis database, and settings pointed at them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from db import migrate
+from db.session import dispose_all
+from workers.celery_app import app as default_app
+from workers.celery_app import create_app
+from workers.settings import get_settings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RSTAR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("RSTAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL does not answer at {POSTGRES_ADMIN_URL}")
+        pytest.skip(f"PostgreSQL does not answer at {POSTGRES_ADMIN_URL}")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"rstar_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_admin, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        dispose_all()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path}/rstar.db"  # type: ignore[operator]
+    dispose_all()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs on SQLite and on PostgreSQL."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def migrated(db_url: str) -> str:
+    migrate.upgrade(db_url)
+    return db_url
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis does not answer at {REDIS_URL}")
+        pytest.skip(f"Redis does not answer at {REDIS_URL}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Point in-process settings at the test's services; reset the cached settings around it."""
+    for key in list(os.environ):
+        if key.startswith("RSTAR_") and not key.startswith("RSTAR_TEST_"):
+            monkeypatch.delenv(key)
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def app_env(settings_env: pytest.MonkeyPatch, migrated: str, redis_url: str) -> Iterator[Celery]:
+    """In-process settings and a Celery app on the test's database and Redis (for tasks run with
+    `.apply()` in this process: what they enqueue lands in the private Redis database)."""
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    settings_env.setenv("RSTAR_BROKER_URL", redis_url)
+    get_settings.cache_clear()
+    app = create_app(get_settings())
+    app.set_current()
+    try:
+        yield app
+    finally:
+        app.close()
+        default_app.set_current()

@@ -1,0 +1,187 @@
+"""Test helpers: GSM8K samples, a scripted "oracle" pair of models, a real Celery worker process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.fakeserver import FakeRequest, Reply
+
+REPO = Path(__file__).resolve().parent.parent
+GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
+
+
+def gsm8k_rows(n: int, *, offset: int = 0) -> list[dict[str, str]]:
+    rows = []
+    with GSM8K.open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i < offset:
+                continue
+            if len(rows) == n:
+                break
+            rows.append(json.loads(line))
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def reference(answer: str) -> str:
+    return answer.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def question_of(prompt: str) -> str:
+    """The problem text the prompt quotes (the first <<< ... >>> block)."""
+    m = re.search(r"<<<\n(.*?)\n>>>", prompt, re.S)
+    return m.group(1) if m else ""
+
+
+def kind_of(prompt: str) -> str:
+    if "Review another student's solution" in prompt:
+        return "review"
+    if "Here is your earlier solution" in prompt:
+        return "refine"
+    return "generate"
+
+
+def solution_json(answer: str) -> str:
+    return json.dumps(
+        {"steps": ["Read the problem.", f"Compute the result: {answer}."], "final_answer": answer}
+    )
+
+
+def review_json(verdict: str, answer: str | None = None) -> str:
+    body: dict[str, object] = {
+        "issues": [] if verdict == "correct" else [{"step": 2, "description": "the result is wrong"}],
+        "scores": {
+            "logical_consistency": 5,
+            "calculation_accuracy": 5 if verdict == "correct" else 2,
+            "step_completeness": 4,
+        },
+        "verdict": verdict,
+    }
+    if answer is not None:
+        body["correct_answer"] = answer
+    return json.dumps(body)
+
+
+@dataclass
+class Oracle:
+    """A deterministic model pair that knows the answers.
+
+    `wrong_first` holds questions this model gets wrong in its first solution (it writes the right
+    answer plus one); it fixes them when refining. As a reviewer it accepts right answers and
+    rejects wrong ones, giving the right answer.
+    """
+
+    answers: dict[str, str]
+    wrong_first: set[str]
+
+    def __call__(self, request: FakeRequest) -> Reply | str:
+        prompt = request.prompt
+        question = question_of(prompt)
+        right = self.answers.get(question)
+        if right is None:
+            return Reply(status=422, error=f"unknown question in prompt: {question[:60]!r}")
+        kind = kind_of(prompt)
+        if kind == "generate":
+            return solution_json(str(int(right) + 1) if question in self.wrong_first else right)
+        if kind == "refine":
+            return solution_json(right)
+        shown = re.search(r"Final answer: (\S+)", prompt)
+        given = shown.group(1) if shown else None
+        return review_json("correct", None) if given == right else review_json("incorrect", right)
+
+
+def oracle_pair(rows: list[dict[str, str]], *, b_wrong_every: int = 2) -> tuple[Oracle, Oracle]:
+    answers = {r["question"]: reference(r["answer"]) for r in rows}
+    wrong_b = {r["question"] for i, r in enumerate(rows) if i % b_wrong_every == 0}
+    return Oracle(answers, set()), Oracle(answers, wrong_b)
+
+
+def service_env(db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
+    env.update({"RSTAR_DATABASE_URL": db_url, "RSTAR_BROKER_URL": broker_url, "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def rstar(args: list[str], env: dict[str, str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextmanager
+def celery_worker(
+    env: dict[str, str], queues: list[str], *, concurrency: int = 8, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` process (threads pool) on the given queues; warm-stopped at exit."""
+    out = log.open("wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "threads",
+            "--concurrency", str(concurrency), "--queues", ",".join(queues), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ],
+        env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if log and out is not subprocess.DEVNULL:
+            out.close()  # type: ignore[union-attr]
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0.25, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
+
+
+def require_real_model() -> Path:
+    """The SmolLM2 file and llama-cpp-python, or skip (locally) / fail (in CI, where both must be)."""
+    import importlib.util
+
+    import pytest
+
+    from workers.local_models import is_cached, model_path
+    from workers.settings import get_settings
+
+    models_dir = get_settings().models_dir
+    missing = None
+    if importlib.util.find_spec("llama_cpp") is None:
+        missing = "llama-cpp-python is not installed (scripts/bootstrap.sh installs it)"
+    elif not is_cached("smollm2-135m", models_dir):
+        missing = f"SmolLM2 is not in {models_dir}: run `rstar models fetch`"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return model_path("smollm2-135m", models_dir)

@@ -1,0 +1,87 @@
+"""`rstar submit` refuses bad input with the line and the field, exit code 2, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from cli.main import app
+from db.models import Job, Problem, Step
+from db.session import session_scope
+
+GOOD = json.dumps({"question": "What is 2 + 3?", "answer": "#### 5"})
+
+CASES = {
+    "not json": ([GOOD, "{not json"], "line 2", None),
+    "not an object": ([GOOD, "[1, 2]"], "line 2", None),
+    "missing question": ([GOOD, json.dumps({"answer": "4"})], "line 2", "question"),
+    "empty question": ([json.dumps({"question": "   "}), GOOD], "line 1", "question"),
+    "question not a string": ([json.dumps({"question": 7})], "line 1", "question"),
+    "duplicate id": (
+        [json.dumps({"id": "a", "question": "q1?"}), GOOD, json.dumps({"id": "a", "question": "q2?"})],
+        "line 3",
+        "id",
+    ),
+    "line over 64 KiB": ([GOOD, json.dumps({"question": "x" * 70_000})], "line 2", None),
+    "empty file": ([], None, None),
+    "only blank lines": (["", "   ", ""], None, None),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_is_refused_and_nothing_is_written(
+    case: str, migrated: str, settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lines, where, field = CASES[case]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    # A broker that does not exist: validation must fail before anything else is touched.
+    settings_env.setenv("RSTAR_BROKER_URL", "redis://127.0.0.1:1/0")
+    result = CliRunner().invoke(app, ["submit", str(path), "--model-a", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    message = result.stderr
+    assert "nothing was submitted" in message
+    if where:
+        assert where in message
+    else:
+        assert "empty" in message.lower() or "no problems" in message.lower()
+    if field:
+        assert f"'{field}'" in message or f'"{field}"' in message or f"field {field}" in message
+    with session_scope(migrated) as s:
+        for model in (Job, Problem, Step):
+            assert s.scalar(select(func.count()).select_from(model)) == 0
+
+
+def test_unreadable_file_and_missing_endpoint(settings_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["submit", str(tmp_path / "nope.jsonl"), "--model-a", "http://x:1"])
+    assert missing.exit_code == 2 and "cannot read" in missing.stderr
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    no_endpoint = runner.invoke(app, ["submit", str(tmp_path / "ok.jsonl")])
+    assert no_endpoint.exit_code == 2 and "RSTAR_MODEL_A_URL" in no_endpoint.stderr
+
+
+def test_schema_behind_is_reported(settings_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    settings_env.setenv("RSTAR_DATABASE_URL", sqlite_url)
+    result = CliRunner().invoke(app, ["submit", str(tmp_path / "ok.jsonl"), "--model-a", "http://x:1"])
+    assert result.exit_code == 2
+    assert "rstar db upgrade" in result.stderr
+
+
+def test_bad_strategy_parameter_is_refused(
+    migrated: str, settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    result = CliRunner().invoke(
+        app, ["submit", str(tmp_path / "ok.jsonl"), "--model-a", "http://x:1", "--max-rounds", "99"]
+    )
+    assert result.exit_code == 2 and "max_rounds" in result.stderr
+    with session_scope(migrated) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0

@@ -1,0 +1,111 @@
+"""The model client against fake servers over real HTTP: dialects, records, and error mapping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rstar.prompts import SOLUTION_SCHEMA
+from rstar.types import ChatMessage, ModelRequest
+from tests.fakeserver import FakeInferenceServer, Reply
+from workers.client import ModelClient, probe_server
+from workers.errors import (
+    MalformedReplyError,
+    ModelTimeoutError,
+    OverloadedError,
+    RequestRejectedError,
+    RetryableError,
+    UnavailableError,
+)
+
+REQUEST = ModelRequest(
+    messages=(ChatMessage("user", "What is 2+2?"),),
+    temperature=0.5,
+    max_tokens=64,
+    seed=3,
+    json_schema=SOLUTION_SCHEMA,
+)
+ANSWER = json.dumps({"steps": ["2+2=4"], "final_answer": "4"})
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected_format"),
+    [
+        ("tgi", {"type": "json", "value": SOLUTION_SCHEMA}),
+        ("llama-cpp", {"type": "json_object", "schema": SOLUTION_SCHEMA}),
+        ("vllm", {"type": "json_object"}),
+    ],
+)
+def test_each_server_kind_gets_its_structured_output_dialect(kind: str, expected_format: dict) -> None:  # type: ignore[type-arg]
+    with FakeInferenceServer(lambda r: ANSWER, kind=kind) as srv:  # type: ignore[arg-type]
+        client = ModelClient(srv.url, timeout=5)
+        assert client.info.kind == kind
+        reply = client.complete(REQUEST)
+        sent = srv.requests[0].body
+    assert sent is not None and sent["response_format"] == expected_format
+    assert sent["seed"] == 3 and sent["max_tokens"] == 64 and sent["temperature"] == 0.5
+    assert reply.text == ANSWER and reply.finish_reason == "stop"
+    assert reply.prompt_tokens and reply.completion_tokens and reply.latency_ms > 0
+    assert reply.request["response_format"] == expected_format
+    assert reply.response["choices"][0]["message"]["content"] == ANSWER
+
+
+def test_probe_reads_tgi_info() -> None:
+    with FakeInferenceServer(kind="tgi", model_id="org/m", max_concurrent_requests=77) as srv:
+        info = probe_server(srv.url)
+    assert (info.kind, info.model_id, info.max_concurrent_requests) == ("tgi", "org/m", 77)
+
+
+def test_bearer_token_is_sent_but_never_recorded() -> None:
+    with FakeInferenceServer(lambda r: ANSWER) as srv:
+        reply = ModelClient(srv.url, timeout=5, token="s3cret-token").complete(REQUEST)
+        headers = srv.requests[0].headers
+    assert headers["authorization"] == "Bearer s3cret-token"
+    assert "s3cret-token" not in json.dumps(reply.request) + json.dumps(reply.response)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "status"),
+    [
+        (Reply(status=429), OverloadedError, 429),
+        (Reply(status=503), UnavailableError, 503),
+        (Reply(status=424), UnavailableError, 424),
+        (
+            Reply(status=422, error="Input validation error: max_new_tokens too large"),
+            RequestRejectedError,
+            422,
+        ),
+        (Reply(raw_body=b'{"choices": [{"message": '), MalformedReplyError, None),
+        (Reply(raw_body=b'{"object": "error"}'), MalformedReplyError, None),
+        (Reply(raw_body=b"<html>bad gateway</html>"), MalformedReplyError, None),
+        (Reply(raw_body=json.dumps({"blob": "x" * 10_000_000}).encode()), MalformedReplyError, None),
+        (Reply(close_connection=True), UnavailableError, None),
+        (Reply(hang=True), ModelTimeoutError, None),
+    ],
+    ids=["429", "503", "424", "422", "truncated-json", "wrong-shape", "html", "10MB", "dropped", "hang"],
+)
+def test_failures_map_onto_the_exception_tree(
+    fault: Reply, error: type[Exception], status: int | None
+) -> None:
+    with FakeInferenceServer(lambda r: ANSWER, kind="tgi") as srv:
+        client = ModelClient(srv.url, timeout=1.0)
+        assert client.info.kind == "tgi"
+        srv.inject(fault)
+        with pytest.raises(error) as caught:
+            client.complete(REQUEST)
+    exc = caught.value
+    assert exc.http_status == status  # type: ignore[attr-defined]
+    assert exc.request is not None and exc.request["messages"]  # type: ignore[attr-defined]
+    assert isinstance(exc, RetryableError) != isinstance(exc, RequestRejectedError)
+    if exc.body is not None:  # type: ignore[attr-defined]
+        assert len(exc.body) < 70_000  # type: ignore[attr-defined]
+
+
+def test_connection_refused_is_retryable() -> None:
+    with FakeInferenceServer(kind="tgi") as srv:
+        url = srv.url
+    with pytest.raises(UnavailableError):
+        ModelClient(url, kind="tgi", timeout=2).complete(REQUEST)
+    with pytest.raises(UnavailableError, match="cannot identify"):
+        probe_server(url, timeout=2)

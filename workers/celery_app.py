@@ -1,0 +1,51 @@
+"""The Celery app factory. `celery -A workers.celery_app worker` and `rstar worker` both load `app`.
+
+Delivery is at least once: a task's message is acknowledged only after the task returns
+(`acks_late`), and a worker killed mid-task gives its message back (`reject_on_worker_lost`). The
+tasks are idempotent, so running one twice costs nothing. Redis redelivers an unacknowledged
+message after `visibility_timeout`, so that must outlast the longest task plus its retry delay.
+"""
+
+from __future__ import annotations
+
+import re
+
+from celery import Celery
+
+from workers.settings import Settings, get_settings
+
+CONTROL_QUEUE = "rstar.control"
+TASK_MODULES = ["tasks.generate", "tasks.cross_validate", "tasks.refine", "tasks.select"]
+
+
+def queue_for_endpoint(url: str) -> str:
+    """One queue per model endpoint, so the workers consuming it bound that server's load."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", re.sub(r"^[a-z]+://", "", url.strip().rstrip("/"))).strip("-")
+    return f"rstar.model.{slug.lower()}"
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery("rstar", broker=s.broker_url, include=TASK_MODULES)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=s.task_time_limit,
+        task_ignore_result=True,
+        task_default_queue=CONTROL_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": 2 * s.task_time_limit + int(s.retry_backoff_max) + 60,
+        },
+        # Flower shows every task from these events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+app = create_app()

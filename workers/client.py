@@ -1,0 +1,272 @@
+"""The model-server client: one boundary around huggingface_hub's InferenceClient.
+
+It speaks the Messages API (`/v1/chat/completions`), which TGI, vLLM, SGLang and llama.cpp's
+servers all serve, and asks for structured output in each server's own dialect. Every failure is
+mapped once, here, onto `workers.errors`; nothing from huggingface_hub or httpx2 leaks out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# Building its user agent, huggingface_hub otherwise asks huggingface.co for a registry on first
+# use: seconds of stall per process, and a timeout where the hub is out of reach.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import httpx2
+from huggingface_hub import InferenceClient, InferenceTimeoutError, constants
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import get_session, set_client_factory
+from huggingface_hub.utils._http import hf_request_event_hook
+
+from rstar.types import ModelRequest
+from workers.errors import (
+    MalformedReplyError,
+    ModelServerError,
+    ModelTimeoutError,
+    OverloadedError,
+    RequestRejectedError,
+    UnavailableError,
+)
+from workers.settings import ServerKind
+
+constants.HF_HUB_DISABLE_TELEMETRY = True
+
+# One worker process keeps up to a few hundred requests in flight; the library's shared client
+# would queue threads beyond 100 connections and count that wait against the timeout.
+HTTP_LIMITS = httpx2.Limits(max_connections=512, max_keepalive_connections=256)
+
+
+def _client_factory() -> httpx2.Client:
+    return httpx2.Client(
+        event_hooks={"request": [hf_request_event_hook]},
+        follow_redirects=True,
+        timeout=None,
+        limits=HTTP_LIMITS,
+    )
+
+
+set_client_factory(_client_factory)
+
+# Stored bodies are capped: a broken server can send megabytes, the audit trail keeps the start.
+MAX_STORED_BODY = 64 * 1024
+PROBE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    kind: ServerKind
+    model_id: str | None
+    max_concurrent_requests: int | None
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float
+    model: str | None
+    request: dict[str, Any]
+    response: dict[str, Any]
+
+
+def truncate(text: str | None, limit: int = MAX_STORED_BODY) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"... [truncated, {len(text)} characters in all]"
+
+
+def response_format_for(kind: ServerKind, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """Structured output in each server's dialect (see the brief: they differ and fail silently)."""
+    if kind == "tgi":
+        return {"type": "json", "value": schema}
+    if kind == "llama-cpp":
+        return {"type": "json_object", "schema": schema}
+    if kind in ("vllm", "openai"):
+        # huggingface_hub rewrites the `json_schema` form into TGI's; plain JSON mode passes through
+        # unchanged, and the prompt carries the schema. The parser validates either way.
+        return {"type": "json_object"}
+    return None
+
+
+_info_cache: dict[str, ServerInfo] = {}
+_info_lock = threading.Lock()
+
+
+def probe_server(base_url: str, *, token: str | None = None, timeout: float = PROBE_TIMEOUT) -> ServerInfo:
+    """Ask the server what it is: TGI answers `/info`, the OpenAI-compatible ones `/v1/models`."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = base_url.rstrip("/")
+    session = get_session()
+    try:
+        info = session.get(f"{base}/info", headers=headers, timeout=timeout)
+        if info.status_code == 200:
+            data = info.json()
+            if isinstance(data, dict) and "model_id" in data:
+                max_conc = data.get("max_concurrent_requests")
+                return ServerInfo(
+                    "tgi", str(data["model_id"]), max_conc if isinstance(max_conc, int) else None
+                )
+        models = session.get(f"{base}/v1/models", headers=headers, timeout=timeout)
+        models.raise_for_status()
+        entries = models.json().get("data") or []
+        first = entries[0] if entries and isinstance(entries[0], dict) else {}
+        owner = str(first.get("owned_by", ""))
+        kind: ServerKind = "vllm" if owner == "vllm" else "llama-cpp" if owner == "me" else "openai"
+        model_id = first.get("id")
+        return ServerInfo(kind, str(model_id) if model_id is not None else None, None)
+    except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+        raise UnavailableError(f"cannot identify the model server at {base_url}: {exc}") from exc
+
+
+def server_info(base_url: str, *, kind: ServerKind = "auto", token: str | None = None) -> ServerInfo:
+    """`probe_server`, once per process and URL; a configured kind skips the probe."""
+    if kind != "auto":
+        return ServerInfo(kind, None, None)
+    with _info_lock:
+        cached = _info_cache.get(base_url)
+    if cached is not None:
+        return cached
+    info = probe_server(base_url, token=token)
+    with _info_lock:
+        _info_cache[base_url] = info
+    return info
+
+
+class ModelClient:
+    """Chat completions against one endpoint, with a timeout on every call.
+
+    Example:
+        >>> client = ModelClient("http://tgi-a:8080", timeout=60)
+        >>> reply = client.complete(ModelRequest(messages=(...,), temperature=0.7, max_tokens=512))
+        >>> reply.text, reply.completion_tokens
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        kind: ServerKind = "auto",
+        timeout: float = 120.0,
+        token: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._kind = kind
+        self._token = token
+        self._client = InferenceClient(base_url=self.base_url, timeout=timeout, api_key=token)
+
+    @property
+    def info(self) -> ServerInfo:
+        return server_info(self.base_url, kind=self._kind, token=self._token)
+
+    def build_payload(self, request: ModelRequest) -> dict[str, Any]:
+        """The request body as sent (minus transport details): what the audit trail stores."""
+        payload: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.seed is not None:
+            payload["seed"] = request.seed
+        if request.stop:
+            payload["stop"] = list(request.stop)
+        if request.json_schema is not None:
+            fmt = response_format_for(self.info.kind, request.json_schema)
+            if fmt is not None:
+                payload["response_format"] = fmt
+        return payload
+
+    def complete(self, request: ModelRequest) -> ModelReply:
+        """Run one chat completion.
+
+        Raises:
+            OverloadedError, UnavailableError, ModelTimeoutError, MalformedReplyError: retryable.
+            RequestRejectedError: the server refused the request; retrying will not help.
+        """
+        payload = self.build_payload(request)
+        started = time.perf_counter()
+
+        def elapsed() -> float:
+            return (time.perf_counter() - started) * 1000.0
+
+        try:
+            out = self._client.chat_completion(
+                messages=payload["messages"],
+                temperature=payload["temperature"],
+                max_tokens=payload["max_tokens"],
+                seed=payload.get("seed"),
+                stop=payload.get("stop"),
+                response_format=payload.get("response_format"),  # type: ignore[arg-type]
+            )
+        except InferenceTimeoutError as exc:
+            raise ModelTimeoutError(
+                f"no answer within the timeout from {self.base_url}", request=payload, latency_ms=elapsed()
+            ) from exc
+        except HfHubHTTPError as exc:
+            raise _http_error(exc, payload, elapsed()) from exc
+        except httpx2.HTTPError as exc:
+            raise UnavailableError(
+                f"connection to {self.base_url} failed: {type(exc).__name__}: {exc}",
+                request=payload,
+                latency_ms=elapsed(),
+            ) from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise MalformedReplyError(
+                f"reply from {self.base_url} is not JSON: {exc}", request=payload, latency_ms=elapsed()
+            ) from exc
+        latency = elapsed()
+        return _reply_from(out, payload, latency, self.base_url)
+
+
+def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str) -> ModelReply:
+    raw = dict(out) if isinstance(out, dict) else {"unexpected": repr(out)[:MAX_STORED_BODY]}
+    try:
+        choice = out.choices[0]
+        text = choice.message.content
+        if not isinstance(text, str):
+            raise TypeError(f"message content is {type(text).__name__}")
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        raise MalformedReplyError(
+            f"reply from {base_url} is not a chat completion: {exc}",
+            body=truncate(json.dumps(raw, default=str)),
+            request=payload,
+            latency_ms=latency,
+        ) from exc
+    usage = getattr(out, "usage", None)
+    return ModelReply(
+        text=text,
+        finish_reason=getattr(choice, "finish_reason", None),
+        prompt_tokens=_int_or_none(getattr(usage, "prompt_tokens", None)),
+        completion_tokens=_int_or_none(getattr(usage, "completion_tokens", None)),
+        latency_ms=latency,
+        model=getattr(out, "model", None),
+        request=payload,
+        response=json.loads(json.dumps(raw, default=str)),
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _http_error(exc: HfHubHTTPError, payload: dict[str, Any], latency: float) -> ModelServerError:
+    response = exc.response
+    status = response.status_code if response is not None else None
+    try:
+        body = truncate(response.text) if response is not None else None
+    except Exception:  # a streamed body that was never read
+        body = None
+    message = f"HTTP {status}: {truncate(body or str(exc), 500)}"
+    kwargs: dict[str, Any] = {"http_status": status, "body": body, "request": payload, "latency_ms": latency}
+    if status == 429:
+        return OverloadedError(message, **kwargs)
+    if status is None or status >= 500 or status in (408, 424):
+        return UnavailableError(message, **kwargs)
+    return RequestRejectedError(message, **kwargs)

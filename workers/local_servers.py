@@ -1,0 +1,436 @@
+"""Local OpenAI-compatible model servers (llama-cpp-python) for roles A and B.
+
+    with serve_local(model_a, model_b) as servers:
+        client = InferenceClient(base_url=servers.url_a)
+
+Each role gets its own `python -m llama_cpp.server` process on a free 127.0.0.1 port, so calls for A
+and B run in parallel. llama-cpp-python's server runs one request at a time (it holds a lock around
+the model; later requests wait in line, no 429), so one process per role is the unit of parallelism
+and the CPU cores are split between the processes (1 thread each on 2 cores).
+
+The servers are started in their own session, with their output in log files (paths exposed), and
+stopped with SIGTERM, then SIGKILL after a grace period, when the context exits (also on Ctrl-C).
+On Linux they also get SIGTERM if the process that started them dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "LocalServer",
+    "LocalServerError",
+    "LocalServerSet",
+    "LocalServers",
+    "default_threads",
+    "free_port",
+    "serve_local",
+    "server_command",
+]
+
+ROLES = ("A", "B")
+
+# Environment variables passed on to a server. llama-cpp-python's settings are pydantic BaseSettings
+# without a prefix, so stray variables such as HOST, PORT, MODEL, API_KEY or CONFIG_FILE would
+# change the server's behaviour; everything not listed here is dropped.
+_ENV_KEEP = {
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "SYSTEMROOT",
+}
+_ENV_KEEP_PREFIXES = ("LC_", "GGML_", "LLAMA_CPP_", "OMP_", "GOMP_")
+
+
+class LocalServerError(RuntimeError):
+    """A local model server could not be started or did not become ready."""
+
+
+def default_threads(n_servers: int = 2) -> int:
+    """CPU threads per server so that `n_servers` servers do not fight over the cores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, n_servers))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def server_command(
+    model: Path,
+    *,
+    host: str,
+    port: int,
+    alias: str | None = None,
+    n_ctx: int = 4096,
+    n_threads: int = 1,
+    n_batch: int = 512,
+    chat_format: str | None = None,
+    logprobs: bool = False,
+    python: str = sys.executable,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The `python -m llama_cpp.server` command line for one server."""
+    cmd = [
+        python,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        alias or model.stem,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(n_threads),
+        "--n_threads_batch",
+        str(n_threads),
+        "--n_batch",
+        str(n_batch),
+        # Its default (True) keeps logits for every position: n_ctx x n_vocab floats (~800 MB for
+        # SmolLM2 at n_ctx 4096, ~2.5 GB for Qwen2.5) and slower prompts; only logprobs need it.
+        "--logits_all",
+        "true" if logprobs else "false",
+        # Its default (True) cuts a *streaming* response short as soon as another request waits.
+        "--interrupt_requests",
+        "false",
+        # mlock of the weights fails (with a warning) in most containers and buys nothing here.
+        "--use_mlock",
+        "false",
+    ]
+    if chat_format:  # None: the chat template stored in the GGUF file
+        cmd += ["--chat_format", chat_format]
+    cmd += list(extra_args)
+    return cmd
+
+
+def _server_env(host: str, port: int, n_threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
+    # The server's __main__ lets $HOST / $PORT override --host / --port: pin them to ours.
+    env.update(HOST=host, PORT=str(port), OMP_NUM_THREADS=str(n_threads), PYTHONUNBUFFERED="1")
+    return env
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Linux: a preexec_fn that makes the kernel SIGTERM the server when the thread that started it
+    dies (a backstop for a parent killed with SIGKILL). Everything is looked up here, in the parent:
+    the function itself runs between fork and exec, where importing is not safe."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return preexec
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "    (no log)"
+    kept = text.rstrip().splitlines()[-lines:]
+    return "\n".join("    " + line for line in kept) or "    (empty log)"
+
+
+@dataclass
+class LocalServer:
+    role: str
+    model: Path
+    host: str
+    port: int
+    n_threads: int
+    log_path: Path
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The server's root URL (append /v1/chat/completions, or give it to InferenceClient)."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._log.write(f"$ {' '.join(self.command)}\n".encode())
+        self._log.flush()
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=_server_env(self.host, self.port, self.n_threads),
+            start_new_session=True,  # Ctrl-C reaches us, not the servers: we stop them in order
+            preexec_fn=_parent_death_signal(),
+        )
+
+    def poll_ready(self) -> bool:
+        """True once GET /v1/models answers 200; raises if the process has died."""
+        assert self.process is not None
+        code = self.process.poll()
+        if code is not None:
+            raise LocalServerError(
+                f"local model server {self.role} ({self.model.name}, port {self.port}) exited with "
+                f"status {code} while starting; last lines of {self.log_path}:\n{_tail(self.log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as resp:
+                if resp.status == 200:
+                    json.load(resp)
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit status."""
+        proc = self.process
+        try:
+            if proc is None:
+                return None
+            if proc.poll() is None:
+                self._signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+                    proc.wait(timeout=10)
+            return proc.returncode
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def _signal(self, sig: int) -> None:
+        assert self.process is not None
+        try:  # the whole session: the server and anything it may have spawned
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+
+@dataclass(frozen=True)
+class LocalServerSet:
+    """The running servers: `url_a`, `url_b` (equal when one server serves both roles)."""
+
+    servers: dict[str, LocalServer]
+    log_dir: Path
+
+    @property
+    def url_a(self) -> str:
+        return self.servers["A"].url
+
+    @property
+    def url_b(self) -> str:
+        return self.servers.get("B", self.servers["A"]).url
+
+    @property
+    def log_paths(self) -> dict[str, Path]:
+        return {role: s.log_path for role, s in self.servers.items()}
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that point rstar at these servers."""
+        return {"RSTAR_MODEL_A_URL": self.url_a, "RSTAR_MODEL_B_URL": self.url_b}
+
+
+class LocalServers:
+    """Context manager: start the servers on enter (waiting until they answer), stop them on exit."""
+
+    def __init__(
+        self,
+        model_a: Path,
+        model_b: Path | None = None,
+        *,
+        single: bool = False,
+        port_a: int | None = None,
+        port_b: int | None = None,
+        host: str = "127.0.0.1",
+        alias_a: str | None = None,
+        alias_b: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        chat_format: str | None = None,
+        logprobs: bool = False,
+        log_dir: Path | None = None,
+        startup_timeout: float = 120.0,
+        stop_grace: float = 10.0,
+        python: str = sys.executable,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        model_a = Path(model_a)
+        if single and model_b is not None and Path(model_b) != model_a:
+            raise ValueError("single=True serves one model for both roles; do not pass a different model_b")
+        models = {"A": model_a} if single else {"A": model_a, "B": Path(model_b or model_a)}
+        for m in models.values():
+            if not m.is_file():
+                raise LocalServerError(f"model file not found: {m}")
+        self._models = models
+        self._ports = {"A": port_a, "B": port_b}
+        self._aliases = {"A": alias_a, "B": alias_b or (alias_a if model_b is None else None)}
+        self._host = host
+        self._n_threads = n_threads or default_threads(len(models))
+        self._kw = dict(n_ctx=n_ctx, n_batch=n_batch, chat_format=chat_format, logprobs=logprobs)
+        self._python = python
+        self._extra = tuple(extra_args)
+        self._log_dir = log_dir
+        self._startup_timeout = startup_timeout
+        self._stop_grace = stop_grace
+        self._servers: dict[str, LocalServer] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalServerSet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LocalServerSet:
+        log_dir = self._log_dir
+        if log_dir is None:
+            from workers.settings import get_settings
+
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            log_dir = get_settings().cache_dir / "logs" / f"local-servers-{stamp}-{os.getpid()}"
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for role, model in self._models.items():
+                self._servers[role] = self._spawn(role, model, log_dir)
+            self._wait_ready(log_dir)
+        except BaseException:  # also KeyboardInterrupt while waiting
+            self.stop()
+            raise
+        return LocalServerSet(servers=dict(self._servers), log_dir=log_dir)
+
+    def stop(self) -> None:
+        # Signal all first, then wait: the servers shut down in parallel.
+        servers = list(self._servers.values())
+        for s in servers:
+            if s.process is not None and s.process.poll() is None:
+                s._signal(signal.SIGTERM)
+        for s in servers:
+            s.stop(grace=self._stop_grace)
+        self._servers.clear()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _spawn(self, role: str, model: Path, log_dir: Path) -> LocalServer:
+        port = self._ports.get(role)
+        if port is None:
+            port = free_port(self._host)
+        elif not _port_is_free(self._host, port):
+            raise LocalServerError(f"port {port} on {self._host} (for model server {role}) is already in use")
+        server = LocalServer(
+            role=role,
+            model=model,
+            host=self._host,
+            port=port,
+            n_threads=self._n_threads,
+            log_path=log_dir / f"server-{role}.log",
+            command=server_command(
+                model,
+                host=self._host,
+                port=port,
+                alias=self._aliases.get(role),
+                n_threads=self._n_threads,
+                python=self._python,
+                extra_args=self._extra,
+                **self._kw,  # type: ignore[arg-type]
+            ),
+        )
+        server.start()
+        return server
+
+    def _wait_ready(self, log_dir: Path) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        pending = dict(self._servers)
+        retries = {role: 2 for role in pending}
+        while pending:
+            for role, server in list(pending.items()):
+                try:
+                    ready = server.poll_ready()
+                except LocalServerError:
+                    # A port picked by free_port() can be taken by someone else before the server
+                    # binds it: try another one.
+                    if self._ports.get(role) is None and retries[role] > 0 and _port_clash(server):
+                        retries[role] -= 1
+                        server.stop()
+                        pending[role] = self._servers[role] = self._spawn(role, server.model, log_dir)
+                        continue
+                    raise
+                if ready:
+                    del pending[role]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                role, server = next(iter(pending.items()))
+                raise LocalServerError(
+                    f"local model server {role} ({server.model.name}) did not answer GET "
+                    f"{server.url}/v1/models within {self._startup_timeout:.0f} s; last lines of "
+                    f"{server.log_path}:\n{_tail(server.log_path)}"
+                )
+            time.sleep(0.2)
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_clash(server: LocalServer) -> bool:
+    return "address already in use" in _tail(server.log_path, 10).lower()
+
+
+def serve_local(model_a: Path, model_b: Path | None = None, **kwargs: object) -> LocalServers:
+    """Start local servers for roles A and B (B serves model_a too when model_b is None).
+
+    Use as `with serve_local(a, b) as servers: ...`; see LocalServers for the options.
+    """
+    return LocalServers(model_a, model_b, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,58 @@
+"""All configuration, from `RSTAR_*` environment variables (or a `.env` file), validated at start-up."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServerKind = Literal["auto", "tgi", "llama-cpp", "vllm", "openai", "plain"]
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "rstar"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RSTAR_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    database_url: str = "sqlite:///rstar.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+    # Model endpoints for roles A and B (a job stores the ones it was submitted with).
+    model_a_url: str | None = None
+    model_b_url: str | None = None
+    # How to ask for structured output; "auto" asks the server (TGI's /info, else /v1/models).
+    server_kind: ServerKind = "auto"
+    # Sent as a bearer token to the inference servers; never logged or stored.
+    api_token: SecretStr | None = None
+
+    request_timeout: float = Field(default=120.0, gt=0, description="seconds per model call")
+    max_retries: int = Field(default=5, ge=0, description="retries of a retryable model-call failure")
+    retry_backoff: float = Field(default=1.0, gt=0, description="first retry delay, seconds; doubles")
+    retry_backoff_max: float = Field(default=60.0, gt=0)
+
+    # Threads per worker process: each thread keeps one model request in flight.
+    worker_concurrency: int = Field(default=32, ge=1)
+    task_time_limit: int = Field(default=900, gt=0, description="hard limit per task, seconds")
+
+    # Limits on what a job may ask for.
+    max_question_chars: int = Field(default=20_000, gt=0)
+    max_problems_per_job: int = Field(default=100_000, gt=0)
+    max_rounds_limit: int = Field(default=10, gt=0)
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
