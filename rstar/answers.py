@@ -159,6 +159,7 @@ _LEAD_IN = re.compile(
     re.IGNORECASE,
 )
 _TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_SIZING = re.compile(r"\\(?:left|right)(?![a-z])")
 _LATEX_REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("\\dfrac", "\\frac"),
     ("\\tfrac", "\\frac"),
@@ -171,50 +172,53 @@ _LATEX_REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("\\:", " "),
     ("\\ ", " "),
     ("~", " "),
-    ("\\left", ""),
-    ("\\right", ""),
     ("^{\\circ}", ""),
     ("^\\circ", ""),
     ("°", ""),
 )
+_MAX_UNWRAP_ROUNDS = 50
 
 
 def _unwrap(text: str) -> str:
-    """Strip the decoration models put around an answer until nothing changes."""
-    while True:
+    """Strip the decoration models put around an answer, until nothing changes.
+
+    One fixed-point loop for all of it, because removing one layer can expose another
+    ("$\\text{**18**}$."), and so that normalising a normalised answer changes nothing.
+    """
+    for _ in range(_MAX_UNWRAP_ROUNDS):
         before = text
         lead = last_match(_LEAD_IN, text)
         if lead is not None and text[lead.end() :].strip():
             text = text[lead.end() :]
-        text = text.strip().strip("*`").strip()
-        text = text.rstrip(".;,!:").strip()
+        text = _TEXT_COMMAND.sub(r" \1 ", _BOLD.sub(r"\1", text))
+        text = _SIZING.sub("", text)
+        for old, new in _LATEX_REPLACEMENTS:
+            text = text.replace(old, new)
+        text = " ".join(text.split()).strip("*`").strip().rstrip(".;,!:").strip()
         if len(text) >= 2 and text[0] == text[-1] == "$":
             text = text.strip("$")
         for open_, close in (("\\(", "\\)"), ("\\[", "\\]"), ('"', '"'), ("'", "'")):
             if len(text) >= 2 * len(open_) and text.startswith(open_) and text.endswith(close):
                 text = text[len(open_) : -len(close)]
         if text == before:
-            return text
-
-
-def _simplify_latex(text: str) -> str:
-    text = _TEXT_COMMAND.sub(r" \1 ", text)
-    for old, new in _LATEX_REPLACEMENTS:
-        text = text.replace(old, new)
+            break
     return text
+
+
+# A template slot copied verbatim by a small model ("<number>", "<answer>") is no answer at all.
+_PLACEHOLDER = re.compile(r"<[^<>\d]*>")
 
 
 def normalize_answer(raw: str | None) -> str | None:
     """Canonical form of a final answer (see the module docstring), or None if nothing usable."""
     if raw is None:
         return None
-    text = clean_text(raw[:_MAX_NORMALIZE_INPUT]).strip()
+    text = " ".join(clean_text(raw[:_MAX_NORMALIZE_INPUT]).split()).lower()
     boxed = last_boxed(text)
     if boxed is not None:
         text = boxed
-    text = _BOLD.sub(r"\1", text)
-    text = _unwrap(_simplify_latex(_unwrap(text)))
-    if not text:
+    text = _unwrap(text)
+    if not text or _PLACEHOLDER.fullmatch(text):
         return None
     value = _parse_number(text)
     if value is None and "=" in text:
@@ -222,8 +226,7 @@ def normalize_answer(raw: str | None) -> str | None:
         value = _parse_number(_unwrap(text.rsplit("=", 1)[1]))
     if value is not None:
         return _format_number(value)
-    text = " ".join(text.split()).lower()[:MAX_ANSWER_CHARS]
-    return text or None
+    return text[:MAX_ANSWER_CHARS].strip() or None
 
 
 _GSM8K_FINAL = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*)$", re.MULTILINE)

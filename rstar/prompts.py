@@ -10,7 +10,7 @@ from typing import Any
 
 from rstar.types import ChatMessage
 
-PROMPT_VERSION = "mutual-v1"
+PROMPT_VERSION = "mutual-v2"
 
 SYSTEM = (
     "You are a careful math tutor. You solve grade-school math word problems step by step and check "
@@ -55,16 +55,19 @@ REVIEW_SCHEMA: dict[str, Any] = {
     "required": ["issues", "scores", "verdict"],
 }
 
+# The formats are described, not shown with placeholders: small models copy "<number>" verbatim.
 _SOLUTION_FORMAT = (
-    'Reply with a JSON object only: {"steps": ["step 1 ...", "step 2 ..."], "final_answer": "<number>"}. '
-    "The final answer is a single number without units."
+    'Reply with a JSON object only, with two keys: "steps", a list of short strings, one per reasoning '
+    'step with its calculation; and "final_answer", a string holding only the final number, without units.'
 )
 
 _REVIEW_FORMAT = (
-    'Reply with a JSON object only: {"issues": [{"step": <step number>, "description": "<what is wrong>"}], '
-    '"scores": {"logical_consistency": 1-5, "calculation_accuracy": 1-5, "step_completeness": 1-5}, '
-    '"verdict": "correct" | "incorrect" | "uncertain", "correct_answer": "<number, if you know it>"}. '
-    "Recompute every calculation yourself before you decide."
+    "Recompute every calculation yourself before you decide. Reply with a JSON object only, with keys: "
+    '"issues", a list of objects each with "step" (the step number) and "description" (what is wrong '
+    'in it), empty if nothing is wrong; "scores", an object with "logical_consistency", '
+    '"calculation_accuracy" and "step_completeness", each an integer from 1 (poor) to 5 (perfect); '
+    '"verdict", one of "correct", "incorrect" or "uncertain"; and "correct_answer", the final number '
+    "you believe is right."
 )
 
 
@@ -111,6 +114,26 @@ def refine_messages(question: str, own_solution: str, review: str) -> tuple[Chat
             "points out; if the review is wrong, keep your answer and say why in a step.\n\n"
             f"Problem:\n{_quote(question)}\n\nYour solution:\n{_quote(own_solution)}\n\n"
             f"Peer review:\n{_quote(review)}\n\n{_SOLUTION_FORMAT}",
+        ),
+    )
+
+
+def complete_messages(question: str, partial_steps: tuple[str, ...] | list[str]) -> tuple[ChatMessage, ...]:
+    """Finish someone else's solution from where it was cut off (rStar's mutual consistency).
+
+    With no steps given, this is a fresh solve of the problem.
+    """
+    if not partial_steps:
+        return solve_messages(question)
+    shown = "\n".join(f"Step {i}: {s}" for i, s in enumerate(partial_steps, 1))
+    return (
+        ChatMessage("system", SYSTEM),
+        ChatMessage(
+            "user",
+            "Here is the beginning of a solution to this problem. Continue it from where it stops: "
+            "write the remaining steps and the final answer.\n\n"
+            f"Problem:\n{_quote(question)}\n\nBeginning of the solution:\n{_quote(shown)}\n\n"
+            f"{_SOLUTION_FORMAT}",
         ),
     )
 

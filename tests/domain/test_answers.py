@@ -21,6 +21,9 @@ from rstar.answers import (
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
+        # template slots copied by a small model are no answer
+        ("<number>", None),
+        ("<final answer>", None),
         # plain integers, signs, decimals
         ("18", "18"),
         ("  18  ", "18"),
@@ -90,6 +93,10 @@ from rstar.answers import (
         ("= 5", "5"),
         ("3 * 6 = 18", "18"),
         ("total = $18", "18"),
+        ("$\\text{**18**}$.", "18"),  # layers exposed one by one
+        ("\\FRAC{1}{2}", "0.5"),
+        ("\\left(18\\right)", "(18)"),
+        ("\\\r0", "0"),  # found by hypothesis: "\\" + whitespace is a LaTeX space
         # non-numeric answers: lowercased, whitespace-collapsed, kept
         ("yes", "yes"),
         ("  Tuesday ", "tuesday"),
