@@ -188,7 +188,7 @@ def _print_results(db_url: str, job_id: int, elapsed: float) -> None:
         rows = queries.problem_results(session=s, job_id=job_id)
     table = Table(title=f"job {job_id}: results")
     for col in ("id", "answer", "reference", "correct", "rounds", "calls", "tokens", "seconds", "status"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold", min_width=4)
     for r in rows:
         table.add_row(
             r.id, str(r.final_answer), str(r.reference_answer), YES_NO[r.correct],

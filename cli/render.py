@@ -14,6 +14,7 @@ TITLES = {
     "generate": "solves",
     "review": "reviews the peer's solution",
     "refine": "refines",
+    "complete": "completes the peer's solution from its cut-off point",
     "select": "selection",
 }
 
@@ -30,7 +31,8 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> N
         head.append(f"\nerror: {p.error}", style="red")
     console.print(Panel(head, title="problem"))
     for st in trail.steps:
-        _print_step(console, st, with_calls=with_calls)
+        if st.step.kind != "select":  # the selection panel below says it all
+            _print_step(console, st, with_calls=with_calls)
     if trail.selection is not None:
         console.print(
             Panel(
