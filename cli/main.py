@@ -16,14 +16,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rstar.inputs import InputError, parse_problems
 
 from cli.demo import demo_command
 from cli.local import models_app, serve_local_command
 from cli.render import print_trail
+from cli.report import report_command
 from db import audit, migrate, queries
 from db.models import TERMINAL_PROBLEM_STATES, Job
 from db.session import session_scope
+from rstar.inputs import InputError, parse_problems
 from rstar.strategies import STRATEGIES, ParamError
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.settings import get_settings
@@ -34,6 +35,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.command("serve-local")(serve_local_command)
 app.command("demo")(demo_command)
+app.command("report")(report_command)
 
 console = Console()
 err = Console(stderr=True)
@@ -72,6 +74,13 @@ def submit(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature for solutions.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max new tokens per solution.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed; each step derives its own.")] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="self-consistency: samples per problem (default 8).")
+    ] = None,
+    solution_format: Annotated[
+        str | None,
+        typer.Option(help="How solutions are written: json (default) or prose (answer in \\boxed{})."),
+    ] = None,
 ) -> None:
     """Validate FILE, create the job and its problems in one transaction, and enqueue the work."""
     from tasks.submit import BrokerUnavailableError, submit_job
@@ -93,7 +102,14 @@ def submit(
         )
     except InputError as exc:
         raise fail(f"{file}: nothing was submitted.\n{exc}") from None
-    given = {"max_rounds": max_rounds, "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
+    given = {
+        "max_rounds": max_rounds,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "samples": samples,
+        "solution_format": solution_format,
+    }
     params = {k: v for k, v in given.items() if v is not None}
     try:
         done = submit_job(

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from db.audit import ProblemTrail, StepTrail
 from db.models import ModelCall
+from rstar.answers import answers_equal
 
 TITLES = {
     "generate": "solves",
@@ -27,6 +28,9 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> N
     head.append(
         f"reference answer: {p.reference_answer}   final answer: {p.final_answer}   rounds: {p.rounds_used}"
     )
+    if p.reference_answer is not None and p.status == "answered":
+        # The same judgement as `rstar results` and `rstar report`.
+        head.append(f"   correct: {'yes' if answers_equal(p.final_answer, p.reference_answer) else 'no'}")
     if p.error:
         head.append(f"\nerror: {p.error}", style="red")
     console.print(Panel(head, title="problem"))

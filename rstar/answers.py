@@ -97,8 +97,10 @@ _NUMBER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 _CURRENCY = r"(?:[$€£¥₹]|usd\b|us\$|rs\.?)"
 # Sign and currency may come in either order: "-$18", "$-18".
 _PREFIX = re.compile(rf"^(?P<s1>[-+−]?)\s*{_CURRENCY}?\s*(?P<s2>[-+−]?)\s*", re.IGNORECASE)
-# A unit is a percent sign, a currency sign or words without digits or operators ("18 km/h each").
-_SUFFIX = re.compile(r"\s*(?:%|[$€£¥₹]|[^\W\d_][^\d=+*^<>()\[\]{}\\]*)?\s*")
+# A unit is a percent sign, a currency sign or words without digits or operators ("18 km/h each"),
+# maybe squared or cubed ("12 cm^2") or in parentheses ("18 (apples)"), as GSM8K answers come.
+_UNIT = r"[^\W\d_][^\d=+*^<>()\[\]{}\\]*"
+_SUFFIX = re.compile(rf"\s*(?:%|[$€£¥₹]|{_UNIT}(?:\^\{{?[23]\}}?)?|\({_UNIT}\))?\s*")
 
 
 def _to_fraction(token: str) -> Fraction:

@@ -61,6 +61,25 @@ _SOLUTION_FORMAT = (
     'step with its calculation; and "final_answer", a string holding only the final number, without units.'
 )
 
+# "prose": free-form reasoning with the answer in \boxed{}. Small models reason far more in prose than
+# inside a JSON string list (Qwen2.5-0.5B: about 270 tokens against 45 on GSM8K); the JSON form gives
+# structure the review can point at. The parsers read both.
+_PROSE_FORMAT = (
+    "Think step by step: write each step on its own line with its calculation. End with the final "
+    "number alone in \\boxed{}, without units."
+)
+SOLUTION_FORMATS = ("json", "prose")
+
+
+def solution_format(style: str) -> str:
+    return _PROSE_FORMAT if style == "prose" else _SOLUTION_FORMAT
+
+
+def solution_schema(style: str) -> dict[str, Any] | None:
+    """The JSON Schema to ask for, or None (prose is not constrained)."""
+    return None if style == "prose" else SOLUTION_SCHEMA
+
+
 _REVIEW_FORMAT = (
     "Recompute every calculation yourself before you decide. Reply with a JSON object only, with keys: "
     '"issues", a list of objects each with "step" (the step number) and "description" (what is wrong '
@@ -84,11 +103,12 @@ def render_solution(steps: tuple[str, ...] | list[str], answer: str | None, raw_
     return (raw_text or "(empty reply)")[:4000]
 
 
-def solve_messages(question: str) -> tuple[ChatMessage, ...]:
+def solve_messages(question: str, *, style: str = "json") -> tuple[ChatMessage, ...]:
     return (
         ChatMessage("system", SYSTEM),
         ChatMessage(
-            "user", f"Solve this problem step by step.\n\nProblem:\n{_quote(question)}\n\n{_SOLUTION_FORMAT}"
+            "user",
+            f"Solve this problem step by step.\n\nProblem:\n{_quote(question)}\n\n{solution_format(style)}",
         ),
     )
 
@@ -105,7 +125,9 @@ def review_messages(question: str, solution: str) -> tuple[ChatMessage, ...]:
     )
 
 
-def refine_messages(question: str, own_solution: str, review: str) -> tuple[ChatMessage, ...]:
+def refine_messages(
+    question: str, own_solution: str, review: str, *, style: str = "json"
+) -> tuple[ChatMessage, ...]:
     return (
         ChatMessage("system", SYSTEM),
         ChatMessage(
@@ -113,18 +135,20 @@ def refine_messages(question: str, own_solution: str, review: str) -> tuple[Chat
             "Here is your earlier solution and a peer's review of it. Fix every real mistake the review "
             "points out; if the review is wrong, keep your answer and say why in a step.\n\n"
             f"Problem:\n{_quote(question)}\n\nYour solution:\n{_quote(own_solution)}\n\n"
-            f"Peer review:\n{_quote(review)}\n\n{_SOLUTION_FORMAT}",
+            f"Peer review:\n{_quote(review)}\n\n{solution_format(style)}",
         ),
     )
 
 
-def complete_messages(question: str, partial_steps: tuple[str, ...] | list[str]) -> tuple[ChatMessage, ...]:
+def complete_messages(
+    question: str, partial_steps: tuple[str, ...] | list[str], *, style: str = "json"
+) -> tuple[ChatMessage, ...]:
     """Finish someone else's solution from where it was cut off (rStar's mutual consistency).
 
     With no steps given, this is a fresh solve of the problem.
     """
     if not partial_steps:
-        return solve_messages(question)
+        return solve_messages(question, style=style)
     shown = "\n".join(f"Step {i}: {s}" for i, s in enumerate(partial_steps, 1))
     return (
         ChatMessage("system", SYSTEM),
@@ -133,7 +157,7 @@ def complete_messages(question: str, partial_steps: tuple[str, ...] | list[str])
             "Here is the beginning of a solution to this problem. Continue it from where it stops: "
             "write the remaining steps and the final answer.\n\n"
             f"Problem:\n{_quote(question)}\n\nBeginning of the solution:\n{_quote(shown)}\n\n"
-            f"{_SOLUTION_FORMAT}",
+            f"{solution_format(style)}",
         ),
     )
 

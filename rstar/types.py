@@ -31,6 +31,8 @@ class StepKind(StrEnum):
     GENERATE = "generate"
     REVIEW = "review"
     REFINE = "refine"
+    COMPLETE = "complete"
+    """Finish a peer's solution from a cut-off point (rStar's mutual-consistency check)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ TASK_FOR_KIND = {
     "generate": "rstar.generate",
     "review": "rstar.cross_validate",
     "refine": "rstar.refine",
+    "complete": "rstar.complete",
     "select": "rstar.select",
 }
 

@@ -15,7 +15,7 @@ from celery import Celery
 from workers.settings import Settings, get_settings
 
 CONTROL_QUEUE = "rstar.control"
-TASK_MODULES = ["tasks.generate", "tasks.cross_validate", "tasks.refine", "tasks.select"]
+TASK_MODULES = ["tasks.generate", "tasks.cross_validate", "tasks.refine", "tasks.complete", "tasks.select"]
 
 
 def queue_for_endpoint(url: str) -> str:

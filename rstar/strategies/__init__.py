@@ -6,9 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from rstar.strategies.base import ParamError, Strategy
+from rstar.strategies.cot import CotStrategy
 from rstar.strategies.mutual import MutualStrategy
+from rstar.strategies.mutual_consistency import MutualConsistencyStrategy
+from rstar.strategies.self_consistency import SelfConsistencyStrategy
 
-STRATEGIES: dict[str, type[Any]] = {MutualStrategy.name: MutualStrategy}
+STRATEGIES: dict[str, type[Any]] = {
+    cls.name: cls for cls in (MutualStrategy, MutualConsistencyStrategy, CotStrategy, SelfConsistencyStrategy)
+}
 
 
 def get_strategy(name: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Strategy:
@@ -19,6 +24,9 @@ def get_strategy(name: str, params: Mapping[str, Any] | None = None, **kwargs: A
             f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}"
         ) from None
     strategy: Strategy = cls(params, **kwargs)
+    unknown = sorted(set(params or {}) - set(strategy.params))
+    if unknown:
+        raise ParamError(f"strategy {name!r} takes no {', '.join(unknown)}")
     return strategy
 
 

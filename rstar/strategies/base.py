@@ -148,6 +148,13 @@ def float_param(params: Mapping[str, Any], name: str, default: float, *, low: fl
     return float(value)
 
 
+def choice_param(params: Mapping[str, Any], name: str, default: str, *, choices: tuple[str, ...]) -> str:
+    value = params.get(name, default)
+    if value not in choices:
+        raise ParamError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
 def step_seed(base: int | None, step: StepSpec) -> int | None:
     """A distinct, reproducible seed per step, so A and B (and each round) do not sample alike."""
     if base is None:

@@ -24,6 +24,7 @@ from rstar.strategies.base import (
     SolutionView,
     StepLinks,
     StepSpec,
+    choice_param,
     float_param,
     int_param,
     step_key,
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "max_tokens": 512,
     "review_max_tokens": 384,
     "seed": 0,
+    "solution_format": "json",
 }
 
 
@@ -49,6 +51,8 @@ class MutualParams:
     max_tokens: int
     review_max_tokens: int
     seed: int | None
+    solution_format: str = "json"
+    """How solutions are written: "json" (steps and final_answer) or "prose" (answer in \\boxed{})."""
 
 
 class MutualStrategy:
@@ -64,6 +68,7 @@ class MutualStrategy:
             max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
             review_max_tokens=int_param(p, "review_max_tokens", 384, low=16, high=32768),
             seed=None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1),
+            solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
         )
 
     @property
@@ -75,6 +80,7 @@ class MutualStrategy:
             "max_tokens": self.p.max_tokens,
             "review_max_tokens": self.p.review_max_tokens,
             "seed": self.p.seed,
+            "solution_format": self.p.solution_format,
             "prompt_version": prompts.PROMPT_VERSION,
         }
 
@@ -106,11 +112,11 @@ class MutualStrategy:
         seed = step_seed(self.p.seed, step)
         if step.kind is StepKind.GENERATE:
             return ModelRequest(
-                messages=prompts.solve_messages(state.question),
+                messages=prompts.solve_messages(state.question, style=self.p.solution_format),
                 temperature=self.p.temperature,
                 max_tokens=self.p.max_tokens,
                 seed=seed,
-                json_schema=prompts.SOLUTION_SCHEMA,
+                json_schema=prompts.solution_schema(self.p.solution_format),
             )
         if step.kind is StepKind.REVIEW:
             target = state.solutions[_solution_key(step.round, peer(step.role))]
@@ -124,11 +130,13 @@ class MutualStrategy:
         own = state.solutions[_solution_key(step.round - 1, step.role)]
         review = state.reviews[step_key(step.round - 1, StepKind.REVIEW, peer(step.role))]
         return ModelRequest(
-            messages=prompts.refine_messages(state.question, own.text, review.text),
+            messages=prompts.refine_messages(
+                state.question, own.text, review.text, style=self.p.solution_format
+            ),
             temperature=self.p.temperature,
             max_tokens=self.p.max_tokens,
             seed=seed,
-            json_schema=prompts.SOLUTION_SCHEMA,
+            json_schema=prompts.solution_schema(self.p.solution_format),
         )
 
     def links(self, step: StepSpec, state: ProblemState) -> StepLinks:

@@ -56,6 +56,10 @@ from rstar.answers import (
         ("18 apples", "18"),
         ("18 km/h", "18"),
         ("18\\text{ apples}", "18"),
+        ("12 cm^2", "12"),
+        ("12 m^{3}", "12"),
+        ("18 (apples)", "18"),
+        ("18 (2 boxes)", "18 (2 boxes)"),  # not a unit: kept as text
         ("50%", "50"),
         ("50\\%", "50"),
         ("50 percent", "50"),

@@ -1,0 +1,258 @@
+"""Accuracy benchmark (not a test): every strategy on the same GSM8K problems with a real local model.
+
+    python -m bench.accuracy --problems 30 --model qwen2.5-coder-0.5b
+
+Starts two local llama-cpp-python servers (one per role), a Celery worker and a fresh SQLite
+database, then runs, one job at a time on the same problems: the mutual variants first, then
+`self-consistency` with k = each variant's mean model calls per problem (rounded), so the baseline
+gets the same budget, then `cot` (greedy, and sampled at the solutions' temperature). Writes
+`rstar report` of all of them, plus the problems and the command, to `--out`.
+
+The problems are lines offset+1 .. offset+N of the GSM8K training split (default lines 3001-3030),
+which nothing else in the project uses: tests take the first lines, the demo and the bundled sample
+the last 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
+DEFAULT_OUT = REPO / "docs" / "results" / "accuracy"
+MUTUAL_VARIANTS = ("mutual", "mutual-consistency")
+
+
+@dataclass
+class Run:
+    label: str
+    strategy: str
+    args: list[str]
+    job_id: int | None = None
+    seconds: float | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problems", type=int, default=30, help="how many problems (default 30)")
+    ap.add_argument("--offset", type=int, default=3000, help="skip this many lines of train.jsonl")
+    ap.add_argument("--dataset", type=Path, default=GSM8K, help="GSM8K train.jsonl")
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="local model preset or .gguf path")
+    ap.add_argument("--variants", default=",".join(MUTUAL_VARIANTS), help="mutual variants to run")
+    ap.add_argument("--max-rounds", type=int, default=3)
+    ap.add_argument(
+        "--solution-format",
+        default="prose",
+        choices=("prose", "json"),
+        help="how every strategy's solutions are written (default prose: a 0.5B model reasons more)",
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--concurrency", type=int, default=4, help="worker threads (requests in flight)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report directory")
+    ap.add_argument("--database-url", default=None, help="default: a fresh SQLite file in the cache")
+    ap.add_argument("--broker-url", default="redis://127.0.0.1:6379/5", help="a Redis database of its own")
+    ap.add_argument("--job-timeout", type=float, default=3 * 3600, help="seconds per job at most")
+    ap.add_argument("--no-cot-sampled", action="store_true", help="skip cot at the sampling temperature")
+    ap.add_argument("--no-report", action="store_true", help="only run the jobs (for a time estimate)")
+    return ap.parse_args(argv)
+
+
+def write_problems(path: Path, *, dataset: Path, offset: int, n: int) -> int:
+    """Lines offset+1 .. offset+n of the training split, with ids naming their line."""
+    rows = []
+    with dataset.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line_no <= offset:
+                continue
+            if len(rows) == n:
+                break
+            row = json.loads(line)
+            rows.append(
+                {"id": f"gsm8k-train-{line_no}", "question": row["question"], "answer": row["answer"]}
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _cli(args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"rstar {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds the ExitStack: worker and servers are stopped
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    # Started in the background, SIGINT may be ignored and SIGTERM would skip the clean-up.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    command = "python -m bench.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv)
+    from workers.settings import get_settings
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = get_settings().cache_dir / "bench" / f"accuracy-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    db_url = opts.database_url or f"sqlite:///{work}/accuracy.db"
+    # Point the settings (and the Celery app, made on import) at this run's database and broker.
+    os.environ.update(RSTAR_DATABASE_URL=db_url, RSTAR_BROKER_URL=opts.broker_url)
+    get_settings.cache_clear()
+    settings = get_settings()
+
+    import redis
+
+    from db import migrate, queries
+    from db.session import session_scope
+    from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+    from workers.local_models import fetch_model
+    from workers.local_servers import serve_local
+
+    problems = work / "problems.jsonl"
+    n = write_problems(problems, dataset=opts.dataset, offset=opts.offset, n=opts.problems)
+    model = fetch_model(opts.model, models_dir=settings.models_dir, progress=True)
+    migrate.upgrade(db_url)
+    # Not flushed: the Redis database may be shared. A stale message of an interrupted run is harmless
+    # (steps are claimed with a lease and a done step is skipped).
+    redis.Redis.from_url(opts.broker_url).ping()
+    _log(f"{n} problems (train.jsonl lines {opts.offset + 1}-{opts.offset + n}), model {model.name}")
+    _log(f"database {db_url}, broker {opts.broker_url}, logs in {work}")
+
+    def finished(job_id: int) -> bool:
+        with session_scope(db_url) as s:
+            counts = queries.status_counts(session=s, job_id=job_id)
+        return counts["pending"] + counts["running"] == 0
+
+    def mean_calls(job_id: int) -> float:
+        with session_scope(db_url) as s:
+            rows = queries.problem_results(session=s, job_id=job_id)
+        return sum(r.model_calls for r in rows) / max(1, len(rows))
+
+    runs: list[Run] = []
+    started = time.monotonic()
+    with ExitStack() as stack:
+        servers = stack.enter_context(serve_local(model, log_dir=work))
+        env = {
+            **os.environ,
+            "RSTAR_MODEL_A_URL": servers.url_a,
+            "RSTAR_MODEL_B_URL": servers.url_b,
+            # One request at a time per llama.cpp server: a call waits for the ones before it.
+            "RSTAR_REQUEST_TIMEOUT": "600",
+            # Known, so no probe: a probe of a server busy with another request can time out.
+            "RSTAR_SERVER_KIND": "llama-cpp",
+        }
+        queues = [CONTROL_QUEUE, queue_for_endpoint(servers.url_a), queue_for_endpoint(servers.url_b)]
+        worker = _spawn(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "threads",
+             "--concurrency", str(opts.concurrency), "--queues", ",".join(queues), "--loglevel", "INFO",
+             "--hostname", f"bench-accuracy-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+            env, work / "worker.log",
+        )  # fmt: skip
+        stack.callback(_stop, worker)
+        _log(f"servers A {servers.url_a}, B {servers.url_b}; worker pid {worker.pid}")
+
+        def run(r: Run) -> Run:
+            t0 = time.monotonic()
+            out = _cli(["submit", str(problems), "--name", r.label, "--strategy", r.strategy, *r.args], env)
+            r.job_id = int(out.strip())
+            _log(f"job {r.job_id}: {r.label} submitted")
+            while not finished(r.job_id):
+                if worker.poll() is not None:
+                    raise SystemExit(f"the worker exited ({worker.returncode}); see {work / 'worker.log'}")
+                if time.monotonic() - t0 > opts.job_timeout:
+                    raise SystemExit(f"job {r.job_id} ({r.label}) timed out; see {work}")
+                time.sleep(2.0)
+            r.seconds = time.monotonic() - t0
+            calls = mean_calls(r.job_id)
+            _log(f"job {r.job_id}: {r.label} done in {r.seconds:.0f} s, {calls:.2f} calls/problem")
+            runs.append(r)
+            return r
+
+        common = ["--seed", str(opts.seed), "--solution-format", opts.solution_format]
+        budgets: dict[int, str] = {}
+        for variant in [v.strip() for v in opts.variants.split(",") if v.strip()]:
+            done = run(Run(variant, variant, [*common, "--max-rounds", str(opts.max_rounds)]))
+            assert done.job_id is not None
+            budgets.setdefault(max(1, round(mean_calls(done.job_id))), variant)
+        for k, variant in sorted(budgets.items()):
+            run(Run(f"self-consistency k={k} (= {variant}'s calls)", "self-consistency",
+                    [*common, "--samples", str(k)]))  # fmt: skip
+        run(Run("cot (greedy)", "cot", common))
+        if not opts.no_cot_sampled:
+            run(Run("cot (T=0.7)", "cot", [*common, "--temperature", "0.7"]))
+    total = time.monotonic() - started
+    _log(f"all jobs done in {total / 60:.1f} min")
+
+    if opts.no_report:
+        return
+    from cli.report import generate_report
+
+    job_ids = [r.job_id for r in runs if r.job_id is not None]
+    preamble = "\n".join(
+        [
+            "Produced by:",
+            "",
+            "```bash",
+            command,
+            "```",
+            "",
+            f"- problems: {n} from the GSM8K training split, lines {opts.offset + 1}-{opts.offset + n} of "
+            "`../shared/datasets/gsm8k/train.jsonl` (copied to `problems.jsonl` here); no other part of "
+            "the project uses them.",
+            f"- model: `{model.name}` for both A and B, each role on its own llama-cpp-python server "
+            f"(1 CPU thread each, {os.cpu_count()} cores, no GPU); worker: {opts.concurrency} threads.",
+            "- jobs, one at a time, in this order: "
+            + "; ".join(f"{r.job_id} {r.label} ({(r.seconds or 0) / 60:.1f} min)" for r in runs)
+            + f". Total {total / 60:.1f} min.",
+            f"- seed {opts.seed}; solutions written as {opts.solution_format} by every strategy; mutual "
+            f"variants at most {opts.max_rounds} rounds; self-consistency gets k = the mutual variant's "
+            "mean model calls per problem, rounded.",
+            f"- regenerate the report from the database: `RSTAR_DATABASE_URL={db_url} rstar report "
+            f"{' '.join(map(str, job_ids))} -o {opts.out}`",
+        ]
+    )
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "problems.jsonl").write_bytes(problems.read_bytes())
+    generate_report(db_url, job_ids, opts.out, preamble=preamble)
+    _log(f"report written to {opts.out}")
+
+
+if __name__ == "__main__":
+    main()

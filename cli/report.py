@@ -1,0 +1,331 @@
+"""`rstar report`: render an evaluation report (`rstar.reports`) as a Rich table, Markdown, CSV and PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from db import migrate
+from db.reports import UnknownJobError, load_job_rows
+from db.session import session_scope
+from rstar.reports import CompletionStats, JobSummary, Report, ReviewStats, build_report, is_correct
+from workers.settings import get_settings
+
+SUMMARY_HEAD = (
+    "job", "strategy", "parameters", "problems", "accuracy (95% CI)", "answered / unanswered / failed",
+    "calls / problem", "prompt tokens / problem", "generated tokens / problem", "wall s / problem",
+    "model s / problem",
+)  # fmt: skip
+ROUNDS_HEAD = (
+    "job", "rounds used", "stopped early", "threshold met", "refinement wrong→right / right→wrong",
+    "verdicts right", "mutually consistent (right)", "accuracy after round 1, 2, ...",
+)  # fmt: skip
+PAIRED_HEAD = (
+    "first", "second", "shared", "both right", "only first", "only second", "neither",
+    "difference", "McNemar exact p",
+)  # fmt: skip
+DEFINITIONS = """\
+- accuracy: right answers (`rstar.answers.answers_equal` against the reference) over all problems;
+  failed and unanswered problems count as wrong. 95% CI: Wilson score interval.
+- calls: model calls recorded per problem (failed attempts included); tokens as the server counted
+  them; wall s: from a problem's first step to its selection (queueing included); model s: the sum of
+  its calls' latencies.
+- threshold met: in the last round both reviews accepted and the two answers agree. Refinement
+  wrong→right / right→wrong: refined solutions whose parent was wrong and which are right, and the
+  reverse. Verdicts right: accepting a right answer or rejecting a wrong one ("uncertain" is not right).
+- mutually consistent: the peer, given the first part of a solution, finished it with the same
+  answer; (right): how many of those answers are right.
+- accuracy after round r: the answer the strategy selects from rounds 1..r only.
+- paired: jobs compared on the problems they share (by item id); difference = first minus second;
+  McNemar's exact test is a two-sided binomial test on the problems only one of them got right.
+"""
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _params(s: JobSummary) -> str:
+    names = {"samples": "k", "max_rounds": "rounds ≤", "temperature": "T", "margin": "margin"}
+    return ", ".join(
+        f"{short}{'' if short.endswith('≤') else '='}{s.params[key]}"
+        for key, short in names.items()
+        if s.params.get(key) is not None
+    ).replace("≤", "≤ ")
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def summary_cells(s: JobSummary) -> list[str]:
+    return [
+        s.label,
+        s.strategy,
+        _params(s),
+        str(s.problems),
+        f"{_pct(s.accuracy)} ({s.correct}/{s.judged}) [{_pct(s.ci_low)}, {_pct(s.ci_high)}]",
+        f"{s.answered} / {s.unanswered} / {s.failed}" + (f" (+{s.other} other)" if s.other else ""),
+        f"{s.calls_per_problem:.2f}",
+        f"{s.prompt_tokens_per_problem:.0f}",
+        f"{s.generated_tokens_per_problem:.0f}",
+        _num(s.wall_s_per_problem),
+        _num(s.model_s_per_problem),
+    ]
+
+
+def rounds_cells(s: JobSummary) -> list[str]:
+    rv, cp = s.reviews, s.completions
+    return [
+        s.label,
+        ", ".join(f"{r}: {n}" for r, n in s.rounds.items()) or "-",
+        f"{s.stopped_early}/{s.problems}",
+        f"{rv.threshold_met}/{s.problems}" if rv else "-",
+        f"{rv.wrong_to_right} / {rv.right_to_wrong} of {rv.refinements}" if rv else "-",
+        f"{rv.verdicts_right}/{rv.verdicts} ({rv.uncertain} uncertain)" if rv else "-",
+        f"{cp.consistent}/{cp.completed} ({cp.consistent_right} right)" if cp else "-",
+        ", ".join(_pct(a) for a in s.accuracy_by_round) or "-",
+    ]
+
+
+def paired_cells(report: Report) -> list[list[str]]:
+    return [
+        [
+            c.first, c.second, str(c.shared), str(c.both_right), str(c.only_first), str(c.only_second),
+            str(c.neither), f"{100 * c.difference:+.1f} pp", f"{c.p_value:.3g}",
+        ]
+        for c in report.comparisons
+    ]  # fmt: skip
+
+
+def _multi_round(report: Report) -> list[JobSummary]:
+    return [s for s in report.jobs if s.rounds]
+
+
+# -- Rich ------------------------------------------------------------------------------------------
+
+
+def print_report(console: Console, report: Report) -> None:
+    def table(title: str, head: Sequence[str], rows: list[list[str]]) -> Table:
+        t = Table(title=title)
+        for h in head:
+            t.add_column(h, overflow="fold")
+        for r in rows:
+            t.add_row(*r)
+        return t
+
+    console.print(table("accuracy and cost per job", SUMMARY_HEAD, [summary_cells(s) for s in report.jobs]))
+    multi = _multi_round(report)
+    if multi:
+        console.print(table("rounds, reviews and consistency", ROUNDS_HEAD, [rounds_cells(s) for s in multi]))
+    if report.comparisons:
+        console.print(table("paired comparisons (same problems)", PAIRED_HEAD, paired_cells(report)))
+
+
+# -- Markdown and CSV ------------------------------------------------------------------------------
+
+
+def _md_table(head: Sequence[str], rows: list[list[str]]) -> str:
+    def row(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([row(head), row(["---"] * len(head)), *(row(r) for r in rows)])
+
+
+def render_markdown(report: Report, *, preamble: str | None = None, plots: Sequence[str] = ()) -> str:
+    parts = ["# Accuracy report", ""]
+    if preamble:
+        parts += [preamble.strip(), ""]
+    parts += [
+        "## Accuracy and cost per job",
+        "",
+        _md_table(SUMMARY_HEAD, [summary_cells(s) for s in report.jobs]),
+    ]
+    multi = _multi_round(report)
+    if multi:
+        parts += ["", "## Rounds, reviews and consistency", ""]
+        parts += [_md_table(ROUNDS_HEAD, [rounds_cells(s) for s in multi])]
+    if report.comparisons:
+        parts += [
+            "",
+            "## Paired comparisons (same problems)",
+            "",
+            _md_table(PAIRED_HEAD, paired_cells(report)),
+        ]
+    if plots:
+        parts += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    parts += ["", "## Definitions", "", DEFINITIONS]
+    return "\n".join(parts)
+
+
+def _flat(s: JobSummary) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        k: v for k, v in asdict(s).items() if k not in ("params", "rounds", "reviews", "completions")
+    }
+    row["accuracy"] = round(s.accuracy, 4)
+    row["ci_low"], row["ci_high"] = round(s.ci_low, 4), round(s.ci_high, 4)
+    row["params"] = _params(s)
+    row["rounds"] = " ".join(f"{r}:{n}" for r, n in s.rounds.items())
+    row["accuracy_by_round"] = " ".join(f"{a:.4f}" for a in s.accuracy_by_round)
+    for name, kind in (("reviews", ReviewStats), ("completions", CompletionStats)):
+        stats = getattr(s, name)
+        # Every column always, empty where it does not apply: the same header for every report.
+        values = asdict(stats) if stats is not None else {}
+        row.update({f"{name}_{f.name}": values.get(f.name, "") for f in fields(kind)})
+    return row
+
+
+def render_summary_csv(report: Report) -> str:
+    rows = [_flat(s) for s in report.jobs]
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def render_problems_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["job_id", "job", "strategy", "item_id", "status", "final_answer", "reference_answer", "correct",
+         "rounds_used", "model_calls", "prompt_tokens", "completion_tokens", "wall_time_s", "model_seconds"]
+    )  # fmt: skip
+    for job in report.rows:
+        for p in job.problems:
+            writer.writerow(
+                [job.job_id, job.name, job.strategy, p.item_id, p.status, p.final_answer, p.reference_answer,
+                 is_correct(p), p.rounds_used, p.model_calls, p.prompt_tokens, p.completion_tokens,
+                 p.wall_time_s, p.model_seconds]
+            )  # fmt: skip
+    return out.getvalue()
+
+
+def render_paired_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["first", "second", "shared", "both_right", "only_first", "only_second", "neither",
+                     "difference", "mcnemar_exact_p"])  # fmt: skip
+    for c in report.comparisons:
+        writer.writerow([c.first, c.second, c.shared, c.both_right, c.only_first, c.only_second, c.neither,
+                         round(c.difference, 4), round(c.p_value, 6)])  # fmt: skip
+    return out.getvalue()
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_calls(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    markers = {"mutual": "o", "mutual-consistency": "D", "self-consistency": "s", "cot": "^"}
+    for s in report.jobs:
+        y = 100 * s.accuracy
+        err = [[y - 100 * s.ci_low], [100 * s.ci_high - y]]
+        ax.errorbar(
+            s.calls_per_problem, y, yerr=err, fmt=markers.get(s.strategy, "x"), capsize=4, label=s.label
+        )
+        ax.annotate(s.label, (s.calls_per_problem, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.set_xlabel("model calls per problem (mean)")
+    ax.set_ylabel("accuracy, % (95% Wilson CI)")
+    ax.set_title("Accuracy against model calls, one point per job")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_accuracy_per_round(report: Report, path: Path) -> bool:
+    jobs = [s for s in report.jobs if s.accuracy_by_round]
+    if not jobs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for s in jobs:
+        rounds = list(range(1, len(s.accuracy_by_round) + 1))
+        ax.plot(rounds, [100 * a for a in s.accuracy_by_round], marker="o", label=s.label)
+    ax.set_xlabel("stopped after round")
+    ax.set_ylabel("accuracy, %")
+    ax.set_xticks(range(1, max(len(s.accuracy_by_round) for s in jobs) + 1))
+    ax.set_ylim(0, 100)
+    ax.set_title("Accuracy had the job stopped after each round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) -> list[Path]:
+    """report.md, summary.csv, problems.csv, paired.csv and the PNG plots; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = ["accuracy_vs_calls.png"]
+    plot_accuracy_vs_calls(report, out_dir / plots[0])
+    if plot_accuracy_per_round(report, out_dir / "accuracy_per_round.png"):
+        plots.append("accuracy_per_round.png")
+    files = {
+        "report.md": render_markdown(report, preamble=preamble, plots=plots),
+        "summary.csv": render_summary_csv(report),
+        "problems.csv": render_problems_csv(report),
+        "paired.csv": render_paired_csv(report),
+    }
+    for name, text in files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+    return [out_dir / n for n in [*files, *plots]]
+
+
+def generate_report(
+    database_url: str, job_ids: Sequence[int], out_dir: Path | None, *, preamble: str | None = None,
+    console: Console | None = None,
+) -> Report:  # fmt: skip
+    """Load, aggregate, print and (with `out_dir`) write the report of these jobs."""
+    settings = get_settings()
+    with session_scope(database_url) as session:
+        rows = load_job_rows(session=session, job_ids=job_ids, max_rounds_limit=settings.max_rounds_limit)
+    report = build_report(rows)
+    print_report(console or Console(), report)
+    if out_dir is not None:
+        write_report(report, out_dir, preamble=preamble)
+    return report
+
+
+def report_command(
+    jobs: Annotated[list[int], typer.Argument(help="Job ids; jobs on the same problems are compared.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write report.md, CSVs and PNG plots here.")
+    ] = None,
+) -> None:
+    """Accuracy (95% CI), answered/failed counts, calls, tokens and time per problem for each job;
+    rounds, refinements and reviewers for mutual; paired McNemar tests between jobs."""
+    err = Console(stderr=True)
+    url = get_settings().database_url
+    try:
+        migrate.ensure_current(url)
+        generate_report(url, jobs, output)
+    except (UnknownJobError, migrate.SchemaOutOfDateError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if output is not None:
+        err.print(f"report written to {output}/report.md (with CSV and PNG files)")

@@ -1,0 +1,400 @@
+"""Evaluation reports, the pure part: plain rows of finished jobs in, typed summaries out (no I/O).
+
+`db/reports.py` reads the rows, `cli/report.py` renders the result (Rich, Markdown, CSV, PNG).
+Correctness is always `answers_equal(final answer, reference)`, as in `rstar results`.
+
+Definitions used throughout:
+* accuracy = right / problems with a reference; a failed or unanswered problem counts as wrong.
+  Its 95% interval is Wilson's score interval.
+* answered: a final answer was selected; unanswered: the selection found no parsable answer;
+  failed: a step failed for good; other: pending, running or cancelled.
+* threshold met (review-based jobs): in the last round every review accepted its target and the
+  reviewed solutions' answers agree.
+* a refinement turns wrong into right when its parent's answer was wrong and its own is right.
+* a verdict is right when it accepts a right answer or rejects a wrong one ("uncertain" never is).
+* a solution is mutually consistent when the peer's completion of it reaches the same answer.
+* accuracy after round r: of the answer the strategy would have selected had it stopped after
+  round r (problems that stopped earlier keep their final answer).
+* paired comparison of two jobs, over the item ids they share: McNemar's exact test, a two-sided
+  binomial test on the discordant pairs (b = only the first right, c = only the second right).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from rstar.answers import answers_equal
+from rstar.strategies.base import ProblemState
+
+__all__ = [
+    "Z95",
+    "CompletionStats",
+    "JobRows",
+    "JobSummary",
+    "PairedComparison",
+    "ProblemRow",
+    "Report",
+    "ReviewRow",
+    "ReviewStats",
+    "SolutionRow",
+    "build_report",
+    "is_correct",
+    "mcnemar_exact",
+    "paired",
+    "state_up_to_round",
+    "summarize",
+    "wilson_interval",
+]
+
+Z95 = 1.959963984540054
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SolutionRow:
+    id: int
+    round: int
+    author: str
+    kind: str
+    """generate, refine or complete."""
+    answer: str | None
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ReviewRow:
+    round: int
+    reviewer: str
+    verdict: str
+    target_solution_id: int
+
+
+@dataclass(frozen=True)
+class ProblemRow:
+    item_id: str
+    status: str
+    final_answer: str | None
+    reference_answer: str | None
+    rounds_used: int | None = None
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_time_s: float | None = None
+    model_seconds: float = 0.0
+    """Sum of the model calls' latencies."""
+    solutions: tuple[SolutionRow, ...] = ()
+    reviews: tuple[ReviewRow, ...] = ()
+    answer_by_round: tuple[str | None, ...] = ()
+    """The answer selected had the strategy stopped after round 1, 2, ... (empty: not known)."""
+
+
+@dataclass(frozen=True)
+class JobRows:
+    job_id: int
+    name: str
+    strategy: str
+    params: Mapping[str, Any]
+    problems: tuple[ProblemRow, ...]
+    wall_time_s: float | None = None
+    """From submission to the last problem's end."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.job_id} {self.name}"
+
+
+def state_up_to_round(state: ProblemState, round_: int) -> ProblemState:
+    """The state as it was when round `round_` ended: to replay a strategy's selection then."""
+    return ProblemState(
+        question=state.question,
+        steps={k: v for k, v in state.steps.items() if v.round <= round_ and v.kind != "select"},
+        solutions={k: v for k, v in state.solutions.items() if v.round <= round_},
+        reviews={k: v for k, v in state.reviews.items() if v.round <= round_},
+    )
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for a binomial proportion; (0, 1) when n is 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # At p = 0 or 1 the bound is exactly 0 or 1; floating point would leave 0.9999999999999999.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: P(a split at least as uneven as b:c | b+c, p = 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+# -- summaries -----------------------------------------------------------------------------------
+
+
+def is_correct(problem: ProblemRow) -> bool:
+    return problem.status == "answered" and answers_equal(problem.final_answer, problem.reference_answer)
+
+
+@dataclass(frozen=True)
+class ReviewStats:
+    """For strategies with reviews and refinements (mutual)."""
+
+    threshold_met: int
+    refinements: int
+    wrong_to_right: int
+    right_to_wrong: int
+    verdicts: int
+    verdicts_right: int
+    accepted_right: int
+    accepted_wrong: int
+    rejected_right: int
+    rejected_wrong: int
+    uncertain: int
+
+
+@dataclass(frozen=True)
+class CompletionStats:
+    """For strategies where a model completes the peer's cut-off solution (mutual-consistency)."""
+
+    completed: int
+    """Solutions that got a completion."""
+    consistent: int
+    consistent_right: int
+    """Mutually consistent solutions whose answer is right."""
+    inconsistent_right: int
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job_id: int
+    label: str
+    strategy: str
+    params: Mapping[str, Any]
+    problems: int
+    judged: int
+    correct: int
+    ci_low: float
+    ci_high: float
+    answered: int
+    unanswered: int
+    failed: int
+    other: int
+    calls_per_problem: float
+    prompt_tokens_per_problem: float
+    generated_tokens_per_problem: float
+    wall_s_per_problem: float | None
+    model_s_per_problem: float
+    job_wall_s: float | None
+    rounds: Mapping[int, int] = field(default_factory=dict)
+    """Problems per number of rounds used (multi-round strategies)."""
+    stopped_early: int = 0
+    """Problems that finished before the round limit (multi-round strategies)."""
+    accuracy_by_round: tuple[float, ...] = ()
+    reviews: ReviewStats | None = None
+    completions: CompletionStats | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.judged if self.judged else 0.0
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _right(answer: str | None, reference: str | None) -> bool:
+    return answers_equal(answer, reference)
+
+
+def _review_stats(problems: Sequence[ProblemRow]) -> ReviewStats | None:
+    if not any(p.reviews for p in problems):
+        return None
+    threshold = refinements = w2r = r2w = 0
+    verdicts: Counter[tuple[str, bool]] = Counter()
+    for p in problems:
+        by_id = {s.id: s for s in p.solutions}
+        for s in p.solutions:
+            if s.kind == "refine" and s.parent_id in by_id:
+                refinements += 1
+                before = _right(by_id[s.parent_id].answer, p.reference_answer)
+                after = _right(s.answer, p.reference_answer)
+                w2r += not before and after
+                r2w += before and not after
+        for r in p.reviews:
+            target = by_id.get(r.target_solution_id)
+            verdicts[(r.verdict, target is not None and _right(target.answer, p.reference_answer))] += 1
+        if p.reviews:
+            last = max(r.round for r in p.reviews)
+            final = [r for r in p.reviews if r.round == last]
+            targets = [by_id.get(r.target_solution_id) for r in final]
+            answers = [t.answer for t in targets if t is not None]
+            threshold += (
+                len(final) >= 2
+                and all(r.verdict == "correct" for r in final)
+                and len(answers) == len(final)
+                and all(answers_equal(answers[0], a) for a in answers[1:])
+            )
+    accepted_right, accepted_wrong = verdicts[("correct", True)], verdicts[("correct", False)]
+    rejected_right, rejected_wrong = verdicts[("incorrect", True)], verdicts[("incorrect", False)]
+    total = sum(verdicts.values())
+    return ReviewStats(
+        threshold_met=threshold,
+        refinements=refinements,
+        wrong_to_right=w2r,
+        right_to_wrong=r2w,
+        verdicts=total,
+        verdicts_right=accepted_right + rejected_wrong,
+        accepted_right=accepted_right,
+        accepted_wrong=accepted_wrong,
+        rejected_right=rejected_right,
+        rejected_wrong=rejected_wrong,
+        uncertain=total - accepted_right - accepted_wrong - rejected_right - rejected_wrong,
+    )
+
+
+def _completion_stats(problems: Sequence[ProblemRow]) -> CompletionStats | None:
+    if not any(s.kind == "complete" for p in problems for s in p.solutions):
+        return None
+    completed = consistent = consistent_right = inconsistent_right = 0
+    for p in problems:
+        by_id = {s.id: s for s in p.solutions}
+        for c in p.solutions:
+            parent = by_id.get(c.parent_id) if c.kind == "complete" and c.parent_id is not None else None
+            if parent is None:
+                continue
+            completed += 1
+            right = _right(parent.answer, p.reference_answer)
+            if answers_equal(parent.answer, c.answer):
+                consistent += 1
+                consistent_right += right
+            else:
+                inconsistent_right += right
+    return CompletionStats(completed, consistent, consistent_right, inconsistent_right)
+
+
+def _accuracy_by_round(problems: Sequence[ProblemRow], judged: int) -> tuple[float, ...]:
+    last = max((p.rounds_used or 0 for p in problems), default=0)
+    if last < 2 or not judged:
+        return ()
+    out = []
+    for r in range(1, last + 1):
+        right = 0
+        for p in problems:
+            if p.reference_answer is None or p.status != "answered":
+                continue
+            known = p.answer_by_round
+            answer = known[r - 1] if r <= len(known) else p.final_answer
+            right += _right(answer, p.reference_answer)
+        out.append(right / judged)
+    return tuple(out)
+
+
+def summarize(job: JobRows) -> JobSummary:
+    ps = job.problems
+    judged = [p for p in ps if p.reference_answer is not None]
+    correct = sum(1 for p in judged if is_correct(p))
+    low, high = wilson_interval(correct, len(judged))
+    answered = sum(1 for p in ps if p.status == "answered" and p.final_answer is not None)
+    unanswered = sum(1 for p in ps if p.status == "answered" and p.final_answer is None)
+    failed = sum(1 for p in ps if p.status == "failed")
+    walls = [p.wall_time_s for p in ps if p.wall_time_s is not None]
+    multi_round = any(p.reviews or any(s.kind != "generate" for s in p.solutions) for p in ps)
+    rounds: Counter[int] = Counter(p.rounds_used for p in ps if multi_round and p.rounds_used)
+    limit = job.params.get("max_rounds")
+    stopped_early = sum(n for r, n in rounds.items() if isinstance(limit, int) and r < limit)
+    return JobSummary(
+        job_id=job.job_id,
+        label=job.label,
+        strategy=job.strategy,
+        params=dict(job.params),
+        problems=len(ps),
+        judged=len(judged),
+        correct=correct,
+        ci_low=low,
+        ci_high=high,
+        answered=answered,
+        unanswered=unanswered,
+        failed=failed,
+        other=len(ps) - answered - unanswered - failed,
+        calls_per_problem=_mean([p.model_calls for p in ps]),
+        prompt_tokens_per_problem=_mean([p.prompt_tokens for p in ps]),
+        generated_tokens_per_problem=_mean([p.completion_tokens for p in ps]),
+        wall_s_per_problem=_mean(walls) if walls else None,
+        model_s_per_problem=_mean([p.model_seconds for p in ps]),
+        job_wall_s=job.wall_time_s,
+        rounds=dict(sorted(rounds.items())),
+        stopped_early=stopped_early,
+        accuracy_by_round=_accuracy_by_round(ps, len(judged)) if multi_round else (),
+        reviews=_review_stats(ps),
+        completions=_completion_stats(ps),
+    )
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    first: str
+    second: str
+    shared: int
+    """Problems (by item id, with a reference) in both jobs."""
+    both_right: int
+    only_first: int
+    only_second: int
+    neither: int
+    p_value: float
+
+    @property
+    def difference(self) -> float:
+        """Accuracy of the first minus the second, on the shared problems."""
+        return (self.only_first - self.only_second) / self.shared if self.shared else 0.0
+
+
+def paired(first: JobRows, second: JobRows) -> PairedComparison | None:
+    """Compare two jobs on the problems they share (matched by item id); None if they share none."""
+    a = {p.item_id: p for p in first.problems if p.reference_answer is not None}
+    b = {p.item_id: p for p in second.problems if p.reference_answer is not None}
+    shared = [i for i in a if i in b]
+    if not shared:
+        return None
+    counts: Counter[tuple[bool, bool]] = Counter((is_correct(a[i]), is_correct(b[i])) for i in shared)
+    only_first, only_second = counts[(True, False)], counts[(False, True)]
+    return PairedComparison(
+        first=first.label,
+        second=second.label,
+        shared=len(shared),
+        both_right=counts[(True, True)],
+        only_first=only_first,
+        only_second=only_second,
+        neither=counts[(False, False)],
+        p_value=mcnemar_exact(only_first, only_second),
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    jobs: tuple[JobSummary, ...]
+    comparisons: tuple[PairedComparison, ...]
+    rows: tuple[JobRows, ...]
+
+
+def build_report(jobs: Sequence[JobRows]) -> Report:
+    """Every job's summary, and every pair of jobs that shares problems, in the order given."""
+    comparisons = tuple(c for x, y in combinations(jobs, 2) if (c := paired(x, y)) is not None)
+    return Report(tuple(summarize(j) for j in jobs), comparisons, tuple(jobs))

@@ -1,0 +1,225 @@
+"""The "mutual-consistency" strategy: rStar's check (Qi et al., 2024, arXiv 2408.06195, section 3.3).
+
+Instead of asking the peer for a verdict, cut a solution part-way and let the peer finish it; a
+solution whose completion reaches the same answer is *mutually consistent*.
+  round r:   A and B solve on their own (generate); as soon as one has solved, the other
+             completes that solution from its cut-off point (complete).
+Every solution and every completion, of every round and both models, is a vote for its answer.
+Stop after round r when the leading answer has at least `margin` votes more than any other (with
+the default 4: all four answers of the first round agree), or after `max_rounds` rounds; a new
+round adds two fresh solutions and their two completions. Selection: the most votes, then the most
+mutually consistent solutions, then the answer seen first; it says why in words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from rstar import prompts
+from rstar.answers import answers_equal
+from rstar.strategies.base import (
+    Plan,
+    ProblemState,
+    Selection,
+    SolutionView,
+    StepLinks,
+    StepSpec,
+    choice_param,
+    float_param,
+    int_param,
+    step_key,
+    step_seed,
+)
+from rstar.types import ROLES, ModelRequest, Role, StepKind, peer
+
+DEFAULTS: dict[str, Any] = {
+    "max_rounds": 3,
+    "temperature": 0.7,
+    "completion_temperature": 0.7,
+    "max_tokens": 512,
+    "margin": 4,
+    "cut": 0.5,
+    "seed": 0,
+    "solution_format": "json",
+}
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    max_rounds: int
+    temperature: float
+    completion_temperature: float
+    max_tokens: int
+    margin: int
+    cut: float
+    seed: int | None
+    solution_format: str
+
+
+def solve_step(round_: int, role: Role) -> StepSpec:
+    return StepSpec(step_key(round_, StepKind.GENERATE, role), StepKind.GENERATE, role, round_)
+
+
+def complete_step(round_: int, role: Role) -> StepSpec:
+    """`role` completes its peer's round-`round_` solution."""
+    return StepSpec(step_key(round_, StepKind.COMPLETE, role), StepKind.COMPLETE, role, round_)
+
+
+def cut_point(n_steps: int, cut: float) -> int:
+    """How many of a solution's steps the completer sees: about `cut` of them, never the last one
+    (which usually states the answer); none for a one-step (or unparsed) solution."""
+    if n_steps <= 1:
+        return 0
+    return min(n_steps - 1, max(1, int(n_steps * cut)))
+
+
+def answer_groups(solutions: list[SolutionView]) -> list[list[SolutionView]]:
+    """Solutions with an answer, grouped by equal answers, in order of first appearance."""
+    groups: list[list[SolutionView]] = []
+    for sol in solutions:
+        if sol.answer is None:
+            continue
+        for group in groups:
+            if answers_equal(group[0].answer, sol.answer):
+                group.append(sol)
+                break
+        else:
+            groups.append([sol])
+    return groups
+
+
+def consistent(state: ProblemState, solution: SolutionView) -> bool:
+    """Whether the peer's completion of this (generated) solution reached the same answer."""
+    if solution.kind != StepKind.GENERATE.value:
+        return False
+    completion = state.solutions.get(step_key(solution.round, StepKind.COMPLETE, peer(solution.author)))
+    return completion is not None and answers_equal(solution.answer, completion.answer)
+
+
+def _ordered(state: ProblemState, up_to_round: int | None = None) -> list[SolutionView]:
+    """Solutions in a stable order: by round, then generations before completions, A before B."""
+    order = {StepKind.GENERATE.value: 0, StepKind.COMPLETE.value: 1}
+    sols = [s for s in state.solutions.values() if up_to_round is None or s.round <= up_to_round]
+    return sorted(sols, key=lambda s: (s.round, order.get(s.kind, 2), s.author, s.id))
+
+
+def vote_margin(state: ProblemState, up_to_round: int) -> int:
+    """Votes of the leading answer minus those of the runner-up (all its votes if it is alone)."""
+    sizes = sorted((len(g) for g in answer_groups(_ordered(state, up_to_round))), reverse=True)
+    if not sizes:
+        return 0
+    return sizes[0] - (sizes[1] if len(sizes) > 1 else 0)
+
+
+class MutualConsistencyStrategy:
+    name: ClassVar[str] = "mutual-consistency"
+
+    def __init__(self, params: Mapping[str, Any] | None = None, *, max_rounds_limit: int = 10) -> None:
+        p = {**DEFAULTS, **(params or {})}
+        seed = p.get("seed")
+        self.p = ConsistencyParams(
+            max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
+            temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
+            completion_temperature=float_param(p, "completion_temperature", 0.7, low=0.0, high=2.0),
+            max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
+            margin=int_param(p, "margin", 4, low=1, high=1000),
+            cut=float_param(p, "cut", 0.5, low=0.1, high=0.9),
+            seed=None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1),
+            solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
+        )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "max_rounds": self.p.max_rounds,
+            "temperature": self.p.temperature,
+            "completion_temperature": self.p.completion_temperature,
+            "max_tokens": self.p.max_tokens,
+            "margin": self.p.margin,
+            "cut": self.p.cut,
+            "seed": self.p.seed,
+            "solution_format": self.p.solution_format,
+            "prompt_version": prompts.PROMPT_VERSION,
+        }
+
+    # -- which steps come next ---------------------------------------------------------------
+
+    def plan(self, state: ProblemState) -> Plan:
+        wanted: list[StepSpec] = []
+        for round_ in range(1, self.p.max_rounds + 1):
+            this_round = [solve_step(round_, r) for r in ROLES]
+            wanted.extend(this_round)
+            # A completion needs only the solution it completes: no waiting for the other model.
+            for role in ROLES:
+                if state.done(solve_step(round_, peer(role)).key):
+                    this_round.append(complete_step(round_, role))
+                    wanted.append(this_round[-1])
+            if len(this_round) < 4 or not all(state.done(s.key) for s in this_round):
+                return Plan(tuple(wanted))
+            if self.threshold_met(state, round_) or round_ == self.p.max_rounds:
+                return Plan(tuple(wanted), finished=True)
+        return Plan(tuple(wanted), finished=True)  # unreachable: the loop returns at max_rounds
+
+    def threshold_met(self, state: ProblemState, round_: int) -> bool:
+        return vote_margin(state, round_) >= self.p.margin
+
+    # -- what to ask ----------------------------------------------------------------------------
+
+    def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
+        seed = step_seed(self.p.seed, step)
+        if step.kind is StepKind.COMPLETE:
+            target = state.solutions[solve_step(step.round, peer(step.role)).key]
+            shown = target.steps[: cut_point(len(target.steps), self.p.cut)]
+            return ModelRequest(
+                messages=prompts.complete_messages(state.question, shown, style=self.p.solution_format),
+                temperature=self.p.completion_temperature,
+                max_tokens=self.p.max_tokens,
+                seed=seed,
+                json_schema=prompts.solution_schema(self.p.solution_format),
+            )
+        return ModelRequest(
+            messages=prompts.solve_messages(state.question, style=self.p.solution_format),
+            temperature=self.p.temperature,
+            max_tokens=self.p.max_tokens,
+            seed=seed,
+            json_schema=prompts.solution_schema(self.p.solution_format),
+        )
+
+    def links(self, step: StepSpec, state: ProblemState) -> StepLinks:
+        if step.kind is StepKind.COMPLETE:
+            target = state.solutions[solve_step(step.round, peer(step.role)).key]
+            return StepLinks(parent_solution_id=target.id)
+        return StepLinks()
+
+    # -- the answer -----------------------------------------------------------------------------
+
+    def select(self, state: ProblemState) -> Selection:
+        ordered = _ordered(state)
+        rounds = max((s.round for s in ordered), default=0)
+        groups = answer_groups(ordered)
+        if not groups:
+            return Selection(None, None, "No solution or completion gave a parsable final answer.", rounds)
+
+        def n_consistent(group: list[SolutionView]) -> int:
+            return sum(1 for s in group if consistent(state, s))
+
+        # max() keeps the first of equal keys: ties go to the answer seen first.
+        best = max(groups, key=lambda g: (len(g), n_consistent(g)))
+        chosen = max(
+            best, key=lambda s: (consistent(state, s), s.kind == StepKind.GENERATE.value, -ordered.index(s))
+        )
+        total = sum(len(g) for g in groups)
+        met = self.threshold_met(state, rounds)
+        head = f"Consensus after {rounds} round(s)" if met else f"No clear consensus after {rounds} round(s)"
+        how = "mutually consistent" if consistent(state, chosen) else "not confirmed by the peer"
+        reason = (
+            f"{head}: answer {chosen.answer} has {len(best)} of {total} votes (solutions and peer "
+            f"completions, all rounds, both models); {n_consistent(best)} of its solutions are mutually "
+            f"consistent. Chose {chosen.author}'s round-{chosen.round} {chosen.kind} ({how})."
+        )
+        if len(groups) > 1:
+            others = ", ".join(f"{g[0].answer} ({len(g)})" for g in groups if g is not best)
+            reason += f" Other answers: {others}."
+        return Selection(chosen.id, chosen.answer, reason, rounds)

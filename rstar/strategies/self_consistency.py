@@ -1,0 +1,127 @@
+"""The "self-consistency" baseline (Wang et al., 2022): k independent samples, majority vote.
+
+Samples alternate between the models (1: A, 2: B, 3: A, ...), all dispatched at once. Answers are
+grouped with `answers_equal`; the largest group wins, ties going to the group whose first sample
+came first. Sample i has a seed of its own that does not depend on k, and samples 1 and 2 use the
+seeds of mutual's round-1 solutions, so runs with different k (and mutual) share their samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from rstar import prompts
+from rstar.answers import answers_equal
+from rstar.strategies.base import (
+    Plan,
+    ProblemState,
+    Selection,
+    SolutionView,
+    StepLinks,
+    StepSpec,
+    choice_param,
+    float_param,
+    int_param,
+    step_key,
+    step_seed,
+)
+from rstar.types import ModelRequest, Role, StepKind
+
+DEFAULTS: dict[str, Any] = {
+    "samples": 8,
+    "temperature": 0.7,
+    "max_tokens": 512,
+    "seed": 0,
+    "solution_format": "json",
+}
+MAX_SAMPLES = 64
+
+
+def sample_step(i: int) -> StepSpec:
+    """The i-th sample (1-based): A for odd i, B for even i."""
+    role: Role = "A" if i % 2 else "B"
+    return StepSpec(f"s{i}.{StepKind.GENERATE.value}.{role}", StepKind.GENERATE, role, 1)
+
+
+def sample_seed(base: int | None, i: int) -> int | None:
+    if base is None:
+        return None
+    if i <= 2:  # the seeds of mutual's r1.generate.A / r1.generate.B
+        role: Role = "A" if i == 1 else "B"
+        return step_seed(base, StepSpec(step_key(1, StepKind.GENERATE, role), StepKind.GENERATE, role, 1))
+    return base * 1000 + 500 + i
+
+
+def majority(solutions: list[SolutionView]) -> list[list[SolutionView]]:
+    """Answer groups, largest first; ties keep the order of each group's first member."""
+    groups: list[list[SolutionView]] = []
+    for sol in solutions:
+        if sol.answer is None:
+            continue
+        for group in groups:
+            if answers_equal(group[0].answer, sol.answer):
+                group.append(sol)
+                break
+        else:
+            groups.append([sol])
+    return sorted(groups, key=len, reverse=True)  # sorted() is stable
+
+
+class SelfConsistencyStrategy:
+    name: ClassVar[str] = "self-consistency"
+
+    def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
+        p = {**DEFAULTS, **(params or {})}
+        seed = p.get("seed")
+        self.samples = int_param(p, "samples", 8, low=1, high=MAX_SAMPLES)
+        self.temperature = float_param(p, "temperature", 0.7, low=0.0, high=2.0)
+        self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
+        self.seed = None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1)
+        self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
+        self._steps = tuple(sample_step(i) for i in range(1, self.samples + 1))
+        self._index = {s.key: i for i, s in enumerate(self._steps, 1)}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "solution_format": self.solution_format,
+            "prompt_version": prompts.PROMPT_VERSION,
+        }
+
+    def plan(self, state: ProblemState) -> Plan:
+        return Plan(self._steps, finished=all(state.done(s.key) for s in self._steps))
+
+    def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
+        return ModelRequest(
+            messages=prompts.solve_messages(state.question, style=self.solution_format),
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=sample_seed(self.seed, self._index[step.key]),
+            json_schema=prompts.solution_schema(self.solution_format),
+        )
+
+    def links(self, step: StepSpec, state: ProblemState) -> StepLinks:
+        return StepLinks()
+
+    def select(self, state: ProblemState) -> Selection:
+        samples = [state.solutions[s.key] for s in self._steps if s.key in state.solutions]
+        groups = majority(samples)
+        if not groups:
+            return Selection(None, None, f"None of the {len(samples)} samples gave a parsable answer.", 1)
+        best = groups[0]
+        chosen = best[0]
+        by_model = ", ".join(f"{r} {sum(1 for s in best if s.author == r)}" for r in ("A", "B"))
+        reason = f"Majority vote: {len(best)} of {len(samples)} samples answer {chosen.answer} ({by_model})."
+        if len(groups) > 1:
+            others = ", ".join(f"{g[0].answer} ({len(g)})" for g in groups[1:])
+            tie = " Tied with the first; the answer seen first wins." if len(groups[1]) == len(best) else ""
+            reason += f" Other answers: {others}.{tie}"
+        unanswered = sum(1 for s in samples if s.answer is None)
+        if unanswered:
+            reason += f" {unanswered} without a parsable answer."
+        return Selection(chosen.id, chosen.answer, reason, 1)

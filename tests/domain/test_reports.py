@@ -1,0 +1,186 @@
+"""Report aggregation from hand-made rows; every expected number is counted by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rstar.reports import (
+    JobRows,
+    ProblemRow,
+    ReviewRow,
+    SolutionRow,
+    build_report,
+    mcnemar_exact,
+    paired,
+    state_up_to_round,
+    summarize,
+    wilson_interval,
+)
+from rstar.strategies.base import ProblemState, StepView
+from tests.domain.strategy_state import StateBuilder
+
+S, R = SolutionRow, ReviewRow
+
+
+def mutual_job() -> JobRows:
+    problems = (
+        # p1: both say 7 (right) and accept each other in round 1.
+        ProblemRow(
+            "p1", "answered", "7", "7", rounds_used=1, model_calls=4, prompt_tokens=400,
+            completion_tokens=100, wall_time_s=10.0, model_seconds=8.0,
+            solutions=(S(1, 1, "A", "generate", "7"), S(2, 1, "B", "generate", "7.0")),
+            reviews=(R(1, "A", "correct", 2), R(1, "B", "correct", 1)),
+        ),
+        # p2: A right (12), B wrong (10); both reject; A refines to 10 (right -> wrong), B stays at 10
+        # (wrong -> wrong); both accept the wrong 10 in round 2 (threshold met, on a wrong answer).
+        ProblemRow(
+            "p2", "answered", "10", "12", rounds_used=2, model_calls=8, prompt_tokens=900,
+            completion_tokens=300, wall_time_s=30.0, model_seconds=20.0,
+            solutions=(
+                S(11, 1, "A", "generate", "12"), S(12, 1, "B", "generate", "10"),
+                S(13, 2, "A", "refine", "10", 11), S(14, 2, "B", "refine", "10", 12),
+            ),
+            reviews=(
+                R(1, "A", "incorrect", 12), R(1, "B", "incorrect", 11),
+                R(2, "A", "correct", 14), R(2, "B", "correct", 13),
+            ),
+            answer_by_round=("12", "10"),
+        ),
+        # p3: no parsable answer anywhere; A is uncertain, B rejects A's non-answer.
+        ProblemRow(
+            "p3", "answered", None, "5", rounds_used=1, model_calls=4, prompt_tokens=400,
+            completion_tokens=100, wall_time_s=None, model_seconds=4.0,
+            solutions=(S(21, 1, "A", "generate", None), S(22, 1, "B", "generate", None)),
+            reviews=(R(1, "A", "uncertain", 22), R(1, "B", "incorrect", 21)),
+        ),
+        # p4: failed after one call.
+        ProblemRow("p4", "failed", None, "3", model_calls=1, prompt_tokens=100, wall_time_s=2.0),
+    )  # fmt: skip
+    return JobRows(1, "mutual", "mutual", {"max_rounds": 3}, problems, wall_time_s=60.0)
+
+
+def sc_job() -> JobRows:
+    answers = {"p1": "7", "p2": "12", "p3": "6", "p4": "3"}  # right, right, wrong, right
+    refs = {"p1": "7", "p2": "12", "p3": "5", "p4": "3"}
+    problems = tuple(
+        ProblemRow(
+            i, "answered", a, refs[i], rounds_used=1, model_calls=4, solutions=(S(1, 1, "A", "generate", a),)
+        )
+        for i, a in answers.items()
+    )
+    return JobRows(2, "sc", "self-consistency", {"samples": 4}, problems)
+
+
+def test_wilson_interval_matches_the_textbook() -> None:
+    low, high = wilson_interval(1, 4)
+    assert (round(low, 4), round(high, 4)) == (0.0456, 0.6994)
+    low, high = wilson_interval(15, 30)  # p = 0.5: symmetric, 0.5 -/+ 0.1685
+    assert (round(low, 4), round(high, 4)) == (0.3315, 0.6685)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "p"),
+    [
+        (0, 0, 1.0),
+        (0, 2, 0.5),  # 2 * (1/4)
+        (1, 9, 22 / 1024),  # 2 * (1 + 10) / 2^10
+        (9, 1, 22 / 1024),
+        (0, 6, 2 / 64),
+        (5, 5, 1.0),  # 2 * P(X <= 5) > 1
+        (3, 7, 2 * (1 + 10 + 45 + 120) / 1024),
+    ],
+)
+def test_mcnemar_exact(b: int, c: int, p: float) -> None:
+    assert math.isclose(mcnemar_exact(b, c), p)
+
+
+def test_mutual_summary_by_hand() -> None:
+    s = summarize(mutual_job())
+    assert (s.problems, s.judged, s.correct, s.accuracy) == (4, 4, 1, 0.25)
+    assert (s.answered, s.unanswered, s.failed, s.other) == (2, 1, 1, 0)
+    assert (round(s.ci_low, 4), round(s.ci_high, 4)) == (0.0456, 0.6994)
+    assert s.calls_per_problem == (4 + 8 + 4 + 1) / 4
+    assert s.prompt_tokens_per_problem == (400 + 900 + 400 + 100) / 4
+    assert s.generated_tokens_per_problem == (100 + 300 + 100 + 0) / 4
+    assert s.wall_s_per_problem == (10 + 30 + 2) / 3  # p3 has no wall time
+    assert s.model_s_per_problem == (8 + 20 + 4 + 0) / 4
+    assert s.job_wall_s == 60.0
+    assert s.rounds == {1: 2, 2: 1} and s.stopped_early == 3  # p4 failed: no rounds
+    # After round 1: p1 right, p2's round-1 answer 12 right, p3 none, p4 failed: 2/4; after 2: 1/4.
+    assert s.accuracy_by_round == (0.5, 0.25)
+    rv = s.reviews
+    assert rv is not None
+    assert rv.threshold_met == 2  # p1 (round 1) and p2 (round 2, on the wrong answer)
+    assert (rv.refinements, rv.wrong_to_right, rv.right_to_wrong) == (2, 0, 1)
+    # Verdicts: p1 accepts 2 right; p2 rejects a wrong and a right, accepts 2 wrong;
+    # p3 uncertain once, rejects a non-answer (right to reject).
+    assert (rv.accepted_right, rv.accepted_wrong, rv.rejected_right, rv.rejected_wrong) == (2, 2, 1, 2)
+    assert (rv.verdicts, rv.verdicts_right, rv.uncertain) == (8, 4, 1)
+    assert s.completions is None
+
+
+def test_single_round_jobs_have_no_round_statistics() -> None:
+    s = summarize(sc_job())
+    assert (s.correct, s.judged, s.answered) == (3, 4, 4)
+    assert s.rounds == {} and s.accuracy_by_round == () and s.reviews is None and s.completions is None
+
+
+def test_completion_statistics() -> None:
+    problem = ProblemRow(
+        "p1", "answered", "8", "7", rounds_used=1, model_calls=4,
+        solutions=(
+            S(1, 1, "A", "generate", "7"), S(2, 1, "B", "generate", "8"),
+            S(3, 1, "A", "complete", "8", 2),  # A finishes B's 8 with 8: consistent (wrong answer)
+            S(4, 1, "B", "complete", "7", 1),  # B finishes A's 7 with 7: consistent (right answer)
+        ),
+    )  # fmt: skip
+    s = summarize(JobRows(3, "mc", "mutual-consistency", {"max_rounds": 3}, (problem,)))
+    assert s.completions is not None
+    assert (s.completions.completed, s.completions.consistent) == (2, 2)
+    assert (s.completions.consistent_right, s.completions.inconsistent_right) == (1, 0)
+    assert s.rounds == {1: 1} and s.stopped_early == 1 and s.correct == 0
+
+
+def test_paired_comparison_on_shared_items() -> None:
+    c = paired(mutual_job(), sc_job())
+    assert c is not None
+    # p1 both right; p2 and p4 only sc; p3 neither.
+    assert (c.shared, c.both_right, c.only_first, c.only_second, c.neither) == (4, 1, 0, 2, 1)
+    assert c.difference == -0.5 and c.p_value == 0.5
+    assert (c.first, c.second) == ("1 mutual", "2 sc")
+
+
+def test_paired_matches_by_item_id_and_skips_disjoint_jobs() -> None:
+    other = JobRows(9, "other", "cot", {}, (ProblemRow("zzz", "answered", "1", "1"),))
+    assert paired(mutual_job(), other) is None
+    subset = JobRows(
+        8, "two", "cot", {}, (ProblemRow("p2", "answered", "12", "12"), ProblemRow("p3", "failed", None, "5"))
+    )
+    c = paired(subset, mutual_job())
+    assert c is not None and (c.shared, c.only_first, c.only_second, c.neither) == (2, 1, 0, 1)
+
+
+def test_build_report_keeps_the_order_and_pairs_everything_comparable() -> None:
+    other = JobRows(9, "other", "cot", {}, (ProblemRow("zzz", "answered", "1", "1"),))
+    report = build_report([mutual_job(), sc_job(), other])
+    assert [s.job_id for s in report.jobs] == [1, 2, 9]
+    assert [(c.first, c.second) for c in report.comparisons] == [("1 mutual", "2 sc")]
+
+
+def test_state_up_to_round_drops_later_rounds() -> None:
+    b = StateBuilder()
+    b.solution("r1.generate.A", "7")
+    b.solution("r2.generate.A", "8", round_=2)
+    state = b.state()
+    state = ProblemState(
+        state.question,
+        {**state.steps, "select": StepView("select", "select", None, 2, "done")},
+        state.solutions,
+        {},
+    )
+    cut = state_up_to_round(state, 1)
+    assert set(cut.steps) == {"r1.generate.A"} and set(cut.solutions) == {"r1.generate.A"}
