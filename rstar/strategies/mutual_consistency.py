@@ -6,7 +6,7 @@ solution whose completion reaches the same answer is *mutually consistent*.
              completes that solution from its cut-off point (complete).
 Every solution and every completion, of every round and both models, is a vote for its answer.
 Stop after round r when the leading answer has at least `margin` votes more than any other (with
-the default 4: all four answers of the first round agree), or after `max_rounds` rounds; a new
+the default 2: three of the first round's four answers agree), or after `max_rounds` rounds; a new
 round adds two fresh solutions and their two completions. Selection: the most votes, then the most
 mutually consistent solutions, then the answer seen first; it says why in words.
 """
@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "temperature": 0.7,
     "completion_temperature": 0.7,
     "max_tokens": 512,
-    "margin": 4,
+    "margin": 2,
     "cut": 0.5,
     "seed": 0,
     "solution_format": "json",
@@ -124,7 +124,7 @@ class MutualConsistencyStrategy:
             temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
             completion_temperature=float_param(p, "completion_temperature", 0.7, low=0.0, high=2.0),
             max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
-            margin=int_param(p, "margin", 4, low=1, high=1000),
+            margin=int_param(p, "margin", 2, low=1, high=1000),
             cut=float_param(p, "cut", 0.5, low=0.1, high=0.9),
             seed=None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1),
             solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),

@@ -83,17 +83,21 @@ def test_disagreement_starts_a_fresh_round() -> None:
     assert r1.messages == r2.messages and r1.seed != r2.seed
 
 
-def test_three_to_one_is_not_enough_with_the_default_margin() -> None:
+def test_three_to_one_is_enough_with_the_default_margin() -> None:
     b = StateBuilder()
-    round_done(b, 1, "7", "7", "7", "9")  # 3 - 1 = 2 < 4
+    round_done(b, 1, "7", "7", "7", "9")  # 3 - 1 = 2
+    assert MutualConsistencyStrategy().plan(b.state()).finished
+    assert not MutualConsistencyStrategy({"margin": 3}).plan(b.state()).finished
+    b = StateBuilder()
+    round_done(b, 1, "7", "8", "7", None)  # 2 - 1 = 1: another round
     assert not MutualConsistencyStrategy().plan(b.state()).finished
-    assert MutualConsistencyStrategy({"margin": 2}).plan(b.state()).finished
 
 
 def test_votes_across_rounds_can_stop_the_second_round() -> None:
     b = StateBuilder()
-    round_done(b, 1, "7", "9", "7", "7")  # 7: 3, 9: 1
-    round_done(b, 2, "7", "7", "7", "8")  # 7: 6, 9: 1, 8: 1 -> margin 5
+    round_done(b, 1, "7", "9", "8", "7")  # 7: 2, 9: 1, 8: 1 -> margin 1
+    assert not MutualConsistencyStrategy().plan(b.state()).finished
+    round_done(b, 2, "9", "7", "8", "7")  # 7: 4, 9: 2, 8: 2 -> margin 2
     plan = MutualConsistencyStrategy().plan(b.state())
     assert plan.finished and len(plan.steps) == 8
 
