@@ -220,8 +220,8 @@ def normalize_answer(raw: str | None) -> str | None:
     if boxed is not None:
         text = boxed
     text = _unwrap(text)
-    if not text or _PLACEHOLDER.fullmatch(text):
-        return None
+    if not text or _PLACEHOLDER.fullmatch(text) or not any(ch.isalnum() for ch in text):
+        return None  # "}" or "?" (a stray brace a small model copied) is no answer
     value = _parse_number(text)
     if value is None and "=" in text:
         # "x = 5", "3 * 6 = 18": the value is what the equation ends with.

@@ -115,6 +115,8 @@ from rstar.answers import (
         ("   \n\t", None),
         ("$$", None),
         ("**", None),
+        ("}", None),
+        ("?!", None),
         # untrusted text is made storable
         ("\x0018", "18"),
         ("ab\ud800", "ab\ufffd"),
