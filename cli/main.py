@@ -67,6 +67,10 @@ def _ensure_schema() -> None:
 def submit(
     file: Annotated[Path, typer.Argument(help="JSONL: one {question, id?, answer?} per line.")],
     name: Annotated[str | None, typer.Option(help="A name for the job (default: the file name).")] = None,
+    resume_from: Annotated[
+        int | None,
+        typer.Option(help="Reuse the replies recorded in this job for identical model requests."),
+    ] = None,
     model_a: Annotated[str | None, typer.Option(help="Endpoint of model A [env RSTAR_MODEL_A_URL].")] = None,
     model_b: Annotated[str | None, typer.Option(help="Endpoint of model B [env RSTAR_MODEL_B_URL].")] = None,
     strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(STRATEGIES))}.")] = "mutual",
@@ -83,7 +87,7 @@ def submit(
     ] = None,
 ) -> None:
     """Validate FILE, create the job and its problems in one transaction, and enqueue the work."""
-    from tasks.submit import BrokerUnavailableError, submit_job
+    from tasks.submit import BrokerUnavailableError, ResumeFromError, submit_job
 
     settings = get_settings()
     url_a = model_a or settings.model_a_url
@@ -121,8 +125,9 @@ def submit(
             model_b_url=url_b or url_a,
             source=str(file),
             problems=problems,
+            resume_from=resume_from,
         )
-    except (ParamError, migrate.SchemaOutOfDateError) as exc:
+    except (ParamError, migrate.SchemaOutOfDateError, ResumeFromError) as exc:
         raise fail(str(exc)) from None
     except BrokerUnavailableError as exc:
         raise fail(str(exc), code=1) from None
@@ -255,6 +260,59 @@ def show(
     if trail is None:
         raise fail(f"job {job} has no problem with id {item!r}")
     print_trail(console, trail, with_calls=calls)
+
+
+# -- job control -------------------------------------------------------------------------------
+
+
+@app.command()
+def cancel(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Stop a job: workers skip its steps from now on; calls in flight finish and are recorded."""
+    from db.recovery import cancel_job
+
+    _ensure_schema()
+    with session_scope(get_settings().database_url) as session:
+        _job_or_fail(session, job)
+        done = cancel_job(session=session, job_id=job)
+    err.print(
+        f"job {job} cancelled: {done.problems} open problem(s) stopped, {done.in_flight} call(s) in "
+        f"flight will be recorded. `rstar resume {job}` continues it."
+    )
+
+
+@app.command()
+def resume(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Continue a cancelled or stuck job: re-send its queued steps and those of dead workers."""
+    from db.models import utcnow
+    from db.recovery import reopen_job
+    from tasks.recovery import recover
+
+    _ensure_schema()
+    with session_scope(get_settings().database_url) as session:
+        _job_or_fail(session, job)
+        reopened = reopen_job(session=session, job_id=job)
+    done = recover(job_id=job, resend_queued=True, expired_before=utcnow())
+    err.print(
+        f"job {job} resumed: {reopened} problem(s) reopened, {done.resent} queued step(s) re-sent, "
+        f"{done.reclaimed} step(s) of dead workers re-sent, {done.advanced} problem(s) moved on"
+    )
+
+
+@app.command()
+def retry(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Re-run the job's failed problems only, from their failed steps (recorded calls are kept)."""
+    from db.recovery import retry_failed
+    from tasks.recovery import recover
+
+    _ensure_schema()
+    with session_scope(get_settings().database_url) as session:
+        _job_or_fail(session, job)
+        done = retry_failed(session=session, job_id=job)
+    if not done.problems:
+        err.print(f"job {job} has no failed problems")
+        return
+    recover(job_id=job, resend_queued=True, expired_before=None)
+    err.print(f"job {job}: {done.problems} failed problem(s) re-run from {done.steps} failed step(s)")
 
 
 # -- db ----------------------------------------------------------------------------------------

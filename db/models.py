@@ -70,6 +70,10 @@ class Job(Base):
     model_b_url: Mapped[str] = mapped_column(String(500))
     source: Mapped[str | None] = mapped_column(String(1000))
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.ACTIVE)
+    resume_from_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", name="fk_jobs_resume_from", ondelete="SET NULL")
+    )
+    """`submit --resume-from`: identical model requests answered in that job are reused, not re-sent."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
@@ -116,6 +120,8 @@ class Step(Base):
     task_id: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retry_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Attempts made before the current retry budget began (`rstar retry` starts a fresh budget)."""
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -142,6 +148,12 @@ class ModelCall(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    """sha256 of the endpoint and the request as sent: finds an identical call to reuse."""
+    reused_from_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_calls.id", name="fk_model_calls_reused_from", ondelete="SET NULL")
+    )
+    """Set when this reply was copied from an identical call recorded earlier (no request was sent)."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -128,19 +128,39 @@ class Claim:
     """A successful call already recorded for this step (a crash came between call and output)."""
     links: StepLinks = field(default_factory=StepLinks)
     """Filled in by the task from the strategy."""
+    retry_base: int = 0
+    """Attempts made before the current retry budget (see `Step.retry_base`)."""
+    resume_from: int | None = None
+    """The job whose identical recorded calls this job reuses (`submit --resume-from`)."""
 
 
-def claim_step(*, session: Session, step_id: int, task_id: str, lease: timedelta) -> Claim | int | None:
+def claim_step(
+    *, session: Session, step_id: int, task_id: str, lease: timedelta, kind: str | None = None
+) -> Claim | int | None:
     """Take the step for this task run, or say why not.
 
     Returns the Claim; the problem id when the step needs no work (finished, cancelled, or leased
-    by another live run); None when the step does not exist. A redelivered message has the same
-    task id, so it takes its own lease back at once; a stray duplicate waits for the lease to end.
+    by another live run); None when the step does not exist, or is not of the `kind` the task
+    does (a message from another deployment sharing the broker must not touch this one's steps).
+
+    A live run renews its lease every `lease / 4` (tasks/leases.py). A redelivered message has the
+    same task id: it takes its own lease back once the lease has gone unrenewed for half its
+    length (the run that held it is gone), or at once when the reply is already recorded (no model
+    call is needed). A stray duplicate with another task id waits for the lease to expire.
     """
     step = session.get(Step, step_id)
-    if step is None:
+    if step is None or (kind is not None and step.kind != kind):
         return None
+    problem = session.get(Problem, step.problem_id)
+    assert problem is not None
+    job = session.get(Job, problem.job_id)
+    assert job is not None
+    if job.status == JobStatus.CANCELLED or problem.status in TERMINAL_PROBLEM_STATES:
+        return step.problem_id  # checked before taking it, so a cancelled job holds no leases
     now = utcnow()
+    recorded_ok = (
+        select(ModelCall.id).where(ModelCall.step_id == step_id, ModelCall.outcome == CallOutcome.OK).exists()
+    )
     taken = session.execute(
         update(Step)
         .where(
@@ -148,17 +168,17 @@ def claim_step(*, session: Session, step_id: int, task_id: str, lease: timedelta
             or_(
                 Step.status == StepStatus.QUEUED,
                 (Step.status == StepStatus.RUNNING)
-                & or_(Step.task_id == task_id, Step.lease_until.is_(None), Step.lease_until < now),
+                & or_(
+                    Step.lease_until.is_(None),
+                    Step.lease_until < now,
+                    (Step.task_id == task_id) & or_(Step.lease_until < now + lease / 2, recorded_ok),
+                ),
             ),
         )
         .values(status=StepStatus.RUNNING, task_id=task_id, lease_until=now + lease)
         .execution_options(synchronize_session=False)
     ).rowcount
-    problem = session.get(Problem, step.problem_id)
-    assert problem is not None
-    job = session.get(Job, problem.job_id)
-    assert job is not None
-    if not taken or job.status == JobStatus.CANCELLED or problem.status in TERMINAL_PROBLEM_STATES:
+    if not taken:
         return step.problem_id
     session.refresh(step)
     if problem.status == ProblemStatus.PENDING:
@@ -182,7 +202,13 @@ def claim_step(*, session: Session, step_id: int, task_id: str, lease: timedelta
         params=dict(job.params),
         state=load_state(session=session, problem=problem),
         recorded=recorded,
+        retry_base=step.retry_base,
+        resume_from=job.resume_from_id,
     )
+
+
+def step_is_done(*, session: Session, step_id: int) -> bool:
+    return session.scalar(select(Step.status).where(Step.id == step_id)) == StepStatus.DONE
 
 
 def release_step(*, session: Session, step_id: int) -> None:
@@ -237,6 +263,8 @@ def record_call(
     outcome: CallOutcome,
     http_status: int | None = None,
     error: str | None = None,
+    request_hash: str | None = None,
+    reused_from_id: int | None = None,
 ) -> ModelCall:
     call = ModelCall(
         step_id=step_id,
@@ -255,6 +283,8 @@ def record_call(
         outcome=outcome.value,
         http_status=http_status,
         error=error,
+        request_hash=request_hash,
+        reused_from_id=reused_from_id,
     )
     session.add(call)
     session.execute(update(Step).where(Step.id == step_id).values(attempts=attempt))
@@ -278,10 +308,19 @@ def save_solution(
             answer_raw=parsed.answer_raw,
             answer=parsed.answer,
             structured=parsed.structured,
-            parse_error=parsed.parse_error,
+            parse_error=_with_cut_note(session, parsed.parse_error, model_call_id),
         )
     )
     _finish_step(session, claim.step_id)
+
+
+def _with_cut_note(session: Session, parse_error: str | None, model_call_id: int) -> str | None:
+    """Say so when an unparsable reply was cut by the token limit (the usual reason)."""
+    if parse_error is None:
+        return None
+    if session.scalar(select(ModelCall.finish_reason).where(ModelCall.id == model_call_id)) == "length":
+        return f"{parse_error} (the reply was cut at the token limit: finish_reason=length)"
+    return parse_error
 
 
 def save_review(
@@ -302,7 +341,7 @@ def save_review(
             issues=[{"step": i.step, "description": i.description} for i in parsed.issues],
             suggested_answer=parsed.suggested_answer,
             structured=parsed.structured,
-            parse_error=parsed.parse_error,
+            parse_error=_with_cut_note(session, parsed.parse_error, model_call_id),
         )
     )
     _finish_step(session, claim.step_id)

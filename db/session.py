@@ -47,7 +47,11 @@ def get_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
                 )
                 _configure_sqlite(engine)
             else:
-                engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+                # A bounded connect: while the database is unreachable, tasks fail fast and retry.
+                connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+                engine = create_engine(
+                    url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, connect_args=connect_args
+                )
             _engines[url] = engine
         return engine
 

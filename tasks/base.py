@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 
 from celery import Task
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from db import queries
@@ -26,17 +27,23 @@ from rstar.strategies import get_strategy
 from rstar.strategies.base import StepSpec
 from rstar.types import Role, StepKind
 from tasks.dispatch import advance_and_enqueue
+from tasks.leases import keeper
+from tasks.reuse import request_hash, reuse_recorded
 from workers.client import ModelClient, ModelReply, truncate
 from workers.errors import ModelServerError, RetryableError
 from workers.settings import Settings, get_settings
 
 logger = get_task_logger(__name__)
 
+# The kind of step each stage task works on; a message naming another kind of step is refused.
+KIND_OF_TASK = {"rstar.generate": "generate", "rstar.cross_validate": "review", "rstar.refine": "refine"}
+
 # (session, claim, reply text, model call id) -> None: writes the step's output row.
 OutputWriter = Callable[[Session, queries.Claim, str, int], None]
 
 _clients: dict[str, ModelClient] = {}
 _clients_lock = threading.Lock()
+_run = threading.local()  # .claimed: this thread's task run holds a step's lease
 
 
 def client_for(endpoint: str, settings: Settings) -> ModelClient:
@@ -68,11 +75,16 @@ class StepTask(Task):
     def retry_on_database_error(self, exc: Exception) -> None:
         settings = get_settings()
         delay = backoff_delay(min(self.request.retries, 6), settings)
+        if getattr(_run, "claimed", False):
+            # The step stays leased to this task id, unrenewed: the retry takes it back once the
+            # lease is half gone (queries.claim_step), so do not come back earlier than that.
+            delay = max(delay, settings.lease_seconds / 2)
         logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
         raise self.retry(exc=exc, countdown=delay)
 
 
 def run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
+    _run.claimed = False
     try:
         return _run_model_step(task, step_id, write_output)
     except (OperationalError, DBAPIError) as exc:
@@ -89,16 +101,21 @@ def run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> 
 def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
     settings = get_settings()
     url = settings.database_url
-    lease = timedelta(seconds=settings.task_time_limit + 60)
+    lease = timedelta(seconds=settings.lease_seconds)  # renewed by tasks.leases while we work
     with session_scope(url) as session:
         claim = queries.claim_step(
-            session=session, step_id=step_id, task_id=task.request.id or "", lease=lease
+            session=session,
+            step_id=step_id,
+            task_id=task.request.id or "",
+            lease=lease,
+            kind=KIND_OF_TASK.get(task.name),
         )
     if claim is None:
         return "missing"
     if isinstance(claim, int):
         advance_and_enqueue(claim)  # a crash may have come after the output, before the dispatch
         return "skipped"
+    _run.claimed = True
     assert claim.endpoint is not None and claim.role is not None
     strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
     role: Role = "A" if claim.role == "A" else "B"
@@ -109,20 +126,64 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
     else:
         client = client_for(claim.endpoint, settings)
         attempt = claim.attempts + 1
-        try:
-            request = strategy.build_request(spec, claim.state)
-            reply = client.complete(request)
-        except ModelServerError as exc:
-            return _handle_call_error(task, claim, attempt, exc, settings)
-        call_id = _record_reply(claim, attempt, reply, client, settings)
-        text = reply.text
-    with session_scope(url) as session:
-        write_output(session, claim, text, call_id)
+        with keeper.hold(claim.step_id, task.request.id or ""):
+            try:
+                request = strategy.build_request(spec, claim.state)
+                reused = reuse_recorded(claim, attempt, request, client, settings)
+                reply = None if reused else client.complete(request)
+            except ModelServerError as exc:
+                try:
+                    return _handle_call_error(task, claim, attempt, exc, settings)
+                except IntegrityError:  # another run of this step recorded this attempt first
+                    logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
+                    return "skipped"
+            if reused:
+                call_id, text = reused
+            else:
+                assert reply is not None
+                try:
+                    call_id = _record_reply(claim, attempt, reply, client, settings)
+                except IntegrityError:  # another run of this step recorded this attempt first
+                    logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
+                    return "skipped"
+                text = reply.text
+    try:
+        with session_scope(url) as session:
+            write_output(session, claim, text, call_id)
+    except IntegrityError:
+        with session_scope(url) as session:
+            if not queries.step_is_done(session=session, step_id=claim.step_id):
+                raise
+        logger.info("step %s: output already written by another run", claim.key)
     advance_and_enqueue(claim.problem_id)
     return "done"
 
 
 def _record_reply(
+    claim: queries.Claim, attempt: int, reply: ModelReply, client: ModelClient, settings: Settings
+) -> int:
+    """Record a successful reply. It is paid for: while the database is unreachable, keep trying
+    (up to `db_outage_grace` seconds) rather than lose it and call again."""
+    deadline = time.monotonic() + settings.db_outage_grace
+    pause = 0.25
+    while True:
+        try:
+            return _record_reply_once(claim, attempt, reply, client, settings)
+        except (OperationalError, DBAPIError) as exc:
+            lost_connection = isinstance(exc, OperationalError) or exc.connection_invalidated
+            if not lost_connection or time.monotonic() + pause > deadline:
+                raise
+            logger.warning(
+                "database unavailable while recording step %s (%s); retrying in %.1f s",
+                claim.key,
+                type(exc).__name__,
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _record_reply_once(
     claim: queries.Claim, attempt: int, reply: ModelReply, client: ModelClient, settings: Settings
 ) -> int:
     info = client.info
@@ -143,6 +204,7 @@ def _record_reply(
             completion_tokens=reply.completion_tokens,
             latency_ms=reply.latency_ms,
             outcome=CallOutcome.OK,
+            request_hash=request_hash(client.base_url, reply.request),
         )
         return call.id
 
@@ -170,15 +232,18 @@ def _handle_call_error(
             outcome=CallOutcome.RETRYABLE_ERROR if retryable else CallOutcome.PERMANENT_ERROR,
             http_status=exc.http_status,
             error=f"{type(exc).__name__}: {exc.message}",
+            request_hash=request_hash(claim.endpoint or "", exc.request) if exc.request else None,
         )
-        if retryable and attempt <= settings.max_retries:
+        # The budget counts attempts since `rstar retry` last reset it (retry_base).
+        tried = attempt - claim.retry_base
+        if retryable and tried <= settings.max_retries:
             queries.release_step(session=session, step_id=claim.step_id)
         else:
-            why = f"{type(exc).__name__} after {attempt} attempt(s): {exc.message}"
+            why = f"{type(exc).__name__} after {tried} attempt(s): {exc.message}"
             queries.fail_step(session=session, step_id=claim.step_id, error=why)
             retryable = False
     if retryable:
-        delay = backoff_delay(attempt - 1, settings)
+        delay = backoff_delay(tried - 1, settings)
         logger.info("step %s attempt %d failed (%s); retry in %.1f s", claim.key, attempt, exc.message, delay)
         raise task.retry(exc=exc, countdown=delay)
     logger.warning("step %s failed for good: %s", claim.key, exc.message)

@@ -47,10 +47,17 @@ def dispatch_for(step: Step, job: Job) -> Dispatch:
     return Dispatch(step.id, step.kind, queue)
 
 
+# While the broker restarts, keep trying to send for about a minute (Celery's default gives up
+# after ~1 s); a step whose message is lost anyway is re-sent by tasks/recovery.py.
+SEND_RETRY_POLICY = {"max_retries": 30, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+
+
 def enqueue(dispatches: Iterable[Dispatch]) -> int:
     count = 0
     for d in dispatches:
-        current_app.send_task(TASK_FOR_KIND[d.kind], args=[d.step_id], queue=d.queue)
+        current_app.send_task(
+            TASK_FOR_KIND[d.kind], args=[d.step_id], queue=d.queue, retry_policy=SEND_RETRY_POLICY
+        )
         count += 1
     return count
 

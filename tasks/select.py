@@ -21,7 +21,11 @@ def select(self: StepTask, step_id: int) -> str:
     try:
         with session_scope(settings.database_url) as session:
             claim = queries.claim_step(
-                session=session, step_id=step_id, task_id=self.request.id or "", lease=timedelta(minutes=5)
+                session=session,
+                step_id=step_id,
+                task_id=self.request.id or "",
+                lease=timedelta(seconds=settings.lease_seconds),
+                kind="select",
             )
             if claim is None:
                 return "missing"

@@ -26,7 +26,9 @@ def queue_for_endpoint(url: str) -> str:
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    app = Celery("rstar", broker=s.broker_url, include=TASK_MODULES)
+    # tasks.recovery starts the recovery sweep in each worker process (see that module).
+    app = Celery("rstar", broker=s.broker_url, include=[*TASK_MODULES, "tasks.recovery"])
+    visibility = s.visibility_timeout or 2 * s.task_time_limit + int(s.retry_backoff_max) + 60
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -37,8 +39,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
+        # Reconnect to a restarted broker for as long as it takes.
+        broker_connection_max_retries=None,
         broker_transport_options={
-            "visibility_timeout": 2 * s.task_time_limit + int(s.retry_backoff_max) + 60,
+            "visibility_timeout": visibility,
+            # Look for messages of dead workers often enough for that timeout (kombu's default
+            # scans every 100 s).
+            "unacked_restore_interval": max(1, min(10, visibility // 4)),
+            "unacked_restore_throttle": 1,
         },
         # Flower shows every task from these events.
         worker_send_task_events=True,

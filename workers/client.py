@@ -55,6 +55,9 @@ set_client_factory(_client_factory)
 
 # Stored bodies are capped: a broken server can send megabytes, the audit trail keeps the start.
 MAX_STORED_BODY = 64 * 1024
+# No max_tokens budget produces more text than this: a longer reply is a broken server (refused,
+# and retried like any malformed reply).
+MAX_REPLY_CHARS = 1_000_000
 PROBE_TIMEOUT = 10.0
 
 
@@ -239,7 +242,20 @@ def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str
             request=payload,
             latency_ms=latency,
         ) from exc
+    if len(text) > MAX_REPLY_CHARS:
+        raise MalformedReplyError(
+            f"reply from {base_url} is too large: {len(text)} characters (the limit is {MAX_REPLY_CHARS})",
+            body=truncate(text, 2000),
+            request=payload,
+            latency_ms=latency,
+        )
     usage = getattr(out, "usage", None)
+    stored = json.loads(json.dumps(raw, default=str))
+    if len(text) > MAX_STORED_BODY:  # the text is stored (truncated) in response_text already
+        stored = {
+            **stored,
+            "choices": [{**_plain(c), "message": "[in response_text]"} for c in stored.get("choices") or []],
+        }
     return ModelReply(
         text=text,
         finish_reason=getattr(choice, "finish_reason", None),
@@ -248,8 +264,12 @@ def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str
         latency_ms=latency,
         model=getattr(out, "model", None),
         request=payload,
-        response=json.loads(json.dumps(raw, default=str)),
+        response=stored,
     )
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {"value": repr(value)[:200]}
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=32, ge=1)
     task_time_limit: int = Field(default=900, gt=0, description="hard limit per task, seconds")
 
+    # Recovery (see tasks/recovery.py). A running step's lease is renewed every lease/4 seconds
+    # while its worker lives; a lease left to expire marks a dead worker, and its step is re-sent.
+    lease_seconds: float = Field(default=60.0, gt=0, description="lease on a running step, seconds")
+    # Redis redelivers a message not acknowledged within this many seconds (a worker died holding
+    # it). Default: long enough for the longest task plus its retry delay.
+    visibility_timeout: int | None = Field(default=None, gt=0)
+    recovery_interval: float = Field(default=30.0, gt=0, description="seconds between recovery sweeps")
+    # How long a worker holding a model's reply keeps trying to record it while the database is
+    # unreachable, before giving up (the call would then be paid again).
+    db_outage_grace: float = Field(default=300.0, ge=0)
+
     # Limits on what a job may ask for.
     max_question_chars: int = Field(default=20_000, gt=0)
     max_problems_per_job: int = Field(default=100_000, gt=0)

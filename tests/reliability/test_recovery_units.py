@@ -1,0 +1,155 @@
+"""The recovery pieces one at a time, in process (SQLite and PostgreSQL): lease renewal, who may
+take a leased step, the sweep's three repairs, and job control (cancel, reopen, retry)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+from sqlalchemy import delete, select, update
+
+from db import queries
+from db import recovery as q
+from db.models import Job, Problem, Step, utcnow
+from db.session import session_scope
+from rstar.inputs import parse_problems
+from tasks.generate import generate
+from tasks.leases import LeaseKeeper
+from tasks.recovery import recover
+from tasks.submit import submit_job
+from tests.fakeserver import FakeInferenceServer
+from tests.support import gsm8k_rows, oracle_pair
+from workers.settings import get_settings
+
+LEASE = timedelta(seconds=60)
+
+
+@pytest.fixture
+def job(app_env: Celery):  # type: ignore[no-untyped-def]
+    rows = gsm8k_rows(1)
+    oa, ob = oracle_pair(rows, b_wrong_every=2)
+    with FakeInferenceServer(oa) as a, FakeInferenceServer(ob) as b:
+        data = "".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows)
+        done = submit_job(
+            settings=get_settings(),
+            name="units",
+            strategy_name="mutual",
+            params={},
+            model_a_url=a.url,
+            model_b_url=b.url,
+            source=None,
+            problems=parse_problems(data.encode()),
+        )
+        yield get_settings().database_url, done.job_id
+
+
+def _steps(db_url: str) -> dict[str, Step]:
+    with session_scope(db_url) as s:
+        return {st.key: st for st in s.scalars(select(Step))}
+
+
+def _claim(db_url: str, step_id: int, task_id: str) -> object:
+    with session_scope(db_url) as s:
+        return queries.claim_step(session=s, step_id=step_id, task_id=task_id, lease=LEASE)
+
+
+def test_same_task_id_takes_back_only_an_unrenewed_lease(job) -> None:  # type: ignore[no-untyped-def]
+    db_url, _ = job
+    step = _steps(db_url)["r1.generate.A"]
+    assert not isinstance(_claim(db_url, step.id, "t1"), int)
+    # A duplicate of the same message while the first run lives (and renews): skipped.
+    assert isinstance(_claim(db_url, step.id, "t1"), int)
+    # Another task id: skipped until the lease is over.
+    assert isinstance(_claim(db_url, step.id, "t2"), int)
+    with session_scope(db_url) as s:  # no renewal for over half the lease: the run is gone
+        s.execute(update(Step).where(Step.id == step.id).values(lease_until=utcnow() + LEASE / 3))
+    assert isinstance(_claim(db_url, step.id, "t2"), int)
+    assert not isinstance(_claim(db_url, step.id, "t1"), int)
+    with session_scope(db_url) as s:  # expired: anyone may take it
+        s.execute(update(Step).where(Step.id == step.id).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert not isinstance(_claim(db_url, step.id, "t2"), int)
+
+
+def test_a_cancelled_job_leaves_its_steps_unclaimed(job) -> None:  # type: ignore[no-untyped-def]
+    db_url, job_id = job
+    with session_scope(db_url) as s:
+        cancelled = q.cancel_job(session=s, job_id=job_id)
+    assert cancelled.problems == 1
+    step = _steps(db_url)["r1.generate.A"]
+    assert isinstance(_claim(db_url, step.id, "t1"), int)
+    assert _steps(db_url)["r1.generate.A"].status == "queued"  # no lease taken
+    with session_scope(db_url) as s:
+        assert q.reopen_job(session=s, job_id=job_id) == 1
+        assert s.get(Job, job_id).status == "active"  # type: ignore[union-attr]
+        assert s.scalars(select(Problem.status)).one() == "pending"
+
+
+def test_lease_keeper_renews_what_it_holds(job) -> None:  # type: ignore[no-untyped-def]
+    db_url, _ = job
+    step = _steps(db_url)["r1.generate.A"]
+    assert not isinstance(_claim(db_url, step.id, "t1"), int)
+    with session_scope(db_url) as s:
+        s.execute(update(Step).where(Step.id == step.id).values(lease_until=utcnow()))
+    keeper = LeaseKeeper()
+    with keeper.hold(step.id, "t1"):
+        assert keeper.renew() == 1
+    assert keeper.renew() == 0 and keeper.held() == []
+    lease_until = _steps(db_url)["r1.generate.A"].lease_until
+    assert lease_until is not None and lease_until > utcnow() + timedelta(
+        seconds=get_settings().lease_seconds - 5
+    )
+    with keeper.hold(step.id, "someone-else"):  # a lease taken over by another run is not renewed
+        assert keeper.renew() == 0
+
+
+def test_recover_reclaims_expired_leases_and_moves_stalled_problems(job) -> None:  # type: ignore[no-untyped-def]
+    db_url, job_id = job
+    steps = _steps(db_url)
+    # A dead worker's step: running, lease run out.
+    with session_scope(db_url) as s:
+        s.execute(
+            update(Step)
+            .where(Step.id == steps["r1.generate.A"].id)
+            .values(status="running", task_id="dead", lease_until=utcnow() - timedelta(seconds=5))
+        )
+    done = recover(resend_queued=False, expired_before=utcnow())
+    assert (done.reclaimed, done.resent, done.advanced) == (1, 0, 0)
+    assert _steps(db_url)["r1.generate.A"].status == "queued"
+    # Both solutions written, then a crash before the reviews were created: stalled.
+    for key in ("r1.generate.A", "r1.generate.B"):
+        generate.apply(args=[_steps(db_url)[key].id])
+    with session_scope(db_url) as s:
+        s.execute(delete(Step).where(Step.key.like("r1.review.%")))
+    assert recover(resend_queued=False, expired_before=None).advanced == 1
+    assert {k: st.status for k, st in _steps(db_url).items() if "review" in k} == {
+        "r1.review.A": "queued",
+        "r1.review.B": "queued",
+    }
+    # Broker data lost: every queued step of the active jobs is sent again.
+    assert recover(resend_queued=True, expired_before=None).resent == 2
+    with session_scope(db_url) as s:
+        assert q.queued_steps(session=s, job_id=job_id + 1) == []
+
+
+def test_retry_failed_gives_a_fresh_budget_and_keeps_the_rest(job) -> None:  # type: ignore[no-untyped-def]
+    db_url, job_id = job
+    steps = _steps(db_url)
+    with session_scope(db_url) as s:
+        s.execute(
+            update(Step)
+            .where(Step.id == steps["r1.generate.B"].id)
+            .values(status="failed", attempts=6, error="x")
+        )
+        s.execute(update(Problem).values(status="failed", error="r1.generate.B: x"))
+        s.execute(update(Job).values(status="finished", finished_at=utcnow()))
+    with session_scope(db_url) as s:
+        retried = q.retry_failed(session=s, job_id=job_id)
+    assert (retried.problems, retried.steps) == (1, 1)
+    after = _steps(db_url)
+    assert after["r1.generate.B"].status == "queued" and after["r1.generate.B"].retry_base == 6
+    assert after["r1.generate.A"].status == "queued" and after["r1.generate.A"].retry_base == 0
+    with session_scope(db_url) as s:
+        assert s.get(Job, job_id).status == "active"  # type: ignore[union-attr]
+        assert s.scalars(select(Problem.status)).one() == "running"
