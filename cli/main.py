@@ -162,7 +162,7 @@ def worker(
         "--concurrency", str(concurrency or settings.worker_concurrency),
         "--queues", ",".join(queues),
         "--loglevel", loglevel,
-        "--task-events",
+        *(["--task-events"] if settings.task_events else []),
         *ctx.args,
     ]  # fmt: skip
     err.print(f"worker on {', '.join(queues)}")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -134,6 +138,81 @@ class Claim:
     """The job whose identical recorded calls this job reuses (`submit --resume-from`)."""
 
 
+# claim_step's statements, prebuilt (it runs once per model step): the step with its problem and
+# job and the id of an ok call already recorded for it; the lease-taking update; the problem's start.
+_CLAIM_READ = (
+    select(
+        Step.__table__.c.key,
+        Step.__table__.c.kind,
+        Step.__table__.c.role,
+        Step.__table__.c.round,
+        Problem.__table__.c.id.label("problem_id"),
+        Problem.__table__.c.status.label("problem_status"),
+        Problem.__table__.c.question,
+        Job.__table__.c.id.label("job_id"),
+        Job.__table__.c.status.label("job_status"),
+        Job.__table__.c.strategy,
+        Job.__table__.c.params,
+        Job.__table__.c.model_a_url,
+        Job.__table__.c.model_b_url,
+        Job.__table__.c.resume_from_id,
+        select(ModelCall.__table__.c.id)
+        .where(
+            ModelCall.__table__.c.step_id == Step.__table__.c.id,
+            ModelCall.__table__.c.outcome == CallOutcome.OK.value,
+        )
+        .order_by(ModelCall.__table__.c.id)
+        .limit(1)
+        .scalar_subquery()
+        .label("recorded_id"),
+    )
+    .select_from(
+        Step.__table__.join(Problem.__table__, Problem.__table__.c.id == Step.__table__.c.problem_id).join(
+            Job.__table__, Job.__table__.c.id == Problem.__table__.c.job_id
+        )
+    )
+    .where(Step.__table__.c.id == bindparam("step_id"))
+)
+_TAKE_STEP = (
+    update(Step.__table__)
+    .where(
+        Step.__table__.c.id == bindparam("step_id"),
+        or_(
+            Step.__table__.c.status == StepStatus.QUEUED.value,
+            (Step.__table__.c.status == StepStatus.RUNNING.value)
+            & or_(
+                Step.__table__.c.lease_until.is_(None),
+                Step.__table__.c.lease_until < bindparam("now"),
+                (Step.__table__.c.task_id == bindparam("claim_task_id"))
+                & or_(
+                    Step.__table__.c.lease_until < bindparam("half_gone"),
+                    select(ModelCall.__table__.c.id)
+                    .where(
+                        ModelCall.__table__.c.step_id == Step.__table__.c.id,
+                        ModelCall.__table__.c.outcome == CallOutcome.OK.value,
+                    )
+                    .exists(),
+                ),
+            ),
+        ),
+    )
+    .values(
+        status=StepStatus.RUNNING.value,
+        task_id=bindparam("new_task_id"),
+        lease_until=bindparam("new_lease_until"),
+    )
+    .returning(Step.__table__.c.attempts, Step.__table__.c.retry_base)
+)
+_START_PROBLEM = (
+    update(Problem.__table__)
+    .where(
+        Problem.__table__.c.id == bindparam("problem_id"),
+        Problem.__table__.c.status == ProblemStatus.PENDING.value,
+    )
+    .values(status=ProblemStatus.RUNNING.value, started_at=bindparam("now"))
+)
+
+
 def claim_step(
     *, session: Session, step_id: int, task_id: str, lease: timedelta, kind: str | None = None
 ) -> Claim | int | None:
@@ -148,62 +227,46 @@ def claim_step(
     length (the run that held it is gone), or at once when the reply is already recorded (no model
     call is needed). A stray duplicate with another task id waits for the lease to expire.
     """
-    step = session.get(Step, step_id)
-    if step is None or (kind is not None and step.kind != kind):
+    conn = session.connection()
+    row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
+    if row is None or (kind is not None and row.kind != kind):
         return None
-    problem = session.get(Problem, step.problem_id)
-    assert problem is not None
-    job = session.get(Job, problem.job_id)
-    assert job is not None
-    if job.status == JobStatus.CANCELLED or problem.status in TERMINAL_PROBLEM_STATES:
-        return step.problem_id  # checked before taking it, so a cancelled job holds no leases
+    if row.job_status == JobStatus.CANCELLED or row.problem_status in TERMINAL_PROBLEM_STATES:
+        return row.problem_id  # checked before taking it, so a cancelled job holds no leases
     now = utcnow()
-    recorded_ok = (
-        select(ModelCall.id).where(ModelCall.step_id == step_id, ModelCall.outcome == CallOutcome.OK).exists()
-    )
-    taken = session.execute(
-        update(Step)
-        .where(
-            Step.id == step_id,
-            or_(
-                Step.status == StepStatus.QUEUED,
-                (Step.status == StepStatus.RUNNING)
-                & or_(
-                    Step.lease_until.is_(None),
-                    Step.lease_until < now,
-                    (Step.task_id == task_id) & or_(Step.lease_until < now + lease / 2, recorded_ok),
-                ),
-            ),
-        )
-        .values(status=StepStatus.RUNNING, task_id=task_id, lease_until=now + lease)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not taken:
-        return step.problem_id
-    session.refresh(step)
-    if problem.status == ProblemStatus.PENDING:
-        problem.status = ProblemStatus.RUNNING
-        problem.started_at = now
-    recorded = session.scalar(
-        select(ModelCall).where(ModelCall.step_id == step_id, ModelCall.outcome == CallOutcome.OK).limit(1)
-    )
-    endpoint = {"A": job.model_a_url, "B": job.model_b_url}.get(step.role or "")
+    taken = conn.execute(
+        _TAKE_STEP,
+        {
+            "step_id": step_id,
+            "now": now,
+            "half_gone": now + lease / 2,
+            "claim_task_id": task_id,
+            "new_task_id": task_id,
+            "new_lease_until": now + lease,
+        },
+    ).first()
+    if taken is None:
+        return row.problem_id
+    if row.problem_status == ProblemStatus.PENDING:
+        conn.execute(_START_PROBLEM, {"problem_id": row.problem_id, "now": now})
+    recorded = session.get(ModelCall, row.recorded_id) if row.recorded_id is not None else None
+    endpoint = {"A": row.model_a_url, "B": row.model_b_url}.get(row.role or "")
     return Claim(
-        step_id=step.id,
-        problem_id=problem.id,
-        job_id=job.id,
-        key=step.key,
-        kind=step.kind,
-        role=step.role,
-        round=step.round,
-        attempts=step.attempts,
+        step_id=step_id,
+        problem_id=row.problem_id,
+        job_id=row.job_id,
+        key=row.key,
+        kind=row.kind,
+        role=row.role,
+        round=row.round,
+        attempts=taken.attempts,
         endpoint=endpoint,
-        strategy=job.strategy,
-        params=dict(job.params),
-        state=load_state(session=session, problem=problem),
+        strategy=row.strategy,
+        params=dict(row.params),
+        state=load_state(session=session, problem=SimpleNamespace(id=row.problem_id, question=row.question)),
         recorded=recorded,
-        retry_base=step.retry_base,
-        resume_from=job.resume_from_id,
+        retry_base=taken.retry_base,
+        resume_from=row.resume_from_id,
     )
 
 
@@ -227,8 +290,34 @@ def add_steps(
 ) -> list[Step]:
     """Insert steps (key, kind, role, round) that do not exist yet; return the ones this call made.
 
-    The unique (problem_id, key) constraint makes concurrent dispatchers agree on one winner.
+    The unique (problem_id, key) constraint makes concurrent dispatchers agree on one winner: on
+    PostgreSQL and SQLite in one INSERT ... ON CONFLICT DO NOTHING RETURNING (the returned Step
+    objects are detached: id, problem_id, key, kind, role and round are set); elsewhere one
+    savepoint per step.
     """
+    if not specs:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            dialect_insert(Step.__table__)
+            .values(
+                [
+                    {"problem_id": problem_id, "key": k, "kind": kd, "role": r, "round": n}
+                    for k, kd, r, n in specs
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["problem_id", "key"])
+            .returning(_steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.role, _steps_t.c.round)
+        )
+        rows = session.connection().execute(statement).all()
+        by_key = {row.key: row for row in rows}
+        return [
+            Step(id=row.id, problem_id=problem_id, key=row.key, kind=row.kind, role=row.role, round=row.round)
+            for key, *_ in specs
+            if (row := by_key.get(key)) is not None
+        ]
     made: list[Step] = []
     for key, kind, role, round_ in specs:
         step = Step(problem_id=problem_id, key=key, kind=kind, role=role, round=round_)
@@ -242,6 +331,17 @@ def add_steps(
 
 
 # -- model calls and outputs -----------------------------------------------------------------
+
+
+# The per-call writes, prebuilt Core statements (the ORM's unit of work cost several times the CPU).
+_INSERT_CALL = insert(ModelCall.__table__).returning(ModelCall.__table__.c.id)
+_SET_ATTEMPTS = (
+    update(Step.__table__)
+    .where(Step.__table__.c.id == bindparam("step_id"))
+    .values(attempts=bindparam("new_attempts"))
+)
+_INSERT_SOLUTION = insert(Solution.__table__)
+_INSERT_REVIEW = insert(Review.__table__)
 
 
 def record_call(
@@ -266,50 +366,52 @@ def record_call(
     request_hash: str | None = None,
     reused_from_id: int | None = None,
 ) -> ModelCall:
-    call = ModelCall(
-        step_id=step_id,
-        problem_id=problem_id,
-        attempt=attempt,
-        endpoint=endpoint,
-        server_kind=server_kind,
-        model=model,
-        request=request,
-        response=response,
-        response_text=response_text,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        latency_ms=latency_ms,
-        outcome=outcome.value,
-        http_status=http_status,
-        error=error,
-        request_hash=request_hash,
-        reused_from_id=reused_from_id,
-    )
-    session.add(call)
-    session.execute(update(Step).where(Step.id == step_id).values(attempts=attempt))
-    session.flush()
-    return call
+    values: dict[str, Any] = {
+        "step_id": step_id,
+        "problem_id": problem_id,
+        "attempt": attempt,
+        "endpoint": endpoint,
+        "server_kind": server_kind,
+        "model": model,
+        "request": request,
+        "response": response,
+        "response_text": response_text,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "latency_ms": latency_ms,
+        "outcome": outcome.value,
+        "http_status": http_status,
+        "error": error,
+        "request_hash": request_hash,
+        "reused_from_id": reused_from_id,
+    }
+    # Core, not the ORM: this runs once per model call (the returned object is detached).
+    conn = session.connection()
+    call_id = conn.execute(_INSERT_CALL, values).scalar_one()
+    conn.execute(_SET_ATTEMPTS, {"step_id": step_id, "new_attempts": attempt})
+    return ModelCall(id=call_id, **values)
 
 
 def save_solution(
     *, session: Session, claim: Claim, parsed: ParsedSolution, model_call_id: int, parent_id: int | None
 ) -> None:
-    session.add(
-        Solution(
-            problem_id=claim.problem_id,
-            step_id=claim.step_id,
-            model_call_id=model_call_id,
-            round=claim.round,
-            author=claim.role,
-            kind=claim.kind,
-            parent_id=parent_id,
-            steps=list(parsed.steps),
-            answer_raw=parsed.answer_raw,
-            answer=parsed.answer,
-            structured=parsed.structured,
-            parse_error=_with_cut_note(session, parsed.parse_error, model_call_id),
-        )
+    session.connection().execute(
+        _INSERT_SOLUTION,
+        {
+            "problem_id": claim.problem_id,
+            "step_id": claim.step_id,
+            "model_call_id": model_call_id,
+            "round": claim.round,
+            "author": claim.role,
+            "kind": claim.kind,
+            "parent_id": parent_id,
+            "steps": list(parsed.steps),
+            "answer_raw": parsed.answer_raw,
+            "answer": parsed.answer,
+            "structured": parsed.structured,
+            "parse_error": _with_cut_note(session, parsed.parse_error, model_call_id),
+        },
     )
     _finish_step(session, claim.step_id)
 
@@ -326,23 +428,24 @@ def _with_cut_note(session: Session, parse_error: str | None, model_call_id: int
 def save_review(
     *, session: Session, claim: Claim, parsed: ParsedReview, model_call_id: int, target_solution_id: int
 ) -> None:
-    session.add(
-        Review(
-            problem_id=claim.problem_id,
-            step_id=claim.step_id,
-            model_call_id=model_call_id,
-            round=claim.round,
-            reviewer=claim.role,
-            target_solution_id=target_solution_id,
-            verdict=parsed.verdict.value,
-            logical_consistency=parsed.logical_consistency,
-            calculation_accuracy=parsed.calculation_accuracy,
-            step_completeness=parsed.step_completeness,
-            issues=[{"step": i.step, "description": i.description} for i in parsed.issues],
-            suggested_answer=parsed.suggested_answer,
-            structured=parsed.structured,
-            parse_error=_with_cut_note(session, parsed.parse_error, model_call_id),
-        )
+    session.connection().execute(
+        _INSERT_REVIEW,
+        {
+            "problem_id": claim.problem_id,
+            "step_id": claim.step_id,
+            "model_call_id": model_call_id,
+            "round": claim.round,
+            "reviewer": claim.role,
+            "target_solution_id": target_solution_id,
+            "verdict": parsed.verdict.value,
+            "logical_consistency": parsed.logical_consistency,
+            "calculation_accuracy": parsed.calculation_accuracy,
+            "step_completeness": parsed.step_completeness,
+            "issues": [{"step": i.step, "description": i.description} for i in parsed.issues],
+            "suggested_answer": parsed.suggested_answer,
+            "structured": parsed.structured,
+            "parse_error": _with_cut_note(session, parsed.parse_error, model_call_id),
+        },
     )
     _finish_step(session, claim.step_id)
 
@@ -367,11 +470,16 @@ def save_selection(
     _finish_step(session, claim.step_id)
 
 
+_FINISH_STEP = (
+    update(Step.__table__)
+    .where(Step.__table__.c.id == bindparam("step_id"))
+    .values(status=StepStatus.DONE.value, lease_until=None, error=None)
+)
+
+
 def _finish_step(session: Session, step_id: int) -> None:
-    session.execute(
-        update(Step).where(Step.id == step_id).values(status=StepStatus.DONE, lease_until=None, error=None)
-    )
-    session.flush()
+    session.flush()  # an output added through the ORM (the selection) goes first
+    session.connection().execute(_FINISH_STEP, {"step_id": step_id})
 
 
 def fail_problem(*, session: Session, problem_id: int, error: str) -> None:
@@ -385,19 +493,67 @@ def fail_problem(*, session: Session, problem_id: int, error: str) -> None:
 # -- state for the strategies ----------------------------------------------------------------
 
 
-def load_state(*, session: Session, problem: Problem) -> ProblemState:
-    steps = session.scalars(select(Step).where(Step.problem_id == problem.id)).all()
-    by_id = {s.id: s for s in steps}
-    texts = dict(
-        session.execute(
-            select(ModelCall.id, ModelCall.response_text).where(
-                ModelCall.problem_id == problem.id, ModelCall.outcome == CallOutcome.OK
-            )
-        ).all()
+# The state is read with prebuilt Core statements, as plain rows (no ORM objects, no statement
+# building per call): every model step loads its problem's state twice (to build its request,
+# then to plan what comes next), so this is the hottest read of the worker, and the ORM path cost
+# about four times the CPU.
+_steps_t = Step.__table__
+_solutions_t = Solution.__table__
+_reviews_t = Review.__table__
+_calls_t = ModelCall.__table__
+STATE_STEPS = select(
+    _steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.role, _steps_t.c.round, _steps_t.c.status
+).where(_steps_t.c.problem_id == bindparam("problem_id"))
+_STATE_SOLUTIONS = (
+    select(
+        _solutions_t.c.id,
+        _solutions_t.c.step_id,
+        _solutions_t.c.round,
+        _solutions_t.c.author,
+        _solutions_t.c.kind,
+        _solutions_t.c.steps,
+        _solutions_t.c.answer,
+        _solutions_t.c.parse_error,
+        _calls_t.c.response_text,
     )
+    .select_from(_solutions_t.outerjoin(_calls_t, _calls_t.c.id == _solutions_t.c.model_call_id))
+    .where(_solutions_t.c.problem_id == bindparam("problem_id"))
+)
+_STATE_REVIEWS = (
+    select(
+        _reviews_t.c.id,
+        _reviews_t.c.step_id,
+        _reviews_t.c.round,
+        _reviews_t.c.reviewer,
+        _reviews_t.c.target_solution_id,
+        _reviews_t.c.verdict,
+        _reviews_t.c.logical_consistency,
+        _reviews_t.c.calculation_accuracy,
+        _reviews_t.c.step_completeness,
+        _reviews_t.c.issues,
+        _reviews_t.c.suggested_answer,
+        _reviews_t.c.structured,
+        _calls_t.c.response_text,
+    )
+    .select_from(_reviews_t.outerjoin(_calls_t, _calls_t.c.id == _reviews_t.c.model_call_id))
+    .where(_reviews_t.c.problem_id == bindparam("problem_id"))
+)
+
+
+def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = None) -> ProblemState:
+    """The problem's state for its strategy.
+
+    `problem` needs `id` and `question` (a Problem, or a row); `steps`, when the caller has just
+    read them (Step objects or `STATE_STEPS` rows), saves reading them again.
+    """
+    conn = session.connection()
+    params = {"problem_id": problem.id}
+    if steps is None:
+        steps = conn.execute(STATE_STEPS, params).all()
+    by_id = {s.id: s for s in steps}
     solutions: dict[str, SolutionView] = {}
-    for sol in session.scalars(select(Solution).where(Solution.problem_id == problem.id)):
-        raw = texts.get(sol.model_call_id) if sol.model_call_id else None
+    for sol in conn.execute(_STATE_SOLUTIONS, params):
+        raw = sol.response_text
         solutions[by_id[sol.step_id].key] = SolutionView(
             id=sol.id,
             step_key=by_id[sol.step_id].key,
@@ -410,8 +566,8 @@ def load_state(*, session: Session, problem: Problem) -> ProblemState:
             parse_error=sol.parse_error,
         )
     reviews: dict[str, ReviewView] = {}
-    for rev in session.scalars(select(Review).where(Review.problem_id == problem.id)):
-        raw = texts.get(rev.model_call_id) if rev.model_call_id else None
+    for rev in conn.execute(_STATE_REVIEWS, params):
+        raw = rev.response_text
         issues = tuple(ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in rev.issues or [])
         scores = (rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness)
         reviews[by_id[rev.step_id].key] = ReviewView(

@@ -52,7 +52,12 @@ def client_for(endpoint: str, settings: Settings) -> ModelClient:
         if client is None:
             token = settings.api_token.get_secret_value() if settings.api_token else None
             client = ModelClient(
-                endpoint, kind=settings.server_kind, timeout=settings.request_timeout, token=token
+                endpoint,
+                kind=settings.server_kind,
+                timeout=settings.request_timeout,
+                token=token,
+                max_in_flight=settings.max_in_flight,
+                share=settings.workers_per_endpoint,
             )
             _clients[endpoint] = client
         return client

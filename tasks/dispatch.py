@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from celery import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from db import queries
@@ -39,7 +40,8 @@ class Dispatch:
     queue: str
 
 
-def dispatch_for(step: Step, job: Job) -> Dispatch:
+def dispatch_for(step: Any, job: Any) -> Dispatch:
+    """A step (Step or row: id, kind, role) and its job (Job or row: model_a_url, model_b_url)."""
     if step.role is None:
         queue = CONTROL_QUEUE
     else:
@@ -75,24 +77,48 @@ def advance(problem_id: int) -> list[Dispatch]:
     return outcome
 
 
+_problems_t = Problem.__table__
+_jobs_t = Job.__table__
+# The problem row, locked (FOR NO KEY UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already
+# serialises writers), with what the plan needs of its job: one prebuilt Core statement, since
+# this runs after every model step.
+_LOCK_PROBLEM = (
+    select(
+        _problems_t.c.id,
+        _problems_t.c.question,
+        _problems_t.c.status,
+        _jobs_t.c.id.label("job_id"),
+        _jobs_t.c.status.label("job_status"),
+        _jobs_t.c.strategy,
+        _jobs_t.c.params,
+        _jobs_t.c.model_a_url,
+        _jobs_t.c.model_b_url,
+    )
+    .join(_jobs_t, _jobs_t.c.id == _problems_t.c.job_id)
+    .where(_problems_t.c.id == bindparam("problem_id"))
+    .with_for_update(of=_problems_t, key_share=True)
+)
+_STEPS_WITH_ERROR = queries.STATE_STEPS.add_columns(Step.__table__.c.error)
+
+
 def _advance(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
     """The dispatches to send, or the job id when this problem just failed."""
-    problem = session.get(Problem, problem_id, with_for_update={"key_share": True})
+    conn = session.connection()
+    problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
     if problem is None or problem.status in TERMINAL_PROBLEM_STATES:
         return []
-    job = session.get(Job, problem.job_id)
-    assert job is not None
-    if job.status == JobStatus.CANCELLED:
+    job = problem  # the row carries the job's columns too
+    if job.job_status == JobStatus.CANCELLED:
         return []
-    steps = session.scalars(select(Step).where(Step.problem_id == problem_id)).all()
+    steps = conn.execute(_STEPS_WITH_ERROR, {"problem_id": problem_id}).all()
     failed = [s for s in steps if s.status == StepStatus.FAILED]
     if failed:
         queries.fail_problem(
             session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}"
         )
-        return job.id
+        return job.job_id
     strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
-    plan = strategy.plan(queries.load_state(session=session, problem=problem))
+    plan = strategy.plan(queries.load_state(session=session, problem=problem, steps=steps))
     existing = {s.key for s in steps}
     specs = [(s.key, s.kind.value, s.role, s.round) for s in plan.steps if s.key not in existing]
     if plan.finished and not specs and SELECT_KEY not in existing:

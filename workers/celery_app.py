@@ -48,9 +48,12 @@ def create_app(settings: Settings | None = None) -> Celery:
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
         },
-        # Flower shows every task from these events.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost four Redis publishes per task (sent, received, started, succeeded):
+        # 1.4 of a worker's ~11 ms of CPU per model call in bench/throughput.py. Flower switches
+        # the workers' events on while it runs (its --enable_events, on by default), so they are
+        # off unless RSTAR_TASK_EVENTS=true.
+        worker_send_task_events=s.task_events,
+        task_send_sent_event=s.task_events,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app

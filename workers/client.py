@@ -8,9 +8,12 @@ mapped once, here, onto `workers.errors`; nothing from huggingface_hub or httpx2
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,8 @@ from workers.errors import (
 from workers.settings import ServerKind
 
 constants.HF_HUB_DISABLE_TELEMETRY = True
+# httpx2 logs every request at INFO: a line per model call, which the audit trail records anyway.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 # One worker process keeps up to a few hundred requests in flight; the library's shared client
 # would queue threads beyond 100 connections and count that wait against the timeout.
@@ -143,6 +148,53 @@ def server_info(base_url: str, *, kind: ServerKind = "auto", token: str | None =
     return info
 
 
+class InFlightLimit:
+    """At most `limit` requests in flight from this process to one endpoint (None: no limit).
+
+    TGI refuses at once with 429 beyond `--max-concurrent-requests`; a worker with more threads
+    than its share of that limit would trip it all the time. Threads beyond the limit wait here
+    with their step already claimed, so a freed slot is refilled without a broker round trip.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._semaphore = threading.BoundedSemaphore(limit) if limit else None
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self._semaphore is None:
+            yield
+            return
+        self._semaphore.acquire()
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+_limits: dict[str, InFlightLimit] = {}
+
+
+def in_flight_limit(
+    base_url: str, *, max_in_flight: int | None, share: int, token: str | None = None
+) -> InFlightLimit:
+    """This process's limit for an endpoint, made once: `max_in_flight` when set, else the server's
+    `max_concurrent_requests` (TGI's `/info`) divided by `share`, the number of worker processes
+    that send to it; no limit when the server does not say."""
+    with _info_lock:
+        limit = _limits.get(base_url)
+    if limit is not None:
+        return limit
+    if max_in_flight is None:
+        try:
+            server_max = server_info(base_url, token=token).max_concurrent_requests
+        except UnavailableError:
+            return InFlightLimit(None)  # not up yet: no limit for this call, ask again on the next
+        max_in_flight = max(1, server_max // max(1, share)) if server_max else None
+    with _info_lock:
+        return _limits.setdefault(base_url, InFlightLimit(max_in_flight))
+
+
 class ModelClient:
     """Chat completions against one endpoint, with a timeout on every call.
 
@@ -159,10 +211,14 @@ class ModelClient:
         kind: ServerKind = "auto",
         timeout: float = 120.0,
         token: str | None = None,
+        max_in_flight: int | None = None,
+        share: int = 1,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._kind = kind
         self._token = token
+        self._max_in_flight = max_in_flight
+        self._share = share
         self._client = InferenceClient(base_url=self.base_url, timeout=timeout, api_key=token)
 
     @property
@@ -186,13 +242,24 @@ class ModelClient:
                 payload["response_format"] = fmt
         return payload
 
+    @property
+    def in_flight(self) -> InFlightLimit:
+        return in_flight_limit(
+            self.base_url, max_in_flight=self._max_in_flight, share=self._share, token=self._token
+        )
+
     def complete(self, request: ModelRequest) -> ModelReply:
-        """Run one chat completion.
+        """Run one chat completion in one of this process's in-flight slots for the endpoint (the
+        wait for a slot is not part of the reply's latency).
 
         Raises:
             OverloadedError, UnavailableError, ModelTimeoutError, MalformedReplyError: retryable.
             RequestRejectedError: the server refused the request; retrying will not help.
         """
+        with self.in_flight.slot():
+            return self._complete(request)
+
+    def _complete(self, request: ModelRequest) -> ModelReply:
         payload = self.build_payload(request)
         started = time.perf_counter()
 

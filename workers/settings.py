@@ -39,6 +39,14 @@ class Settings(BaseSettings):
 
     # Threads per worker process: each thread keeps one model request in flight.
     worker_concurrency: int = Field(default=32, ge=1)
+    # Flow control: model requests one worker process keeps in flight per endpoint. Default: the
+    # server's max_concurrent_requests (TGI's /info) divided by workers_per_endpoint, so the
+    # workers together keep the server at its limit without tripping its 429s. Give a worker more
+    # threads than that (~25% more): the extra threads do the database work around the calls.
+    max_in_flight: int | None = Field(default=None, ge=1)
+    workers_per_endpoint: int = Field(default=1, ge=1, description="worker processes sharing an endpoint")
+    # Celery task events from the start (Flower turns the workers' events on anyway while it runs).
+    task_events: bool = False
     task_time_limit: int = Field(default=900, gt=0, description="hard limit per task, seconds")
 
     # Recovery (see tasks/recovery.py). A running step's lease is renewed every lease/4 seconds

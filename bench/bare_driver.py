@@ -1,0 +1,206 @@
+"""The reference for the throughput benchmark: the mutual strategy's call graph, no Celery, no database.
+
+Each problem runs as a coroutine over an in-memory `ProblemState`: it asks the real
+`MutualStrategy.plan()` which steps come next, builds each request with `build_request()` (the same
+prompts and parameters the system sends, via `ModelClient.build_payload`), issues it with
+huggingface_hub's `AsyncInferenceClient` under one semaphore per endpoint (the concurrency), parses
+the reply with the same parsers, and finally calls `select()`. All problems start at once; the
+semaphores decide what is in flight, first come first served, like the system's queues.
+
+The view-building below mirrors `db.queries.load_state` (solutions and reviews rendered for the
+next prompt exactly as the database path renders them), so both drivers send identical prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import AsyncInferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+
+from rstar import prompts
+from rstar.parsing import parse_review, parse_solution
+from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepSpec, StepView
+from rstar.strategies.mutual import MutualStrategy
+from rstar.types import Role, StepKind
+from workers.client import ModelClient
+
+
+@dataclass
+class BareResult:
+    makespan_s: float
+    calls: int
+    retries_429: int
+    answers: dict[int, str | None]
+    rounds: dict[int, int]
+    cpu_s: float
+    """CPU seconds of this process while driving (the asyncio client's cost)."""
+    started_at: float = 0.0
+    """time.monotonic() when the first request could go out."""
+
+
+@dataclass
+class _Problem:
+    index: int
+    question: str
+    steps: dict[str, StepView] = field(default_factory=dict)
+    solutions: dict[str, SolutionView] = field(default_factory=dict)
+    reviews: dict[str, ReviewView] = field(default_factory=dict)
+
+    def state(self) -> ProblemState:
+        return ProblemState(self.question, dict(self.steps), dict(self.solutions), dict(self.reviews))
+
+
+class _Endpoint:
+    def __init__(self, url: str, concurrency: int, timeout: float) -> None:
+        self.url = url
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.client = AsyncInferenceClient(base_url=url, timeout=timeout)
+        # Only for the payload: the same body (structured-output dialect included) the system sends.
+        self.payloads = ModelClient(url)
+
+
+class BareDriver:
+    def __init__(
+        self,
+        urls: Mapping[Role, str],
+        *,
+        concurrency: int,
+        params: Mapping[str, Any] | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.strategy = MutualStrategy(params)
+        self.urls = dict(urls)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.calls = 0
+        self.retries_429 = 0
+        self._ids = 0
+        self._endpoints: dict[str, _Endpoint] = {}
+
+    def _next_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    async def _call(self, role: Role, payload: dict[str, Any]) -> str:
+        endpoint = self._endpoints[self.urls[role]]
+        delay = 0.05
+        while True:
+            async with endpoint.semaphore:
+                try:
+                    out = await endpoint.client.chat_completion(
+                        messages=payload["messages"],
+                        temperature=payload["temperature"],
+                        max_tokens=payload["max_tokens"],
+                        seed=payload.get("seed"),
+                        stop=payload.get("stop"),
+                        response_format=payload.get("response_format"),
+                    )
+                    self.calls += 1
+                    text = out.choices[0].message.content
+                    return text if isinstance(text, str) else ""
+                except HfHubHTTPError as exc:
+                    if exc.response is None or exc.response.status_code != 429:
+                        raise
+                    self.retries_429 += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _run_step(self, problem: _Problem, spec: StepSpec) -> None:
+        state = problem.state()
+        request = self.strategy.build_request(spec, state)
+        links = self.strategy.links(spec, state)
+        payload = self._endpoints[self.urls[spec.role]].payloads.build_payload(request)
+        text = await self._call(spec.role, payload)
+        if spec.kind is StepKind.REVIEW:
+            parsed = parse_review(text)
+            issues = parsed.issues
+            scores = (parsed.logical_consistency, parsed.calculation_accuracy, parsed.step_completeness)
+            assert links.target_solution_id is not None
+            problem.reviews[spec.key] = ReviewView(
+                id=self._next_id(),
+                step_key=spec.key,
+                round=spec.round,
+                reviewer=spec.role,
+                target_solution_id=links.target_solution_id,
+                verdict=parsed.verdict,
+                scores=scores,
+                issues=issues,
+                suggested_answer=parsed.suggested_answer,
+                text=prompts.render_review(
+                    parsed.verdict.value,
+                    scores,
+                    [(i.step, i.description) for i in issues],
+                    parsed.suggested_answer,
+                    text,
+                    parsed.structured,
+                ),
+            )
+        else:
+            sol = parse_solution(text)
+            problem.solutions[spec.key] = SolutionView(
+                id=self._next_id(),
+                step_key=spec.key,
+                round=spec.round,
+                author=spec.role,
+                kind=spec.kind.value,
+                steps=tuple(sol.steps),
+                answer=sol.answer,
+                text=prompts.render_solution(list(sol.steps), sol.answer, text),
+                parse_error=sol.parse_error,
+            )
+        problem.steps[spec.key] = StepView(spec.key, spec.kind.value, spec.role, spec.round, "done")
+
+    async def _solve(self, problem: _Problem) -> tuple[str | None, int]:
+        running: dict[str, asyncio.Task[None]] = {}
+        while True:
+            plan = self.strategy.plan(problem.state())
+            for spec in plan.steps:
+                if spec.key not in problem.steps:
+                    problem.steps[spec.key] = StepView(
+                        spec.key, spec.kind.value, spec.role, spec.round, "queued"
+                    )
+                    running[spec.key] = asyncio.ensure_future(self._run_step(problem, spec))
+            if plan.finished and not running:
+                chosen = self.strategy.select(problem.state())
+                return chosen.answer, chosen.rounds_used
+            if not running:
+                raise RuntimeError(f"problem {problem.index}: nothing to run and not finished")
+            done, _ = await asyncio.wait(running.values(), return_when=asyncio.FIRST_COMPLETED)
+            for key in [k for k, t in running.items() if t in done]:
+                running.pop(key).result()
+
+    async def run(self, questions: Sequence[str]) -> BareResult:
+        for url in set(self.urls.values()):
+            self._endpoints[url] = _Endpoint(url, self.concurrency, self.timeout)
+            self._endpoints[url].payloads.info  # probe /info before the clock starts  # noqa: B018
+        problems = [_Problem(i, q) for i, q in enumerate(questions)]
+        cpu0, t0 = time.process_time(), time.monotonic()
+        results = await asyncio.gather(*(self._solve(p) for p in problems))
+        makespan = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
+        for endpoint in self._endpoints.values():
+            await endpoint.client.close()
+        return BareResult(
+            makespan_s=makespan,
+            calls=self.calls,
+            retries_429=self.retries_429,
+            answers={i: a for i, (a, _) in enumerate(results)},
+            rounds={i: r for i, (_, r) in enumerate(results)},
+            cpu_s=cpu,
+            started_at=t0,
+        )
+
+
+def run_bare(
+    questions: Sequence[str],
+    urls: Mapping[Role, str],
+    *,
+    concurrency: int,
+    params: Mapping[str, Any] | None = None,
+) -> BareResult:
+    return asyncio.run(BareDriver(urls, concurrency=concurrency, params=params).run(questions))

@@ -1,0 +1,101 @@
+"""The throughput benchmark's parts: the simulated server keeps its limit, its replies follow the
+mutual protocol, and the benchmark runs end to end on a tiny size. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from bench import throughput
+from bench.bare_driver import run_bare
+from bench.simulator import SimConfig, SimulatorProcess, agree_round
+from tests.conftest import REDIS_URL
+
+# The benchmark flushes its Redis database and refuses one that another client uses: not the
+# test-suite's own database, whose fixture holds a connection.
+BENCH_REDIS_URL = os.environ.get("RSTAR_TEST_BENCH_REDIS_URL", REDIS_URL.rsplit("/", 1)[0] + "/12")
+
+
+def _chat(url: str) -> int:
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "Solve.\n<<<\nWhat is 2 + 2?\n>>>"}], "max_tokens": 200}
+    ).encode()
+    req = urllib.request.Request(
+        url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_simulator_refuses_requests_beyond_its_limit_with_429() -> None:
+    # Each admitted request takes seconds at time scale 1, so all six overlap the first two.
+    with SimulatorProcess(SimConfig(max_concurrent_requests=2, time_scale=1.0)) as sim:
+        with urllib.request.urlopen(sim.url + "/info", timeout=10) as resp:
+            assert json.loads(resp.read())["max_concurrent_requests"] == 2
+        statuses: list[int] = []
+        barrier = threading.Barrier(6)
+
+        def one() -> None:
+            barrier.wait()
+            statuses.append(_chat(sim.url))
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stats = sim.stats()
+    assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
+    assert stats["peak_in_flight"] == 2
+    assert stats["rejected_429"] == 4 and stats["ok"] == 2 and stats["requests"] == 6
+    assert stats["series"][-1][1] == 0 and 0 < stats["mean_in_flight"] <= 2
+
+
+def test_bare_driver_follows_the_scripted_rounds() -> None:
+    questions = [f"Problem {i}: what is {i} + {i}?" for i in range(12)]
+    with SimulatorProcess(SimConfig(max_concurrent_requests=8, time_scale=0.01)) as sim:
+        result = run_bare(questions, {"A": sim.url, "B": sim.url}, concurrency=8)
+        stats = sim.stats()
+    assert result.rounds == {i: agree_round(q) for i, q in enumerate(questions)}
+    # Four calls a round: both solve (or refine), both review.
+    assert result.calls == stats["ok"] == sum(4 * agree_round(q) for q in questions)
+    assert stats["rejected_429"] == 0 and stats["peak_in_flight"] <= 8
+
+
+def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
+    client = redis.Redis.from_url(BENCH_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis does not answer at {BENCH_REDIS_URL}")
+        pytest.skip(f"Redis does not answer at {BENCH_REDIS_URL}")
+    finally:
+        client.close()
+    code = throughput.main(
+        [
+            "--problems", "5", "--concurrency", "4", "--time-scale", "0.02", "--database", "sqlite",
+            "--redis-url", BENCH_REDIS_URL, "--out", str(tmp_path), "--name", "tiny", "--timeout", "120",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "tiny.json").read_text())
+    (run,) = report["runs"]
+    bare, system = run["bare"], run["system"]
+    assert system["answered"] == bare["answered"] == 5
+    assert system["calls"] == bare["calls"] == system["server_requests"]
+    assert system["rounds"] == bare["rounds"]
+    assert system["rejected_429"] == 0
+    assert system["worker_peak_rss_mb"] > 0 and system["rows_written"] > 0
+    assert "| 1 | 1 | sqlite |" in (tmp_path / "tiny.md").read_text()
+    assert (tmp_path / "tiny.png").stat().st_size > 0
