@@ -26,7 +26,7 @@ from db.session import session_scope
 from rstar.strategies import get_strategy
 from rstar.strategies.base import StepSpec
 from rstar.types import Role, StepKind
-from tasks.dispatch import advance_and_enqueue
+from tasks.dispatch import TASK_FOR_KIND, advance_and_enqueue
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
 from workers.client import ModelClient, ModelReply, truncate
@@ -36,7 +36,7 @@ from workers.settings import Settings, get_settings
 logger = get_task_logger(__name__)
 
 # The kind of step each stage task works on; a message naming another kind of step is refused.
-KIND_OF_TASK = {"rstar.generate": "generate", "rstar.cross_validate": "review", "rstar.refine": "refine"}
+KIND_OF_TASK = {task: kind for kind, task in TASK_FOR_KIND.items()}
 
 # (session, claim, reply text, model call id) -> None: writes the step's output row.
 OutputWriter = Callable[[Session, queries.Claim, str, int], None]
