@@ -240,7 +240,10 @@ def plot_accuracy_vs_calls(report: Report, path: Path) -> None:
         ax.errorbar(
             s.calls_per_problem, y, yerr=err, fmt=markers.get(s.strategy, "x"), capsize=4, label=s.label
         )
-        ax.annotate(s.label, (s.calls_per_problem, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        # The job id only: the legend names it, and full labels of jobs at equal cost overlap.
+        ax.annotate(
+            str(s.job_id), (s.calls_per_problem, y), textcoords="offset points", xytext=(5, 3), fontsize=8
+        )
     ax.set_xlabel("model calls per problem (mean)")
     ax.set_ylabel("accuracy, % (95% Wilson CI)")
     ax.set_title("Accuracy against model calls, one point per job")
