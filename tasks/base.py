@@ -191,7 +191,6 @@ def _record_reply(
 def _record_reply_once(
     claim: queries.Claim, attempt: int, reply: ModelReply, client: ModelClient, settings: Settings
 ) -> int:
-    info = client.info
     with session_scope(settings.database_url) as session:
         call = queries.record_call(
             session=session,
@@ -199,8 +198,8 @@ def _record_reply_once(
             problem_id=claim.problem_id,
             attempt=attempt,
             endpoint=client.base_url,
-            server_kind=info.kind,
-            model=reply.model or info.model_id,
+            server_kind=reply.server_kind,
+            model=reply.model,
             request=reply.request,
             response=reply.response,
             response_text=truncate(reply.text),

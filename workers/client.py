@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Building its user agent, huggingface_hub otherwise asks huggingface.co for a registry on first
@@ -83,6 +83,8 @@ class ModelReply:
     model: str | None
     request: dict[str, Any]
     response: dict[str, Any]
+    server_kind: ServerKind | None = None
+    """What the server was identified as before the call (recording must not probe it again)."""
 
 
 def truncate(text: str | None, limit: int = MAX_STORED_BODY) -> str | None:
@@ -260,6 +262,9 @@ class ModelClient:
             return self._complete(request)
 
     def _complete(self, request: ModelRequest) -> ModelReply:
+        # Identify the server first: a probe that fails now costs nothing, after the call it would
+        # lose a reply already paid for.
+        info = self.info
         payload = self.build_payload(request)
         started = time.perf_counter()
 
@@ -291,8 +296,8 @@ class ModelClient:
             raise MalformedReplyError(
                 f"reply from {self.base_url} is not JSON: {exc}", request=payload, latency_ms=elapsed()
             ) from exc
-        latency = elapsed()
-        return _reply_from(out, payload, latency, self.base_url)
+        reply = _reply_from(out, payload, elapsed(), self.base_url)
+        return replace(reply, server_kind=info.kind, model=reply.model or info.model_id)
 
 
 def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str) -> ModelReply:
