@@ -605,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=None, help="file name stem for the .md/.png/.json")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per system run")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the worker and simulator logs")
     parser.add_argument(
         "--worker-env", action="append", default=[], metavar="KEY=VALUE", help="extra worker environment"
     )
@@ -627,7 +628,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     bare_by_endpoints: dict[int, RunResult] = {}
     check_private_redis(args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
-    log(f"logs and the SQLite files go to {tmp} (removed after a successful run)")
+    log(f"logs and the SQLite files go to {tmp} (removed after a successful run unless --keep-logs)")
     if True:
         for endpoints, workers in configs:
             if endpoints not in bare_by_endpoints:
@@ -669,7 +670,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             )
             pairs.append((bare, system))
 
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not args.keep_logs:
+        shutil.rmtree(tmp, ignore_errors=True)
     command = "python -m bench.throughput " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     name = args.name or (
         f"matrix-{args.database}" if args.matrix else f"e{args.endpoints}-w{args.workers}-{args.database}"
