@@ -285,6 +285,14 @@ def fail_step(*, session: Session, step_id: int, error: str) -> None:
     )
 
 
+_ADD_STEPS = {
+    name: dialect_insert(Step.__table__)
+    .on_conflict_do_nothing(index_elements=["problem_id", "key"])
+    .returning(*(Step.__table__.c[col] for col in ("id", "key", "kind", "role", "round")))
+    for name, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
+
+
 def add_steps(
     *, session: Session, problem_id: int, specs: list[tuple[str, str, str | None, int]]
 ) -> list[Step]:
@@ -298,20 +306,18 @@ def add_steps(
     if not specs:
         return []
     dialect = session.get_bind().dialect.name
-    if dialect in ("postgresql", "sqlite"):
-        dialect_insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = (
-            dialect_insert(Step.__table__)
-            .values(
-                [
-                    {"problem_id": problem_id, "key": k, "kind": kd, "role": r, "round": n}
-                    for k, kd, r, n in specs
-                ]
+    statement = _ADD_STEPS.get(dialect)
+    if statement is not None:
+        # executemany of one prebuilt statement: SQLAlchemy batches it into a single multi-row
+        # INSERT ("insertmanyvalues") and caches its compiled form, unlike .values([...]).
+        rows = (
+            session.connection()
+            .execute(
+                statement,
+                [dict(problem_id=problem_id, key=k, kind=kd, role=r, round=n) for k, kd, r, n in specs],
             )
-            .on_conflict_do_nothing(index_elements=["problem_id", "key"])
-            .returning(_steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.role, _steps_t.c.round)
+            .all()
         )
-        rows = session.connection().execute(statement).all()
         by_key = {row.key: row for row in rows}
         return [
             Step(id=row.id, problem_id=problem_id, key=row.key, kind=row.kind, role=row.role, round=row.round)
@@ -365,7 +371,8 @@ def record_call(
     error: str | None = None,
     request_hash: str | None = None,
     reused_from_id: int | None = None,
-) -> ModelCall:
+) -> int:
+    """Insert a model call and count the attempt on its step; the call's id."""
     values: dict[str, Any] = {
         "step_id": step_id,
         "problem_id": problem_id,
@@ -390,7 +397,14 @@ def record_call(
     conn = session.connection()
     call_id = conn.execute(_INSERT_CALL, values).scalar_one()
     conn.execute(_SET_ATTEMPTS, {"step_id": step_id, "new_attempts": attempt})
-    return ModelCall(id=call_id, **values)
+    return call_id
+
+
+def attempt_recorded(*, session: Session, step_id: int, attempt: int) -> bool:
+    found = session.scalar(
+        select(ModelCall.id).where(ModelCall.step_id == step_id, ModelCall.attempt == attempt)
+    )
+    return found is not None
 
 
 def save_solution(

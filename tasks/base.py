@@ -26,7 +26,7 @@ from db.session import session_scope
 from rstar.strategies import get_strategy
 from rstar.strategies.base import StepSpec
 from rstar.types import Role, StepKind
-from tasks.dispatch import TASK_FOR_KIND, advance_and_enqueue
+from tasks.dispatch import TASK_FOR_KIND, Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
 from workers.client import ModelClient, ModelReply, truncate
@@ -126,11 +126,14 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
     role: Role = "A" if claim.role == "A" else "B"
     spec = StepSpec(claim.key, StepKind(claim.kind), role, claim.round)
     claim = replace(claim, links=strategy.links(spec, claim.state))
+    reply: ModelReply | None = None
+    attempt = claim.attempts + 1
+    endpoint = claim.endpoint
     if claim.recorded is not None:
         call_id, text = claim.recorded.id, claim.recorded.response_text or ""
     else:
         client = client_for(claim.endpoint, settings)
-        attempt = claim.attempts + 1
+        endpoint = client.base_url
         with keeper.hold(claim.step_id, task.request.id or ""):
             try:
                 request = strategy.build_request(spec, claim.state)
@@ -146,37 +149,52 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
                 call_id, text = reused
             else:
                 assert reply is not None
-                try:
-                    call_id = _record_reply(claim, attempt, reply, client, settings)
-                except IntegrityError:  # another run of this step recorded this attempt first
-                    logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
-                    return "skipped"
-                text = reply.text
+                call_id, text = 0, reply.text
     try:
-        with session_scope(url) as session:
-            write_output(session, claim, text, call_id)
+        outcome = _finish_step(claim, attempt, (endpoint, reply), call_id, text, write_output, settings)
     except IntegrityError:
+        # Another run of this step got there first: it recorded this attempt (and will write the
+        # output), or it already wrote the output (then make sure its dispatch happened).
         with session_scope(url) as session:
-            if not queries.step_is_done(session=session, step_id=claim.step_id):
-                raise
-        logger.info("step %s: output already written by another run", claim.key)
-    advance_and_enqueue(claim.problem_id)
+            done = queries.step_is_done(session=session, step_id=claim.step_id)
+            recorded = reply is not None and queries.attempt_recorded(
+                session=session, step_id=claim.step_id, attempt=attempt
+            )
+        if not (done or recorded):
+            raise
+        logger.info("step %s: attempt %d already handled by another run", claim.key, attempt)
+        if done:
+            advance_and_enqueue(claim.problem_id)
+        return "skipped"
+    enqueue(settled(outcome))
     return "done"
 
 
-def _record_reply(
-    claim: queries.Claim, attempt: int, reply: ModelReply, client: ModelClient, settings: Settings
-) -> int:
-    """Record a successful reply. It is paid for: while the database is unreachable, keep trying
-    (up to `db_outage_grace` seconds) rather than lose it and call again."""
+def _finish_step(
+    claim: queries.Claim,
+    attempt: int,
+    new_reply: tuple[str, ModelReply | None],
+    call_id: int,
+    text: str,
+    write_output: OutputWriter,
+    settings: Settings,
+) -> list[Dispatch] | int:
+    """One transaction for all that follows a model call: record the reply (when it is new), write
+    the step's output and plan the problem's next steps. A new reply is paid for: while the database
+    is unreachable, keep trying (up to `db_outage_grace` seconds) rather than lose it and call again."""
+    endpoint, reply = new_reply
     deadline = time.monotonic() + settings.db_outage_grace
     pause = 0.25
     while True:
         try:
-            return _record_reply_once(claim, attempt, reply, client, settings)
+            with session_scope(settings.database_url) as session:
+                if reply is not None:
+                    call_id = _record_reply(session, claim, attempt, endpoint, reply)
+                write_output(session, claim, text, call_id)
+                return plan_next(session, claim.problem_id, settings.max_rounds_limit)
         except (OperationalError, DBAPIError) as exc:
             lost_connection = isinstance(exc, OperationalError) or exc.connection_invalidated
-            if not lost_connection or time.monotonic() + pause > deadline:
+            if reply is None or not lost_connection or time.monotonic() + pause > deadline:
                 raise
             logger.warning(
                 "database unavailable while recording step %s (%s); retrying in %.1f s",
@@ -186,31 +204,35 @@ def _record_reply(
             )
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+        except Exception:
+            # A bug in writing the output or planning must not lose a paid reply: keep the call.
+            if reply is not None:
+                with session_scope(settings.database_url) as session:
+                    _record_reply(session, claim, attempt, endpoint, reply)
+            raise
 
 
-def _record_reply_once(
-    claim: queries.Claim, attempt: int, reply: ModelReply, client: ModelClient, settings: Settings
+def _record_reply(
+    session: Session, claim: queries.Claim, attempt: int, endpoint: str, reply: ModelReply
 ) -> int:
-    with session_scope(settings.database_url) as session:
-        call = queries.record_call(
-            session=session,
-            step_id=claim.step_id,
-            problem_id=claim.problem_id,
-            attempt=attempt,
-            endpoint=client.base_url,
-            server_kind=reply.server_kind,
-            model=reply.model,
-            request=reply.request,
-            response=reply.response,
-            response_text=truncate(reply.text),
-            finish_reason=reply.finish_reason,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            latency_ms=reply.latency_ms,
-            outcome=CallOutcome.OK,
-            request_hash=request_hash(client.base_url, reply.request),
-        )
-        return call.id
+    return queries.record_call(
+        session=session,
+        step_id=claim.step_id,
+        problem_id=claim.problem_id,
+        attempt=attempt,
+        endpoint=endpoint,
+        server_kind=reply.server_kind,
+        model=reply.model,
+        request=reply.request,
+        response=reply.response,
+        response_text=truncate(reply.text),
+        finish_reason=reply.finish_reason,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        latency_ms=reply.latency_ms,
+        outcome=CallOutcome.OK,
+        request_hash=request_hash(endpoint, reply.request),
+    )
 
 
 def _handle_call_error(

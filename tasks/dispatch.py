@@ -1,9 +1,11 @@
 """From persisted state to the next Celery tasks: the only place that enqueues work.
 
-`advance()` runs in its own transaction *after* a step's output is committed, holding the problem
-row, so when A's and B's steps finish together the later one sees both and exactly one of them
-creates each next step (the unique step key settles any remaining race). Messages are sent only
-after the steps are committed; a crash in between leaves queued steps that `rstar resume` re-sends.
+`plan_next()` runs in the transaction that writes a step's output (tasks/base.py), or in one of
+its own (`advance()`), and locks the problem row first, so when A's and B's steps finish together
+the later one waits for the earlier one's commit, sees both outputs, and exactly one of them creates
+each next step (the unique step key settles any remaining race). Messages are sent only after the
+steps are committed (`settle()`); a crash in between leaves queued steps that the recovery sweep
+or `rstar resume` re-sends.
 """
 
 from __future__ import annotations
@@ -55,23 +57,35 @@ SEND_RETRY_POLICY = {"max_retries": 30, "interval_start": 0, "interval_step": 0.
 
 
 def enqueue(dispatches: Iterable[Dispatch]) -> int:
-    count = 0
-    for d in dispatches:
-        current_app.send_task(
-            TASK_FOR_KIND[d.kind], args=[d.step_id], queue=d.queue, retry_policy=SEND_RETRY_POLICY
-        )
-        count += 1
-    return count
+    todo = list(dispatches)
+    if not todo:
+        return 0
+    # One producer (and broker connection) from the pool for all of a step's messages.
+    with current_app.producer_or_acquire() as producer:
+        for d in todo:
+            current_app.send_task(
+                TASK_FOR_KIND[d.kind],
+                args=[d.step_id],
+                queue=d.queue,
+                retry_policy=SEND_RETRY_POLICY,
+                producer=producer,
+            )
+    return len(todo)
 
 
 def advance(problem_id: int) -> list[Dispatch]:
-    """Create the problem's next steps (or fail it) and return what to enqueue."""
+    """Create the problem's next steps (or fail it) in a transaction of its own; what to enqueue."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        outcome = _advance(session, problem_id, settings.max_rounds_limit)
+        outcome = plan_next(session, problem_id, settings.max_rounds_limit)
+    return settled(outcome)
+
+
+def settled(outcome: list[Dispatch] | int) -> list[Dispatch]:
+    """After `plan_next`'s transaction committed: close the job if the problem failed; what to send."""
     if isinstance(outcome, int):
         # After the commit, so that problems finishing together see each other (see tasks/select.py).
-        with session_scope(settings.database_url) as session:
+        with session_scope(get_settings().database_url) as session:
             queries.maybe_finish_job(session=session, job_id=outcome)
         return []
     return outcome
@@ -101,8 +115,9 @@ _LOCK_PROBLEM = (
 _STEPS_WITH_ERROR = queries.STATE_STEPS.add_columns(Step.__table__.c.error)
 
 
-def _advance(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
-    """The dispatches to send, or the job id when this problem just failed."""
+def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
+    """Within the caller's transaction: the dispatches to send once it commits, or the job id when
+    this problem just failed."""
     conn = session.connection()
     problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
     if problem is None or problem.status in TERMINAL_PROBLEM_STATES:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from celery import shared_task
-from rstar.parsing import parse_solution
 from sqlalchemy.orm import Session
 
 from db import queries
+from rstar.parsing import parse_solution
 from tasks.base import StepTask, run_model_step
 
 

@@ -71,7 +71,7 @@ def reuse_recorded(
         )
         if old is None:
             return None
-        call = queries.record_call(
+        call_id = queries.record_call(
             session=session,
             step_id=claim.step_id,
             problem_id=claim.problem_id,
@@ -90,4 +90,4 @@ def reuse_recorded(
             request_hash=digest,
             reused_from_id=old.reused_from_id or old.id,
         )
-        return call.id, old.response_text or ""
+        return call_id, old.response_text or ""

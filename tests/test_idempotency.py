@@ -11,12 +11,12 @@ from datetime import timedelta
 
 import pytest
 from celery import Celery
-from rstar.inputs import parse_problems
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from db.models import ModelCall, Problem, Review, Selection, Solution, Step, utcnow
 from db.session import session_scope
+from rstar.inputs import parse_problems
 from tasks.cross_validate import cross_validate
 from tasks.generate import generate
 from tasks.refine import refine
@@ -172,3 +172,34 @@ def test_unique_constraints_refuse_duplicate_rows(servers) -> None:  # type: ign
     for row in dupes:
         with pytest.raises(IntegrityError), session_scope(db_url) as s:
             s.add(row)
+
+
+def test_a_bug_after_the_call_keeps_the_paid_reply(servers, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The reply, the output and the next steps share one transaction; if writing the output or
+    planning fails (a bug, not the database), the reply is still recorded, and the redelivered
+    task uses it instead of calling again."""
+    rows, a, b = servers
+    db_url = get_settings().database_url
+    _submit(rows[:1], a.url, b.url)
+    step_id = _queued(db_url)[0][0]
+
+    def broken_plan(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in planning")
+
+    with monkeypatch.context() as m:
+        m.setattr("tasks.base.plan_next", broken_plan)
+        result = generate.apply(args=[step_id], task_id="delivery-1")
+    assert isinstance(result.result, RuntimeError)
+    assert a.request_count + b.request_count == 1
+    with session_scope(db_url) as s:
+        calls = s.scalars(select(ModelCall).where(ModelCall.step_id == step_id)).all()
+        assert [(c.attempt, c.outcome) for c in calls] == [(1, "ok")]
+        assert s.scalar(select(func.count()).select_from(Solution)) == 0  # rolled back with the plan
+        # The lease of the run that failed has run out (as if its worker had gone away).
+        s.execute(update(Step).where(Step.id == step_id).values(lease_until=utcnow()))
+    generate.apply(args=[step_id], task_id="delivery-2")
+    assert a.request_count + b.request_count == 1  # no second call
+    with session_scope(db_url) as s:
+        assert s.scalar(select(func.count()).select_from(ModelCall)) == 1
+        assert s.scalar(select(Step.status).where(Step.id == step_id)) == "done"
+        assert s.scalar(select(func.count()).select_from(Solution).where(Solution.step_id == step_id)) == 1
