@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -55,6 +57,37 @@ def test_probe_reads_tgi_info() -> None:
     with FakeInferenceServer(kind="tgi", model_id="org/m", max_concurrent_requests=77) as srv:
         info = probe_server(srv.url)
     assert (info.kind, info.model_id, info.max_concurrent_requests) == ("tgi", "org/m", 77)
+
+
+def test_probe_knows_llama_server_and_its_slots() -> None:
+    """llama.cpp's llama-server: owned_by "llamacpp" in /v1/models, its parallel slots in /props
+    (the shapes it answers, abridged). Both take the json_object + schema dialect."""
+    routes = {
+        "/v1/models": {"object": "list", "data": [{"id": "qwen", "object": "model", "owned_by": "llamacpp"}]},
+        "/props": {"total_slots": 8, "model_alias": "qwen", "build_info": "b1-0c1e570"},
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(routes[self.path]).encode() if self.path in routes else b"{}"
+            self.send_response(200 if self.path in routes else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        info = probe_server(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (info.kind, info.model_id, info.max_concurrent_requests) == ("llama-cpp", "qwen", 8)
 
 
 def test_bearer_token_is_sent_but_never_recorded() -> None:

@@ -129,11 +129,26 @@ def probe_server(base_url: str, *, token: str | None = None, timeout: float = PR
         entries = models.json().get("data") or []
         first = entries[0] if entries and isinstance(entries[0], dict) else {}
         owner = str(first.get("owned_by", ""))
-        kind: ServerKind = "vllm" if owner == "vllm" else "llama-cpp" if owner == "me" else "openai"
+        # "me": llama-cpp-python's server; "llamacpp": llama.cpp's llama-server. Both take
+        # {"type": "json_object", "schema": S}.
+        kind: ServerKind = (
+            "vllm" if owner == "vllm" else "llama-cpp" if owner in ("me", "llamacpp") else "openai"
+        )
         model_id = first.get("id")
-        return ServerInfo(kind, str(model_id) if model_id is not None else None, None)
+        slots = _slots(session, base, headers) if owner == "llamacpp" else None
+        return ServerInfo(kind, str(model_id) if model_id is not None else None, slots)
     except (httpx2.HTTPError, ValueError, AttributeError) as exc:
         raise UnavailableError(f"cannot identify the model server at {base_url}: {exc}") from exc
+
+
+def _slots(session: Any, base: str, headers: dict[str, str]) -> int | None:
+    """llama-server's parallel slots (`/props` total_slots): its concurrent requests at most."""
+    try:
+        props = session.get(f"{base}/props", headers=headers, timeout=PROBE_TIMEOUT)
+        slots = props.json().get("total_slots") if props.status_code == 200 else None
+    except (httpx2.HTTPError, ValueError, AttributeError):
+        return None
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else None
 
 
 def server_info(base_url: str, *, kind: ServerKind = "auto", token: str | None = None) -> ServerInfo:

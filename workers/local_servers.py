@@ -8,6 +8,12 @@ and B run in parallel. llama-cpp-python's server runs one request at a time (it 
 the model; later requests wait in line, no 429), so one process per role is the unit of parallelism
 and the CPU cores are split between the processes (1 thread each on 2 cores).
 
+`backend="llama-server"` runs llama.cpp's own server instead (built from the same source by
+`scripts/build_llama_server.sh`; `llama_server_binary()` finds or builds it): `parallel` slots
+with continuous batching, so one process serves many requests at once. On 2 CPU cores 8 slots
+give about twice the tokens per second of llama-cpp-python's server (bench/llama_server_speed.py);
+use it with `single=True` (one server, all cores, for both roles).
+
 The servers are started in their own session, with their output in log files (paths exposed), and
 stopped with SIGTERM, then SIGKILL after a grace period, when the context exits (also on Ctrl-C).
 On Linux they also get SIGTERM if the process that started them dies.
@@ -37,6 +43,8 @@ __all__ = [
     "LocalServers",
     "default_threads",
     "free_port",
+    "llama_server_binary",
+    "llama_server_command",
     "serve_local",
     "server_command",
 ]
@@ -134,6 +142,54 @@ def server_command(
         cmd += ["--chat_format", chat_format]
     cmd += list(extra_args)
     return cmd
+
+
+def llama_server_command(
+    binary: Path,
+    model: Path,
+    *,
+    host: str,
+    port: int,
+    alias: str | None = None,
+    n_ctx: int = 4096,
+    n_threads: int = 1,
+    n_batch: int = 512,
+    parallel: int = 8,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The llama.cpp `llama-server` command line: `parallel` slots of `n_ctx` tokens each."""
+    return [
+        str(binary),
+        "--model", str(model),
+        "--alias", alias or model.stem,
+        "--host", host,
+        "--port", str(port),
+        # The context is split between the slots: give each the n_ctx a request may need.
+        "--ctx-size", str(n_ctx * parallel),
+        "--parallel", str(parallel),
+        "--threads", str(n_threads),
+        "--threads-batch", str(n_threads),
+        "--batch-size", str(n_batch),
+        *extra_args,
+    ]  # fmt: skip
+
+
+def llama_server_binary(*, build: bool = True) -> Path:
+    """The cached `llama-server` binary; built first (minutes, once) when missing and `build`."""
+    from workers.settings import get_settings
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build_llama_server.sh"
+    cache = get_settings().cache_dir
+    binary = cache / "llama-server" / "0.3.36" / "bin" / "llama-server"
+    if binary.is_file() or not build:
+        if not binary.is_file():
+            raise LocalServerError(f"{binary} is not built yet: run {script}")
+        return binary
+    env = {**os.environ, "RSTAR_CACHE_DIR": str(cache), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise LocalServerError(f"building llama-server failed (exit {done.returncode}); see the output above")
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def _server_env(host: str, port: int, n_threads: int) -> dict[str, str]:
@@ -298,8 +354,12 @@ class LocalServers:
         stop_grace: float = 10.0,
         python: str = sys.executable,
         extra_args: Sequence[str] = (),
+        backend: str = "llama-cpp-python",
+        parallel: int = 8,
     ) -> None:
         model_a = Path(model_a)
+        if backend not in ("llama-cpp-python", "llama-server"):
+            raise ValueError(f"backend must be llama-cpp-python or llama-server, not {backend!r}")
         if single and model_b is not None and Path(model_b) != model_a:
             raise ValueError("single=True serves one model for both roles; do not pass a different model_b")
         models = {"A": model_a} if single else {"A": model_a, "B": Path(model_b or model_a)}
@@ -314,6 +374,8 @@ class LocalServers:
         self._kw = dict(n_ctx=n_ctx, n_batch=n_batch, chat_format=chat_format, logprobs=logprobs)
         self._python = python
         self._extra = tuple(extra_args)
+        self._backend = backend
+        self._parallel = parallel
         self._log_dir = log_dir
         self._startup_timeout = startup_timeout
         self._stop_grace = stop_grace
@@ -370,19 +432,35 @@ class LocalServers:
             port=port,
             n_threads=self._n_threads,
             log_path=log_dir / f"server-{role}.log",
-            command=server_command(
+            command=self._command(role, model, port),
+        )
+        server.start()
+        return server
+
+    def _command(self, role: str, model: Path, port: int) -> list[str]:
+        if self._backend == "llama-server":
+            return llama_server_command(
+                llama_server_binary(),
                 model,
                 host=self._host,
                 port=port,
                 alias=self._aliases.get(role),
+                n_ctx=int(self._kw["n_ctx"]),  # type: ignore[call-overload]
                 n_threads=self._n_threads,
-                python=self._python,
+                n_batch=int(self._kw["n_batch"]),  # type: ignore[call-overload]
+                parallel=self._parallel,
                 extra_args=self._extra,
-                **self._kw,  # type: ignore[arg-type]
-            ),
+            )
+        return server_command(
+            model,
+            host=self._host,
+            port=port,
+            alias=self._aliases.get(role),
+            n_threads=self._n_threads,
+            python=self._python,
+            extra_args=self._extra,
+            **self._kw,  # type: ignore[arg-type]
         )
-        server.start()
-        return server
 
     def _wait_ready(self, log_dir: Path) -> None:
         deadline = time.monotonic() + self._startup_timeout
