@@ -2,11 +2,19 @@
 
     python -m bench.accuracy --problems 30 --model qwen2.5-coder-0.5b
 
-Starts two local llama-cpp-python servers (one per role), a Celery worker and a fresh SQLite
-database, then runs, one job at a time on the same problems: the mutual variants first, then
-`self-consistency` with k = each variant's mean model calls per problem (rounded), so the baseline
-gets the same budget, then `cot` (greedy, and sampled at the solutions' temperature). Writes
-`rstar report` of all of them, plus the problems and the command, to `--out`.
+Starts a local model server (llama.cpp's llama-server with 8 parallel slots serving both roles, or
+with `--backend llama-cpp-python` one llama-cpp-python server per role), a Celery worker and a
+fresh SQLite database, then runs, one job at a time on the same problems: `cot` (greedy), the
+mutual variants, `self-consistency` with k = each variant's mean model calls per problem (rounded),
+so the baseline gets the same budget, with and without a greedy first sample (the anchor
+mutual-consistency uses), and `cot` sampled at the solutions' temperature. Writes `rstar report`
+of all of them, plus the problems and the command, to `--out`.
+
+Each job is submitted with `--resume-from` the one before (a chain back to the first): a request
+identical to one already answered (same prompt, temperature, seed and token limit: self-consistency's
+first samples are mutual's round-1 solutions, its greedy sample is cot's) is copied from the
+audit trail, not generated again. Common random numbers: the jobs differ only where their strategies
+differ, and the run costs less. Copied calls count in each job's calls per problem, with 0 latency.
 
 The problems are lines offset+1 .. offset+N of the GSM8K training split (default from line 3101),
 which nothing else in the project uses: tests take the first lines, the demo and the bundled sample
@@ -58,7 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how every strategy's solutions are written (default prose: a 0.5B model reasons more)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--concurrency", type=int, default=4, help="worker threads (requests in flight)")
+    ap.add_argument("--temperature", type=float, default=0.5, help="sampling temperature of every strategy")
+    ap.add_argument("--backend", choices=("llama-server", "llama-cpp-python"), default="llama-server")
+    ap.add_argument("--parallel", type=int, default=8, help="llama-server slots (requests at once)")
+    ap.add_argument("--concurrency", type=int, default=None, help="worker threads (default: enough)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report directory")
     ap.add_argument("--database-url", default=None, help="default: a fresh SQLite file in the cache")
     ap.add_argument("--broker-url", default="redis://127.0.0.1:6379/5", help="a Redis database of its own")
@@ -169,17 +180,28 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     started = time.monotonic()
     with ExitStack() as stack:
-        servers = stack.enter_context(serve_local(model, log_dir=work))
+        if opts.backend == "llama-server":
+            # One server, all cores, both roles: `parallel` requests decode together.
+            servers = stack.enter_context(
+                serve_local(model, single=True, backend="llama-server", parallel=opts.parallel,
+                            n_threads=os.cpu_count() or 1, log_dir=work)
+            )  # fmt: skip
+            in_flight = opts.parallel
+        else:
+            servers = stack.enter_context(serve_local(model, log_dir=work))
+            in_flight = 2  # one request at a time per llama-cpp-python server; more would only queue
+        opts.concurrency = opts.concurrency or in_flight + 2
         env = {
             **os.environ,
             "RSTAR_MODEL_A_URL": servers.url_a,
             "RSTAR_MODEL_B_URL": servers.url_b,
-            # One request at a time per llama.cpp server: a call waits for the ones before it.
+            # A request may wait behind the others on a busy CPU server.
             "RSTAR_REQUEST_TIMEOUT": "600",
             # Known, so no probe: a probe of a server busy with another request can time out.
             "RSTAR_SERVER_KIND": "llama-cpp",
+            "RSTAR_MAX_IN_FLIGHT": str(in_flight),
         }
-        queues = [CONTROL_QUEUE, queue_for_endpoint(servers.url_a), queue_for_endpoint(servers.url_b)]
+        queues = sorted({CONTROL_QUEUE, queue_for_endpoint(servers.url_a), queue_for_endpoint(servers.url_b)})
         worker = _spawn(
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "threads",
              "--concurrency", str(opts.concurrency), "--queues", ",".join(queues), "--loglevel", "INFO",
@@ -189,10 +211,16 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(_stop, worker)
         _log(f"servers A {servers.url_a}, B {servers.url_b}; worker pid {worker.pid}")
 
+        previous: list[int] = []  # each job resumes from the one before: identical calls are copied
+
         def run(r: Run) -> Run:
             t0 = time.monotonic()
-            out = _cli(["submit", str(problems), "--name", r.label, "--strategy", r.strategy, *r.args], env)
+            chain = ["--resume-from", str(previous[-1])] if previous else []
+            out = _cli(
+                ["submit", str(problems), "--name", r.label, "--strategy", r.strategy, *r.args, *chain], env
+            )
             r.job_id = int(out.strip())
+            previous.append(r.job_id)
             _log(f"job {r.job_id}: {r.label} submitted")
             while not finished(r.job_id):
                 if worker.poll() is not None:
@@ -206,26 +234,24 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(r)
             return r
 
-        common = ["--seed", str(opts.seed), "--solution-format", opts.solution_format]
+        fmt = ["--seed", str(opts.seed), "--solution-format", opts.solution_format]
+        common = [*fmt, "--temperature", str(opts.temperature)]
+        run(Run("cot (greedy)", "cot", fmt))
         budgets: dict[int, str] = {}
         for variant in [v.strip() for v in opts.variants.split(",") if v.strip()]:
             done = run(Run(variant, variant, [*common, "--max-rounds", str(opts.max_rounds)]))
             assert done.job_id is not None
             budgets.setdefault(max(1, round(mean_calls(done.job_id))), variant)
 
-        def self_consistency(k: int, variant: str) -> None:
-            run(Run(f"self-consistency k={k} (= {variant}'s calls)", "self-consistency",
-                    [*common, "--samples", str(k)]))  # fmt: skip
-
-        # The first variant's budget and cot first, the other budgets last.
-        first = next(iter(budgets.items()))
-        self_consistency(*first)
-        run(Run("cot (greedy)", "cot", common))
+        # The largest budget first: the smaller ones then copy all their samples from it.
+        for i, (k, variant) in enumerate(sorted(budgets.items(), reverse=True)):
+            sc = [*common, "--samples", str(k)]
+            run(Run(f"self-consistency k={k} (= {variant}'s calls)", "self-consistency", sc))
+            if i == 0 or variant == "mutual-consistency":
+                run(Run(f"self-consistency k={k}, greedy first (= {variant}'s calls)", "self-consistency",
+                        [*sc, "--param", "greedy_first=true"]))  # fmt: skip
         if not opts.no_cot_sampled:
-            run(Run("cot (T=0.7)", "cot", [*common, "--temperature", "0.7"]))
-        for k, variant in budgets.items():
-            if (k, variant) != first:
-                self_consistency(k, variant)
+            run(Run(f"cot (T={opts.temperature})", "cot", common))
     total = time.monotonic() - started
     _log(f"all jobs done in {total / 60:.1f} min")
 
@@ -245,14 +271,24 @@ def main(argv: list[str] | None = None) -> None:
             f"- problems: {n} from the GSM8K training split, lines {opts.offset + 1}-{opts.offset + n} of "
             "`../shared/datasets/gsm8k/train.jsonl` (copied to `problems.jsonl` here); no other part of "
             "the project uses them.",
-            f"- model: `{model.name}` for both A and B, each role on its own llama-cpp-python server "
-            f"(1 CPU thread each, {os.cpu_count()} cores, no GPU); worker: {opts.concurrency} threads.",
+            f"- model: `{model.name}` for both A and B, "
+            + (
+                f"one llama.cpp llama-server with {opts.parallel} parallel slots for both roles "
+                f"({os.cpu_count()} CPU threads, no GPU)"
+                if opts.backend == "llama-server"
+                else f"one llama-cpp-python server per role (1 CPU thread each, {os.cpu_count()} cores)"
+            )
+            + f"; worker: {opts.concurrency} threads.",
             "- jobs, one at a time, in this order: "
             + "; ".join(f"{r.job_id} {r.label} ({(r.seconds or 0) / 60:.1f} min)" for r in runs)
             + f". Total {total / 60:.1f} min.",
-            f"- seed {opts.seed}; solutions written as {opts.solution_format} by every strategy; mutual "
-            f"variants at most {opts.max_rounds} rounds; self-consistency gets k = the mutual variant's "
-            "mean model calls per problem, rounded.",
+            f"- seed {opts.seed}; sampling temperature {opts.temperature} for every strategy (cot greedy "
+            f"apart); solutions written as {opts.solution_format} by every strategy; mutual variants at "
+            f"most {opts.max_rounds} rounds; self-consistency gets k = the mutual variant's mean model "
+            "calls per problem, rounded.",
+            "- each job was submitted with `--resume-from` the job before it: a request identical to one "
+            "already answered was copied from the audit trail (0 ms latency in the tables), so wall and "
+            "model seconds are not comparable between jobs; calls and tokens count the copies.",
             f"- regenerate the report from the database: `RSTAR_DATABASE_URL={db_url} rstar report "
             f"{' '.join(map(str, job_ids))} -o {opts.out}`",
         ]

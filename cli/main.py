@@ -85,6 +85,14 @@ def submit(
         str | None,
         typer.Option(help="How solutions are written: json (default) or prose (answer in \\boxed{})."),
     ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Any other strategy parameter as NAME=VALUE, VALUE in JSON (e.g. margin=3, "
+            "greedy_first=false); repeatable. `rstar show` lists a job's parameters.",
+        ),
+    ] = None,
 ) -> None:
     """Validate FILE, create the job and its problems in one transaction, and enqueue the work."""
     from tasks.submit import BrokerUnavailableError, ResumeFromError, submit_job
@@ -115,6 +123,14 @@ def submit(
         "solution_format": solution_format,
     }
     params = {k: v for k, v in given.items() if v is not None}
+    for item in param or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--param {item!r}: expected NAME=VALUE")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw  # a bare word is a string
     try:
         done = submit_job(
             settings=settings,

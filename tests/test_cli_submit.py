@@ -85,3 +85,44 @@ def test_bad_strategy_parameter_is_refused(
     assert result.exit_code == 2 and "max_rounds" in result.stderr
     with session_scope(migrated) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_param_sets_any_strategy_parameter(app_env: object, migrated: str, tmp_path: Path) -> None:
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    args = [
+        "submit",
+        str(tmp_path / "ok.jsonl"),
+        "--model-a",
+        "http://x:1",
+        "--strategy",
+        "mutual-consistency",
+    ]
+    result = CliRunner().invoke(app, [*args, "--param", "margin=3", "--param", "greedy_first=false"])
+    assert result.exit_code == 0, result.output
+    with session_scope(migrated) as s:
+        job = s.scalars(select(Job)).one()
+        assert job.params["margin"] == 3 and job.params["greedy_first"] is False
+        assert job.params["cut"] == 0.5  # the others keep their defaults
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [("margin", "expected NAME=VALUE"), ("nope=1", "takes no nope"), ("margin=lots", "margin must be")],
+)
+def test_bad_param_is_refused(
+    migrated: str, settings_env: pytest.MonkeyPatch, tmp_path: Path, param: str, message: str
+) -> None:
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    args = [
+        "submit",
+        str(tmp_path / "ok.jsonl"),
+        "--model-a",
+        "http://x:1",
+        "--strategy",
+        "mutual-consistency",
+    ]
+    result = CliRunner().invoke(app, [*args, "--param", param])
+    assert result.exit_code == 2 and message in result.stderr
+    with session_scope(migrated) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0

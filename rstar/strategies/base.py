@@ -155,6 +155,13 @@ def choice_param(params: Mapping[str, Any], name: str, default: str, *, choices:
     return str(value)
 
 
+def bool_param(params: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise ParamError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def step_seed(base: int | None, step: StepSpec) -> int | None:
     """A distinct, reproducible seed per step, so A and B (and each round) do not sample alike."""
     if base is None:

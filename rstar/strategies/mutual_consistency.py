@@ -4,7 +4,10 @@ Instead of asking the peer for a verdict, cut a solution part-way and let the pe
 solution whose completion reaches the same answer is *mutually consistent*.
   round r:   A and B solve on their own (generate); as soon as one has solved, the other
              completes that solution from its cut-off point (complete).
-Every solution and every completion, of every round and both models, is a vote for its answer.
+A's first solution is its greedy one (temperature 0, `greedy_first`): the answer a single
+chain-of-thought sample would give is always among the votes, and wins ties, so the other samples
+and the completions have to outvote it. Every solution and every completion, of every round and
+both models, is a vote for its answer.
 Stop after round r when the leading answer has at least `margin` votes more than any other (with
 the default 2: three of the first round's four answers agree), or after `max_rounds` rounds; a new
 round adds two fresh solutions and their two completions. Selection: the most votes, then the most
@@ -26,6 +29,7 @@ from rstar.strategies.base import (
     SolutionView,
     StepLinks,
     StepSpec,
+    bool_param,
     choice_param,
     float_param,
     int_param,
@@ -41,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "max_tokens": 512,
     "margin": 2,
     "cut": 0.5,
+    "greedy_first": True,
     "seed": 0,
     "solution_format": "json",
 }
@@ -54,6 +59,7 @@ class ConsistencyParams:
     max_tokens: int
     margin: int
     cut: float
+    greedy_first: bool
     seed: int | None
     solution_format: str
 
@@ -126,6 +132,7 @@ class MutualConsistencyStrategy:
             max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
             margin=int_param(p, "margin", 2, low=1, high=1000),
             cut=float_param(p, "cut", 0.5, low=0.1, high=0.9),
+            greedy_first=bool_param(p, "greedy_first", True),
             seed=None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1),
             solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
         )
@@ -139,6 +146,7 @@ class MutualConsistencyStrategy:
             "max_tokens": self.p.max_tokens,
             "margin": self.p.margin,
             "cut": self.p.cut,
+            "greedy_first": self.p.greedy_first,
             "seed": self.p.seed,
             "solution_format": self.p.solution_format,
             "prompt_version": prompts.PROMPT_VERSION,
@@ -179,9 +187,10 @@ class MutualConsistencyStrategy:
                 seed=seed,
                 json_schema=prompts.solution_schema(self.p.solution_format),
             )
+        greedy = self.p.greedy_first and step.round == 1 and step.role == "A"
         return ModelRequest(
             messages=prompts.solve_messages(state.question, style=self.p.solution_format),
-            temperature=self.p.temperature,
+            temperature=0.0 if greedy else self.p.temperature,
             max_tokens=self.p.max_tokens,
             seed=seed,
             json_schema=prompts.solution_schema(self.p.solution_format),

@@ -1,6 +1,7 @@
 """The "self-consistency" baseline (Wang et al., 2022): k independent samples, majority vote.
 
-Samples alternate between the models (1: A, 2: B, 3: A, ...), all dispatched at once. Answers are
+Samples alternate between the models (1: A, 2: B, 3: A, ...), all dispatched at once. With
+`greedy_first`, sample 1 is A's greedy (temperature 0) solution, as in mutual-consistency. Answers are
 grouped with `answers_equal`; the largest group wins, ties going to the group whose first sample
 came first. Sample i has a seed of its own that does not depend on k, and samples 1 and 2 use the
 seeds of mutual's round-1 solutions, so runs with different k (and mutual) share their samples.
@@ -20,6 +21,7 @@ from rstar.strategies.base import (
     SolutionView,
     StepLinks,
     StepSpec,
+    bool_param,
     choice_param,
     float_param,
     int_param,
@@ -34,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "max_tokens": 512,
     "seed": 0,
     "solution_format": "json",
+    "greedy_first": False,
 }
 MAX_SAMPLES = 64
 
@@ -79,6 +82,7 @@ class SelfConsistencyStrategy:
         self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
         self.seed = None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1)
         self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
+        self.greedy_first = bool_param(p, "greedy_first", False)
         self._steps = tuple(sample_step(i) for i in range(1, self.samples + 1))
         self._index = {s.key: i for i, s in enumerate(self._steps, 1)}
 
@@ -90,6 +94,7 @@ class SelfConsistencyStrategy:
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "solution_format": self.solution_format,
+            "greedy_first": self.greedy_first,
             "prompt_version": prompts.PROMPT_VERSION,
         }
 
@@ -97,11 +102,12 @@ class SelfConsistencyStrategy:
         return Plan(self._steps, finished=all(state.done(s.key) for s in self._steps))
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
+        i = self._index[step.key]
         return ModelRequest(
             messages=prompts.solve_messages(state.question, style=self.solution_format),
-            temperature=self.temperature,
+            temperature=0.0 if self.greedy_first and i == 1 else self.temperature,
             max_tokens=self.max_tokens,
-            seed=sample_seed(self.seed, self._index[step.key]),
+            seed=sample_seed(self.seed, i),
             json_schema=prompts.solution_schema(self.solution_format),
         )
 

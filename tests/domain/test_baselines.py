@@ -31,6 +31,8 @@ def test_every_strategy_is_registered_and_round_trips_its_stored_params() -> Non
         ("self-consistency", {"samples": 0}, "samples must be an integer from 1 to 64"),
         ("self-consistency", {"samples": 65}, "samples must be"),
         ("self-consistency", {"samples": 2.5}, "samples must be"),
+        ("self-consistency", {"greedy_first": "yes"}, "greedy_first must be true or false"),
+        ("mutual-consistency", {"greedy_first": 1}, "greedy_first must be true or false"),
         ("nope", {}, "unknown strategy 'nope'"),
     ],
 )
@@ -109,6 +111,16 @@ def test_each_sample_has_its_own_seed_independent_of_k() -> None:
     # Samples 1 and 2 are mutual's round-1 solutions (same prompt, same seed).
     assert seeds_a[:2] == [3 * 1000 + 10, 3 * 1000 + 11] == [sample_seed(3, 1), sample_seed(3, 2)]
     assert SelfConsistencyStrategy({"seed": None}).build_request(a.plan(state).steps[0], state).seed is None
+
+
+def test_greedy_first_makes_only_sample_one_greedy() -> None:
+    strategy = SelfConsistencyStrategy({"samples": 4, "temperature": 0.5, "greedy_first": True})
+    state = StateBuilder().state()
+    requests = [strategy.build_request(s, state) for s in strategy.plan(state).steps]
+    assert [r.temperature for r in requests] == [0.0, 0.5, 0.5, 0.5]
+    # The seeds do not change: sample 1 is the request cot (greedy, A) sends.
+    plain = SelfConsistencyStrategy({"samples": 4, "temperature": 0.5})
+    assert [r.seed for r in requests] == [plain.build_request(s, state).seed for s in plain.plan(state).steps]
 
 
 def test_majority_vote_over_normalised_answers() -> None:

@@ -137,3 +137,30 @@ def test_no_answer_anywhere_selects_nothing() -> None:
     assert strategy.plan(b.state()).finished
     chosen = strategy.select(b.state())
     assert chosen.answer is None and chosen.solution_id is None
+
+
+def test_first_solution_of_a_is_greedy_and_the_rest_sample() -> None:
+    b = StateBuilder()
+    b.solution("r1.generate.A", "7", steps=STEPS)
+    b.solution("r1.generate.B", "8", steps=STEPS)
+    strategy = MutualConsistencyStrategy({"temperature": 0.6})
+    state = b.state()
+    temps = {s.key: strategy.build_request(s, state).temperature for s in strategy.plan(state).steps}
+    assert temps == {"r1.generate.A": 0.0, "r1.generate.B": 0.6, "r1.complete.A": 0.7, "r1.complete.B": 0.7}
+    later = MutualConsistencyStrategy({"temperature": 0.6})
+    round_done(b, 1, "7", "8", "9", "10")
+    step = next(s for s in later.plan(b.state()).steps if s.key == "r2.generate.A")
+    assert later.build_request(step, b.state()).temperature == 0.6
+    off = MutualConsistencyStrategy({"temperature": 0.6, "greedy_first": False})
+    first = off.plan(StateBuilder().state()).steps[0]
+    assert off.build_request(first, StateBuilder().state()).temperature == 0.6
+
+
+def test_a_tie_goes_to_the_greedy_answer() -> None:
+    # Two votes each: A's greedy 7 (and B's completion of it), B's sample 8 (and A's completion).
+    b = StateBuilder()
+    round_done(b, 1, "7", "8", "8", "7")
+    strategy = MutualConsistencyStrategy({"max_rounds": 1})
+    assert strategy.plan(b.state()).finished
+    chosen = strategy.select(b.state())
+    assert chosen.answer == "7" and "A's round-1 generate" in chosen.reason
