@@ -629,46 +629,45 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     check_private_redis(args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
     log(f"logs and the SQLite files go to {tmp} (removed after a successful run unless --keep-logs)")
-    if True:
-        for endpoints, workers in configs:
-            if endpoints not in bare_by_endpoints:
-                log(
-                    f"bare driver: {args.problems} problems, {endpoints} endpoint(s), "
-                    f"concurrency {args.concurrency}"
-                )
-                bare = run_bare_once(questions, cfg, endpoints, args.concurrency, tmp)
-                log(
-                    f"  makespan {bare.makespan_s:.1f} s, {bare.calls} calls, "
-                    f"mean in-flight {bare.mean_in_flight:.1f}"
-                )
-                bare_by_endpoints[endpoints] = bare
-            bare = bare_by_endpoints[endpoints]
-            # Each worker gets its share of every server's limit (RSTAR_WORKERS_PER_ENDPOINT) and a
-            # quarter more threads than its slots: those threads do the database work around the calls.
-            slots = max(1, cfg.max_concurrent_requests // workers) * endpoints
-            threads = args.threads or slots + -(-slots // 4)
-            log(f"system: {endpoints} endpoint(s), {workers} worker(s) x {threads} threads, {args.database}")
-            system = run_system_once(
-                questions,
-                cfg,
-                endpoints=endpoints,
-                workers=workers,
-                threads=threads,
-                database=args.database,
-                redis_url=args.redis_url,
-                pg_admin=args.postgres_admin_url,
-                tmp=tmp,
-                worker_env={"RSTAR_WORKERS_PER_ENDPOINT": str(workers), **worker_env},
-                timeout=args.timeout,
-            )
-            ratio = bare.makespan_s / system.makespan_s
+    for endpoints, workers in configs:
+        if endpoints not in bare_by_endpoints:
             log(
-                f"  makespan {system.makespan_s:.1f} s, ratio {ratio:.3f}, {system.calls} calls, "
-                f"mean in-flight {system.mean_in_flight:.1f}, 429s {system.rejected_429}, "
-                f"CPU {system.cpu_ms_per_call:.2f} ms/call, "
-                f"RSS {system.worker_peak_rss_mb:.0f} MB, machine busy {100 * system.machine_cpu_busy:.0f}%"
+                f"bare driver: {args.problems} problems, {endpoints} endpoint(s), "
+                f"concurrency {args.concurrency}"
             )
-            pairs.append((bare, system))
+            bare = run_bare_once(questions, cfg, endpoints, args.concurrency, tmp)
+            log(
+                f"  makespan {bare.makespan_s:.1f} s, {bare.calls} calls, "
+                f"mean in-flight {bare.mean_in_flight:.1f}"
+            )
+            bare_by_endpoints[endpoints] = bare
+        bare = bare_by_endpoints[endpoints]
+        # Each worker gets its share of every server's limit (RSTAR_WORKERS_PER_ENDPOINT) and a
+        # quarter more threads than its slots: those threads do the database work around the calls.
+        slots = max(1, cfg.max_concurrent_requests // workers) * endpoints
+        threads = args.threads or slots + -(-slots // 4)
+        log(f"system: {endpoints} endpoint(s), {workers} worker(s) x {threads} threads, {args.database}")
+        system = run_system_once(
+            questions,
+            cfg,
+            endpoints=endpoints,
+            workers=workers,
+            threads=threads,
+            database=args.database,
+            redis_url=args.redis_url,
+            pg_admin=args.postgres_admin_url,
+            tmp=tmp,
+            worker_env={"RSTAR_WORKERS_PER_ENDPOINT": str(workers), **worker_env},
+            timeout=args.timeout,
+        )
+        ratio = bare.makespan_s / system.makespan_s
+        log(
+            f"  makespan {system.makespan_s:.1f} s, ratio {ratio:.3f}, {system.calls} calls, "
+            f"mean in-flight {system.mean_in_flight:.1f}, 429s {system.rejected_429}, "
+            f"CPU {system.cpu_ms_per_call:.2f} ms/call, "
+            f"RSS {system.worker_peak_rss_mb:.0f} MB, machine busy {100 * system.machine_cpu_busy:.0f}%"
+        )
+        pairs.append((bare, system))
 
     if not args.keep_logs:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,10 +9,11 @@ a module here and registering it; nothing else changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from rstar.answers import answers_equal
 from rstar.types import ModelRequest, ReviewIssue, Role, StepKind, Verdict
 
 SELECT_KEY = "select"
@@ -155,11 +156,34 @@ def choice_param(params: Mapping[str, Any], name: str, default: str, *, choices:
     return str(value)
 
 
+def seed_param(params: Mapping[str, Any], default: int = 0) -> int | None:
+    """The base seed: an integer, or None (the server samples freely)."""
+    if params.get("seed", default) is None:
+        return None
+    return int_param(params, "seed", default, low=0, high=2**31 - 1)
+
+
 def bool_param(params: Mapping[str, Any], name: str, default: bool) -> bool:
     value = params.get(name, default)
     if not isinstance(value, bool):
         raise ParamError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def answer_groups(solutions: Iterable[SolutionView]) -> list[list[SolutionView]]:
+    """Solutions with an answer, grouped by equal answers (`answers_equal`), groups and members in
+    order of first appearance: the one grouping every strategy votes with."""
+    groups: list[list[SolutionView]] = []
+    for sol in solutions:
+        if sol.answer is None:
+            continue
+        for group in groups:
+            if answers_equal(group[0].answer, sol.answer):
+                group.append(sol)
+                break
+        else:
+            groups.append([sol])
+    return groups
 
 
 def step_seed(base: int | None, step: StepSpec) -> int | None:

@@ -19,6 +19,7 @@ from rstar.strategies.base import (
     choice_param,
     float_param,
     int_param,
+    seed_param,
     step_key,
     step_seed,
 )
@@ -33,10 +34,9 @@ class CotStrategy:
 
     def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
         p = {**DEFAULTS, **(params or {})}
-        seed = p.get("seed")
         self.temperature = float_param(p, "temperature", 0.0, low=0.0, high=2.0)
         self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
-        self.seed = None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1)
+        self.seed = seed_param(p)
         self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
 
     @property

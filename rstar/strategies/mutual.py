@@ -24,9 +24,11 @@ from rstar.strategies.base import (
     SolutionView,
     StepLinks,
     StepSpec,
+    answer_groups,
     choice_param,
     float_param,
     int_param,
+    seed_param,
     step_key,
     step_seed,
 )
@@ -60,14 +62,13 @@ class MutualStrategy:
 
     def __init__(self, params: Mapping[str, Any] | None = None, *, max_rounds_limit: int = 10) -> None:
         p = {**DEFAULTS, **(params or {})}
-        seed = p.get("seed")
         self.p = MutualParams(
             max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
             temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
             review_temperature=float_param(p, "review_temperature", 0.2, low=0.0, high=2.0),
             max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
             review_max_tokens=int_param(p, "review_max_tokens", 384, low=16, high=32768),
-            seed=None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1),
+            seed=seed_param(p),
             solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
         )
 
@@ -202,14 +203,7 @@ def select_by_support(state: ProblemState, rounds: int) -> Selection:
     with_answer = [s for s in state.solutions.values() if s.answer is not None]
     if not with_answer:
         return Selection(None, None, "No solution in any round gave a parsable final answer.", rounds)
-    groups: list[list[SolutionView]] = []
-    for sol in with_answer:
-        for group in groups:
-            if answers_equal(group[0].answer, sol.answer):
-                group.append(sol)
-                break
-        else:
-            groups.append([sol])
+    groups = answer_groups(with_answer)
 
     def verdict_count(group: list[SolutionView], verdict: Verdict) -> int:
         return sum(1 for s in group if (r := review_of(state, s)) is not None and r.verdict is verdict)

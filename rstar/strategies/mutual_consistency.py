@@ -29,10 +29,12 @@ from rstar.strategies.base import (
     SolutionView,
     StepLinks,
     StepSpec,
+    answer_groups,
     bool_param,
     choice_param,
     float_param,
     int_param,
+    seed_param,
     step_key,
     step_seed,
 )
@@ -81,21 +83,6 @@ def cut_point(n_steps: int, cut: float) -> int:
     return min(n_steps - 1, max(1, int(n_steps * cut)))
 
 
-def answer_groups(solutions: list[SolutionView]) -> list[list[SolutionView]]:
-    """Solutions with an answer, grouped by equal answers, in order of first appearance."""
-    groups: list[list[SolutionView]] = []
-    for sol in solutions:
-        if sol.answer is None:
-            continue
-        for group in groups:
-            if answers_equal(group[0].answer, sol.answer):
-                group.append(sol)
-                break
-        else:
-            groups.append([sol])
-    return groups
-
-
 def consistent(state: ProblemState, solution: SolutionView) -> bool:
     """Whether the peer's completion of this (generated) solution reached the same answer."""
     if solution.kind != StepKind.GENERATE.value:
@@ -124,7 +111,6 @@ class MutualConsistencyStrategy:
 
     def __init__(self, params: Mapping[str, Any] | None = None, *, max_rounds_limit: int = 10) -> None:
         p = {**DEFAULTS, **(params or {})}
-        seed = p.get("seed")
         self.p = ConsistencyParams(
             max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
             temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
@@ -133,7 +119,7 @@ class MutualConsistencyStrategy:
             margin=int_param(p, "margin", 2, low=1, high=1000),
             cut=float_param(p, "cut", 0.5, low=0.1, high=0.9),
             greedy_first=bool_param(p, "greedy_first", True),
-            seed=None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1),
+            seed=seed_param(p),
             solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
         )
 

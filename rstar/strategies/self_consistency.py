@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rstar import prompts
-from rstar.answers import answers_equal
 from rstar.strategies.base import (
     Plan,
     ProblemState,
@@ -21,10 +20,12 @@ from rstar.strategies.base import (
     SolutionView,
     StepLinks,
     StepSpec,
+    answer_groups,
     bool_param,
     choice_param,
     float_param,
     int_param,
+    seed_param,
     step_key,
     step_seed,
 )
@@ -58,17 +59,7 @@ def sample_seed(base: int | None, i: int) -> int | None:
 
 def majority(solutions: list[SolutionView]) -> list[list[SolutionView]]:
     """Answer groups, largest first; ties keep the order of each group's first member."""
-    groups: list[list[SolutionView]] = []
-    for sol in solutions:
-        if sol.answer is None:
-            continue
-        for group in groups:
-            if answers_equal(group[0].answer, sol.answer):
-                group.append(sol)
-                break
-        else:
-            groups.append([sol])
-    return sorted(groups, key=len, reverse=True)  # sorted() is stable
+    return sorted(answer_groups(solutions), key=len, reverse=True)  # sorted() is stable
 
 
 class SelfConsistencyStrategy:
@@ -76,11 +67,10 @@ class SelfConsistencyStrategy:
 
     def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
         p = {**DEFAULTS, **(params or {})}
-        seed = p.get("seed")
         self.samples = int_param(p, "samples", 8, low=1, high=MAX_SAMPLES)
         self.temperature = float_param(p, "temperature", 0.7, low=0.0, high=2.0)
         self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
-        self.seed = None if seed is None else int_param(p, "seed", 0, low=0, high=2**31 - 1)
+        self.seed = seed_param(p)
         self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
         self.greedy_first = bool_param(p, "greedy_first", False)
         self._steps = tuple(sample_step(i) for i in range(1, self.samples + 1))
