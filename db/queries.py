@@ -32,7 +32,7 @@ from db.models import (
 )
 from rstar import prompts
 from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepLinks, StepSpec, StepView
-from rstar.types import ParsedReview, ParsedSolution, ProblemInput, ReviewIssue, Verdict
+from rstar.types import ParsedReview, ParsedSolution, ProblemInput, ReviewIssue, StepKind, Verdict
 
 # -- jobs ------------------------------------------------------------------------------------
 
@@ -554,6 +554,11 @@ _STATE_REVIEWS = (
 )
 
 
+# The kinds of step whose output is a solution (a review step's is a review, a select step's the
+# selection).
+_SOLUTION_KINDS = {StepKind.GENERATE.value, StepKind.REFINE.value, StepKind.COMPLETE.value}
+
+
 def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = None) -> ProblemState:
     """The problem's state for its strategy.
 
@@ -565,8 +570,11 @@ def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = 
     if steps is None:
         steps = conn.execute(STATE_STEPS, params).all()
     by_id = {s.id: s for s in steps}
+    # An output is written in the transaction that marks its step done: no done step of a kind,
+    # no output of that kind, and no need to ask (this runs twice per model step).
+    done_kinds = {s.kind for s in steps if s.status == StepStatus.DONE}
     solutions: dict[str, SolutionView] = {}
-    for sol in conn.execute(_STATE_SOLUTIONS, params):
+    for sol in conn.execute(_STATE_SOLUTIONS, params) if done_kinds & _SOLUTION_KINDS else ():
         raw = sol.response_text
         solutions[by_id[sol.step_id].key] = SolutionView(
             id=sol.id,
@@ -580,7 +588,7 @@ def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = 
             parse_error=sol.parse_error,
         )
     reviews: dict[str, ReviewView] = {}
-    for rev in conn.execute(_STATE_REVIEWS, params):
+    for rev in conn.execute(_STATE_REVIEWS, params) if StepKind.REVIEW.value in done_kinds else ():
         raw = rev.response_text
         issues = tuple(ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in rev.issues or [])
         scores = (rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness)
