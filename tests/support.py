@@ -165,6 +165,20 @@ def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
 
 
+def require_llama_server() -> Path:
+    """The llama-server binary (scripts/build_llama_server.sh), or skip (locally) / fail (in CI)."""
+    import pytest
+
+    from workers.local_servers import LocalServerError, llama_server_binary
+
+    try:
+        return llama_server_binary(build=False)
+    except LocalServerError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
 def require_real_model() -> Path:
     """The SmolLM2 file and llama-cpp-python, or skip (locally) / fail (in CI, where both must be)."""
     import importlib.util

@@ -292,3 +292,40 @@ def test_local_servers_answer_a_chat_completion(tmp_path: Path) -> None:
     # Stopped on exit, their logs kept.
     assert all(p is not None and p.poll() is not None for p in processes)
     assert os.path.getsize(tmp_path / "server-B.log") > 0
+
+
+@pytest.mark.realmodel
+def test_llama_server_serves_both_roles_with_parallel_slots(tmp_path: Path) -> None:
+    """llama.cpp's llama-server (the accuracy benchmark's backend): one process for A and B, two
+    requests decoded at once, and the client reads its kind and its slots from the server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support import require_llama_server, require_real_model
+
+    model_file = require_real_model()
+    require_llama_server()
+    from rstar.types import ChatMessage, ModelRequest
+    from workers.client import ModelClient, probe_server
+    from workers.local_servers import serve_local
+
+    with serve_local(
+        model_file, single=True, backend="llama-server", parallel=2, n_ctx=1024, n_threads=1, log_dir=tmp_path
+    ) as servers:
+        assert servers.url_a == servers.url_b
+        info = probe_server(servers.url_a)
+        assert (info.kind, info.max_concurrent_requests) == ("llama-cpp", 2)
+        client = ModelClient(servers.url_a, timeout=120)
+        request = ModelRequest(
+            messages=(ChatMessage("user", "What is 2 + 3? Answer with a number."),),
+            temperature=0.0,
+            max_tokens=12,
+            seed=1,
+        )
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(lambda _: client.complete(request), range(2)))
+        process = servers.servers["A"].process
+    assert all(r.text.strip() and 0 < (r.completion_tokens or 0) <= 12 for r in replies)
+    assert all(r.server_kind == "llama-cpp" for r in replies)
+    assert process is not None and process.poll() is not None
+    log = (tmp_path / "server-A.log").read_text(errors="replace")
+    assert "--parallel 2" in log and "llama-server" in log
