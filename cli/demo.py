@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.render import make_console
 from db import migrate, queries
 from db.models import TERMINAL_PROBLEM_STATES
 from db.session import session_scope
@@ -29,7 +29,7 @@ from workers.local_servers import LocalServerError, free_port, serve_local
 from workers.settings import get_settings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "gsm8k_sample.jsonl"
-console = Console()
+console = make_console()
 YES_NO = {True: "yes", False: "no", None: "-"}
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.demo import demo_command
 from cli.local import models_app, serve_local_command
-from cli.render import print_trail
+from cli.render import make_console, print_trail
 from cli.report import report_command
 from db import audit, migrate, queries
 from db.models import TERMINAL_PROBLEM_STATES, Job
@@ -37,8 +36,8 @@ app.command("serve-local")(serve_local_command)
 app.command("demo")(demo_command)
 app.command("report")(report_command)
 
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

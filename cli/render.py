@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -18,6 +20,15 @@ TITLES = {
     "complete": "completes the peer's solution from its cut-off point",
     "select": "selection",
 }
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A Rich console; piped to a file or a CI log it is 160 columns wide instead of Rich's 80,
+    so result tables are not squeezed (COLUMNS still wins when set)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
 
 
 def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> None:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.render import make_console
 from db import migrate
 from db.reports import UnknownJobError, load_job_rows
 from db.session import session_scope
@@ -308,7 +309,7 @@ def generate_report(
     with session_scope(database_url) as session:
         rows = load_job_rows(session=session, job_ids=job_ids, max_rounds_limit=settings.max_rounds_limit)
     report = build_report(rows)
-    print_report(console or Console(), report)
+    print_report(console or make_console(), report)
     if out_dir is not None:
         write_report(report, out_dir, preamble=preamble)
     return report
@@ -322,7 +323,7 @@ def report_command(
 ) -> None:
     """Accuracy (95% CI), answered/failed counts, calls, tokens and time per problem for each job;
     rounds, refinements and reviewers for mutual; paired McNemar tests between jobs."""
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     url = get_settings().database_url
     try:
         migrate.ensure_current(url)
