@@ -371,8 +371,10 @@ def record_call(
     error: str | None = None,
     request_hash: str | None = None,
     reused_from_id: int | None = None,
+    count_attempt: bool = True,
 ) -> int:
-    """Insert a model call and count the attempt on its step; the call's id."""
+    """Insert a model call and count the attempt on its step (unless the step is finished in the
+    same transaction, which counts it: `count_attempt=False`); the call's id."""
     values: dict[str, Any] = {
         "step_id": step_id,
         "problem_id": problem_id,
@@ -396,7 +398,8 @@ def record_call(
     # Core, not the ORM: this runs once per model call (the returned object is detached).
     conn = session.connection()
     call_id = conn.execute(_INSERT_CALL, values).scalar_one()
-    conn.execute(_SET_ATTEMPTS, {"step_id": step_id, "new_attempts": attempt})
+    if count_attempt:
+        conn.execute(_SET_ATTEMPTS, {"step_id": step_id, "new_attempts": attempt})
     return call_id
 
 
@@ -487,7 +490,19 @@ def save_selection(
 _FINISH_STEP = (
     update(Step.__table__)
     .where(Step.__table__.c.id == bindparam("step_id"))
-    .values(status=StepStatus.DONE.value, lease_until=None, error=None)
+    .values(
+        status=StepStatus.DONE.value,
+        lease_until=None,
+        error=None,
+        # The attempts recorded, counted here rather than by a second update when the reply that
+        # finishes the step is recorded in the same transaction (record_call(count_attempt=False)).
+        attempts=func.coalesce(
+            select(func.max(ModelCall.__table__.c.attempt))
+            .where(ModelCall.__table__.c.step_id == Step.__table__.c.id)
+            .scalar_subquery(),
+            Step.__table__.c.attempts,
+        ),
+    )
 )
 
 

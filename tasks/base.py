@@ -208,13 +208,21 @@ def _finish_step(
             # A bug in writing the output or planning must not lose a paid reply: keep the call.
             if reply is not None:
                 with session_scope(settings.database_url) as session:
-                    _record_reply(session, claim, attempt, endpoint, reply)
+                    _record_reply(session, claim, attempt, endpoint, reply, count_attempt=True)
             raise
 
 
 def _record_reply(
-    session: Session, claim: queries.Claim, attempt: int, endpoint: str, reply: ModelReply
+    session: Session,
+    claim: queries.Claim,
+    attempt: int,
+    endpoint: str,
+    reply: ModelReply,
+    *,
+    count_attempt: bool = False,
 ) -> int:
+    """Record a successful reply; by default the step's attempts are counted when write_output
+    finishes the step in the same transaction."""
     return queries.record_call(
         session=session,
         step_id=claim.step_id,
@@ -232,6 +240,7 @@ def _record_reply(
         latency_ms=reply.latency_ms,
         outcome=CallOutcome.OK,
         request_hash=request_hash(endpoint, reply.request),
+        count_attempt=count_attempt,
     )
 
 
