@@ -14,6 +14,7 @@ So "1/2", "\\frac{1}{2}" and "0.50" all normalise to "0.5". Currency symbols, "%
 
 from __future__ import annotations
 
+import logging
 import re
 from fractions import Fraction
 
@@ -279,6 +280,15 @@ def _safe_for_math_verify(text: str) -> bool:
         elif ch in ")]}":
             depth -= 1
     return deepest <= 4
+
+
+def _drop_timeout_notice(record: logging.LogRecord) -> bool:
+    # math_verify warns once per process that its timeout is off; ours is _safe_for_math_verify.
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_drop_timeout_notice)
 
 
 def _math_verify_equal(a: str, b: str) -> bool:
