@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from celery import Task
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from db import queries
@@ -92,15 +92,17 @@ def run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> 
     _run.claimed = False
     try:
         return _run_model_step(task, step_id, write_output)
-    except (OperationalError, DBAPIError) as exc:
-        if (
-            isinstance(exc, DBAPIError)
-            and not exc.connection_invalidated
-            and not isinstance(exc, OperationalError)
-        ):
+    except DBAPIError as exc:
+        if not lost_connection(exc):
             raise
         task.retry_on_database_error(exc)
         raise  # unreachable: retry raises
+
+
+def lost_connection(exc: DBAPIError) -> bool:
+    """The database went away (retry), as opposed to a statement it refused (a bug: raise).
+    InterfaceError too: a connection the server closed under us ("connection already closed")."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
 
 
 def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
@@ -192,9 +194,8 @@ def _finish_step(
                     call_id = _record_reply(session, claim, attempt, endpoint, reply)
                 write_output(session, claim, text, call_id)
                 return plan_next(session, claim.problem_id, settings.max_rounds_limit)
-        except (OperationalError, DBAPIError) as exc:
-            lost_connection = isinstance(exc, OperationalError) or exc.connection_invalidated
-            if reply is None or not lost_connection or time.monotonic() + pause > deadline:
+        except DBAPIError as exc:
+            if reply is None or not lost_connection(exc) or time.monotonic() + pause > deadline:
                 raise
             logger.warning(
                 "database unavailable while recording step %s (%s); retrying in %.1f s",

@@ -153,3 +153,18 @@ def test_retry_failed_gives_a_fresh_budget_and_keeps_the_rest(job) -> None:  # t
     with session_scope(db_url) as s:
         assert s.get(Job, job_id).status == "active"  # type: ignore[union-attr]
         assert s.scalars(select(Problem.status)).one() == "running"
+
+
+def test_lost_connection_tells_an_outage_from_a_refused_statement() -> None:
+    from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+
+    from tasks.base import lost_connection
+
+    cause = Exception("x")
+    assert lost_connection(OperationalError("SELECT 1", {}, cause))
+    # psycopg's "connection already closed" on a connection the server dropped: retry, don't raise
+    # (raising would drop a reply not yet recorded, and the retry would pay for the call again).
+    assert lost_connection(InterfaceError("SELECT 1", {}, cause))
+    assert lost_connection(DataError("SELECT 1", {}, cause, connection_invalidated=True))
+    assert not lost_connection(IntegrityError("INSERT", {}, cause))
+    assert not lost_connection(DataError("INSERT", {}, cause))
