@@ -204,7 +204,10 @@ def _finish_step(
                 pause,
             )
             time.sleep(pause)
-            pause = min(pause * 2, 5.0)
+            # Back within a quarter lease of the database's return: the recovery sweep takes an
+            # expired step back only after the database has been up a whole lease, so the run
+            # holding the reply records it before another run can take the step and pay again.
+            pause = min(pause * 2, 5.0, settings.lease_seconds / 4)
         except Exception:
             # A bug in writing the output or planning must not lose a paid reply: keep the call.
             if reply is not None:
