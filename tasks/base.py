@@ -130,7 +130,7 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
     claim = replace(claim, links=strategy.links(spec, claim.state))
     reply: ModelReply | None = None
     attempt = claim.attempts + 1
-    endpoint = claim.endpoint
+    endpoint = ""  # of a new reply: the client's URL
     if claim.recorded is not None:
         call_id, text = claim.recorded.id, claim.recorded.response_text or ""
     else:
@@ -151,9 +151,11 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
                 call_id, text = reused
             else:
                 assert reply is not None
-                call_id, text = 0, reply.text
+                call_id, text = None, reply.text
     try:
-        outcome = _finish_step(claim, attempt, (endpoint, reply), call_id, text, write_output, settings)
+        outcome = _record_and_plan(
+            claim, attempt, write_output, settings, reply=reply, endpoint=endpoint, call_id=call_id, text=text
+        )
     except IntegrityError:
         # Another run of this step got there first: it recorded this attempt (and will write the
         # output), or it already wrote the output (then make sure its dispatch happened).
@@ -172,19 +174,21 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
     return "done"
 
 
-def _finish_step(
+def _record_and_plan(
     claim: queries.Claim,
     attempt: int,
-    new_reply: tuple[str, ModelReply | None],
-    call_id: int,
-    text: str,
     write_output: OutputWriter,
     settings: Settings,
+    *,
+    reply: ModelReply | None,
+    endpoint: str,
+    call_id: int | None,
+    text: str,
 ) -> list[Dispatch] | int:
-    """One transaction for all that follows a model call: record the reply (when it is new), write
-    the step's output and plan the problem's next steps. A new reply is paid for: while the database
-    is unreachable, keep trying (up to `db_outage_grace` seconds) rather than lose it and call again."""
-    endpoint, reply = new_reply
+    """One transaction for all that follows a model call: record the reply (a new `reply` from
+    `endpoint`; else `call_id` is the call already recorded), write the step's output and plan the
+    problem's next steps. A new reply is paid for: while the database is unreachable, keep trying
+    (up to `db_outage_grace` seconds) rather than lose it and call again."""
     deadline = time.monotonic() + settings.db_outage_grace
     pause = 0.25
     while True:
@@ -192,6 +196,7 @@ def _finish_step(
             with session_scope(settings.database_url) as session:
                 if reply is not None:
                     call_id = _record_reply(session, claim, attempt, endpoint, reply)
+                assert call_id is not None
                 write_output(session, claim, text, call_id)
                 return plan_next(session, claim.problem_id, settings.max_rounds_limit)
         except DBAPIError as exc:
