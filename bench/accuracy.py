@@ -36,6 +36,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.local_servers import BACKENDS
+
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 DEFAULT_OUT = REPO / "docs" / "results" / "accuracy"
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=0.5, help="sampling temperature of every strategy")
-    ap.add_argument("--backend", choices=("llama-server", "llama-cpp-python"), default="llama-server")
+    ap.add_argument("--backend", choices=BACKENDS, default="llama-server")
     ap.add_argument("--parallel", type=int, default=8, help="llama-server slots (requests at once)")
     ap.add_argument("--concurrency", type=int, default=None, help="worker threads (default: enough)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report directory")

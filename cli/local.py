@@ -129,10 +129,10 @@ def serve_local_command(
 ) -> None:
     """Start local OpenAI-compatible model servers for roles A and B, print their URLs, and keep
     them running until Ctrl-C."""
-    from workers.local_servers import LocalServerError, llama_server_binary, serve_local
+    from workers.local_servers import BACKENDS, LocalServerError, llama_server_binary, serve_local
 
-    if backend not in ("llama-cpp-python", "llama-server"):
-        raise _fail(f"--backend must be llama-cpp-python or llama-server, not {backend!r}", 2)
+    if backend not in BACKENDS:  # before any download
+        raise _fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}", 2)
     if single and model_b and model_b != model:
         raise _fail("--single serves one model for both roles; drop --model-b", 2)
     path_a = _fetch(model, models_dir, progress=True, pip_args=None)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "BACKENDS",
     "LocalServer",
     "LocalServerError",
     "LocalServerSet",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 ROLES = ("A", "B")
+BACKENDS = ("llama-cpp-python", "llama-server")
 
 # Environment variables passed on to a server. llama-cpp-python's settings are pydantic BaseSettings
 # without a prefix, so stray variables such as HOST, PORT, MODEL, API_KEY or CONFIG_FILE would
@@ -358,8 +360,8 @@ class LocalServers:
         parallel: int = 8,
     ) -> None:
         model_a = Path(model_a)
-        if backend not in ("llama-cpp-python", "llama-server"):
-            raise ValueError(f"backend must be llama-cpp-python or llama-server, not {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if single and model_b is not None and Path(model_b) != model_a:
             raise ValueError("single=True serves one model for both roles; do not pass a different model_b")
         models = {"A": model_a} if single else {"A": model_a, "B": Path(model_b or model_a)}
@@ -371,7 +373,8 @@ class LocalServers:
         self._aliases = {"A": alias_a, "B": alias_b or (alias_a if model_b is None else None)}
         self._host = host
         self._n_threads = n_threads or default_threads(len(models))
-        self._kw = dict(n_ctx=n_ctx, n_batch=n_batch, chat_format=chat_format, logprobs=logprobs)
+        self._n_ctx, self._n_batch = n_ctx, n_batch
+        self._chat_format, self._logprobs = chat_format, logprobs
         self._python = python
         self._extra = tuple(extra_args)
         self._backend = backend
@@ -445,9 +448,9 @@ class LocalServers:
                 host=self._host,
                 port=port,
                 alias=self._aliases.get(role),
-                n_ctx=int(self._kw["n_ctx"]),  # type: ignore[call-overload]
+                n_ctx=self._n_ctx,
                 n_threads=self._n_threads,
-                n_batch=int(self._kw["n_batch"]),  # type: ignore[call-overload]
+                n_batch=self._n_batch,
                 parallel=self._parallel,
                 extra_args=self._extra,
             )
@@ -459,7 +462,10 @@ class LocalServers:
             n_threads=self._n_threads,
             python=self._python,
             extra_args=self._extra,
-            **self._kw,  # type: ignore[arg-type]
+            n_ctx=self._n_ctx,
+            n_batch=self._n_batch,
+            chat_format=self._chat_format,
+            logprobs=self._logprobs,
         )
 
     def _wait_ready(self, log_dir: Path) -> None:
