@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from tests.fakeserver import FakeRequest, Reply
 
@@ -165,25 +166,29 @@ def wait_until(check: Callable[[], bool], *, timeout: float, interval: float = 0
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A test's prerequisite is missing: fail in CI (where everything must be there), else skip."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def require_llama_server() -> Path:
     """The llama-server binary (scripts/build_llama_server.sh), or skip (locally) / fail (in CI)."""
-    import pytest
 
     from workers.local_servers import LocalServerError, llama_server_binary
 
     try:
         return llama_server_binary(build=False)
     except LocalServerError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        unavailable(str(exc))
 
 
 def require_real_model() -> Path:
     """The SmolLM2 file and llama-cpp-python, or skip (locally) / fail (in CI, where both must be)."""
     import importlib.util
-
-    import pytest
 
     from workers.local_models import is_cached, model_path
     from workers.settings import get_settings
@@ -195,7 +200,5 @@ def require_real_model() -> Path:
     elif not is_cached("smollm2-135m", models_dir):
         missing = f"SmolLM2 is not in {models_dir}: run `rstar models fetch`"
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+        unavailable(missing)
     return model_path("smollm2-135m", models_dir)
