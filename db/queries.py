@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -31,7 +31,15 @@ from db.models import (
     utcnow,
 )
 from rstar import prompts
-from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepLinks, StepSpec, StepView
+from rstar.strategies.base import (
+    SELECT_KEY,
+    ProblemState,
+    ReviewView,
+    SolutionView,
+    StepLinks,
+    StepSpec,
+    StepView,
+)
 from rstar.types import ParsedReview, ParsedSolution, ProblemInput, ReviewIssue, StepKind, Verdict
 
 # -- jobs ------------------------------------------------------------------------------------
@@ -138,77 +146,84 @@ class Claim:
     """The job whose identical recorded calls this job reuses (`submit --resume-from`)."""
 
 
-# claim_step's statements, prebuilt (it runs once per model step): the step with its problem and
-# job and the id of an ok call already recorded for it; the lease-taking update; the problem's start.
-_CLAIM_READ = (
-    select(
-        Step.__table__.c.key,
-        Step.__table__.c.kind,
-        Step.__table__.c.role,
-        Step.__table__.c.round,
-        Problem.__table__.c.id.label("problem_id"),
-        Problem.__table__.c.status.label("problem_status"),
-        Problem.__table__.c.question,
-        Job.__table__.c.id.label("job_id"),
-        Job.__table__.c.status.label("job_status"),
-        Job.__table__.c.strategy,
-        Job.__table__.c.params,
-        Job.__table__.c.model_a_url,
-        Job.__table__.c.model_b_url,
-        Job.__table__.c.resume_from_id,
-        select(ModelCall.__table__.c.id)
-        .where(
-            ModelCall.__table__.c.step_id == Step.__table__.c.id,
-            ModelCall.__table__.c.outcome == CallOutcome.OK.value,
-        )
-        .order_by(ModelCall.__table__.c.id)
-        .limit(1)
-        .scalar_subquery()
-        .label("recorded_id"),
-    )
-    .select_from(
-        Step.__table__.join(Problem.__table__, Problem.__table__.c.id == Step.__table__.c.problem_id).join(
-            Job.__table__, Job.__table__.c.id == Problem.__table__.c.job_id
-        )
-    )
-    .where(Step.__table__.c.id == bindparam("step_id"))
+# claim_step's statements, prebuilt (it runs once per model step).
+_st, _pt, _jt, _ct = Step.__table__, Problem.__table__, Job.__table__, ModelCall.__table__
+# The id of an ok call already recorded for the step (a crash came between the call and the output).
+_RECORDED_ID = (
+    select(_ct.c.id)
+    .where(_ct.c.step_id == _st.c.id, _ct.c.outcome == CallOutcome.OK.value)
+    .order_by(_ct.c.id)
+    .limit(1)
+    .scalar_subquery()
+    .label("recorded_id")
 )
-_TAKE_STEP = (
-    update(Step.__table__)
-    .where(
-        Step.__table__.c.id == bindparam("step_id"),
-        or_(
-            Step.__table__.c.status == StepStatus.QUEUED.value,
-            (Step.__table__.c.status == StepStatus.RUNNING.value)
-            & or_(
-                Step.__table__.c.lease_until.is_(None),
-                Step.__table__.c.lease_until < bindparam("now"),
-                (Step.__table__.c.task_id == bindparam("claim_task_id"))
-                & or_(
-                    Step.__table__.c.lease_until < bindparam("half_gone"),
-                    select(ModelCall.__table__.c.id)
-                    .where(
-                        ModelCall.__table__.c.step_id == Step.__table__.c.id,
-                        ModelCall.__table__.c.outcome == CallOutcome.OK.value,
-                    )
-                    .exists(),
-                ),
-            ),
+# What a Claim needs besides the step's attempts: the step, its problem and job.
+_CLAIM_COLUMNS = (
+    _st.c.key,
+    _st.c.kind,
+    _st.c.role,
+    _st.c.round,
+    _pt.c.id.label("problem_id"),
+    _pt.c.status.label("problem_status"),
+    _pt.c.question,
+    _jt.c.id.label("job_id"),
+    _jt.c.status.label("job_status"),
+    _jt.c.strategy,
+    _jt.c.params,
+    _jt.c.model_a_url,
+    _jt.c.model_b_url,
+    _jt.c.resume_from_id,
+    _RECORDED_ID,
+)
+_CLAIM_READ = (
+    select(*_CLAIM_COLUMNS)
+    .select_from(_st.join(_pt, _pt.c.id == _st.c.problem_id).join(_jt, _jt.c.id == _pt.c.job_id))
+    .where(_st.c.id == bindparam("step_id"))
+)
+# Who may take the step: see claim_step.
+_TAKEABLE = or_(
+    _st.c.status == StepStatus.QUEUED.value,
+    (_st.c.status == StepStatus.RUNNING.value)
+    & or_(
+        _st.c.lease_until.is_(None),
+        _st.c.lease_until < bindparam("now"),
+        (_st.c.task_id == bindparam("claim_task_id"))
+        & or_(
+            _st.c.lease_until < bindparam("half_gone"),
+            select(_ct.c.id).where(_ct.c.step_id == _st.c.id, _ct.c.outcome == CallOutcome.OK.value).exists(),
         ),
+    ),
+)
+_TAKE_VALUES = {
+    "status": StepStatus.RUNNING.value,
+    "task_id": bindparam("new_task_id"),
+    "lease_until": bindparam("new_lease_until"),
+}
+_TAKE_STEP = (
+    update(_st)
+    .where(_st.c.id == bindparam("step_id"), _TAKEABLE)
+    .values(**_TAKE_VALUES)
+    .returning(_st.c.attempts, _st.c.retry_base)
+)
+# PostgreSQL: the read and the take in one UPDATE ... FROM ... RETURNING (one round trip, where
+# the read-then-update pair and its transaction cost four).
+_TAKE_AND_READ = (
+    update(_st)
+    .where(
+        _st.c.id == bindparam("step_id"),
+        _st.c.kind == bindparam("want_kind"),
+        _pt.c.id == _st.c.problem_id,
+        _jt.c.id == _pt.c.job_id,
+        _jt.c.status != JobStatus.CANCELLED.value,
+        _pt.c.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]),
+        _TAKEABLE,
     )
-    .values(
-        status=StepStatus.RUNNING.value,
-        task_id=bindparam("new_task_id"),
-        lease_until=bindparam("new_lease_until"),
-    )
-    .returning(Step.__table__.c.attempts, Step.__table__.c.retry_base)
+    .values(**_TAKE_VALUES)
+    .returning(_st.c.attempts, _st.c.retry_base, *_CLAIM_COLUMNS)
 )
 _START_PROBLEM = (
-    update(Problem.__table__)
-    .where(
-        Problem.__table__.c.id == bindparam("problem_id"),
-        Problem.__table__.c.status == ProblemStatus.PENDING.value,
-    )
+    update(_pt)
+    .where(_pt.c.id == bindparam("problem_id"), _pt.c.status == ProblemStatus.PENDING.value)
     .values(status=ProblemStatus.RUNNING.value, started_at=bindparam("now"))
 )
 
@@ -226,27 +241,35 @@ def claim_step(
     same task id: it takes its own lease back once the lease has gone unrenewed for half its
     length (the run that held it is gone), or at once when the reply is already recorded (no model
     call is needed). A stray duplicate with another task id waits for the lease to expire.
+
+    Every write is one statement, so it may run without a transaction (db.session.autocommit_scope).
     """
     conn = session.connection()
-    row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
-    if row is None or (kind is not None and row.kind != kind):
-        return None
-    if row.job_status == JobStatus.CANCELLED or row.problem_status in TERMINAL_PROBLEM_STATES:
-        return row.problem_id  # checked before taking it, so a cancelled job holds no leases
     now = utcnow()
-    taken = conn.execute(
-        _TAKE_STEP,
-        {
-            "step_id": step_id,
-            "now": now,
-            "half_gone": now + lease / 2,
-            "claim_task_id": task_id,
-            "new_task_id": task_id,
-            "new_lease_until": now + lease,
-        },
-    ).first()
-    if taken is None:
-        return row.problem_id
+    take = {
+        "step_id": step_id,
+        "want_kind": kind,
+        "now": now,
+        "half_gone": now + lease / 2,
+        "claim_task_id": task_id,
+        "new_task_id": task_id,
+        "new_lease_until": now + lease,
+    }
+    row: Any
+    if kind is not None and conn.dialect.name == "postgresql":
+        row = taken = conn.execute(_TAKE_AND_READ, take).first()
+        if taken is None:  # say why: read what the update did not take
+            row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
+            return None if row is None or row.kind != kind else row.problem_id
+    else:
+        row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
+        if row is None or (kind is not None and row.kind != kind):
+            return None
+        if row.job_status == JobStatus.CANCELLED or row.problem_status in TERMINAL_PROBLEM_STATES:
+            return row.problem_id  # checked before taking it, so a cancelled job holds no leases
+        taken = conn.execute(_TAKE_STEP, take).first()
+        if taken is None:
+            return row.problem_id
     if row.problem_status == ProblemStatus.PENDING:
         conn.execute(_START_PROBLEM, {"problem_id": row.problem_id, "now": now})
     recorded = session.get(ModelCall, row.recorded_id) if row.recorded_id is not None else None
@@ -467,24 +490,49 @@ def save_review(
     _finish_step(session, claim.step_id)
 
 
+_INSERT_SELECTION = insert(Selection.__table__)
+_ANSWER_PROBLEM = (
+    update(Problem.__table__)
+    .where(Problem.__table__.c.id == bindparam("problem_id"))
+    .values(
+        status=ProblemStatus.ANSWERED.value,
+        final_answer=bindparam("answer"),
+        rounds_used=bindparam("rounds_used"),
+        finished_at=bindparam("now"),
+    )
+)
+_ADD_DONE_STEP = insert(Step.__table__).values(status=StepStatus.DONE.value)
+
+
 def save_selection(
     *,
     session: Session,
-    claim: Claim,
+    problem_id: int,
+    select_step_id: int | None,
+    round_: int,
     solution_id: int | None,
     answer: str | None,
     reason: str,
     rounds_used: int,
 ) -> None:
-    session.add(Selection(problem_id=claim.problem_id, solution_id=solution_id, answer=answer, reason=reason))
-    session.execute(
-        update(Problem)
-        .where(Problem.id == claim.problem_id)
-        .values(
-            status=ProblemStatus.ANSWERED, final_answer=answer, rounds_used=rounds_used, finished_at=utcnow()
-        )
+    """Record the chosen answer and why, answer the problem and mark its select step done (made
+    here, done, unless a queued one exists: see tasks/select.py)."""
+    conn = session.connection()
+    conn.execute(
+        _INSERT_SELECTION,
+        {"problem_id": problem_id, "solution_id": solution_id, "answer": answer, "reason": reason},
     )
-    _finish_step(session, claim.step_id)
+    conn.execute(
+        _ANSWER_PROBLEM,
+        {"problem_id": problem_id, "answer": answer, "rounds_used": rounds_used, "now": utcnow()},
+    )
+    if select_step_id is None:
+        conn.execute(
+            _ADD_DONE_STEP,
+            {"problem_id": problem_id, "key": SELECT_KEY, "kind": "select", "role": None, "round": round_},
+        )
+    else:
+        _finish_step(session, select_step_id)
 
 
 _FINISH_STEP = (
@@ -574,8 +622,39 @@ _STATE_REVIEWS = (
 _SOLUTION_KINDS = {StepKind.GENERATE.value, StepKind.REFINE.value, StepKind.COMPLETE.value}
 
 
+V = TypeVar("V")
+
+
+class LazyOutputs(Mapping[str, V]):
+    """A problem's solutions or reviews, read on first use.
+
+    Most steps need none of them: a plan usually looks only at the steps' statuses (the first of
+    A's and B's steps to finish has nothing to plan), and a first-round step reads nothing to
+    build its request. Valid only inside the transaction that made it.
+    """
+
+    def __init__(self, load: Callable[[], dict[str, V]]) -> None:
+        self._load: Callable[[], dict[str, V]] | None = load
+        self._data: dict[str, V] = {}
+
+    def _items(self) -> dict[str, V]:
+        if self._load is not None:
+            self._data, self._load = self._load(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> V:
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+
 def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = None) -> ProblemState:
-    """The problem's state for its strategy.
+    """The problem's state for its strategy; its solutions and reviews are read when first used,
+    so use it inside the caller's transaction.
 
     `problem` needs `id` and `question` (a Problem, or a row); `steps`, when the caller has just
     read them (Step objects or `STATE_STEPS` rows), saves reading them again.
@@ -586,51 +665,64 @@ def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = 
         steps = conn.execute(STATE_STEPS, params).all()
     by_id = {s.id: s for s in steps}
     # An output is written in the transaction that marks its step done: no done step of a kind,
-    # no output of that kind, and no need to ask (this runs twice per model step).
+    # no output of that kind, and no need to ask.
     done_kinds = {s.kind for s in steps if s.status == StepStatus.DONE}
-    solutions: dict[str, SolutionView] = {}
-    for sol in conn.execute(_STATE_SOLUTIONS, params) if done_kinds & _SOLUTION_KINDS else ():
-        raw = sol.response_text
-        solutions[by_id[sol.step_id].key] = SolutionView(
-            id=sol.id,
-            step_key=by_id[sol.step_id].key,
-            round=sol.round,
-            author=sol.author,  # type: ignore[arg-type]
-            kind=sol.kind,
-            steps=tuple(sol.steps or ()),
-            answer=sol.answer,
-            text=prompts.render_solution(sol.steps or [], sol.answer, raw),
-            parse_error=sol.parse_error,
-        )
-    reviews: dict[str, ReviewView] = {}
-    for rev in conn.execute(_STATE_REVIEWS, params) if StepKind.REVIEW.value in done_kinds else ():
-        raw = rev.response_text
-        issues = tuple(ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in rev.issues or [])
-        scores = (rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness)
-        reviews[by_id[rev.step_id].key] = ReviewView(
-            id=rev.id,
-            step_key=by_id[rev.step_id].key,
-            round=rev.round,
-            reviewer=rev.reviewer,  # type: ignore[arg-type]
-            target_solution_id=rev.target_solution_id,
-            verdict=Verdict(rev.verdict),
-            scores=scores,
-            issues=issues,
-            suggested_answer=rev.suggested_answer,
-            text=prompts.render_review(
-                rev.verdict,
-                scores,
-                [(i.step, i.description) for i in issues],
-                rev.suggested_answer,
-                raw,
-                rev.structured,
-            ),
-        )
+
+    def solutions() -> dict[str, SolutionView]:
+        found: dict[str, SolutionView] = {}
+        for sol in conn.execute(_STATE_SOLUTIONS, params) if done_kinds & _SOLUTION_KINDS else ():
+            if sol.step_id not in by_id:
+                continue  # its step came after the steps were read (no transaction: autocommit_scope)
+            key = by_id[sol.step_id].key
+            found[key] = SolutionView(
+                id=sol.id,
+                step_key=key,
+                round=sol.round,
+                author=sol.author,  # type: ignore[arg-type]
+                kind=sol.kind,
+                steps=tuple(sol.steps or ()),
+                answer=sol.answer,
+                text=prompts.render_solution(sol.steps or [], sol.answer, sol.response_text),
+                parse_error=sol.parse_error,
+            )
+        return found
+
+    def reviews() -> dict[str, ReviewView]:
+        found: dict[str, ReviewView] = {}
+        for rev in conn.execute(_STATE_REVIEWS, params) if StepKind.REVIEW.value in done_kinds else ():
+            if rev.step_id not in by_id:
+                continue
+            key = by_id[rev.step_id].key
+            issues = tuple(
+                ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in rev.issues or []
+            )
+            scores = (rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness)
+            found[key] = ReviewView(
+                id=rev.id,
+                step_key=key,
+                round=rev.round,
+                reviewer=rev.reviewer,  # type: ignore[arg-type]
+                target_solution_id=rev.target_solution_id,
+                verdict=Verdict(rev.verdict),
+                scores=scores,
+                issues=issues,
+                suggested_answer=rev.suggested_answer,
+                text=prompts.render_review(
+                    rev.verdict,
+                    scores,
+                    [(i.step, i.description) for i in issues],
+                    rev.suggested_answer,
+                    rev.response_text,
+                    rev.structured,
+                ),
+            )
+        return found
+
     return ProblemState(
         question=problem.question,
         steps={s.key: StepView(s.key, s.kind, s.role, s.round, s.status) for s in steps},  # type: ignore[arg-type]
-        solutions=solutions,
-        reviews=reviews,
+        solutions=LazyOutputs(solutions),
+        reviews=LazyOutputs(reviews),
     )
 
 

@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 
 from db import queries
 from db.models import CallOutcome
-from db.session import session_scope
+from db.session import autocommit_scope, session_scope
 from rstar.strategies import get_strategy
 from rstar.strategies.base import StepSpec
-from rstar.types import Role, StepKind
+from rstar.types import ModelRequest, Role, StepKind
 from tasks.dispatch import TASK_FOR_KIND, Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
@@ -109,7 +109,8 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
     settings = get_settings()
     url = settings.database_url
     lease = timedelta(seconds=settings.lease_seconds)  # renewed by tasks.leases while we work
-    with session_scope(url) as session:
+    request: ModelRequest | None = None
+    with autocommit_scope(url) as session:
         claim = queries.claim_step(
             session=session,
             step_id=step_id,
@@ -117,6 +118,14 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
             lease=lease,
             kind=KIND_OF_TASK.get(task.name),
         )
+        if isinstance(claim, queries.Claim):
+            # Inside the claim's transaction: the state reads the outputs it needs on first use.
+            strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
+            role: Role = "A" if claim.role == "A" else "B"
+            spec = StepSpec(claim.key, StepKind(claim.kind), role, claim.round)
+            claim = replace(claim, links=strategy.links(spec, claim.state))
+            if claim.recorded is None:
+                request = strategy.build_request(spec, claim.state)
     if claim is None:
         return "missing"
     if isinstance(claim, int):
@@ -124,21 +133,17 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
         return "skipped"
     _run.claimed = True
     assert claim.endpoint is not None and claim.role is not None
-    strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
-    role: Role = "A" if claim.role == "A" else "B"
-    spec = StepSpec(claim.key, StepKind(claim.kind), role, claim.round)
-    claim = replace(claim, links=strategy.links(spec, claim.state))
     reply: ModelReply | None = None
     attempt = claim.attempts + 1
     endpoint = ""  # of a new reply: the client's URL
-    if claim.recorded is not None:
+    if request is None:
+        assert claim.recorded is not None
         call_id, text = claim.recorded.id, claim.recorded.response_text or ""
     else:
         client = client_for(claim.endpoint, settings)
         endpoint = client.base_url
         with keeper.hold(claim.step_id, task.request.id or ""):
             try:
-                request = strategy.build_request(spec, claim.state)
                 reused = reuse_recorded(claim, attempt, request, client, settings)
                 reply = None if reused else client.complete(request)
             except ModelServerError as exc:

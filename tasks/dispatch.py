@@ -82,9 +82,10 @@ def advance(problem_id: int) -> list[Dispatch]:
 
 
 def settled(outcome: list[Dispatch] | int) -> list[Dispatch]:
-    """After `plan_next`'s transaction committed: close the job if the problem failed; what to send."""
+    """After `plan_next`'s transaction committed: close the job if the problem ended; what to send."""
     if isinstance(outcome, int):
-        # After the commit, so that problems finishing together see each other (see tasks/select.py).
+        # After the commit, in a transaction of its own: two problems ending together must each
+        # see the other's final state, or neither would close the job.
         with session_scope(get_settings().database_url) as session:
             queries.maybe_finish_job(session=session, job_id=outcome)
         return []
@@ -117,7 +118,7 @@ _STEPS_WITH_ERROR = queries.STATE_STEPS.add_columns(Step.__table__.c.error)
 
 def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
     """Within the caller's transaction: the dispatches to send once it commits, or the job id when
-    this problem just failed."""
+    this problem just ended (answered, or failed)."""
     conn = session.connection()
     problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
     if problem is None or problem.status in TERMINAL_PROBLEM_STATES:
@@ -133,11 +134,26 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
         )
         return job.job_id
     strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
-    plan = strategy.plan(queries.load_state(session=session, problem=problem, steps=steps))
-    existing = {s.key for s in steps}
+    state = queries.load_state(session=session, problem=problem, steps=steps)
+    plan = strategy.plan(state)
+    existing = {s.key: s for s in steps}
     specs = [(s.key, s.kind.value, s.role, s.round) for s in plan.steps if s.key not in existing]
-    if plan.finished and not specs and SELECT_KEY not in existing:
-        specs = [(SELECT_KEY, "select", None, max((s.round for s in steps), default=1))]
+    if plan.finished and not specs:
+        # The selection needs no model: made here, in the transaction of the step that finished
+        # the problem, rather than by a task of its own.
+        chosen = strategy.select(state)
+        select_step = existing.get(SELECT_KEY)
+        queries.save_selection(
+            session=session,
+            problem_id=problem_id,
+            select_step_id=select_step.id if select_step is not None else None,
+            round_=max((s.round for s in steps), default=1),
+            solution_id=chosen.solution_id,
+            answer=chosen.answer,
+            reason=chosen.reason,
+            rounds_used=chosen.rounds_used,
+        )
+        return job.job_id
     made = queries.add_steps(session=session, problem_id=problem_id, specs=specs)
     return [dispatch_for(step, job) for step in made]
 

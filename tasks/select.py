@@ -1,15 +1,19 @@
-"""Stage 4: choose the final answer from every round, and record why it won."""
+"""Stage 4: choose the final answer from every round, and record why it won.
+
+The selection needs no model, so it is made by `tasks.dispatch.plan_next` in the transaction of
+the step that finished the problem: no message, no claim, no transaction of its own. This task
+serves a select step still queued (by a release that ran the selection as a task, or re-sent by
+`rstar resume`): it moves its problem on, which makes the selection and marks that step done.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from celery import shared_task
+from sqlalchemy import select as sql_select
 from sqlalchemy.exc import DBAPIError
 
-from db import queries
+from db.models import Step
 from db.session import session_scope
-from rstar.strategies import get_strategy
 from tasks.base import StepTask
 from tasks.dispatch import advance_and_enqueue
 from workers.settings import get_settings
@@ -17,41 +21,15 @@ from workers.settings import get_settings
 
 @shared_task(bind=True, base=StepTask, name="rstar.select")
 def select(self: StepTask, step_id: int) -> str:
-    settings = get_settings()
     try:
-        with session_scope(settings.database_url) as session:
-            claim = queries.claim_step(
-                session=session,
-                step_id=step_id,
-                task_id=self.request.id or "",
-                lease=timedelta(seconds=settings.lease_seconds),
-                kind="select",
+        with session_scope(get_settings().database_url) as session:
+            problem_id = session.scalar(
+                sql_select(Step.problem_id).where(Step.id == step_id, Step.kind == "select")
             )
-            if claim is None:
-                return "missing"
-            if isinstance(claim, int):
-                problem_id = claim
-            else:
-                strategy = get_strategy(
-                    claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit
-                )
-                chosen = strategy.select(claim.state)
-                queries.save_selection(
-                    session=session,
-                    claim=claim,
-                    solution_id=chosen.solution_id,
-                    answer=chosen.answer,
-                    reason=chosen.reason,
-                    rounds_used=chosen.rounds_used,
-                )
-        if not isinstance(claim, int):
-            # In its own transaction, after the commit: two problems finishing together must each
-            # see the other's final state, or neither would close the job.
-            with session_scope(settings.database_url) as session:
-                queries.maybe_finish_job(session=session, job_id=claim.job_id)
-            return "done"
+        if problem_id is None:
+            return "missing"
+        advance_and_enqueue(problem_id)
     except DBAPIError as exc:
         self.retry_on_database_error(exc)
         raise
-    advance_and_enqueue(problem_id)
-    return "skipped"
+    return "done"

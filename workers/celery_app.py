@@ -8,10 +8,14 @@ message after `visibility_timeout`, so that must outlast the longest task plus i
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any
 
 from celery import Celery
+from celery.signals import after_setup_logger
 
+from workers.redis_transport import TRANSPORT as SHARED_CLIENT_REDIS
 from workers.settings import Settings, get_settings
 
 CONTROL_QUEUE = "rstar.control"
@@ -28,6 +32,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     # tasks.recovery starts the recovery sweep in each worker process (see that module).
     app = Celery("rstar", broker=s.broker_url, include=[*TASK_MODULES, "tasks.recovery"])
+    if s.broker_url.startswith("redis://"):
+        app.conf.broker_transport = SHARED_CLIENT_REDIS  # workers/redis_transport.py: why
     visibility = s.visibility_timeout or 2 * s.task_time_limit + int(s.retry_backoff_max) + 60
     app.conf.update(
         task_acks_late=True,
@@ -57,6 +63,17 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
+
+
+# Celery's per-task lines come from these two loggers; both check their level once, at start-up.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+@after_setup_logger.connect
+def _quiet_per_task_lines(**_: Any) -> None:
+    if not get_settings().task_log:
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 app = create_app()
