@@ -362,20 +362,16 @@ def add_steps(
 # -- model calls and outputs -----------------------------------------------------------------
 
 
-# The per-call writes, prebuilt Core statements (the ORM's unit of work cost several times the CPU).
-_INSERT_CALL = insert(ModelCall.__table__).returning(ModelCall.__table__.c.id)
-_SET_ATTEMPTS = (
-    update(Step.__table__)
-    .where(Step.__table__.c.id == bindparam("step_id"))
-    .values(attempts=bindparam("new_attempts"))
-)
-_INSERT_SOLUTION = insert(Solution.__table__)
-_INSERT_REVIEW = insert(Review.__table__)
+@dataclass(frozen=True)
+class NewCall:
+    """A model call to record (`new_call`): on its own (`record_call`), or in the statement that
+    writes its step's output (`save_solution`, `save_review`)."""
+
+    values: dict[str, Any]
 
 
-def record_call(
+def new_call(
     *,
-    session: Session,
     step_id: int,
     problem_id: int,
     attempt: int,
@@ -394,35 +390,45 @@ def record_call(
     error: str | None = None,
     request_hash: str | None = None,
     reused_from_id: int | None = None,
-    count_attempt: bool = True,
-) -> int:
+) -> NewCall:
+    return NewCall(
+        {
+            "step_id": step_id,
+            "problem_id": problem_id,
+            "attempt": attempt,
+            "endpoint": endpoint,
+            "server_kind": server_kind,
+            "model": model,
+            "request": request,
+            "response": response,
+            "response_text": response_text,
+            "finish_reason": finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "latency_ms": latency_ms,
+            "outcome": outcome.value,
+            "http_status": http_status,
+            "error": error,
+            "request_hash": request_hash,
+            "reused_from_id": reused_from_id,
+        }
+    )
+
+
+# The per-call writes, prebuilt Core statements (the ORM's unit of work cost several times the CPU).
+_INSERT_CALL = insert(_ct).returning(_ct.c.id)
+_SET_ATTEMPTS = update(_st).where(_st.c.id == bindparam("step_id")).values(attempts=bindparam("new_attempts"))
+
+
+def record_call(*, session: Session, call: NewCall, count_attempt: bool = True) -> int:
     """Insert a model call and count the attempt on its step (unless the step is finished in the
     same transaction, which counts it: `count_attempt=False`); the call's id."""
-    values: dict[str, Any] = {
-        "step_id": step_id,
-        "problem_id": problem_id,
-        "attempt": attempt,
-        "endpoint": endpoint,
-        "server_kind": server_kind,
-        "model": model,
-        "request": request,
-        "response": response,
-        "response_text": response_text,
-        "finish_reason": finish_reason,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "latency_ms": latency_ms,
-        "outcome": outcome.value,
-        "http_status": http_status,
-        "error": error,
-        "request_hash": request_hash,
-        "reused_from_id": reused_from_id,
-    }
-    # Core, not the ORM: this runs once per model call (the returned object is detached).
     conn = session.connection()
-    call_id = conn.execute(_INSERT_CALL, values).scalar_one()
+    call_id: int = conn.execute(_INSERT_CALL, call.values).scalar_one()
     if count_attempt:
-        conn.execute(_SET_ATTEMPTS, {"step_id": step_id, "new_attempts": attempt})
+        conn.execute(
+            _SET_ATTEMPTS, {"step_id": call.values["step_id"], "new_attempts": call.values["attempt"]}
+        )
     return call_id
 
 
@@ -433,61 +439,132 @@ def attempt_recorded(*, session: Session, step_id: int, attempt: int) -> bool:
     return found is not None
 
 
-def save_solution(
-    *, session: Session, claim: Claim, parsed: ParsedSolution, model_call_id: int, parent_id: int | None
-) -> None:
-    session.connection().execute(
-        _INSERT_SOLUTION,
-        {
-            "problem_id": claim.problem_id,
-            "step_id": claim.step_id,
-            "model_call_id": model_call_id,
-            "round": claim.round,
-            "author": claim.role,
-            "kind": claim.kind,
-            "parent_id": parent_id,
-            "steps": list(parsed.steps),
-            "answer_raw": parsed.answer_raw,
-            "answer": parsed.answer,
-            "structured": parsed.structured,
-            "parse_error": _with_cut_note(session, parsed.parse_error, model_call_id),
-        },
+def _output_writes(output: Any) -> tuple[Any, Any]:
+    """An output table's two inserts: plain (the call is recorded already), and, for PostgreSQL,
+    one that also records the new call and finishes the step, in data-modifying CTEs (one round
+    trip where three cost three)."""
+    plain = insert(output)
+    call = (
+        insert(_ct)
+        .values({c.name: bindparam(f"call_{c.name}") for c in _ct.c if c.name != "id"})
+        .returning(_ct.c.id)
+        .cte("new_call")
     )
-    _finish_step(session, claim.step_id)
+    finish = (
+        update(_st)
+        .where(_st.c.id == bindparam("finish_step_id"))
+        .values(
+            status=StepStatus.DONE.value,
+            lease_until=None,
+            error=None,
+            attempts=bindparam("finish_attempts"),
+            updated_at=bindparam("finish_now"),
+        )
+        .cte("finish_step")
+    )
+    combined = (
+        insert(output)
+        .values(
+            model_call_id=select(call.c.id).scalar_subquery(),
+            **{c.name: bindparam(f"out_{c.name}") for c in output.c if c.name not in ("id", "model_call_id")},
+        )
+        .add_cte(call)
+        .add_cte(finish)
+    )
+    return plain, combined
 
 
-def _with_cut_note(session: Session, parse_error: str | None, model_call_id: int) -> str | None:
+_SOLUTION_WRITES = _output_writes(Solution.__table__)
+_REVIEW_WRITES = _output_writes(Review.__table__)
+
+
+def _write_output(
+    session: Session, writes: tuple[Any, Any], values: dict[str, Any], step_id: int, model_call: int | NewCall
+) -> None:
+    """Insert a step's output (`values`, without its call), record its call when it is new, and
+    mark the step done."""
+    conn = session.connection()
+    plain, combined = writes
+    if isinstance(model_call, NewCall) and conn.dialect.name == "postgresql":
+        now = utcnow()
+        params = {f"out_{k}": v for k, v in values.items()}
+        params.update({f"call_{k}": v for k, v in model_call.values.items()})
+        params.update(
+            out_created_at=now,
+            call_created_at=now,
+            finish_step_id=step_id,
+            finish_attempts=model_call.values["attempt"],
+            finish_now=now,
+        )
+        conn.execute(combined, params)
+        return
+    if isinstance(model_call, NewCall):
+        model_call = record_call(session=session, call=model_call, count_attempt=False)
+    conn.execute(plain, {**values, "model_call_id": model_call})
+    _finish_step(session, step_id)
+
+
+def save_solution(
+    *,
+    session: Session,
+    claim: Claim,
+    parsed: ParsedSolution,
+    model_call: int | NewCall,
+    parent_id: int | None,
+) -> None:
+    values = {
+        "problem_id": claim.problem_id,
+        "step_id": claim.step_id,
+        "round": claim.round,
+        "author": claim.role,
+        "kind": claim.kind,
+        "parent_id": parent_id,
+        "steps": list(parsed.steps),
+        "answer_raw": parsed.answer_raw,
+        "answer": parsed.answer,
+        "structured": parsed.structured,
+        "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
+    }
+    _write_output(session, _SOLUTION_WRITES, values, claim.step_id, model_call)
+
+
+def _with_cut_note(session: Session, parse_error: str | None, model_call: int | NewCall) -> str | None:
     """Say so when an unparsable reply was cut by the token limit (the usual reason)."""
     if parse_error is None:
         return None
-    if session.scalar(select(ModelCall.finish_reason).where(ModelCall.id == model_call_id)) == "length":
+    if isinstance(model_call, NewCall):
+        finish_reason = model_call.values["finish_reason"]
+    else:
+        finish_reason = session.scalar(select(ModelCall.finish_reason).where(ModelCall.id == model_call))
+    if finish_reason == "length":
         return f"{parse_error} (the reply was cut at the token limit: finish_reason=length)"
     return parse_error
 
 
 def save_review(
-    *, session: Session, claim: Claim, parsed: ParsedReview, model_call_id: int, target_solution_id: int
+    *,
+    session: Session,
+    claim: Claim,
+    parsed: ParsedReview,
+    model_call: int | NewCall,
+    target_solution_id: int,
 ) -> None:
-    session.connection().execute(
-        _INSERT_REVIEW,
-        {
-            "problem_id": claim.problem_id,
-            "step_id": claim.step_id,
-            "model_call_id": model_call_id,
-            "round": claim.round,
-            "reviewer": claim.role,
-            "target_solution_id": target_solution_id,
-            "verdict": parsed.verdict.value,
-            "logical_consistency": parsed.logical_consistency,
-            "calculation_accuracy": parsed.calculation_accuracy,
-            "step_completeness": parsed.step_completeness,
-            "issues": [{"step": i.step, "description": i.description} for i in parsed.issues],
-            "suggested_answer": parsed.suggested_answer,
-            "structured": parsed.structured,
-            "parse_error": _with_cut_note(session, parsed.parse_error, model_call_id),
-        },
-    )
-    _finish_step(session, claim.step_id)
+    values = {
+        "problem_id": claim.problem_id,
+        "step_id": claim.step_id,
+        "round": claim.round,
+        "reviewer": claim.role,
+        "target_solution_id": target_solution_id,
+        "verdict": parsed.verdict.value,
+        "logical_consistency": parsed.logical_consistency,
+        "calculation_accuracy": parsed.calculation_accuracy,
+        "step_completeness": parsed.step_completeness,
+        "issues": [{"step": i.step, "description": i.description} for i in parsed.issues],
+        "suggested_answer": parsed.suggested_answer,
+        "structured": parsed.structured,
+        "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
+    }
+    _write_output(session, _REVIEW_WRITES, values, claim.step_id, model_call)
 
 
 _INSERT_SELECTION = insert(Selection.__table__)

@@ -38,8 +38,9 @@ logger = get_task_logger(__name__)
 # The kind of step each stage task works on; a message naming another kind of step is refused.
 KIND_OF_TASK = {task: kind for kind, task in TASK_FOR_KIND.items()}
 
-# (session, claim, reply text, model call id) -> None: writes the step's output row.
-OutputWriter = Callable[[Session, queries.Claim, str, int], None]
+# (session, claim, reply text, the model call: its id, or a new one to record with the output)
+# -> None: writes the step's output row.
+OutputWriter = Callable[[Session, queries.Claim, str, int | queries.NewCall], None]
 
 _clients: dict[str, ModelClient] = {}
 _clients_lock = threading.Lock()
@@ -199,10 +200,13 @@ def _record_and_plan(
     while True:
         try:
             with session_scope(settings.database_url) as session:
+                call: int | queries.NewCall
                 if reply is not None:
-                    call_id = _record_reply(session, claim, attempt, endpoint, reply)
-                assert call_id is not None
-                write_output(session, claim, text, call_id)
+                    call = _new_call(claim, attempt, endpoint, reply)  # recorded with the output
+                else:
+                    assert call_id is not None
+                    call = call_id
+                write_output(session, claim, text, call)
                 return plan_next(session, claim.problem_id, settings.max_rounds_limit)
         except DBAPIError as exc:
             if reply is None or not lost_connection(exc) or time.monotonic() + pause > deadline:
@@ -222,23 +226,12 @@ def _record_and_plan(
             # A bug in writing the output or planning must not lose a paid reply: keep the call.
             if reply is not None:
                 with session_scope(settings.database_url) as session:
-                    _record_reply(session, claim, attempt, endpoint, reply, count_attempt=True)
+                    queries.record_call(session=session, call=_new_call(claim, attempt, endpoint, reply))
             raise
 
 
-def _record_reply(
-    session: Session,
-    claim: queries.Claim,
-    attempt: int,
-    endpoint: str,
-    reply: ModelReply,
-    *,
-    count_attempt: bool = False,
-) -> int:
-    """Record a successful reply; by default the step's attempts are counted when write_output
-    finishes the step in the same transaction."""
-    return queries.record_call(
-        session=session,
+def _new_call(claim: queries.Claim, attempt: int, endpoint: str, reply: ModelReply) -> queries.NewCall:
+    return queries.new_call(
         step_id=claim.step_id,
         problem_id=claim.problem_id,
         attempt=attempt,
@@ -254,7 +247,6 @@ def _record_reply(
         latency_ms=reply.latency_ms,
         outcome=CallOutcome.OK,
         request_hash=request_hash(endpoint, reply.request),
-        count_attempt=count_attempt,
     )
 
 
@@ -263,8 +255,7 @@ def _handle_call_error(
 ) -> str:
     retryable = isinstance(exc, RetryableError)
     with session_scope(settings.database_url) as session:
-        queries.record_call(
-            session=session,
+        failed_call = queries.new_call(
             step_id=claim.step_id,
             problem_id=claim.problem_id,
             attempt=attempt,
@@ -283,6 +274,7 @@ def _handle_call_error(
             error=f"{type(exc).__name__}: {exc.message}",
             request_hash=request_hash(claim.endpoint or "", exc.request) if exc.request else None,
         )
+        queries.record_call(session=session, call=failed_call)
         # The budget counts attempts since `rstar retry` last reset it (retry_base).
         tried = attempt - claim.retry_base
         if retryable and tried <= settings.max_retries:

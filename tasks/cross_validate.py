@@ -10,14 +10,14 @@ from rstar.parsing import parse_review
 from tasks.base import StepTask, run_model_step
 
 
-def write_review(session: Session, claim: queries.Claim, text: str, call_id: int) -> None:
+def write_review(session: Session, claim: queries.Claim, text: str, call: int | queries.NewCall) -> None:
     target = claim.links.target_solution_id
     assert target is not None, f"strategy gave no target solution for review step {claim.key}"
     queries.save_review(
         session=session,
         claim=claim,
         parsed=parse_review(text),
-        model_call_id=call_id,
+        model_call=call,
         target_solution_id=target,
     )
 

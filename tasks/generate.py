@@ -10,13 +10,13 @@ from rstar.parsing import parse_solution
 from tasks.base import StepTask, run_model_step
 
 
-def write_solution(session: Session, claim: queries.Claim, text: str, call_id: int) -> None:
+def write_solution(session: Session, claim: queries.Claim, text: str, call: int | queries.NewCall) -> None:
     """Store the parsed solution; an unparsable one is kept and flagged, and reviewed like any other."""
     queries.save_solution(
         session=session,
         claim=claim,
         parsed=parse_solution(text),
-        model_call_id=call_id,
+        model_call=call,
         parent_id=claim.links.parent_solution_id,
     )
 

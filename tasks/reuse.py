@@ -71,8 +71,7 @@ def reuse_recorded(
         )
         if old is None:
             return None
-        call_id = queries.record_call(
-            session=session,
+        call = queries.new_call(
             step_id=claim.step_id,
             problem_id=claim.problem_id,
             attempt=attempt,
@@ -90,4 +89,4 @@ def reuse_recorded(
             request_hash=digest,
             reused_from_id=old.reused_from_id or old.id,
         )
-        return call_id, old.response_text or ""
+        return queries.record_call(session=session, call=call), old.response_text or ""

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger
 
-from workers.redis_transport import TRANSPORT as SHARED_CLIENT_REDIS
+from workers import redis_transport
 from workers.settings import Settings, get_settings
 
 CONTROL_QUEUE = "rstar.control"
@@ -28,12 +28,13 @@ def queue_for_endpoint(url: str) -> str:
     return f"rstar.model.{slug.lower()}"
 
 
+redis_transport.install()  # redis:// brokers: one redis-py client per channel (see that module)
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     # tasks.recovery starts the recovery sweep in each worker process (see that module).
     app = Celery("rstar", broker=s.broker_url, include=[*TASK_MODULES, "tasks.recovery"])
-    if s.broker_url.startswith("redis://"):
-        app.conf.broker_transport = SHARED_CLIENT_REDIS  # workers/redis_transport.py: why
     visibility = s.visibility_timeout or 2 * s.task_time_limit + int(s.retry_backoff_max) + 60
     app.conf.update(
         task_acks_late=True,

@@ -6,17 +6,17 @@ response callbacks each time: about 60 µs, three times per task, which was a te
 CPU per model call (docs/throughput.md). A redis-py client is safe to share between threads: it
 takes a connection from its pool for each command, so one per channel does the same work.
 
-`workers.celery_app` selects it for `redis://` broker URLs (`TRANSPORT`); other URLs (TLS, Sentinel,
-RabbitMQ) keep kombu's own transports.
+`install()` (called by `workers.celery_app`) makes it kombu's transport for `redis://` URLs, under
+kombu's own name for them, so the URL reads the same everywhere (Celery's banner, Flower's broker
+page). Other URLs (TLS, Sentinel, RabbitMQ) keep kombu's transports.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
-
-TRANSPORT = f"{__name__}:Transport"
 
 
 class Channel(kombu_redis.Channel):
@@ -33,3 +33,7 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
