@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
@@ -157,12 +156,9 @@ _RECORDED_ID = (
     .scalar_subquery()
     .label("recorded_id")
 )
-# What a Claim needs besides the step's attempts: the step, its problem and job.
-_CLAIM_COLUMNS = (
-    _st.c.key,
-    _st.c.kind,
-    _st.c.role,
-    _st.c.round,
+# A problem with what a step's work needs of its job (the claim's read, and the plan's lock in
+# tasks/dispatch.py).
+PROBLEM_AND_JOB = (
     _pt.c.id.label("problem_id"),
     _pt.c.status.label("problem_status"),
     _pt.c.question,
@@ -172,6 +168,14 @@ _CLAIM_COLUMNS = (
     _jt.c.params,
     _jt.c.model_a_url,
     _jt.c.model_b_url,
+)
+# What a Claim needs besides the step's attempts.
+_CLAIM_COLUMNS = (
+    _st.c.key,
+    _st.c.kind,
+    _st.c.role,
+    _st.c.round,
+    *PROBLEM_AND_JOB,
     _jt.c.resume_from_id,
     _RECORDED_ID,
 )
@@ -286,7 +290,7 @@ def claim_step(
         endpoint=endpoint,
         strategy=row.strategy,
         params=dict(row.params),
-        state=load_state(session=session, problem=SimpleNamespace(id=row.problem_id, question=row.question)),
+        state=load_state(session=session, problem_id=row.problem_id, question=row.question),
         recorded=recorded,
         retry_base=taken.retry_base,
         resume_from=row.resume_from_id,
@@ -729,15 +733,17 @@ class LazyOutputs(Mapping[str, V]):
         return len(self._items())
 
 
-def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = None) -> ProblemState:
+def load_state(
+    *, session: Session, problem_id: int, question: str, steps: Sequence[Any] | None = None
+) -> ProblemState:
     """The problem's state for its strategy; its solutions and reviews are read when first used,
     so use it inside the caller's transaction.
 
-    `problem` needs `id` and `question` (a Problem, or a row); `steps`, when the caller has just
-    read them (Step objects or `STATE_STEPS` rows), saves reading them again.
+    `steps`, when the caller has just read them (Step objects or `STATE_STEPS` rows), saves
+    reading them again.
     """
     conn = session.connection()
-    params = {"problem_id": problem.id}
+    params = {"problem_id": problem_id}
     if steps is None:
         steps = conn.execute(STATE_STEPS, params).all()
     by_id = {s.id: s for s in steps}
@@ -796,7 +802,7 @@ def load_state(*, session: Session, problem: Any, steps: Sequence[Any] | None = 
         return found
 
     return ProblemState(
-        question=problem.question,
+        question=question,
         steps={s.key: StepView(s.key, s.kind, s.role, s.round, s.status) for s in steps},  # type: ignore[arg-type]
         solutions=LazyOutputs(solutions),
         reviews=LazyOutputs(reviews),

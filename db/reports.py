@@ -63,7 +63,7 @@ def _load_job(session: Session, job_id: int, max_rounds_limit: int) -> JobRows:
         res = results[p.item_id]
         by_round: tuple[str | None, ...] = ()
         if strategy is not None and p.status == "answered" and (p.rounds_used or 0) > 1:
-            state = queries.load_state(session=session, problem=p)
+            state = queries.load_state(session=session, problem_id=p.id, question=p.question)
             earlier = [
                 strategy.select(state_up_to_round(state, r)).answer for r in range(1, p.rounds_used or 0)
             ]

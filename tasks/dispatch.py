@@ -98,17 +98,7 @@ _jobs_t = Job.__table__
 # serialises writers), with what the plan needs of its job: one prebuilt Core statement, since
 # this runs after every model step.
 _LOCK_PROBLEM = (
-    select(
-        _problems_t.c.id,
-        _problems_t.c.question,
-        _problems_t.c.status,
-        _jobs_t.c.id.label("job_id"),
-        _jobs_t.c.status.label("job_status"),
-        _jobs_t.c.strategy,
-        _jobs_t.c.params,
-        _jobs_t.c.model_a_url,
-        _jobs_t.c.model_b_url,
-    )
+    select(*queries.PROBLEM_AND_JOB)
     .join(_jobs_t, _jobs_t.c.id == _problems_t.c.job_id)
     .where(_problems_t.c.id == bindparam("problem_id"))
     .with_for_update(of=_problems_t, key_share=True)
@@ -121,7 +111,7 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
     this problem just ended (answered, or failed)."""
     conn = session.connection()
     problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
-    if problem is None or problem.status in TERMINAL_PROBLEM_STATES:
+    if problem is None or problem.problem_status in TERMINAL_PROBLEM_STATES:
         return []
     job = problem  # the row carries the job's columns too
     if job.job_status == JobStatus.CANCELLED:
@@ -134,7 +124,7 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
         )
         return job.job_id
     strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
-    state = queries.load_state(session=session, problem=problem, steps=steps)
+    state = queries.load_state(session=session, problem_id=problem_id, question=problem.question, steps=steps)
     plan = strategy.plan(state)
     existing = {s.key: s for s in steps}
     specs = [(s.key, s.kind.value, s.role, s.round) for s in plan.steps if s.key not in existing]
