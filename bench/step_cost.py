@@ -1,0 +1,122 @@
+"""What one model step costs the orchestration, in one thread: CPU and SQL statements per model call.
+
+    python -m bench.step_cost --problems 100 --database postgres
+
+Submits a mutual job against the simulated server (bench/simulator.py, at a tiny time scale) and
+runs every queued step's task in this process, one at a time, with Celery's `Task.apply()`: the
+same code a worker runs for a message, minus the consumer and the threads. So it separates what a
+step costs from what 80 threads on one interpreter add (compare with `bench.throughput`'s CPU per
+call), and counts the statements each step sends, which on PostgreSQL are round trips.
+Uses Redis database 13 (flushed) for the messages the steps send, and a fresh database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.simulator import SimConfig, SimulatorProcess
+from bench.throughput import DEFAULT_PG_ADMIN, GSM8K, load_questions
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", type=int, default=100)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
+    parser.add_argument("--questions", type=Path, default=GSM8K)
+    args = parser.parse_args(argv)
+
+    from sqlalchemy import create_engine, event, func, select, text
+    from sqlalchemy.engine import make_url
+
+    admin = None
+    if args.database == "sqlite":
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='step-cost-')}/rstar.db"
+    else:
+        name = f"rstar_step_cost_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(args.postgres_admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(args.postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    # Settings are read once, on first use: set them before anything imports them.
+    os.environ.update(RSTAR_DATABASE_URL=url, RSTAR_BROKER_URL=REDIS_URL)
+    import redis
+
+    from db import migrate
+    from db.models import ModelCall, Step, StepStatus
+    from db.session import dispose_all, get_engine, session_scope
+    from rstar.inputs import parse_problems
+    from tasks.dispatch import TASK_FOR_KIND
+    from tasks.submit import submit_job
+    from workers.celery_app import app
+    from workers.settings import get_settings
+
+    app.loader.import_default_modules()  # the task modules, as a worker loads them
+    broker = redis.Redis.from_url(REDIS_URL)
+    broker.flushdb()
+    try:
+        migrate.upgrade(url)
+        statements = 0
+
+        @event.listens_for(get_engine(url), "before_cursor_execute")
+        def _count(*_: object) -> None:
+            nonlocal statements
+            statements += 1
+
+        with SimulatorProcess(SimConfig(max_concurrent_requests=512, time_scale=0.0001)) as sim:
+            questions = load_questions(args.problems, args.questions)
+            data = "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions))
+            submit_job(
+                settings=get_settings(),
+                name="step-cost",
+                strategy_name="mutual",
+                params={},
+                model_a_url=sim.url,
+                model_b_url=sim.url + "/",  # another queue, the same server
+                source=None,
+                problems=parse_problems(data.encode()),
+            )
+            pending = select(Step.id, Step.kind).where(Step.status == StepStatus.QUEUED).order_by(Step.id)
+            cpu = 0.0
+            counted = tasks = 0
+            while True:
+                with session_scope(url) as session:
+                    todo = session.execute(pending).all()
+                if not todo:
+                    break
+                before = statements
+                started = time.process_time()
+                for step_id, kind in todo:
+                    app.tasks[TASK_FOR_KIND[kind]].apply(args=[step_id])
+                cpu += time.process_time() - started
+                counted += statements - before
+                tasks += len(todo)
+        with session_scope(url) as session:
+            calls = session.scalar(select(func.count()).select_from(ModelCall)) or 1
+        print(
+            f"{args.database}: {args.problems} problems, {calls} model calls, {tasks} tasks; "
+            f"CPU {1000 * cpu / calls:.2f} ms per call; {counted / calls:.1f} SQL statements per call "
+            "(SQLite's BEGIN IMMEDIATE counted; PostgreSQL's BEGIN and COMMIT, sent by the driver, not)"
+        )
+    finally:
+        broker.flushdb()
+        dispose_all()
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
