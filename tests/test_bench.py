@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -99,3 +102,25 @@ def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
     assert system["worker_peak_rss_mb"] > 0 and system["rows_written"] > 0
     assert "| 1 | 1 | sqlite |" in (tmp_path / "tiny.md").read_text()
     assert (tmp_path / "tiny.png").stat().st_size > 0
+
+
+def test_step_cost_counts_cpu_and_statements_per_call() -> None:
+    """`python -m bench.step_cost` runs a small job through the real tasks in one process."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.step_cost", "--problems", "3"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    found = re.search(
+        r"3 problems, (\d+) model calls, (\d+) tasks; CPU ([\d.]+) ms per call; ([\d.]+) SQL", done.stdout
+    )
+    assert found, done.stdout
+    calls, tasks, cpu, statements = int(found[1]), int(found[2]), float(found[3]), float(found[4])
+    # Every problem takes at least one round (4 calls), one task per model step, and some work.
+    assert calls >= 12 and tasks == calls and cpu > 0 and statements > 1
