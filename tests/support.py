@@ -18,11 +18,13 @@ from typing import NoReturn
 from tests.fakeserver import FakeRequest, Reply
 
 REPO = Path(__file__).resolve().parent.parent
-GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
+# The first 200 problems of GSM8K's training split, committed so the tests do not depend on where
+# the repository is cloned (tests/data/README.md).
+GSM8K = REPO / "tests" / "data" / "gsm8k_train_head.jsonl"
 
 
 def gsm8k_rows(n: int, *, offset: int = 0) -> list[dict[str, str]]:
-    rows = []
+    rows: list[dict[str, str]] = []
     with GSM8K.open(encoding="utf-8") as f:
         for i, line in enumerate(f):
             if i < offset:
@@ -30,6 +32,8 @@ def gsm8k_rows(n: int, *, offset: int = 0) -> list[dict[str, str]]:
             if len(rows) == n:
                 break
             rows.append(json.loads(line))
+    if len(rows) < n:
+        raise ValueError(f"{GSM8K} has no {n} problems after line {offset}")
     return rows
 
 
