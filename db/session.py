@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -16,6 +16,8 @@ _lock = threading.Lock()
 
 # Enough connections for every worker thread plus the dispatching done between calls.
 DEFAULT_POOL_SIZE = 40
+# Seconds a SQLite writer waits for the database lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 60
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -25,7 +27,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -43,7 +45,9 @@ def get_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
         if engine is None:
             if url.startswith("sqlite"):
                 engine = create_engine(
-                    url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=pool_size
+                    url,
+                    connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
+                    pool_size=pool_size,
                 )
                 _configure_sqlite(engine)
             else:
@@ -67,15 +71,39 @@ def session_factory(url: str) -> sessionmaker[Session]:
         return factory
 
 
+_sqlite_turns: dict[str, threading.RLock] = {}
+
+
+@contextmanager
+def _sqlite_turn(url: str) -> Iterator[None]:
+    """On SQLite, this process's threads take turns here for a session's whole transaction.
+
+    Every transaction here is a writer (BEGIN IMMEDIATE) and SQLite admits one at a time; a thread
+    that finds the lock taken waits in SQLite's busy handler, which sleeps and retries (1 to 100 ms
+    steps). With dozens of worker threads that polling cost more CPU than the work, and a freed lock
+    went unused until a sleeper woke. A lock wakes the next thread at once. Other processes still
+    meet in the busy handler; the timeout is the same either way.
+    """
+    with _lock:
+        turn = _sqlite_turns.setdefault(url, threading.RLock())
+    acquired = turn.acquire(timeout=SQLITE_BUSY_TIMEOUT)  # if not, SQLite's own timeout decides
+    try:
+        yield
+    finally:
+        if acquired:
+            turn.release()
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on any exception."""
-    session = session_factory(url)()
-    try:
-        with session.begin():
-            yield session
-    finally:
-        session.close()
+    with _sqlite_turn(url) if url.startswith("sqlite") else nullcontext():
+        session = session_factory(url)()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
 
 
 _autocommit: dict[str, sessionmaker[Session]] = {}
