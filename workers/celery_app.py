@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger
 
+from db.session import limit_sessions
 from workers import redis_transport
 from workers.settings import Settings, get_settings
 
@@ -33,6 +34,7 @@ redis_transport.install()  # redis:// brokers: one redis-py client per channel (
 
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
+    limit_sessions(s.db_sessions)
     # tasks.recovery starts the recovery sweep in each worker process (see that module).
     app = Celery("rstar", broker=s.broker_url, include=[*TASK_MODULES, "tasks.recovery"])
     visibility = s.visibility_timeout or 2 * s.task_time_limit + int(s.retry_backoff_max) + 60

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # threads than that (~25% more): the extra threads do the database work around the calls.
     max_in_flight: int | None = Field(default=None, ge=1)
     workers_per_endpoint: int = Field(default=1, ge=1, description="worker processes sharing an endpoint")
+    # Database sessions one process runs at a time; its other threads wait their turn (SQLite: one,
+    # always). Two spent less CPU per model call than no limit, one or four (docs/throughput.md).
+    db_sessions: int = Field(default=2, ge=1)
     # Celery task events from the start (Flower turns the workers' events on anyway while it runs).
     task_events: bool = False
     # Celery's "Task ... received" and "... succeeded" INFO lines, two per task (~0.2 ms of CPU per
