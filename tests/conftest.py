@@ -92,15 +92,34 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
+class SettingsEnv(pytest.MonkeyPatch):
+    """A monkeypatch whose every change of the environment drops the cached settings. Threads an
+    earlier test left running in this process (the lease keeper, the recovery sweep) read the
+    settings at any moment, and what they read between two changes must not stay cached."""
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        get_settings.cache_clear()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        get_settings.cache_clear()
+
+
 @pytest.fixture
-def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """Point in-process settings at the test's services; reset the cached settings around it."""
+def settings_env() -> Iterator[SettingsEnv]:
+    """Point in-process settings at the test's services: RSTAR_* variables cleared, and the cached
+    settings dropped whenever the test changes one and when it ends."""
+    env = SettingsEnv()
     for key in list(os.environ):
         if key.startswith("RSTAR_") and not key.startswith("RSTAR_TEST_"):
-            monkeypatch.delenv(key)
+            env.delenv(key)
     get_settings.cache_clear()
-    yield monkeypatch
-    get_settings.cache_clear()
+    try:
+        yield env
+    finally:
+        env.undo()
+        get_settings.cache_clear()
 
 
 @pytest.fixture
