@@ -18,6 +18,8 @@ _lock = threading.Lock()
 DEFAULT_POOL_SIZE = 40
 # Seconds a SQLite writer waits for the database lock before "database is locked".
 SQLITE_BUSY_TIMEOUT = 60
+# Seconds a thread waits for its turn at the database (`_turn`) before it goes on anyway.
+TURN_TIMEOUT = SQLITE_BUSY_TIMEOUT
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -86,6 +88,14 @@ def limit_sessions(limit: int | None) -> None:
         _turns.clear()
 
 
+def _turn_for(url: str, limit: int) -> threading.BoundedSemaphore:
+    turn = _turns.get(url)  # without the lock: this runs twice per model call
+    if turn is None:
+        with _lock:
+            turn = _turns.setdefault(url, threading.BoundedSemaphore(limit))
+    return turn
+
+
 @contextmanager
 def _turn(url: str) -> Iterator[None]:
     """This process's threads take turns here for a session's whole transaction.
@@ -102,41 +112,39 @@ def _turn(url: str) -> Iterator[None]:
     model call and kept more requests in flight than no limit, one or four (docs/throughput.md).
 
     A thread already in its turn (a session opened inside another) goes on. A turn not had within
-    SQLITE_BUSY_TIMEOUT goes on too, so the limit can slow a process but never stop it.
+    TURN_TIMEOUT goes on too, so the limit can slow a process but never stop it.
     """
-    sqlite = url.startswith("sqlite")
-    limit = 1 if sqlite else _session_limit
-    if limit is None or getattr(_in_turn, "depth", 0):
-        _in_turn.depth = getattr(_in_turn, "depth", 0) + 1
-        try:
-            yield
-        finally:
-            _in_turn.depth -= 1
-        return
-    with _lock:
-        turn = _turns.get(url)
-        if turn is None:
-            turn = _turns[url] = threading.BoundedSemaphore(limit)
-    acquired = turn.acquire(timeout=SQLITE_BUSY_TIMEOUT)
-    _in_turn.depth = 1
+    depth = getattr(_in_turn, "depth", 0)
+    limit = 1 if url.startswith("sqlite") else _session_limit
+    turn = _turn_for(url, limit) if depth == 0 and limit is not None else None
+    acquired = turn is not None and turn.acquire(timeout=TURN_TIMEOUT)
+    _in_turn.depth = depth + 1
     try:
         yield
     finally:
-        _in_turn.depth = 0
-        if acquired:
+        _in_turn.depth = depth
+        if turn is not None and acquired:
             turn.release()
 
 
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any exception."""
+def _transaction(factory: sessionmaker[Session], url: str) -> Iterator[Session]:
+    """A session of `factory` in this thread's turn, committed on success, rolled back on any
+    exception."""
     with _turn(url):
-        session = session_factory(url)()
+        session = factory()
         try:
             with session.begin():
                 yield session
         finally:
             session.close()
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on any exception."""
+    with _transaction(session_factory(url), url) as session:
+        yield session
 
 
 _autocommit: dict[str, sessionmaker[Session]] = {}
@@ -160,13 +168,8 @@ def autocommit_scope(url: str) -> Iterator[Session]:
                 engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
             )
             _autocommit[url] = factory
-    with _turn(url):
-        session = factory()
-        try:
-            with session.begin():
-                yield session
-        finally:
-            session.close()
+    with _transaction(factory, url) as session:
+        yield session
 
 
 def dispose_all() -> None:

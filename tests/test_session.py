@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -15,9 +15,9 @@ from workers.settings import get_settings
 
 
 @pytest.fixture
-def two_sessions() -> Iterator[None]:
-    limit_sessions(2)
-    yield
+def session_limit() -> Iterator[Callable[[int | None], None]]:
+    """`limit_sessions` for the test; the configured limit again afterwards."""
+    yield limit_sessions
     limit_sessions(get_settings().db_sessions)
 
 
@@ -52,25 +52,26 @@ def _most_at_once(url: str, threads: int) -> int:
     return most
 
 
-def test_sqlite_sessions_one_at_a_time(sqlite_url: str, two_sessions: None) -> None:
+def test_sqlite_sessions_one_at_a_time(sqlite_url: str, session_limit: Callable[[int], None]) -> None:
+    session_limit(2)
     assert _most_at_once(sqlite_url, 6) == 1
 
 
 @pytest.mark.postgres
-def test_postgres_sessions_at_most_the_limit(postgres_url: str, two_sessions: None) -> None:
+def test_postgres_sessions_at_most_the_limit(postgres_url: str, session_limit: Callable[[int], None]) -> None:
+    session_limit(2)
     assert _most_at_once(postgres_url, 8) == 2
 
 
 @pytest.mark.postgres
-def test_a_session_inside_another_does_not_wait_for_a_turn(postgres_url: str) -> None:
-    limit_sessions(1)
-    try:
-        started = time.monotonic()
-        with session_scope(postgres_url) as outer, autocommit_scope(postgres_url) as inner:
-            assert inner.execute(text("SELECT 1")).scalar() == 1
-            assert outer.execute(text("SELECT 2")).scalar() == 2
-        assert time.monotonic() - started < 5  # a wait for the turn would last 60 s
-        # and the turn is free again afterwards
-        assert _most_at_once(postgres_url, 3) == 1
-    finally:
-        limit_sessions(get_settings().db_sessions)
+def test_a_session_inside_another_does_not_wait_for_a_turn(
+    postgres_url: str, session_limit: Callable[[int], None]
+) -> None:
+    session_limit(1)
+    started = time.monotonic()
+    with session_scope(postgres_url) as outer, autocommit_scope(postgres_url) as inner:
+        assert inner.execute(text("SELECT 1")).scalar() == 1
+        assert outer.execute(text("SELECT 2")).scalar() == 2
+    assert time.monotonic() - started < 5  # a wait for the turn would last 60 s
+    # and the turn is free again afterwards
+    assert _most_at_once(postgres_url, 3) == 1
