@@ -65,9 +65,12 @@ def client_for(endpoint: str, settings: Settings) -> ModelClient:
 
 
 def backoff_delay(retries: int, settings: Settings) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+    """Exponential backoff with full jitter (AWS architecture blog's recommendation): anywhere from
+    0 to the cap, so the retries of steps that failed together (a 429 burst) spread over the whole
+    window instead of bunching in its upper half. Callers that need a floor apply their own
+    (`retry_on_database_error`: half a lease while the step is claimed)."""
     cap = min(settings.retry_backoff_max, settings.retry_backoff * (2**retries))
-    return random.uniform(cap / 2, cap)
+    return random.uniform(0.0, cap)
 
 
 class StepTask(Task):

@@ -2,9 +2,10 @@
 SQLite and two fake TGI servers; then `rstar report` on those jobs, checked against a hand count.
 
 One scripted model pair serves every strategy. It knows the answers and errs by seed:
-* seed 10 (A's first solution: mutual's r1.generate.A, cot's only sample, self-consistency's
-  sample 1) is wrong (right + 1) on odd problems;
-* seed 11 (B's first solution, self-consistency's sample 2) is wrong (right + 1) when j % 3 == 2;
+* the seed of r1.generate.A (A's first solution: mutual's r1.generate.A, cot's only sample,
+  self-consistency's sample 1) is wrong (right + 1) on odd problems;
+* the seed of r1.generate.B (B's first solution, self-consistency's sample 2) is wrong (right + 1)
+  when j % 3 == 2;
 * every other solution, and every completion of a cut-off solution, is right.
 """
 
@@ -19,6 +20,8 @@ from sqlalchemy import select
 
 from db.models import Job, Problem, Selection, Solution, Step
 from db.session import session_scope
+from rstar.strategies.base import StepSpec, step_seed
+from rstar.types import StepKind
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.support import (
     celery_worker,
@@ -34,6 +37,9 @@ from tests.support import (
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 
 N = 6
+# The seeds of A's and B's first solutions with the default base seed (0).
+SEED_A1 = step_seed(0, StepSpec("r1.generate.A", StepKind.GENERATE, "A", 1))
+SEED_B1 = step_seed(0, StepSpec("r1.generate.B", StepKind.GENERATE, "B", 1))
 
 
 class SeededOracle:
@@ -47,7 +53,7 @@ class SeededOracle:
         j, right = found
         seed = (request.body or {}).get("seed")
         completing = "Here is the beginning of a solution" in request.prompt
-        wrong = not completing and ((seed == 10 and j % 2 == 1) or (seed == 11 and j % 3 == 2))
+        wrong = not completing and ((seed == SEED_A1 and j % 2 == 1) or (seed == SEED_B1 and j % 3 == 2))
         return solution_json(str(int(right) + 1) if wrong else right)
 
 
@@ -94,7 +100,7 @@ def test_cot_self_consistency_and_mutual_consistency_end_to_end_with_report(
         def step_keys(p: Problem) -> list[str]:
             return sorted(st.key for st in s.scalars(select(Step).where(Step.problem_id == p.id)))
 
-        # cot: one call by A per problem; seed 10 is wrong on odd problems.
+        # cot: one call by A per problem; SEED_A1 is wrong on odd problems.
         cot = problems("cot")
         assert all(step_keys(p) == ["r1.generate.A", "select"] for p in cot)
         assert [p.final_answer for p in cot] == [

@@ -54,7 +54,7 @@ def sample_seed(base: int | None, i: int) -> int | None:
     if i <= 2:  # the seeds of mutual's r1.generate.A / r1.generate.B
         role: Role = "A" if i == 1 else "B"
         return step_seed(base, StepSpec(step_key(1, StepKind.GENERATE, role), StepKind.GENERATE, role, 1))
-    return base * 1000 + 500 + i
+    return step_seed(base, sample_step(i))  # s3.generate.A, ...: keys no other sample has
 
 
 def majority(solutions: list[SolutionView]) -> list[list[SolutionView]]:

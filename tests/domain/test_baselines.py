@@ -6,7 +6,9 @@ import pytest
 
 from rstar import prompts
 from rstar.strategies import STRATEGIES, ParamError, get_strategy
+from rstar.strategies.base import step_seed
 from rstar.strategies.cot import CotStrategy
+from rstar.strategies.mutual import MutualStrategy
 from rstar.strategies.self_consistency import SelfConsistencyStrategy, sample_seed
 from rstar.types import StepKind
 from tests.domain.strategy_state import StateBuilder, keys
@@ -109,7 +111,11 @@ def test_each_sample_has_its_own_seed_independent_of_k() -> None:
     seeds_b = [b.build_request(s, state).seed for s in b.plan(state).steps]
     assert len(set(seeds_a)) == 8 and seeds_a[:3] == seeds_b
     # Samples 1 and 2 are mutual's round-1 solutions (same prompt, same seed).
-    assert seeds_a[:2] == [3 * 1000 + 10, 3 * 1000 + 11] == [sample_seed(3, 1), sample_seed(3, 2)]
+    mutual = MutualStrategy({"seed": 3})
+    mutual_r1 = mutual.plan(state).steps
+    assert [s.key for s in mutual_r1] == ["r1.generate.A", "r1.generate.B"]
+    assert seeds_a[:2] == [mutual.build_request(s, state).seed for s in mutual_r1]
+    assert seeds_a[:2] == [step_seed(3, s) for s in mutual_r1] == [sample_seed(3, 1), sample_seed(3, 2)]
     assert SelfConsistencyStrategy({"seed": None}).build_request(a.plan(state).steps[0], state).seed is None
 
 

@@ -4,6 +4,7 @@ bounded and spaced by backoff with jitter."""
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -36,11 +37,18 @@ BACKOFF, BACKOFF_MAX = 0.2, 1.0
 
 def test_backoff_is_bounded_exponential_with_full_jitter() -> None:
     settings = Settings(retry_backoff=BACKOFF, retry_backoff_max=BACKOFF_MAX)
-    for retries in range(8):
-        cap = min(BACKOFF_MAX, BACKOFF * 2**retries)
-        samples = [backoff_delay(retries, settings) for _ in range(300)]
-        assert all(cap / 2 <= s <= cap for s in samples)
-        assert statistics.pstdev(samples) > cap / 20  # jitter: retries of many steps spread out
+    saved = random.getstate()
+    random.seed(13)  # the same draws every run: no flaky statistics
+    try:
+        for retries in range(8):
+            cap = min(BACKOFF_MAX, BACKOFF * 2**retries)
+            samples = [backoff_delay(retries, settings) for _ in range(300)]
+            assert all(0 <= s <= cap for s in samples)
+            # Full jitter spans the whole window [0, cap], not only its upper half.
+            assert sum(s < cap / 2 for s in samples) > 100 and min(samples) < cap / 10
+            assert abs(statistics.mean(samples) - cap / 2) < cap / 10
+    finally:
+        random.setstate(saved)
 
 
 def test_429_then_503_then_hang_then_back(postgres_url: str, redis_url: str, tmp_path: Path) -> None:
@@ -93,7 +101,10 @@ def test_429_then_503_then_hang_then_back(postgres_url: str, redis_url: str, tmp
         for k in range(1, len(attempts)):
             gap = (attempts[k].created_at - attempts[k - 1].created_at).total_seconds()
             cap = min(BACKOFF_MAX, BACKOFF * 2 ** (k - 1))
-            assert gap >= cap / 2 - 0.02, (k, gap)  # the retry waited at least its backoff floor
+            # Full jitter has no floor; the wait is bounded by its cap (plus the next attempt's
+            # own latency, and slack for a loaded machine).
+            latency = (attempts[k].latency_ms or 0.0) / 1000.0
+            assert 0 <= gap <= cap + latency + 2.0, (k, gap, latency)
             gaps.append(gap)
     most = max(len(v) for v in by_step.values())
     report(
