@@ -282,16 +282,21 @@ def _worker_env(db_url: str, broker_url: str, extra: dict[str, str]) -> dict[str
 
 @contextmanager
 def worker_processes(
-    n: int, urls: Sequence[str], threads: int, env: dict[str, str], logdir: Path
+    n: int, urls: Sequence[str], threads: int | None, env: dict[str, str], logdir: Path
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`rstar worker` processes. `threads=None`: as a user starts it, with no flags (endpoints from
+    RSTAR_MODEL_A_URL / _B in `env`, the pool sized by the worker; a node name only when n > 1)."""
     procs: list[subprocess.Popen[bytes]] = []
     logs = [logdir / f"worker{i}.log" for i in range(n)]
     try:
         for i in range(n):
-            args = [sys.executable, "-m", "cli.main", "worker", "--concurrency", str(threads)]
-            for url in dict.fromkeys(urls):
-                args += ["--endpoint", url]
-            args += ["-n", f"bench{i}@%h"]
+            args = [sys.executable, "-m", "cli.main", "worker"]
+            if threads is not None:
+                args += ["--concurrency", str(threads)]
+                for url in dict.fromkeys(urls):
+                    args += ["--endpoint", url]
+            if threads is not None or n > 1:
+                args += ["-n", f"bench{i}@%h"]
             with logs[i].open("wb") as out:
                 procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 60
@@ -372,7 +377,7 @@ def run_system_once(
     *,
     endpoints: int,
     workers: int,
-    threads: int,
+    threads: int | None,
     database: str,
     redis_url: str,
     pg_admin: str,
@@ -393,6 +398,7 @@ def run_system_once(
         _flush_redis(redis_url)
         urls = _role_urls(sims)
         env = _worker_env(db_url, redis_url, worker_env)
+        env.update({"RSTAR_MODEL_A_URL": urls["A"], "RSTAR_MODEL_B_URL": urls["B"]})
         data = "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions))
         problems = parse_problems(data.encode())
         settings = Settings(database_url=db_url, broker_url=redis_url)
@@ -438,6 +444,9 @@ def run_system_once(
             app.close()
             previous.set_current()
         rows, answered, hist, calls = _count_rows(db_url, job.job_id)
+        if threads is None:  # what the worker sized itself to, from its start-up line
+            found = re.search(r"worker: (\d+) threads", (tmp / "worker0.log").read_text(errors="replace"))
+            threads = int(found.group(1)) if found else 0
     return RunResult(
         driver="system",
         endpoints=endpoints,

@@ -26,7 +26,7 @@ from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
 from rstar.strategies import STRATEGIES, ParamError
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
-from workers.settings import get_settings
+from workers.settings import Settings, get_settings
 
 app = typer.Typer(help="Batch mutual reasoning with two small language models.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -159,7 +159,13 @@ def worker(
     endpoint: Annotated[
         list[str] | None, typer.Option(help="Serve this endpoint's queue (repeatable); default A and B.")
     ] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Threads = model requests in flight.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads [env RSTAR_WORKER_CONCURRENCY]; default: a quarter more than the in-flight "
+            "slots of every endpoint (their limits from /info or /props), plus one."
+        ),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (threads pool) on the endpoints' queues and the control queue.
@@ -171,10 +177,18 @@ def worker(
     if not endpoint and not endpoints:
         raise fail("no endpoints: pass --endpoint URL or set RSTAR_MODEL_A_URL / RSTAR_MODEL_B_URL")
     queues = sorted({CONTROL_QUEUE, *(queue_for_endpoint(u) for u in endpoints)})
+    if concurrency is not None:
+        threads, sizing = concurrency, f"worker: {concurrency} threads (--concurrency)"
+    elif settings.worker_concurrency is not None:
+        threads = settings.worker_concurrency
+        sizing = f"worker: {threads} threads (RSTAR_WORKER_CONCURRENCY)"
+    else:
+        threads, sizing = _size_pool(list(dict.fromkeys(endpoints)), settings)
+    err.print(sizing, markup=False, highlight=False, soft_wrap=True)
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
         "--pool", "threads",
-        "--concurrency", str(concurrency or settings.worker_concurrency),
+        "--concurrency", str(threads),
         "--queues", ",".join(queues),
         "--loglevel", loglevel,
         *(["--task-events"] if settings.task_events else []),
@@ -182,6 +196,46 @@ def worker(
     ]  # fmt: skip
     err.print(f"worker on {', '.join(queues)}")
     os.execvp(argv[0], argv)
+
+
+def _size_pool(endpoints: list[str], settings: Settings) -> tuple[int, str]:
+    """The default pool: every endpoint's in-flight share for this process, asked of the servers
+    (at once: an unreachable one may take the probe's timeout), a quarter more, plus the control
+    queue's. Returns the threads and the start-up line that explains them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.client import InFlightShare, in_flight_share
+    from workers.errors import UnavailableError
+    from workers.redact import scrub, url_password
+    from workers.settings import CONTROL_THREADS, FALLBACK_SLOTS, pool_threads
+
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    def share_of(url: str) -> InFlightShare:
+        try:
+            return in_flight_share(
+                url, max_in_flight=settings.max_in_flight, share=settings.workers_per_endpoint, token=token
+            )
+        except UnavailableError as exc:
+            return InFlightShare(None, f"not reachable: {exc.__cause__ or exc.message}")
+
+    with ThreadPoolExecutor(max_workers=len(endpoints)) as pool:
+        shares = list(pool.map(share_of, endpoints))
+    threads = pool_threads((s.slots for s in shares), fallback=FALLBACK_SLOTS, control=CONTROL_THREADS)
+    parts = [
+        f"{s.slots} for {url} ({s.source})"
+        if s.slots is not None
+        else f"{FALLBACK_SLOTS} for {url} ({s.source}; {FALLBACK_SLOTS} assumed)"
+        for url, s in zip(endpoints, shares, strict=True)
+    ]
+    line = f"worker: {threads} threads = 1.25 x ({' + '.join(parts)}) + {CONTROL_THREADS} for {CONTROL_QUEUE}"
+    if any(s.slots is None for s in shares):
+        line += (
+            "\nworker: an endpoint did not say its limit; to fill it, pass --concurrency or set "
+            "RSTAR_MAX_IN_FLIGHT (or restart the worker once the server is up)"
+        )
+    # The URLs (and a probe's error) may carry a password; the token too.
+    return threads, scrub(line, token, *(url_password(u) for u in endpoints))
 
 
 # -- status ------------------------------------------------------------------------------------

@@ -192,24 +192,46 @@ class InFlightLimit:
 _limits: dict[str, InFlightLimit] = {}
 
 
+@dataclass(frozen=True)
+class InFlightShare:
+    slots: int | None
+    """Requests this process may keep in flight to the endpoint; None: the server does not say."""
+    source: str
+    """Where the number comes from, e.g. "TGI max_concurrent_requests 128" (for the start-up line)."""
+
+
+def in_flight_share(
+    base_url: str, *, max_in_flight: int | None, share: int, token: str | None = None
+) -> InFlightShare:
+    """`max_in_flight` when set, else the server's limit (TGI's `/info` max_concurrent_requests,
+    llama-server's `/props` slots) divided by `share`, the number of worker processes that send
+    to it. Raises UnavailableError when the server cannot be asked."""
+    if max_in_flight is not None:
+        return InFlightShare(max_in_flight, f"RSTAR_MAX_IN_FLIGHT {max_in_flight}")
+    info = server_info(base_url, token=token)
+    server_max = info.max_concurrent_requests
+    if not server_max:
+        return InFlightShare(None, f"{info.kind} server reports no limit")
+    what = "TGI max_concurrent_requests" if info.kind == "tgi" else "llama-server slots"
+    split = f" / {share} workers" if share > 1 else ""
+    return InFlightShare(max(1, server_max // max(1, share)), f"{what} {server_max}{split}")
+
+
 def in_flight_limit(
     base_url: str, *, max_in_flight: int | None, share: int, token: str | None = None
 ) -> InFlightLimit:
-    """This process's limit for an endpoint, made once: `max_in_flight` when set, else the server's
-    `max_concurrent_requests` (TGI's `/info`) divided by `share`, the number of worker processes
-    that send to it; no limit when the server does not say."""
+    """This process's limit for an endpoint (`in_flight_share`), made once; no limit when the
+    server does not say."""
     with _info_lock:
         limit = _limits.get(base_url)
     if limit is not None:
         return limit
-    if max_in_flight is None:
-        try:
-            server_max = server_info(base_url, token=token).max_concurrent_requests
-        except UnavailableError:
-            return InFlightLimit(None)  # not up yet: no limit for this call, ask again on the next
-        max_in_flight = max(1, server_max // max(1, share)) if server_max else None
+    try:
+        slots = in_flight_share(base_url, max_in_flight=max_in_flight, share=share, token=token).slots
+    except UnavailableError:
+        return InFlightLimit(None)  # not up yet: no limit for this call, ask again on the next
     with _info_lock:
-        return _limits.setdefault(base_url, InFlightLimit(max_in_flight))
+        return _limits.setdefault(base_url, InFlightLimit(slots))
 
 
 class ModelClient:

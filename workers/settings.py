@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -37,12 +38,13 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(default=1.0, gt=0, description="first retry delay, seconds; doubles")
     retry_backoff_max: float = Field(default=60.0, gt=0)
 
-    # Threads per worker process: each thread keeps one model request in flight.
-    worker_concurrency: int = Field(default=32, ge=1)
+    # Threads per worker process: each thread keeps one model request in flight. Unset, `rstar
+    # worker` sizes the pool from its endpoints' limits (`pool_threads`); set, it is used as given.
+    worker_concurrency: int | None = Field(default=None, ge=1)
     # Flow control: model requests one worker process keeps in flight per endpoint. Default: the
     # server's max_concurrent_requests (TGI's /info) divided by workers_per_endpoint, so the
-    # workers together keep the server at its limit without tripping its 429s. Give a worker more
-    # threads than that (~25% more): the extra threads do the database work around the calls.
+    # workers together keep the server at its limit without tripping its 429s. `rstar worker` gives
+    # itself a quarter more threads than that: the extra threads do the database work around calls.
     max_in_flight: int | None = Field(default=None, ge=1)
     workers_per_endpoint: int = Field(default=1, ge=1, description="worker processes sharing an endpoint")
     # Database sessions one process runs at a time; its other threads wait their turn (SQLite: one,
@@ -76,6 +78,23 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
+
+
+# In-flight slots counted for an endpoint that does not report its limit (or cannot be asked at
+# start-up): the pool a worker had for everything before it was sized from the servers.
+FALLBACK_SLOTS = 32
+# The control queue's select tasks are short and rare (the selection is mostly made inline).
+CONTROL_THREADS = 1
+
+
+def pool_threads(
+    slots: Iterable[int | None], *, fallback: int = FALLBACK_SLOTS, control: int = CONTROL_THREADS
+) -> int:
+    """Threads for a worker process with these in-flight slots per endpoint (None: not reported,
+    `fallback` counted): a quarter more than the slots, rounded up, since a thread also does the
+    database work around its call and a slot left idle meanwhile is GPU time lost; plus `control`."""
+    total = sum(fallback if n is None else n for n in slots)
+    return total + -(-total // 4) + control
 
 
 @lru_cache(maxsize=1)
