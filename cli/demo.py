@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import func, select
 
 from cli.render import make_console
 from db import migrate, queries
-from db.models import TERMINAL_PROBLEM_STATES
+from db.models import TERMINAL_PROBLEM_STATES, CallOutcome, ModelCall, Problem
 from db.session import session_scope
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.local_models import DEFAULT_MODEL, PRESETS, ModelFetchError, fetch_model
-from workers.local_servers import LocalServerError, free_port, serve_local
+from workers.local_servers import LocalServerError, LocalServerSet, free_port, serve_local, stop_group
 from workers.settings import get_settings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "gsm8k_sample.jsonl"
@@ -34,7 +35,9 @@ YES_NO = {True: "yes", False: "no", None: "-"}
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Escaped: a server's log tail has brackets Rich would read as markup. Not wrapped: the first
+    # line is the cause, whole.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -57,21 +60,47 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    stop_group(proc, grace=20.0)
 
 
 def _finished(db_url: str, job_id: int) -> tuple[int, int]:
     with session_scope(db_url) as s:
         counts = queries.status_counts(session=s, job_id=job_id)
     return sum(counts[st.value] for st in TERMINAL_PROBLEM_STATES), sum(counts.values())
+
+
+def _calls_answered(db_url: str, job_id: int) -> tuple[int, int]:
+    """(model calls that got a reply, model calls) recorded for the job."""
+    with session_scope(db_url) as s:
+        rows = s.execute(
+            select(ModelCall.outcome, func.count())
+            .join(Problem, Problem.id == ModelCall.problem_id)
+            .where(Problem.job_id == job_id)
+            .group_by(ModelCall.outcome)
+        ).all()
+    counts = {outcome: n for outcome, n in rows}
+    return counts.get(CallOutcome.OK.value, 0), sum(counts.values())
+
+
+def _exited(servers: LocalServerSet) -> str | None:
+    """Which model servers exited, how, and their logs' last lines; None while all run."""
+    try:
+        servers.check()
+    except LocalServerError as exc:
+        return str(exc)
+    return None
+
+
+def _check_outcome(servers: LocalServerSet, db_url: str, job_id: int) -> None:
+    """A finished job is no success when the servers died or not one model call was answered
+    (every problem then fails with "connection refused", and the table alone looks like bad luck)."""
+    answered, calls = _calls_answered(db_url, job_id)
+    causes = [] if answered else [f"no model call succeeded: {answered} of {calls} calls answered"]
+    if exited := _exited(servers):
+        causes.append(exited)
+    if causes:
+        raise _fail("; ".join(causes))
 
 
 def demo_command(
@@ -153,18 +182,23 @@ def demo_command(
         with Progress(TextColumn("solving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:  # fmt: skip
             task = bar.add_task("", total=problems)
-            while True:
+            stopped: str | None = None  # why the job cannot finish
+            while stopped is None:
                 done, total = _finished(database_url, job_id)
                 bar.update(task, completed=done, total=total)
                 if done == total:
                     break
                 if worker.poll() is not None:
-                    raise _fail(f"the worker exited ({worker.returncode}); see {logs / 'worker.log'}")
-                if time.monotonic() - started > timeout:
-                    raise _fail(f"timed out after {timeout:.0f} s; see {logs}")
-                time.sleep(1.0)
+                    stopped = f"the worker exited ({worker.returncode}); see {logs / 'worker.log'}"
+                elif time.monotonic() - started > timeout:
+                    stopped = f"timed out after {timeout:.0f} s; see {logs}"
+                elif not (stopped := _exited(servers)):
+                    time.sleep(1.0)
+        if stopped:  # said after the progress bar's last line: the cause is what the output ends with
+            raise _fail(stopped)
 
         _print_results(database_url, job_id, time.monotonic() - started)
+        _check_outcome(servers, database_url, job_id)
         console.print(
             f"\nFlower: {flower_url}\n"
             f"The audit trail of one problem:  RSTAR_DATABASE_URL={database_url} rstar show {job_id} "
@@ -177,6 +211,8 @@ def demo_command(
             console.print("Everything is still running; press Ctrl-C to stop it.")
             try:
                 while worker.poll() is None:
+                    if exited := _exited(servers):
+                        raise _fail(exited)
                     time.sleep(1.0)
             except KeyboardInterrupt:
                 pass

@@ -178,12 +178,7 @@ def serve_local_command(
                 typer.echo(f"export {key}={value}")
             typer.echo("\nPress Ctrl-C to stop the servers.")
             while True:
-                for role, server in servers.servers.items():
-                    code = server.process.poll() if server.process else None
-                    if code is not None:
-                        raise _fail(
-                            f"model server {role} exited with status {code}; see {server.log_path}", 1
-                        )
+                servers.check()  # a server that exits: its status and log tail, exit 1 (below)
                 time.sleep(1.0)
     except LocalServerError as e:
         raise _fail(str(e), 1) from None

@@ -8,6 +8,7 @@ recorded in the database (so a redelivered message does not reset the budget).
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -29,7 +30,7 @@ from rstar.types import ModelRequest, Role, StepKind
 from tasks.dispatch import TASK_FOR_KIND, Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
-from workers.client import ModelClient, ModelReply, truncate
+from workers.client import ModelClient, ModelReply, endpoint_down, truncate
 from workers.errors import ModelServerError, RetryableError
 from workers.settings import Settings, get_settings
 
@@ -288,7 +289,11 @@ def _handle_call_error(
             retryable = False
     if retryable:
         delay = backoff_delay(tried - 1, settings)
-        logger.info("step %s attempt %d failed (%s); retry in %.1f s", claim.key, attempt, exc.message, delay)
+        # An endpoint that is not answering was reported once (workers.client): not once per step.
+        level = logging.DEBUG if endpoint_down(claim.endpoint or "") else logging.INFO
+        logger.log(
+            level, "step %s attempt %d failed (%s); retry in %.1f s", claim.key, attempt, exc.message, delay
+        )
         raise task.retry(exc=exc, countdown=delay)
     logger.warning("step %s failed for good: %s", claim.key, exc.message)
     advance_and_enqueue(claim.problem_id)  # marks the problem failed; the rest of the job goes on

@@ -38,6 +38,8 @@ from workers.errors import (
 )
 from workers.settings import ServerKind
 
+logger = logging.getLogger(__name__)
+
 constants.HF_HUB_DISABLE_TELEMETRY = True
 # httpx2 logs every request at INFO: a line per model call, which the audit trail records anyway.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -109,6 +111,42 @@ def response_format_for(kind: ServerKind, schema: dict[str, Any]) -> dict[str, A
 _info_cache: dict[str, ServerInfo] = {}
 _info_lock = threading.Lock()
 
+# Endpoints this process found not answering (connection refused, no route...) and said so in its
+# log: a server that is down for good fails every step sent to it, and one warning tells the
+# operator more than a line per step. Forgotten when the endpoint answers again.
+_down: set[str] = set()
+_down_lock = threading.Lock()
+
+
+def endpoint_down(base_url: str) -> bool:
+    """True while this process has reported the endpoint as not answering."""
+    return base_url.rstrip("/") in _down
+
+
+def _not_answering(base_url: str, exc: Exception) -> None:
+    base = base_url.rstrip("/")
+    with _down_lock:
+        if base in _down:
+            return
+        _down.add(base)
+    logger.warning(
+        "endpoint %s is not answering (%s: %s); steps for it will retry with backoff",
+        base,
+        type(exc).__name__,
+        exc,
+    )
+
+
+def _answering(base_url: str) -> None:
+    base = base_url.rstrip("/")
+    if base not in _down:  # the hot path: no lock
+        return
+    with _down_lock:
+        if base not in _down:
+            return
+        _down.discard(base)
+    logger.info("endpoint %s answers again", base)
+
 
 def probe_server(base_url: str, *, token: str | None = None, timeout: float = PROBE_TIMEOUT) -> ServerInfo:
     """Ask the server what it is: TGI answers `/info`, the OpenAI-compatible ones `/v1/models`."""
@@ -136,8 +174,11 @@ def probe_server(base_url: str, *, token: str | None = None, timeout: float = PR
         )
         model_id = first.get("id")
         slots = _slots(session, base, headers) if owner == "llamacpp" else None
+        _answering(base)
         return ServerInfo(kind, str(model_id) if model_id is not None else None, slots)
     except (httpx2.HTTPError, ValueError, AttributeError) as exc:
+        if isinstance(exc, httpx2.ConnectError):
+            _not_answering(base, exc)
         raise UnavailableError(f"cannot identify the model server at {base_url}: {exc}") from exc
 
 
@@ -322,8 +363,11 @@ class ModelClient:
                 f"no answer within the timeout from {self.base_url}", request=payload, latency_ms=elapsed()
             ) from exc
         except HfHubHTTPError as exc:
+            _answering(self.base_url)  # it answered, with an error status
             raise _http_error(exc, payload, elapsed()) from exc
         except httpx2.HTTPError as exc:
+            if isinstance(exc, httpx2.ConnectError):
+                _not_answering(self.base_url, exc)
             raise UnavailableError(
                 f"connection to {self.base_url} failed: {type(exc).__name__}: {exc}",
                 request=payload,
@@ -333,6 +377,7 @@ class ModelClient:
             raise MalformedReplyError(
                 f"reply from {self.base_url} is not JSON: {exc}", request=payload, latency_ms=elapsed()
             ) from exc
+        _answering(self.base_url)
         reply = _reply_from(out, payload, elapsed(), self.base_url)
         return replace(reply, server_kind=info.kind, model=reply.model or info.model_id)
 

@@ -16,7 +16,10 @@ use it with `single=True` (one server, all cores, for both roles).
 
 The servers are started in their own session, with their output in log files (paths exposed), and
 stopped with SIGTERM, then SIGKILL after a grace period, when the context exits (also on Ctrl-C).
-On Linux they also get SIGTERM if the process that started them dies.
+On Linux they also get SIGTERM if the process that started them dies. A server that exits on its own
+(a crash on the first decode, say) is not restarted: `LocalServerSet.check()` raises
+`ServerExitedError` naming the server, how it exited (`describe_exit`) and its log's last lines, so
+callers poll it and fail at once instead of seeing "connection refused" for every request.
 """
 
 from __future__ import annotations
@@ -42,12 +45,16 @@ __all__ = [
     "LocalServerError",
     "LocalServerSet",
     "LocalServers",
+    "ServerExitedError",
     "default_threads",
+    "describe_exit",
     "free_port",
     "llama_server_binary",
     "llama_server_command",
     "serve_local",
     "server_command",
+    "signal_group",
+    "stop_group",
 ]
 
 ROLES = ("A", "B")
@@ -76,7 +83,66 @@ _ENV_KEEP_PREFIXES = ("LC_", "GGML_", "LLAMA_CPP_", "OMP_", "GOMP_")
 
 
 class LocalServerError(RuntimeError):
-    """A local model server could not be started or did not become ready."""
+    """A local model server could not be started, did not become ready, or exited."""
+
+
+class ServerExitedError(LocalServerError):
+    """Model servers exited. `summary` is the one-line cause; str() adds the logs' last lines."""
+
+    def __init__(self, summary: str, details: str) -> None:
+        super().__init__(f"{summary}; {details}")
+        self.summary = summary
+
+
+# What a shell would print for the signals a model server dies of (SIGKILL: often the OOM killer).
+_SIGNAL_WORDS = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGBUS: "bus error",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGABRT: "aborted",
+    signal.SIGKILL: "killed",
+    signal.SIGTERM: "terminated",
+    signal.SIGINT: "interrupted",
+}
+
+
+def describe_exit(returncode: int) -> str:
+    """A child's exit status in words: 'segmentation fault (SIGSEGV, signal 11)' for Popen's -11,
+    'segmentation fault (SIGSEGV, signal 11, exit 139)' for a shell's 128 + 11, else 'exit status 3'."""
+    if returncode < 0:
+        signum, shown = -returncode, f"signal {-returncode}"
+    elif 128 < returncode < 128 + 65:
+        signum, shown = returncode - 128, f"signal {returncode - 128}, exit {returncode}"
+    else:
+        return f"exit status {returncode}"
+    try:
+        sig = signal.Signals(signum)
+    except ValueError:
+        return f"killed by {shown}" if returncode < 0 else f"exit status {returncode}"
+    return f"{_SIGNAL_WORDS.get(sig, 'killed by ' + sig.name)} ({sig.name}, {shown})"
+
+
+def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal the session of a process started with start_new_session=True (it and anything it
+    spawned); the process alone when the group is gone or not ours."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int | None:
+    """SIGTERM to the process's session, SIGKILL after `grace` seconds; returns the exit status."""
+    if proc.poll() is None:
+        signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode
 
 
 def default_threads(n_servers: int = 2) -> int:
@@ -262,15 +328,28 @@ class LocalServer:
             preexec_fn=_parent_death_signal(),
         )
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exit_code(self) -> int | None:
+        """The exit status once the process has exited (reaping it), else None."""
+        return self.process.poll() if self.process is not None else None
+
+    def exit_summary(self, code: int, *, starting: bool = False) -> str:
+        """One line: 'model server A (pid 12, port 8001) exited: segmentation fault (...)'."""
+        how = describe_exit(code)
+        when = " while starting" if starting else ""
+        return f"model server {self.role} (pid {self.pid}, port {self.port}) exited{when}: {how}"
+
+    def log_tail(self) -> str:
+        return f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+
     def poll_ready(self) -> bool:
-        """True once GET /v1/models answers 200; raises if the process has died."""
-        assert self.process is not None
-        code = self.process.poll()
+        """True once GET /v1/models answers 200; raises ServerExitedError if the process has died."""
+        code = self.exit_code()
         if code is not None:
-            raise LocalServerError(
-                f"local model server {self.role} ({self.model.name}, port {self.port}) exited with "
-                f"status {code} while starting; last lines of {self.log_path}:\n{_tail(self.log_path)}"
-            )
+            raise ServerExitedError(self.exit_summary(code, starting=True), self.log_tail())
         try:
             with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as resp:
                 if resp.status == 200:
@@ -282,30 +361,12 @@ class LocalServer:
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` seconds; returns the exit status."""
-        proc = self.process
         try:
-            if proc is None:
-                return None
-            if proc.poll() is None:
-                self._signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    self._signal(signal.SIGKILL)
-                    proc.wait(timeout=10)
-            return proc.returncode
+            return stop_group(self.process, grace) if self.process is not None else None
         finally:
             if self._log is not None:
                 self._log.close()
                 self._log = None
-
-    def _signal(self, sig: int) -> None:
-        assert self.process is not None
-        try:  # the whole session: the server and anything it may have spawned
-            os.killpg(self.process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
 
 
 @dataclass(frozen=True)
@@ -330,6 +391,21 @@ class LocalServerSet:
     def env(self) -> dict[str, str]:
         """The environment variables that point rstar at these servers."""
         return {"RSTAR_MODEL_A_URL": self.url_a, "RSTAR_MODEL_B_URL": self.url_b}
+
+    def dead(self) -> dict[str, int]:
+        """The servers that have exited (nothing restarts them): role -> exit status."""
+        codes = {role: s.exit_code() for role, s in self.servers.items()}
+        return {role: code for role, code in codes.items() if code is not None}
+
+    def check(self) -> None:
+        """Raise ServerExitedError if any server has exited; cheap enough to call every second."""
+        dead = self.dead()
+        if dead:
+            exited = [self.servers[role] for role in dead]
+            raise ServerExitedError(
+                "; ".join(s.exit_summary(dead[s.role]) for s in exited),
+                "\n".join(s.log_tail() for s in exited),
+            )
 
 
 class LocalServers:
@@ -415,7 +491,7 @@ class LocalServers:
         servers = list(self._servers.values())
         for s in servers:
             if s.process is not None and s.process.poll() is None:
-                s._signal(signal.SIGTERM)
+                signal_group(s.process, signal.SIGTERM)
         for s in servers:
             s.stop(grace=self._stop_grace)
         self._servers.clear()
