@@ -26,6 +26,7 @@ from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
 from rstar.strategies import STRATEGIES, ParamError
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+from workers.redact import url_credentials
 from workers.settings import Settings, get_settings
 
 app = typer.Typer(help="Batch mutual reasoning with two small language models.", no_args_is_help=True)
@@ -147,6 +148,11 @@ def submit(
     except BrokerUnavailableError as exc:
         raise fail(str(exc), code=1) from None
     err.print(f"job {done.job_id}: {done.problems} problems enqueued on {', '.join(done.queues)}")
+    if url_credentials(url_a) or url_credentials(url_b or url_a):
+        err.print(
+            "the credentials in the endpoint URLs were not stored: give them to the workers "
+            "(`rstar worker --endpoint URL`, or RSTAR_MODEL_A_URL / RSTAR_MODEL_B_URL)"
+        )
     print(done.job_id)
 
 
@@ -195,6 +201,8 @@ def worker(
         *ctx.args,
     ]  # fmt: skip
     err.print(f"worker on {', '.join(queues)}")
+    if endpoint:  # their credentials, for the Celery process (its environment: argv shows in `ps`)
+        os.environ["RSTAR_WORKER_ENDPOINTS"] = " ".join(endpoint)
     os.execvp(argv[0], argv)
 
 

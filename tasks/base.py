@@ -32,6 +32,7 @@ from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
 from workers.client import ModelClient, ModelReply, endpoint_down, truncate
 from workers.errors import ModelServerError, RetryableError
+from workers.redact import same_endpoint
 from workers.settings import Settings, get_settings
 
 logger = get_task_logger(__name__)
@@ -48,13 +49,24 @@ _clients_lock = threading.Lock()
 _run = threading.local()  # .claimed: this thread's task run holds a step's lease
 
 
+def with_credentials(endpoint: str, settings: Settings) -> str:
+    """The job's endpoint (stored without credentials) as this worker was given it, credentials
+    and all: by `rstar worker --endpoint URL` (RSTAR_WORKER_ENDPOINTS) or RSTAR_MODEL_A/B_URL. They
+    stay in this process's memory; the client sends them as an Authorization header."""
+    given = settings.worker_endpoints.get_secret_value().split() if settings.worker_endpoints else []
+    for url in (*given, settings.model_a_url, settings.model_b_url):
+        if url and same_endpoint(url, endpoint):
+            return url
+    return endpoint
+
+
 def client_for(endpoint: str, settings: Settings) -> ModelClient:
     with _clients_lock:
         client = _clients.get(endpoint)
         if client is None:
             token = settings.api_token.get_secret_value() if settings.api_token else None
             client = ModelClient(
-                endpoint,
+                with_credentials(endpoint, settings),
                 kind=settings.server_kind,
                 timeout=settings.request_timeout,
                 token=token,

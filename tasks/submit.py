@@ -15,7 +15,7 @@ from rstar.strategies import get_strategy
 from rstar.strategies.base import ProblemState
 from rstar.types import ProblemInput
 from tasks.dispatch import dispatch_for, enqueue
-from workers.redact import scrub, url_password
+from workers.redact import scrub, url_password, without_userinfo
 from workers.settings import Settings
 
 
@@ -80,8 +80,9 @@ def submit_job(
             name=name,
             strategy=strategy_name,
             params=strategy.params,
-            model_a_url=model_a_url,
-            model_b_url=model_b_url,
+            # Credentials in a URL are not stored: the workers hold them (tasks.base.client_for).
+            model_a_url=without_userinfo(model_a_url),
+            model_b_url=without_userinfo(model_b_url),
             source=source,
             problems=problems,
             first_steps=first,

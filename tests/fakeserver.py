@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from base64 import b64encode
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,11 @@ class Reply:
 
 Responder = Callable[[FakeRequest], Reply | str]
 Rule = tuple[str, Reply | str | Responder]
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """The Authorization header value of HTTP basic auth, for `FakeInferenceServer(authorization=)`."""
+    return "Basic " + b64encode(f"{user}:{password}".encode()).decode()
 
 
 def echo_prompt(request: FakeRequest) -> str:
@@ -264,7 +270,11 @@ class FakeInferenceServer:
         max_total_tokens: int = 4096,
         host: str = "127.0.0.1",
         port: int = 0,
+        authorization: str | None = None,
     ) -> None:
+        """`authorization`: the exact Authorization header every request must carry (e.g.
+        `basic_authorization(user, password)` or "Bearer TOKEN"); others get a 401 and are counted
+        in `unauthorized`, not in `requests`."""
         if kind not in SERVER_KINDS:
             raise ValueError(f"kind must be one of {SERVER_KINDS}, not {kind!r}")
         self.responder = responder
@@ -275,6 +285,7 @@ class FakeInferenceServer:
         self.max_concurrent_requests = max_concurrent_requests
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
+        self.authorization = authorization
         self._address = (host, port)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -366,6 +377,7 @@ class FakeInferenceServer:
         self._intervals: list[tuple[float, float]] = []
         self._errors: list[BaseException] = []
         self._rejected = 0
+        self._unauthorized = 0
         self._unanswered = 0
         self._peak = self._in_flight
 
@@ -415,6 +427,12 @@ class FakeInferenceServer:
             return self._rejected
 
     @property
+    def unauthorized(self) -> int:
+        """Requests (any route) refused with 401 for a missing or wrong Authorization header."""
+        with self._cond:
+            return self._unauthorized
+
+    @property
     def unanswered(self) -> int:
         """Generation requests that got no response (close_connection, hang, or cut off by stop())."""
         with self._cond:
@@ -446,7 +464,18 @@ class FakeInferenceServer:
                 self._connections.discard(conn)
                 self._cond.notify_all()
 
+    def _authorized(self, h: _Handler) -> bool:
+        """True when no credentials are required or the request carries them; else answers 401."""
+        if self.authorization is None or h.headers.get("Authorization") == self.authorization:
+            return True
+        with self._cond:
+            self._unauthorized += 1
+        h.send_json(401, {"error": "Unauthorized", "error_type": "authentication"})
+        return False
+
     def _handle_get(self, h: _Handler) -> None:
+        if not self._authorized(h):
+            return
         path = urlsplit(h.path).path
         if path == "/v1/models":
             owned_by = {"tgi": self.model_id, "llama-cpp": "me", "vllm": "vllm"}[self.kind]
@@ -467,7 +496,9 @@ class FakeInferenceServer:
 
     def _handle_post(self, h: _Handler) -> None:
         path = urlsplit(h.path).path
-        raw = h.read_body()
+        raw = h.read_body()  # read even when refused: its bytes would be taken for the next request
+        if not self._authorized(h):
+            return
         if path == "/v1/chat/completions":
             self._generation(h, path, raw, chat=True)
         elif path in ("/generate", "/") and self.kind == "tgi":

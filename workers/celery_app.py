@@ -17,6 +17,7 @@ from celery.signals import after_setup_logger
 
 from db.session import limit_sessions
 from workers import redis_transport
+from workers.redact import without_userinfo
 from workers.settings import Settings, get_settings
 
 CONTROL_QUEUE = "rstar.control"
@@ -24,8 +25,12 @@ TASK_MODULES = ["tasks.generate", "tasks.cross_validate", "tasks.refine", "tasks
 
 
 def queue_for_endpoint(url: str) -> str:
-    """One queue per model endpoint, so the workers consuming it bound that server's load."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", re.sub(r"^[a-z]+://", "", url.strip().rstrip("/"))).strip("-")
+    """One queue per model endpoint, so the workers consuming it bound that server's load.
+
+    Named after the URL without its credentials: queue names are shown (CLI, Flower, Redis keys),
+    and a submitter and a worker given the URL with and without them must agree on the queue."""
+    bare = without_userinfo(url).strip().rstrip("/")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", re.sub(r"^[a-z]+://", "", bare)).strip("-")
     return f"rstar.model.{slug.lower()}"
 
 

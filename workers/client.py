@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from workers.errors import (
     RequestRejectedError,
     UnavailableError,
 )
+from workers.redact import url_credentials, without_userinfo
 from workers.settings import ServerKind
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,15 @@ def response_format_for(kind: ServerKind, schema: dict[str, Any]) -> dict[str, A
     return None
 
 
+def auth_headers(url: str, token: str | None) -> dict[str, str]:
+    """The Authorization header for an endpoint: basic auth from the URL's credentials (they are
+    that server's own, so they win), else the bearer token (RSTAR_API_TOKEN), else none."""
+    credentials = url_credentials(url)
+    if credentials is not None:
+        return {"Authorization": "Basic " + b64encode(":".join(credentials).encode()).decode()}
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 _info_cache: dict[str, ServerInfo] = {}
 _info_lock = threading.Lock()
 
@@ -150,8 +161,8 @@ def _answering(base_url: str) -> None:
 
 def probe_server(base_url: str, *, token: str | None = None, timeout: float = PROBE_TIMEOUT) -> ServerInfo:
     """Ask the server what it is: TGI answers `/info`, the OpenAI-compatible ones `/v1/models`."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    base = base_url.rstrip("/")
+    headers = auth_headers(base_url, token)
+    base = without_userinfo(base_url).rstrip("/")
     session = get_session()
     try:
         info = session.get(f"{base}/info", headers=headers, timeout=timeout)
@@ -179,7 +190,7 @@ def probe_server(base_url: str, *, token: str | None = None, timeout: float = PR
     except (httpx2.HTTPError, ValueError, AttributeError) as exc:
         if isinstance(exc, httpx2.ConnectError):
             _not_answering(base, exc)
-        raise UnavailableError(f"cannot identify the model server at {base_url}: {exc}") from exc
+        raise UnavailableError(f"cannot identify the model server at {base}: {exc}") from exc
 
 
 def _slots(session: Any, base: str, headers: dict[str, str]) -> int | None:
@@ -294,16 +305,22 @@ class ModelClient:
         max_in_flight: int | None = None,
         share: int = 1,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # Credentials in the URL go into an Authorization header, never into the URL requested:
+        # base_url is shown and stored (errors, call records), and httpx puts the URL it requested,
+        # userinfo and all, into its error messages.
+        self._url = base_url.rstrip("/")  # credentials and all: only for requests, never shown
+        self.base_url = without_userinfo(self._url)
         self._kind = kind
         self._token = token
         self._max_in_flight = max_in_flight
         self._share = share
-        self._client = InferenceClient(base_url=self.base_url, timeout=timeout, api_key=token)
+        self._client = InferenceClient(
+            base_url=self.base_url, timeout=timeout, api_key=token, headers=auth_headers(base_url, token)
+        )
 
     @property
     def info(self) -> ServerInfo:
-        return server_info(self.base_url, kind=self._kind, token=self._token)
+        return server_info(self._url, kind=self._kind, token=self._token)
 
     def build_payload(self, request: ModelRequest) -> dict[str, Any]:
         """The request body as sent (minus transport details): what the audit trail stores."""
@@ -325,7 +342,7 @@ class ModelClient:
     @property
     def in_flight(self) -> InFlightLimit:
         return in_flight_limit(
-            self.base_url, max_in_flight=self._max_in_flight, share=self._share, token=self._token
+            self._url, max_in_flight=self._max_in_flight, share=self._share, token=self._token
         )
 
     def complete(self, request: ModelRequest) -> ModelReply:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # Model endpoints for roles A and B (a job stores the ones it was submitted with).
     model_a_url: str | None = None
     model_b_url: str | None = None
+    # The endpoints a worker serves, whitespace-separated, with their credentials (jobs store the
+    # URLs without them): how `rstar worker --endpoint URL` hands them to its Celery process.
+    worker_endpoints: SecretStr | None = None
     # How to ask for structured output; "auto" asks the server (TGI's /info, else /v1/models).
     server_kind: ServerKind = "auto"
     # Sent as a bearer token to the inference servers; never logged or stored.
