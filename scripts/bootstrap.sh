@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the development / CI environment:
 #   1. a virtual environment at $VENV (created with python3 if missing);
-#   2. a llama-cpp-python wheel in $RSTAR_CACHE_DIR/wheels (built once: it ships as source only and
-#      takes minutes to compile; the wheel is tuned to this machine's CPU);
-#   3. `pip install -e '.[local,dev]'` from there, skipped when nothing it depends on has changed
-#      (a stamp in the venv holds a hash of pyproject.toml, the repo path, the packages and the wheel).
+#   2. a llama-cpp-python wheel in $RSTAR_CACHE_DIR/wheels/<key>/, built once per key from the
+#      sha256-pinned sdist. It ships as source only and takes minutes to compile. The key names the
+#      CPU features compiled in, the compilers and the Python (scripts/llama_build.sh), so a wheel
+#      is never taken to a machine it was not made for;
+#   3. `pip install -e '.[local,dev]'` with that wheel, skipped when nothing it depends on has changed
+#      (a stamp in the venv holds a hash of pyproject.toml, the repo path, the packages and the wheel);
+#   4. a real one-token decode with it (python -m workers.local_check wheel, on SmolLM2-135M, which
+#      it fetches, or on $RSTAR_CHECK_MODEL), once per machine and wheel (RSTAR_RECHECK=1: again).
+#      A wheel that crashes is marked so, and the next build down (fewer CPU features) is made and
+#      checked instead; when none decodes, it fails loudly.
 #
 #   VENV=.venv RSTAR_CACHE_DIR=~/.cache/rstar PYTHON=python3 scripts/bootstrap.sh
 set -euo pipefail
@@ -13,14 +19,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd -P)
 
 VENV=${VENV:-.venv}
-RSTAR_CACHE_DIR=${RSTAR_CACHE_DIR:-$HOME/.cache/rstar}
+export RSTAR_CACHE_DIR=${RSTAR_CACHE_DIR:-$HOME/.cache/rstar}
 PYTHON=${PYTHON:-python3}
-LLAMA_VERSION=0.3.36
 WHEELS="$RSTAR_CACHE_DIR/wheels"
 STAMP="$VENV/.rstar-bootstrap"
 
-say() { printf 'bootstrap: %s\n' "$*"; }
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/llama_build.sh
+source "$ROOT/scripts/llama_build.sh"
 SECONDS=0
 
 # -- 1. the virtual environment ------------------------------------------------------------------
@@ -37,56 +44,95 @@ else
     say "virtual environment $VENV exists ($("$VENV/bin/python" -V 2>&1))"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+pytag=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 
-# -- 2. the llama-cpp-python wheel ---------------------------------------------------------------
-mkdir -p "$WHEELS"
-find_wheel() {
-    compgen -G "$WHEELS/llama_cpp_python-$LLAMA_VERSION-*.whl" | head -n 1 || true
-}
-wheel=$(find_wheel)
-if [[ -z "$wheel" ]]; then
-    # One build at a time (parallel CI jobs, or a build already running): wait for the lock, then
-    # look again.
+# -- 2. the llama-cpp-python wheel for one tier of CPU features ----------------------------------
+find_wheel() { compgen -G "$1/llama_cpp_python-$LLAMA_VERSION-*.whl" | head -n 1 || true; }
+
+# build_wheel DIR CMAKE_ARGS: build into DIR unless a wheel is there (one build at a time).
+# Returns 1 when the build fails, 2 when the source cannot be had.
+build_wheel() {
+    local dir=$1 args=$2 wheel build_dir sdist start
+    mkdir -p "$dir"
+    wheel=$(find_wheel "$dir")
+    [[ -n "$wheel" ]] && return 0
     exec 9>"$WHEELS/.build.lock"
     if ! flock -n 9; then
-        say "another process is building the llama-cpp-python wheel; waiting for it"
+        say "another process is building a llama-cpp-python wheel; waiting for it"
         flock 9
     fi
-    wheel=$(find_wheel)
-    if [[ -z "$wheel" ]]; then
-        say "building llama-cpp-python==$LLAMA_VERSION into $WHEELS (a few minutes, once)"
+    if [[ -z "$(find_wheel "$dir")" ]]; then
+        sdist=$(llama_fetch_sdist "$RSTAR_CACHE_DIR/sdists" "$VENV/bin/python") || {
+            flock -u 9
+            return 2
+        }
+        say "building llama-cpp-python $LLAMA_VERSION into $dir (a few minutes, once per key)"
+        say "  CMAKE_ARGS=$args"
         build_dir=$(mktemp -d "$WHEELS/.build.XXXXXX")
-        trap 'rm -rf "$build_dir"' EXIT
         start=$SECONDS
-        "${PIP[@]}" wheel --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$build_dir"
-        mv "$build_dir"/llama_cpp_python-*.whl "$WHEELS"/
+        # --no-cache-dir: pip's own wheel cache is keyed by the sdist alone, not by CMAKE_ARGS, and
+        # would hand back a build made with other CPU features.
+        if ! CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+            "${PIP[@]}" wheel --no-deps --no-cache-dir "$sdist" -w "$build_dir" >&2; then
+            rm -rf "$build_dir"
+            flock -u 9
+            return 1
+        fi
+        mv "$build_dir"/llama_cpp_python-*.whl "$dir"/
+        rm -rf "$build_dir"
+        llama_build_info "$args" >"$dir/build-info.txt"
         say "built it in $((SECONDS - start)) s"
-        wheel=$(find_wheel)
     fi
     flock -u 9
-fi
-[[ -n "$wheel" ]] || die "no llama-cpp-python wheel in $WHEELS after building it"
-say "llama-cpp-python wheel: $wheel"
+}
 
-# -- 3. the project and its dependencies ---------------------------------------------------------
-packages=$(cd "$ROOT" && for d in */__init__.py; do printf '%s ' "${d%/__init__.py}"; done)
-want=$(
-    {
-        sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1
-        echo "root=$ROOT"
-        echo "packages=$packages"
-        echo "wheel=$(basename "$wheel")"
-        "$VENV/bin/python" -V 2>&1
-    } | sha256sum | cut -d' ' -f1
-)
-if [[ $fresh_venv == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
-    say "dependencies up to date (pyproject.toml unchanged); skipping pip install"
-else
-    say "upgrading pip"
-    "${PIP[@]}" install --quiet --upgrade pip
-    say "installing rstar-batch (editable) with extras local,dev"
+# -- 3. the project -----------------------------------------------------------------------------
+# install WHEEL: the project and its dependencies, with this llama-cpp-python wheel.
+install() {
+    local wheel=$1 packages want
+    packages=$(cd "$ROOT" && for d in */__init__.py; do printf '%s ' "${d%/__init__.py}"; done)
+    want=$(
+        {
+            sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1
+            echo "root=$ROOT"
+            echo "packages=$packages"
+            echo "wheel=$wheel"
+            "$VENV/bin/python" -V 2>&1
+        } | sha256sum | cut -d' ' -f1
+    )
+    if [[ $fresh_venv == 0 && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+        say "dependencies up to date (pyproject.toml and the wheel unchanged); skipping pip install"
+        return
+    fi
     rm -f "$STAMP"
-    "${PIP[@]}" install --find-links "$WHEELS" -e "$ROOT[local,dev]"
+    if [[ $fresh_venv == 1 ]]; then
+        say "upgrading pip"
+        "${PIP[@]}" install --quiet --upgrade pip
+    fi
+    # The same version from another build may be installed already: replace it.
+    "${PIP[@]}" install --quiet --no-deps --force-reinstall "$wheel"
+    say "installing rstar-batch (editable) with extras local,dev"
+    "${PIP[@]}" install --find-links "$(dirname "$wheel")" -e "$ROOT[local,dev]"
+    # pip's own cache may hold a llama-cpp-python built elsewhere (by a plain `pip install`): make
+    # sure the one installed is this wheel, or the check below would vouch for the wrong build.
+    local from
+    from=$("$VENV/bin/python" -c 'import importlib.metadata as m, json
+t = m.distribution("llama_cpp_python").read_text("direct_url.json")
+print(json.loads(t)["url"] if t else "")')
+    [[ "$from" == "file://$wheel" ]] || die "llama-cpp-python in $VENV is not $wheel but ${from:-another build}"
     echo "$want" >"$STAMP"
-fi
+}
+
+# -- 4. a real decode, on this machine ---------------------------------------------------------
+wheel_use() { install "$(find_wheel "$1")"; }
+wheel_check() {
+    llama_run_check "$1" "$VENV/bin/python" -m workers.local_check wheel ${RSTAR_CHECK_MODEL:+--model "$RSTAR_CHECK_MODEL"}
+}
+
+mkdir -p "$WHEELS"
+# LLAVA_BUILD=OFF: no multimodal library (llama_cpp imports it only for image chat formats); it is
+# a third of the build.
+llama_choose_build "$WHEELS" "-DLLAVA_BUILD=OFF" "$pytag" build_wheel wheel_use wheel_check \
+    "${RSTAR_RECHECK:-0}"
+say "llama-cpp-python wheel: $(find_wheel "$LLAMA_CHOSEN")"
 say "done in ${SECONDS} s; activate with: source $VENV/bin/activate"

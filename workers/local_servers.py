@@ -243,18 +243,25 @@ def llama_server_command(
 
 
 def llama_server_binary(*, build: bool = True) -> Path:
-    """The cached `llama-server` binary; built first (minutes, once) when missing and `build`."""
+    """The cached `llama-server` binary made for this machine's CPU and checked on it; built and
+    checked first (minutes, once) when missing and `build`.
+
+    The build script alone knows the cache key (CPU features, compilers), so it is asked each time.
+    """
     from workers.settings import get_settings
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "build_llama_server.sh"
     cache = get_settings().cache_dir
-    binary = cache / "llama-server" / "0.3.36" / "bin" / "llama-server"
-    if binary.is_file() or not build:
-        if not binary.is_file():
-            raise LocalServerError(f"{binary} is not built yet: run {script}")
-        return binary
     env = {**os.environ, "RSTAR_CACHE_DIR": str(cache), "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        ["bash", str(script), *([] if build else ["--no-build"])],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=None if build else subprocess.PIPE,
+        text=True,
+    )
+    if done.returncode == 3 and not build:
+        raise LocalServerError(f"no llama-server is built and checked for this machine yet: run {script}")
     if done.returncode != 0:
         raise LocalServerError(f"building llama-server failed (exit {done.returncode}); see the output above")
     return Path(done.stdout.strip().splitlines()[-1])

@@ -1,0 +1,185 @@
+# shellcheck shell=bash
+# What bootstrap.sh (the llama-cpp-python wheel) and build_llama_server.sh (llama.cpp's server) share:
+# the pinned source, the CPU features a build is made for, and the cache key that names them.
+# Sourced, not run. Callers define say() and die(). LLAMA_CPUINFO (default /proc/cpuinfo) is for tests.
+#
+# Why builds are not `-march=native` (llama.cpp's default): a native build on a CPU with AMX
+# compiles ggml's AMX kernels, and with GCC 12 those run on an all-zero tile configuration (its
+# _tile_loadconfig tells the compiler it reads 8 bytes, so the stores that fill the other 56 are
+# dropped as dead; `objdump -d` of ggml-cpu/amx/mmq.cpp built with -march=sapphirerapids shows the
+# 64-byte config zeroed, palette byte set, then `ldtilecfg`). The server then crashes on its first
+# decode. So every feature is chosen here, explicitly, AMX never; and because a binary tuned to
+# one CPU can still crash on another, each build is checked by a real one-token decode
+# (workers/local_check.py) on every machine it is used on, with a build of fewer features to
+# fall back to.
+
+LLAMA_VERSION=0.3.36
+LLAMA_SDIST_NAME="llama_cpp_python-$LLAMA_VERSION.tar.gz"
+LLAMA_SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e # PyPI's
+
+# llama_cpu_tiers: one line per candidate build, best first: "TIER<TAB>CMAKE ARGS".
+# full: every SIMD extension this CPU has (AMX excluded); v3: AVX2/FMA/F16C/BMI2 (x86-64-v3);
+# v2: SSE4.2 only. Tiers that would build the same thing are left out.
+llama_cpu_tiers() {
+    local arch
+    arch=$(uname -m)
+    if [[ "$arch" != x86_64 ]]; then
+        # Not x86: llama.cpp's own detection; the key still names this CPU (llama_machine_id).
+        printf 'native\t-DGGML_NATIVE=ON\n'
+        return
+    fi
+    local flags
+    flags=" $(grep -m1 '^flags' "${LLAMA_CPUINFO:-/proc/cpuinfo}" 2>/dev/null | cut -d: -f2) "
+    has() { [[ "$flags" == *" $1 "* ]]; }
+    on() { if has "$1"; then echo ON; else echo OFF; fi; }
+    local avx512=OFF
+    if has avx512f && has avx512cd && has avx512vl && has avx512dq && has avx512bw; then avx512=ON; fi
+    local v3=OFF
+    if has avx && has avx2 && has fma && has f16c && has bmi2; then v3=ON; fi
+    local base="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    local full v3args v2args
+    full="$base -DGGML_SSE42=$(on sse4_2) -DGGML_AVX=$(on avx) -DGGML_AVX2=$(on avx2)"
+    full+=" -DGGML_FMA=$(on fma) -DGGML_F16C=$(on f16c) -DGGML_BMI2=$(on bmi2)"
+    full+=" -DGGML_AVX_VNNI=$(on avx_vnni) -DGGML_AVX512=$avx512"
+    if [[ $avx512 == ON ]]; then
+        full+=" -DGGML_AVX512_VBMI=$(on avx512vbmi) -DGGML_AVX512_VNNI=$(on avx512_vnni)"
+        full+=" -DGGML_AVX512_BF16=$(on avx512_bf16)"
+    else
+        full+=" -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF"
+    fi
+    local off="-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF"
+    off+=" -DGGML_AVX512_BF16=OFF"
+    v3args="$base -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+    v3args+=" -DGGML_BMI2=ON $off"
+    v2args="$base -DGGML_SSE42=$(on sse4_2) -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF"
+    v2args+=" -DGGML_F16C=OFF -DGGML_BMI2=OFF $off"
+    printf 'full\t%s\n' "$full"
+    if [[ $v3 == ON && "$v3args" != "$full" ]]; then printf 'v3\t%s\n' "$v3args"; fi
+    if [[ "$v2args" != "$full" ]]; then printf 'v2\t%s\n' "$v2args"; fi
+}
+
+# llama_build_key TIER CMAKE_ARGS [EXTRA]: the cache key of a build: version, architecture, tier
+# and a hash of everything that makes a build right for one machine and wrong for another: the
+# CPU features compiled in (CMAKE_ARGS), the compilers and EXTRA (e.g. the Python ABI).
+llama_build_key() {
+    local tier=$1 args=$2 extra=${3:-} arch hash
+    arch=$(uname -m)
+    hash=$(
+        {
+            echo "version=$LLAMA_VERSION arch=$arch tier=$tier"
+            echo "cmake_args=$args"
+            [[ $tier == native ]] && llama_machine_id
+            echo "cc=$(cc --version 2>/dev/null | head -n 1)"
+            echo "c++=$(c++ --version 2>/dev/null | head -n 1)"
+            echo "extra=$extra"
+        } | sha256sum | cut -c1-12
+    )
+    printf '%s-%s-%s-%s\n' "$LLAMA_VERSION" "$arch" "$tier" "$hash"
+}
+
+# llama_machine_id: this machine as far as a build's behaviour goes: the CPU's model and feature
+# flags and the kernel (which grants or refuses extended CPU state such as AMX's).
+llama_machine_id() {
+    {
+        grep -m1 '^model name' "${LLAMA_CPUINFO:-/proc/cpuinfo}" 2>/dev/null
+        grep -m1 -E '^(flags|Features)' "${LLAMA_CPUINFO:-/proc/cpuinfo}" 2>/dev/null
+        uname -srm
+    } | sha256sum | cut -c1-16
+}
+
+# llama_build_info ARGS: what a build was made with, for its build-info.txt.
+llama_build_info() {
+    printf 'built %s on %s (%s)\ncmake args: %s\ncc: %s\n' "$(date -u +%FT%TZ)" "$(uname -n)" \
+        "$(grep -m1 '^model name' "${LLAMA_CPUINFO:-/proc/cpuinfo}" | cut -d: -f2- | xargs)" "$1" \
+        "$(cc --version 2>/dev/null | head -n 1)"
+}
+
+# A build's record of where it was checked: $dir/checked/<machine id> holds "ok" or "crashed: ...".
+llama_check_state() { cat "$1/checked/$(llama_machine_id)" 2>/dev/null || true; }
+llama_record_check() {
+    mkdir -p "$1/checked"
+    printf '%s\n' "$2" >"$1/checked/$(llama_machine_id)"
+}
+
+# llama_fetch_sdist DIR PYTHON: the sha256-pinned llama-cpp-python sdist in DIR (downloaded once
+# with pip); prints its path.
+llama_fetch_sdist() {
+    local dir=$1 python=$2 sdist="$1/$LLAMA_SDIST_NAME" req
+    sdist_ok() { [[ -f "$sdist" ]] && [[ "$(sha256sum "$sdist" | cut -d' ' -f1)" == "$LLAMA_SDIST_SHA256" ]]; }
+    if ! sdist_ok; then
+        mkdir -p "$dir"
+        say "downloading $LLAMA_SDIST_NAME with pip"
+        req=$(mktemp)
+        echo "llama-cpp-python==$LLAMA_VERSION --hash=sha256:$LLAMA_SDIST_SHA256" >"$req"
+        # --no-binary: the sdist, not a wheel; --require-hashes: exactly the file PyPI published.
+        "$python" -m pip --disable-pip-version-check download --quiet --no-deps --no-binary :all: \
+            --require-hashes -r "$req" -d "$dir" >&2 || {
+            rm -f "$req"
+            die "pip could not download $LLAMA_SDIST_NAME"
+        }
+        rm -f "$req"
+        sdist_ok || die "$sdist missing or its sha256 is not $LLAMA_SDIST_SHA256"
+    fi
+    printf '%s\n' "$sdist"
+}
+
+# llama_choose_build DIR EXTRA_ARGS KEY_EXTRA BUILD USE CHECK RECHECK: the first tier whose build
+# works on this machine, best first; sets LLAMA_CHOSEN to its directory DIR/<key>.
+#   BUILD <dir> <cmake args>: make the build in <dir> unless it is there; 1 = the build failed
+#     (try the next tier), 2 = cannot build at all (stop);
+#   USE <dir>: make it the one in use (e.g. install the wheel);
+#   CHECK <dir>: the one-token decode; 0 = works, 1 = crashed or failed (recorded; next tier),
+#     anything else = could not check (stop, nothing recorded);
+#   RECHECK: 1 to check even where it passed on this machine before.
+llama_choose_build() {
+    local root=$1 extra_args=$2 key_extra=$3 build=$4 use=$5 check=$6 recheck=$7
+    local line tier args key dir state status reason
+    local -a tiers
+    mapfile -t tiers < <(llama_cpu_tiers)
+    LLAMA_CHOSEN=""
+    for line in "${tiers[@]}"; do
+        tier=${line%%$'\t'*}
+        args="${line#*$'\t'}${extra_args:+ $extra_args}"
+        key=$(llama_build_key "$tier" "$args" "$key_extra")
+        dir="$root/$key"
+        state=$(llama_check_state "$dir")
+        if [[ "$state" == crashed* ]]; then
+            say "skipping the $tier build ($key): on this machine it $state"
+            continue
+        fi
+        status=0
+        "$build" "$dir" "$args" || status=$?
+        [[ $status != 2 ]] || die "cannot build (see above)"
+        if [[ $status != 0 ]]; then
+            say "the $tier build failed (see above); trying one with fewer CPU features"
+            continue
+        fi
+        "$use" "$dir"
+        if [[ "$state" == ok && $recheck == 0 ]]; then
+            LLAMA_CHOSEN=$dir
+            return 0
+        fi
+        say "checking the $tier build ($key) with a one-token decode on this machine"
+        status=0
+        "$check" "$dir" || status=$?
+        if [[ $status == 0 ]]; then
+            llama_record_check "$dir" ok
+            LLAMA_CHOSEN=$dir
+            return 0
+        fi
+        [[ $status == 1 ]] || die "could not check the $tier build (exit $status): see above"
+        reason=$(grep -m1 'FAILED:' "$dir/last-check.log" 2>/dev/null | sed 's/.*FAILED: //' || true)
+        llama_record_check "$dir" "crashed: ${reason:-the decode check failed}"
+        say "the $tier build does not work on this machine (${reason:-see above}); trying one with fewer CPU features"
+    done
+    die "no build decodes on this machine (records in $root/*/checked/)"
+}
+
+# llama_run_check DIR COMMAND...: run a decode check, its output to stderr and DIR/last-check.log.
+llama_run_check() {
+    local dir=$1 status=0
+    shift
+    "$@" >"$dir/last-check.log" 2>&1 || status=$?
+    cat "$dir/last-check.log" >&2
+    return "$status"
+}
