@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.local_servers import BACKENDS
+from workers.local_servers import BACKENDS, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
@@ -104,17 +104,6 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         return subprocess.Popen(
             args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _cli(args: list[str], env: dict[str, str]) -> str:
@@ -210,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
              "--hostname", f"bench-accuracy-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
             env, work / "worker.log",
         )  # fmt: skip
-        stack.callback(_stop, worker)
+        stack.callback(stop_group, worker, 30.0)
         _log(f"servers A {servers.url_a}, B {servers.url_b}; worker pid {worker.pid}")
 
         previous: list[int] = []  # each job resumes from the one before: identical calls are copied
