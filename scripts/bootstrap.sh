@@ -73,7 +73,7 @@ build_wheel() {
         # --no-cache-dir: pip's own wheel cache is keyed by the sdist alone, not by CMAKE_ARGS, and
         # would hand back a build made with other CPU features.
         if ! CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-            "${PIP[@]}" wheel --no-deps --no-cache-dir "$sdist" -w "$build_dir" >&2; then
+            "${PIP[@]}" wheel --quiet --no-deps --no-cache-dir "$sdist" -w "$build_dir" >&2; then
             rm -rf "$build_dir"
             flock -u 9
             return 1
@@ -112,7 +112,7 @@ install() {
     # The same version from another build may be installed already: replace it.
     "${PIP[@]}" install --quiet --no-deps --force-reinstall "$wheel"
     say "installing rstar-batch (editable) with extras local,dev"
-    "${PIP[@]}" install --find-links "$(dirname "$wheel")" -e "$ROOT[local,dev]"
+    "${PIP[@]}" install --quiet --find-links "$(dirname "$wheel")" -e "$ROOT[local,dev]"
     # pip's own cache may hold a llama-cpp-python built elsewhere (by a plain `pip install`): make
     # sure the one installed is this wheel, or the check below would vouch for the wrong build.
     local from
