@@ -6,6 +6,7 @@ COPY db db
 COPY migrations migrations
 COPY tasks tasks
 COPY workers workers
+COPY localmodels localmodels
 COPY cli cli
 COPY bench bench
 RUN pip install --no-cache-dir .

@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.local_servers import BACKENDS, stop_group
+from localmodels.servers import BACKENDS, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from db import migrate, queries
     from db.session import session_scope
+    from localmodels.fetch import fetch_model
+    from localmodels.servers import serve_local
     from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
-    from workers.local_models import fetch_model
-    from workers.local_servers import serve_local
 
     problems = work / "problems.jsonl"
     n = write_problems(problems, dataset=opts.dataset, offset=opts.offset, n=opts.problems)

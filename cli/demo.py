@@ -24,9 +24,9 @@ from cli.render import make_console
 from db import migrate, queries
 from db.models import TERMINAL_PROBLEM_STATES, CallOutcome, ModelCall, Problem
 from db.session import session_scope
+from localmodels.fetch import DEFAULT_MODEL, PRESETS, ModelFetchError, fetch_model
+from localmodels.servers import LocalServerError, LocalServerSet, free_port, serve_local, stop_group
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
-from workers.local_models import DEFAULT_MODEL, PRESETS, ModelFetchError, fetch_model
-from workers.local_servers import LocalServerError, LocalServerSet, free_port, serve_local, stop_group
 from workers.settings import get_settings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "gsm8k_sample.jsonl"

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from workers.local_models import (
+from localmodels.fetch import (
     DEFAULT_MODEL,
     PRESETS,
     ModelFetchError,
@@ -129,7 +129,7 @@ def serve_local_command(
 ) -> None:
     """Start local OpenAI-compatible model servers for roles A and B, print their URLs, and keep
     them running until Ctrl-C."""
-    from workers.local_servers import BACKENDS, LocalServerError, llama_server_binary, serve_local
+    from localmodels.servers import BACKENDS, LocalServerError, llama_server_binary, serve_local
 
     if backend not in BACKENDS:  # before any download
         raise _fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}", 2)

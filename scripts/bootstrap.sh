@@ -7,7 +7,7 @@
 #      is never taken to a machine it was not made for;
 #   3. `pip install -e '.[local,dev]'` with that wheel, skipped when nothing it depends on has changed
 #      (a stamp in the venv holds a hash of pyproject.toml, the repo path, the packages and the wheel);
-#   4. a real one-token decode with it (python -m workers.local_check wheel, on SmolLM2-135M, which
+#   4. a real one-token decode with it (python -m localmodels.check wheel, on SmolLM2-135M, which
 #      it fetches, or on $RSTAR_CHECK_MODEL), once per machine and wheel (RSTAR_RECHECK=1: again).
 #      A wheel that crashes is marked so, and the next build down (fewer CPU features) is made and
 #      checked instead; when none decodes, it fails loudly.
@@ -126,7 +126,7 @@ print(json.loads(t)["url"] if t else "")')
 # -- 4. a real decode, on this machine ---------------------------------------------------------
 wheel_use() { install "$(find_wheel "$1")"; }
 wheel_check() {
-    llama_run_check "$1" "$VENV/bin/python" -m workers.local_check wheel ${RSTAR_CHECK_MODEL:+--model "$RSTAR_CHECK_MODEL"}
+    llama_run_check "$1" "$VENV/bin/python" -m localmodels.check wheel ${RSTAR_CHECK_MODEL:+--model "$RSTAR_CHECK_MODEL"}
 }
 
 mkdir -p "$WHEELS"

@@ -8,7 +8,7 @@
 #      explicitly (scripts/llama_build.sh: never -march=native, never AMX);
 #   3. install the binary atomically to $RSTAR_CACHE_DIR/llama-server/<key>/bin/llama-server, the
 #      key naming the version, the CPU features compiled in and the compilers;
-#   4. check it with a real one-token decode (python -m workers.local_check llama-server), once per
+#   4. check it with a real one-token decode (python -m localmodels.check llama-server), once per
 #      machine; a binary that crashes is marked so, and the next build down (fewer CPU features) is
 #      made and checked instead.
 # Prints the binary's path on stdout (and nothing else); progress goes to stderr. A second run
@@ -118,7 +118,7 @@ server_check() {
         say "llama-server in $1 is not checked on this machine yet; run $0"
         exit 3
     fi
-    llama_run_check "$1" "$PYTHON" -m workers.local_check llama-server --binary "$1/bin/llama-server" \
+    llama_run_check "$1" "$PYTHON" -m localmodels.check llama-server --binary "$1/bin/llama-server" \
         ${RSTAR_CHECK_MODEL:+--model "$RSTAR_CHECK_MODEL"}
 }
 

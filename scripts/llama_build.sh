@@ -10,7 +10,7 @@
 # 64-byte config zeroed, palette byte set, then `ldtilecfg`). The server then crashes on its first
 # decode. So every feature is chosen here, explicitly, AMX never; and because a binary tuned to
 # one CPU can still crash on another, each build is checked by a real one-token decode
-# (workers/local_check.py) on every machine it is used on, with a build of fewer features to
+# (localmodels/check.py) on every machine it is used on, with a build of fewer features to
 # fall back to.
 
 LLAMA_VERSION=0.3.36

@@ -182,7 +182,7 @@ def unavailable(reason: str) -> NoReturn:
 def require_llama_server() -> Path:
     """The llama-server binary (scripts/build_llama_server.sh), or skip (locally) / fail (in CI)."""
 
-    from workers.local_servers import LocalServerError, llama_server_binary
+    from localmodels.servers import LocalServerError, llama_server_binary
 
     try:
         return llama_server_binary(build=False)
@@ -194,7 +194,7 @@ def require_real_model() -> Path:
     """The SmolLM2 file and llama-cpp-python, or skip (locally) / fail (in CI, where both must be)."""
     import importlib.util
 
-    from workers.local_models import is_cached, model_path
+    from localmodels.fetch import is_cached, model_path
     from workers.settings import get_settings
 
     models_dir = get_settings().models_dir

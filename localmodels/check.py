@@ -1,8 +1,8 @@
 """A real one-token decode with the local model build, in a child process, so a build that crashes
 on this machine is caught where it was made instead of in the middle of a demo.
 
-    python -m workers.local_check wheel                        # llama-cpp-python in this interpreter
-    python -m workers.local_check llama-server --binary PATH   # a llama-server binary
+    python -m localmodels.check wheel                        # llama-cpp-python in this interpreter
+    python -m localmodels.check llama-server --binary PATH   # a llama-server binary
 
 Exit status 0 when the model answered, 1 when the decode crashed or failed (the reason on stderr,
 one line, then the child's last output lines), 2 when there is no model to check with.
@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.local_servers import describe_exit, free_port, signal_group
+from localmodels.servers import describe_exit, free_port, signal_group
 
 __all__ = ["CheckResult", "check_llama_server", "check_wheel"]
 
@@ -158,7 +158,7 @@ def _threads() -> int:
 
 
 def _default_model() -> Path:
-    from workers.local_models import DEFAULT_MODEL, fetch_model
+    from localmodels.fetch import DEFAULT_MODEL, fetch_model
     from workers.settings import get_settings
 
     return fetch_model(DEFAULT_MODEL, models_dir=get_settings().models_dir, progress=False)
@@ -166,7 +166,7 @@ def _default_model() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     summary = (__doc__ or "").split("\n\n")[0]
-    parser = argparse.ArgumentParser(prog="python -m workers.local_check", description=summary)
+    parser = argparse.ArgumentParser(prog="python -m localmodels.check", description=summary)
     parser.add_argument("target", choices=("wheel", "llama-server"))
     parser.add_argument("--binary", type=Path, help="the llama-server binary (for llama-server)")
     parser.add_argument("--model", type=Path, help="a GGUF file [default: SmolLM2-135M, fetched if missing]")
