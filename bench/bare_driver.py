@@ -7,8 +7,8 @@ huggingface_hub's `AsyncInferenceClient` under one semaphore per endpoint (the c
 the reply with the same parsers, and finally calls `select()`. All problems start at once; the
 semaphores decide what is in flight, first come first served, like the system's queues.
 
-The view-building below mirrors `db.queries.load_state` (solutions and reviews rendered for the
-next prompt exactly as the database path renders them), so both drivers send identical prompts.
+The views below carry the same fields `db.state.load_state` reads (the views render them for the
+next prompt), so both drivers send identical prompts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from rstar import prompts
 from rstar.parsing import parse_review, parse_solution
 from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepSpec, StepView
 from rstar.strategies.mutual import MutualStrategy
@@ -118,8 +117,6 @@ class BareDriver:
         text = await self._call(spec.role, payload)
         if spec.kind is StepKind.REVIEW:
             parsed = parse_review(text)
-            issues = parsed.issues
-            scores = (parsed.logical_consistency, parsed.calculation_accuracy, parsed.step_completeness)
             assert links.target_solution_id is not None
             problem.reviews[spec.key] = ReviewView(
                 id=self._next_id(),
@@ -128,17 +125,11 @@ class BareDriver:
                 reviewer=spec.role,
                 target_solution_id=links.target_solution_id,
                 verdict=parsed.verdict,
-                scores=scores,
-                issues=issues,
+                scores=(parsed.logical_consistency, parsed.calculation_accuracy, parsed.step_completeness),
+                issues=parsed.issues,
                 suggested_answer=parsed.suggested_answer,
-                text=prompts.render_review(
-                    parsed.verdict.value,
-                    scores,
-                    [(i.step, i.description) for i in issues],
-                    parsed.suggested_answer,
-                    text,
-                    parsed.structured,
-                ),
+                response_text=text,
+                structured=parsed.structured,
             )
         else:
             sol = parse_solution(text)
@@ -150,7 +141,7 @@ class BareDriver:
                 kind=spec.kind.value,
                 steps=tuple(sol.steps),
                 answer=sol.answer,
-                text=prompts.render_solution(list(sol.steps), sol.answer, text),
+                response_text=text,
                 parse_error=sol.parse_error,
             )
         problem.steps[spec.key] = StepView(spec.key, spec.kind.value, spec.role, spec.round, "done")

@@ -29,7 +29,6 @@ from db.models import (
     StepStatus,
     utcnow,
 )
-from rstar import prompts
 from rstar.strategies.base import (
     SELECT_KEY,
     ProblemState,
@@ -765,7 +764,7 @@ def load_state(
                 kind=sol.kind,
                 steps=tuple(sol.steps or ()),
                 answer=sol.answer,
-                text=prompts.render_solution(sol.steps or [], sol.answer, sol.response_text),
+                response_text=sol.response_text,
                 parse_error=sol.parse_error,
             )
         return found
@@ -779,7 +778,6 @@ def load_state(
             issues = tuple(
                 ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in rev.issues or []
             )
-            scores = (rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness)
             found[key] = ReviewView(
                 id=rev.id,
                 step_key=key,
@@ -787,17 +785,11 @@ def load_state(
                 reviewer=rev.reviewer,  # type: ignore[arg-type]
                 target_solution_id=rev.target_solution_id,
                 verdict=Verdict(rev.verdict),
-                scores=scores,
+                scores=(rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness),
                 issues=issues,
                 suggested_answer=rev.suggested_answer,
-                text=prompts.render_review(
-                    rev.verdict,
-                    scores,
-                    [(i.step, i.description) for i in issues],
-                    rev.suggested_answer,
-                    rev.response_text,
-                    rev.structured,
-                ),
+                response_text=rev.response_text,
+                structured=rev.structured,
             )
         return found
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
+from rstar import prompts
 from rstar.answers import answers_equal
 from rstar.types import ModelRequest, ReviewIssue, Role, StepKind, Verdict
 
@@ -54,9 +56,17 @@ class SolutionView:
     kind: str
     steps: tuple[str, ...]
     answer: str | None
-    text: str
-    """The solution rendered for a reader (a reviewer, or its author refining it)."""
+    response_text: str | None
+    """The model's reply as received: what a reader sees when no steps could be parsed."""
     parse_error: str | None = None
+
+    @cached_property
+    def text(self) -> str:
+        """The solution rendered for a reader (a reviewer, or its author refining it).
+
+        Rendered on first use: most loaded states build no request that shows it.
+        """
+        return prompts.render_solution(self.steps, self.answer, self.response_text)
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,22 @@ class ReviewView:
     scores: tuple[int | None, int | None, int | None]
     issues: tuple[ReviewIssue, ...]
     suggested_answer: str | None
-    text: str
+    response_text: str | None
+    """The model's reply as received: what a reader sees of a review that did not parse."""
+    structured: bool
+    """True when the reply was the JSON object asked for."""
+
+    @cached_property
+    def text(self) -> str:
+        """The review rendered for the author of the reviewed solution (on first use)."""
+        return prompts.render_review(
+            self.verdict.value,
+            self.scores,
+            [(i.step, i.description) for i in self.issues],
+            self.suggested_answer,
+            self.response_text,
+            self.structured,
+        )
 
     @property
     def mean_score(self) -> float | None:

@@ -26,7 +26,7 @@ class StateBuilder:
             kind=kind,
             steps=steps,
             answer=answer,
-            text="\n".join(steps) + f"\nFinal answer: {answer}",
+            response_text="\n".join(steps) + f"\nFinal answer: {answer}",
         )
         self.next_id += 1
         self.steps[key] = StepView(key, kind, role, round_, "done")  # type: ignore[arg-type]

@@ -24,9 +24,7 @@ class Builder:
     def solution(self, round_: int, role: str, answer: str | None) -> SolutionView:
         kind = "generate" if round_ == 1 else "refine"
         key = f"r{round_}.{kind}.{role}"
-        sol = SolutionView(
-            self.next_id, key, round_, role, kind, ("work",), answer, f"work\nFinal answer: {answer}"
-        )  # type: ignore[arg-type]
+        sol = SolutionView(self.next_id, key, round_, role, kind, ("work",), answer, None)  # type: ignore[arg-type]
         self.next_id += 1
         self.steps[key] = StepView(key, kind, role, round_, "done")  # type: ignore[arg-type]
         self.solutions[key] = sol
@@ -47,6 +45,7 @@ class Builder:
             (),  # type: ignore[arg-type]
             None,
             f"Verdict: {verdict.value}",
+            False,
         )
         self.next_id += 1
         self.steps[key] = StepView(key, "review", reviewer, round_, "done")  # type: ignore[arg-type]

@@ -38,8 +38,9 @@ class Outputs:
         n, self.next_id = self.next_id, self.next_id + 1
         self.steps[step.key] = StepView(step.key, step.kind.value, step.role, step.round, "done")
         if step.kind is StepKind.REVIEW:
+            verdict = Verdict.INCORRECT
             self.reviews[step.key] = ReviewView(
-                n, step.key, step.round, step.role, 0, Verdict.INCORRECT, (1, 1, 1), (), None, "incorrect"
+                n, step.key, step.round, step.role, 0, verdict, (1, 1, 1), (), None, "incorrect", False
             )
         else:  # a distinct answer each time: no vote margin, no agreement
             work = ("first", "second", "third", f"So the answer is {n}.")
