@@ -15,9 +15,17 @@ from rich.table import Table
 
 from cli.render import make_console
 from db import migrate
-from db.reports import UnknownJobError, load_job_rows
+from db.reports import UnknownJobError, load_job_rows, problem_states
 from db.session import session_scope
-from rstar.reports import CompletionStats, JobSummary, Report, ReviewStats, build_report, is_correct
+from rstar.reports import (
+    CompletionStats,
+    JobSummary,
+    Report,
+    ReviewStats,
+    build_report,
+    is_correct,
+    replay_rounds,
+)
 from workers.settings import get_settings
 
 SUMMARY_HEAD = (
@@ -307,7 +315,14 @@ def generate_report(
     """Load, aggregate, print and (with `out_dir`) write the report of these jobs."""
     settings = get_settings()
     with session_scope(database_url) as session:
-        rows = load_job_rows(session=session, job_ids=job_ids, max_rounds_limit=settings.max_rounds_limit)
+        rows = [
+            replay_rounds(
+                job,
+                problem_states(session=session, job_id=job.job_id),
+                max_rounds_limit=settings.max_rounds_limit,
+            )
+            for job in load_job_rows(session=session, job_ids=job_ids)
+        ]
     report = build_report(rows)
     print_report(console or make_console(), report)
     if out_dir is not None:

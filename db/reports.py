@@ -1,32 +1,34 @@
-"""Reading finished jobs into the plain rows `rstar.reports` aggregates (the I/O half of a report)."""
+"""Reading finished jobs into the plain rows `rstar.reports` aggregates, and their problems'
+states for its replay of the selection per round (the I/O half of a report)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import queries
 from db.models import Job, ModelCall, Problem, Review, Solution
-from rstar.reports import JobRows, ProblemRow, ReviewRow, SolutionRow, state_up_to_round
-from rstar.strategies import ParamError, get_strategy
+from rstar.reports import JobRows, ProblemRow, ReviewRow, SolutionRow
+from rstar.strategies.base import ProblemState
 
 
 class UnknownJobError(LookupError):
     """A job id that is not in the database."""
 
 
-def load_job_rows(*, session: Session, job_ids: Sequence[int], max_rounds_limit: int = 10) -> list[JobRows]:
-    """The rows of each job, in the order given.
+def load_job_rows(*, session: Session, job_ids: Sequence[int]) -> list[JobRows]:
+    """The rows of each job, in the order given (`answer_by_round` left empty: see
+    `rstar.reports.replay_rounds`).
 
     Raises:
         UnknownJobError: a job id is not in the database.
     """
-    return [_load_job(session, job_id, max_rounds_limit) for job_id in job_ids]
+    return [_load_job(session, job_id) for job_id in job_ids]
 
 
-def _load_job(session: Session, job_id: int, max_rounds_limit: int) -> JobRows:
+def _load_job(session: Session, job_id: int) -> JobRows:
     job = session.get(Job, job_id)
     if job is None:
         raise UnknownJobError(f"no job {job_id}")
@@ -52,22 +54,11 @@ def _load_job(session: Session, job_id: int, max_rounds_limit: int) -> JobRows:
         reviews.setdefault(r.problem_id, []).append(
             ReviewRow(r.round, r.reviewer, r.verdict, r.target_solution_id)
         )
-    try:
-        strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
-    except ParamError:
-        strategy = None  # a strategy this version does not know: no replay per round
     results = {r.id: r for r in queries.problem_results(session=session, job_id=job_id)}
     rows = []
     problems = session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)).all()
     for p in problems:
         res = results[p.item_id]
-        by_round: tuple[str | None, ...] = ()
-        if strategy is not None and p.status == "answered" and (p.rounds_used or 0) > 1:
-            state = queries.load_state(session=session, problem_id=p.id, question=p.question)
-            earlier = [
-                strategy.select(state_up_to_round(state, r)).answer for r in range(1, p.rounds_used or 0)
-            ]
-            by_round = (*earlier, p.final_answer)
         rows.append(
             ProblemRow(
                 item_id=p.item_id,
@@ -82,10 +73,38 @@ def _load_job(session: Session, job_id: int, max_rounds_limit: int) -> JobRows:
                 model_seconds=round((latency.get(p.id) or 0.0) / 1000, 3),
                 solutions=tuple(sorted(solutions.get(p.id, []), key=lambda s: s.id)),
                 reviews=tuple(reviews.get(p.id, [])),
-                answer_by_round=by_round,
             )
         )
     wall = None
     if job.finished_at is not None and job.created_at is not None:
         wall = round((job.finished_at - job.created_at).total_seconds(), 3)
     return JobRows(job.id, job.name, job.strategy, dict(job.params), tuple(rows), wall)
+
+
+class _ProblemStates(Mapping[str, ProblemState]):
+    """A job's problem states by item id, each read when asked for (a report replays only the
+    problems that used more than one round). Valid only inside the session that made it."""
+
+    def __init__(self, session: Session, job_id: int) -> None:
+        self._session = session
+        self._problems = {
+            item_id: (problem_id, question)
+            for item_id, problem_id, question in session.execute(
+                select(Problem.item_id, Problem.id, Problem.question).where(Problem.job_id == job_id)
+            )
+        }
+
+    def __getitem__(self, item_id: str) -> ProblemState:
+        problem_id, question = self._problems[item_id]
+        return queries.load_state(session=self._session, problem_id=problem_id, question=question)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._problems)
+
+    def __len__(self) -> int:
+        return len(self._problems)
+
+
+def problem_states(*, session: Session, job_id: int) -> Mapping[str, ProblemState]:
+    """The job's problem states by item id, read on first use: use it inside the session."""
+    return _ProblemStates(session, job_id)

@@ -1,6 +1,7 @@
 """Evaluation reports, the pure part: plain rows of finished jobs in, typed summaries out (no I/O).
 
-`db/reports.py` reads the rows, `cli/report.py` renders the result (Rich, Markdown, CSV, PNG).
+`db/reports.py` reads the rows and the problems' states, `replay_rounds` replays each strategy's
+selection on them, `cli/report.py` renders the result (Rich, Markdown, CSV, PNG).
 Correctness is always `answers_equal(final answer, reference)`, as in `rstar results`.
 
 Definitions used throughout:
@@ -24,11 +25,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
 from rstar.answers import answers_equal
+from rstar.strategies import ParamError, get_strategy
 from rstar.strategies.base import ProblemState
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "is_correct",
     "mcnemar_exact",
     "paired",
+    "replay_rounds",
     "state_up_to_round",
     "summarize",
     "wilson_interval",
@@ -108,6 +111,27 @@ class JobRows:
     @property
     def label(self) -> str:
         return f"{self.job_id} {self.name}"
+
+
+def replay_rounds(job: JobRows, states: Mapping[str, ProblemState], *, max_rounds_limit: int) -> JobRows:
+    """The job's rows with `answer_by_round` filled in: the answer its strategy would have selected
+    had it stopped after each earlier round, for every answered problem that used more than one.
+
+    `states` maps item ids to the problems' states; only those of the problems replayed are read.
+    A strategy this version does not know leaves the rows as they are (no accuracy per round).
+    """
+    try:
+        strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
+    except ParamError:
+        return job
+    problems = []
+    for p in job.problems:
+        if p.status == "answered" and p.rounds_used is not None and p.rounds_used > 1:
+            state = states[p.item_id]
+            earlier = [strategy.select(state_up_to_round(state, r)).answer for r in range(1, p.rounds_used)]
+            p = replace(p, answer_by_round=(*earlier, p.final_answer))
+        problems.append(p)
+    return replace(job, problems=tuple(problems))
 
 
 def state_up_to_round(state: ProblemState, round_: int) -> ProblemState:

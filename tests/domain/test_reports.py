@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import pytest
 
+from rstar import strategies
 from rstar.reports import (
     JobRows,
     ProblemRow,
@@ -14,11 +16,12 @@ from rstar.reports import (
     build_report,
     mcnemar_exact,
     paired,
+    replay_rounds,
     state_up_to_round,
     summarize,
     wilson_interval,
 )
-from rstar.strategies.base import ProblemState, StepView
+from rstar.strategies.base import ProblemState, Selection, StepView
 from tests.domain.strategy_state import StateBuilder
 
 S, R = SolutionRow, ReviewRow
@@ -184,3 +187,51 @@ def test_state_up_to_round_drops_later_rounds() -> None:
     )
     cut = state_up_to_round(state, 1)
     assert set(cut.steps) == {"r1.generate.A"} and set(cut.solutions) == {"r1.generate.A"}
+
+
+class LatestAnswer:
+    """Selects the answer of the latest round's solution, so each round's replay differs."""
+
+    name: ClassVar[str] = "latest"
+    params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: object = None, **_: object) -> None:
+        pass
+
+    def select(self, state: ProblemState) -> Selection:
+        last = max(state.solutions.values(), key=lambda s: s.round)
+        return Selection(last.id, last.answer, "latest", last.round)
+
+
+def test_replay_rounds_selects_as_after_each_earlier_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(strategies.STRATEGIES, "latest", LatestAnswer)
+    b = StateBuilder()
+    b.solution("r1.generate.A", "5")
+    b.solution("r2.refine.A", "6", round_=2)
+    b.solution("r3.refine.A", "7", round_=3)
+    read: list[str] = []
+
+    class States(dict[str, ProblemState]):
+        def __getitem__(self, key: str) -> ProblemState:
+            read.append(key)
+            return super().__getitem__(key)
+
+    states = States(multi=b.state(), single=b.state(), failed=b.state())
+    job = JobRows(
+        1, "j", "latest", {},
+        (
+            ProblemRow("multi", "answered", "final", "7", rounds_used=3),
+            ProblemRow("single", "answered", "5", "5", rounds_used=1),
+            ProblemRow("failed", "failed", None, "5", rounds_used=3),
+        ),
+    )  # fmt: skip
+    replayed = replay_rounds(job, states, max_rounds_limit=10)
+    # Rounds 1 and 2 replayed, the last is the final answer as selected.
+    assert [p.answer_by_round for p in replayed.problems] == [("5", "6", "final"), (), ()]
+    assert read == ["multi"]  # only the problem replayed is read
+    assert replayed.problems[1:] == job.problems[1:]
+
+
+def test_replay_rounds_leaves_a_job_of_an_unknown_strategy_alone() -> None:
+    job = JobRows(1, "j", "gone", {}, (ProblemRow("p", "answered", "1", "1", rounds_used=2),))
+    assert replay_rounds(job, {}, max_rounds_limit=10) is job
