@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import redis
 
-    from db import migrate, queries
+    from db import migrate
+    from db.jobs import problem_results, status_counts
     from db.session import session_scope
     from localmodels.fetch import fetch_model
     from localmodels.servers import serve_local
@@ -160,12 +161,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def finished(job_id: int) -> bool:
         with session_scope(db_url) as s:
-            counts = queries.status_counts(session=s, job_id=job_id)
+            counts = status_counts(session=s, job_id=job_id)
         return counts["pending"] + counts["running"] == 0
 
     def mean_calls(job_id: int) -> float:
         with session_scope(db_url) as s:
-            rows = queries.problem_results(session=s, job_id=job_id)
+            rows = problem_results(session=s, job_id=job_id)
         return sum(r.model_calls for r in rows) / max(1, len(rows))
 
     runs: list[Run] = []

@@ -21,7 +21,8 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from cli.render import make_console
-from db import migrate, queries
+from db import migrate
+from db.jobs import problem_results, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, CallOutcome, ModelCall, Problem
 from db.session import session_scope
 from localmodels.fetch import DEFAULT_MODEL, PRESETS, ModelFetchError, fetch_model
@@ -66,7 +67,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _finished(db_url: str, job_id: int) -> tuple[int, int]:
     with session_scope(db_url) as s:
-        counts = queries.status_counts(session=s, job_id=job_id)
+        counts = status_counts(session=s, job_id=job_id)
     return sum(counts[st.value] for st in TERMINAL_PROBLEM_STATES), sum(counts.values())
 
 
@@ -221,7 +222,7 @@ def demo_command(
 
 def _print_results(db_url: str, job_id: int, elapsed: float) -> None:
     with session_scope(db_url) as s:
-        rows = queries.problem_results(session=s, job_id=job_id)
+        rows = problem_results(session=s, job_id=job_id)
     table = Table(title=f"job {job_id}: results")
     for col in ("id", "answer", "reference", "correct", "rounds", "calls", "tokens", "seconds", "status"):
         table.add_column(col, overflow="fold", min_width=4)

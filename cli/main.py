@@ -20,7 +20,8 @@ from cli.demo import demo_command
 from cli.local import models_app, serve_local_command
 from cli.render import make_console, print_trail
 from cli.report import report_command
-from db import audit, migrate, queries
+from db import audit, migrate
+from db.jobs import ProblemResult, problem_results, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, Job
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
@@ -252,7 +253,7 @@ def _size_pool(endpoints: list[str], settings: Settings) -> tuple[int, str]:
 def _status_view(job_id: int) -> tuple[Table, bool]:
     with session_scope(get_settings().database_url) as session:
         job = _job_or_fail(session, job_id)
-        counts = queries.status_counts(session=session, job_id=job_id)
+        counts = status_counts(session=session, job_id=job_id)
         job_status, name = job.status, job.name
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
@@ -302,14 +303,14 @@ def results(
     _ensure_schema()
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
-        rows = [asdict(r) for r in queries.problem_results(session=session, job_id=job)]
+        rows = [asdict(r) for r in problem_results(session=session, job_id=job)]
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
         if format == "jsonl":
             for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
-            fields = list(rows[0]) if rows else list(queries.ProblemResult.__dataclass_fields__)
+            fields = list(rows[0]) if rows else list(ProblemResult.__dataclass_fields__)
             writer = csv.DictWriter(out, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)

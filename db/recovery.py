@@ -1,5 +1,5 @@
 """Queries for recovery and job control: cancel, resume, retry, and finding work whose message was
-lost. Keyword-only, one transaction's worth each (the caller owns it), like db/queries.py."""
+lost. Keyword-only, one transaction's worth each (the caller owns it), like db/jobs.py."""
 
 from __future__ import annotations
 

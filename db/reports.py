@@ -8,8 +8,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.jobs import problem_results
 from db.models import Job, ModelCall, Problem, Review, Solution
+from db.state import load_state
 from rstar.reports import JobRows, ProblemRow, ReviewRow, SolutionRow
 from rstar.strategies.base import ProblemState
 
@@ -54,7 +55,7 @@ def _load_job(session: Session, job_id: int) -> JobRows:
         reviews.setdefault(r.problem_id, []).append(
             ReviewRow(r.round, r.reviewer, r.verdict, r.target_solution_id)
         )
-    results = {r.id: r for r in queries.problem_results(session=session, job_id=job_id)}
+    results = {r.id: r for r in problem_results(session=session, job_id=job_id)}
     rows = []
     problems = session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)).all()
     for p in problems:
@@ -96,7 +97,7 @@ class _ProblemStates(Mapping[str, ProblemState]):
 
     def __getitem__(self, item_id: str) -> ProblemState:
         problem_id, question = self._problems[item_id]
-        return queries.load_state(session=self._session, problem_id=problem_id, question=question)
+        return load_state(session=self._session, problem_id=problem_id, question=question)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._problems)

@@ -21,7 +21,8 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.calls import NewCall, attempt_recorded, new_call, record_call
+from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome
 from db.session import autocommit_scope, session_scope
 from rstar.strategies import get_strategy
@@ -42,7 +43,7 @@ KIND_OF_TASK = {task: kind for kind, task in TASK_FOR_KIND.items()}
 
 # (session, claim, reply text, the model call: its id, or a new one to record with the output)
 # -> None: writes the step's output row.
-OutputWriter = Callable[[Session, queries.Claim, str, int | queries.NewCall], None]
+OutputWriter = Callable[[Session, Claim, str, int | NewCall], None]
 
 _clients: dict[str, ModelClient] = {}
 _clients_lock = threading.Lock()
@@ -99,7 +100,7 @@ class StepTask(Task):
         delay = backoff_delay(min(self.request.retries, 6), settings)
         if getattr(_run, "claimed", False):
             # The step stays leased to this task id, unrenewed: the retry takes it back once the
-            # lease is half gone (queries.claim_step), so do not come back earlier than that.
+            # lease is half gone (db.claims.claim_step), so do not come back earlier than that.
             delay = max(delay, settings.lease_seconds / 2)
         logger.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
         raise self.retry(exc=exc, countdown=delay)
@@ -128,14 +129,14 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
     lease = timedelta(seconds=settings.lease_seconds)  # renewed by tasks.leases while we work
     request: ModelRequest | None = None
     with autocommit_scope(url) as session:
-        claim = queries.claim_step(
+        claim = claim_step(
             session=session,
             step_id=step_id,
             task_id=task.request.id or "",
             lease=lease,
             kind=KIND_OF_TASK.get(task.name),
         )
-        if isinstance(claim, queries.Claim):
+        if isinstance(claim, Claim):
             # Inside the claim's transaction: the state reads the outputs it needs on first use.
             strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
             role: Role = "A" if claim.role == "A" else "B"
@@ -182,8 +183,8 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
         # Another run of this step got there first: it recorded this attempt (and will write the
         # output), or it already wrote the output (then make sure its dispatch happened).
         with session_scope(url) as session:
-            done = queries.step_is_done(session=session, step_id=claim.step_id)
-            recorded = reply is not None and queries.attempt_recorded(
+            done = step_is_done(session=session, step_id=claim.step_id)
+            recorded = reply is not None and attempt_recorded(
                 session=session, step_id=claim.step_id, attempt=attempt
             )
         if not (done or recorded):
@@ -197,7 +198,7 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
 
 
 def _record_and_plan(
-    claim: queries.Claim,
+    claim: Claim,
     attempt: int,
     write_output: OutputWriter,
     settings: Settings,
@@ -216,7 +217,7 @@ def _record_and_plan(
     while True:
         try:
             with session_scope(settings.database_url) as session:
-                call: int | queries.NewCall
+                call: int | NewCall
                 if reply is not None:
                     call = _new_call(claim, attempt, endpoint, reply)  # recorded with the output
                 else:
@@ -242,12 +243,12 @@ def _record_and_plan(
             # A bug in writing the output or planning must not lose a paid reply: keep the call.
             if reply is not None:
                 with session_scope(settings.database_url) as session:
-                    queries.record_call(session=session, call=_new_call(claim, attempt, endpoint, reply))
+                    record_call(session=session, call=_new_call(claim, attempt, endpoint, reply))
             raise
 
 
-def _new_call(claim: queries.Claim, attempt: int, endpoint: str, reply: ModelReply) -> queries.NewCall:
-    return queries.new_call(
+def _new_call(claim: Claim, attempt: int, endpoint: str, reply: ModelReply) -> NewCall:
+    return new_call(
         step_id=claim.step_id,
         problem_id=claim.problem_id,
         attempt=attempt,
@@ -267,11 +268,11 @@ def _new_call(claim: queries.Claim, attempt: int, endpoint: str, reply: ModelRep
 
 
 def _handle_call_error(
-    task: StepTask, claim: queries.Claim, attempt: int, exc: ModelServerError, settings: Settings
+    task: StepTask, claim: Claim, attempt: int, exc: ModelServerError, settings: Settings
 ) -> str:
     retryable = isinstance(exc, RetryableError)
     with session_scope(settings.database_url) as session:
-        failed_call = queries.new_call(
+        failed_call = new_call(
             step_id=claim.step_id,
             problem_id=claim.problem_id,
             attempt=attempt,
@@ -290,14 +291,14 @@ def _handle_call_error(
             error=f"{type(exc).__name__}: {exc.message}",
             request_hash=request_hash(claim.endpoint or "", exc.request) if exc.request else None,
         )
-        queries.record_call(session=session, call=failed_call)
+        record_call(session=session, call=failed_call)
         # The budget counts attempts since `rstar retry` last reset it (retry_base).
         tried = attempt - claim.retry_base
         if retryable and tried <= settings.max_retries:
-            queries.release_step(session=session, step_id=claim.step_id)
+            release_step(session=session, step_id=claim.step_id)
         else:
             why = f"{type(exc).__name__} after {tried} attempt(s): {exc.message}"
-            queries.fail_step(session=session, step_id=claim.step_id, error=why)
+            fail_step(session=session, step_id=claim.step_id, error=why)
             retryable = False
     if retryable:
         delay = backoff_delay(tried - 1, settings)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.calls import NewCall
+from db.claims import Claim
+from db.outputs import save_review
 from rstar.parsing import parse_review
 from tasks.base import StepTask, run_model_step
 
 
-def write_review(session: Session, claim: queries.Claim, text: str, call: int | queries.NewCall) -> None:
+def write_review(session: Session, claim: Claim, text: str, call: int | NewCall) -> None:
     target = claim.links.target_solution_id
     assert target is not None, f"strategy gave no target solution for review step {claim.key}"
-    queries.save_review(
+    save_review(
         session=session,
         claim=claim,
         parsed=parse_review(text),

@@ -18,9 +18,12 @@ from celery import current_app
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.claims import PROBLEM_AND_JOB, add_steps
+from db.jobs import fail_problem, maybe_finish_job
 from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
+from db.outputs import save_selection
 from db.session import session_scope
+from db.state import STATE_STEPS, load_state
 from rstar.strategies import get_strategy
 from rstar.strategies.base import SELECT_KEY
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
@@ -87,7 +90,7 @@ def settled(outcome: list[Dispatch] | int) -> list[Dispatch]:
         # After the commit, in a transaction of its own: two problems ending together must each
         # see the other's final state, or neither would close the job.
         with session_scope(get_settings().database_url) as session:
-            queries.maybe_finish_job(session=session, job_id=outcome)
+            maybe_finish_job(session=session, job_id=outcome)
         return []
     return outcome
 
@@ -98,12 +101,12 @@ _jobs_t = Job.__table__
 # serialises writers), with what the plan needs of its job: one prebuilt Core statement, since
 # this runs after every model step.
 _LOCK_PROBLEM = (
-    select(*queries.PROBLEM_AND_JOB)
+    select(*PROBLEM_AND_JOB)
     .join(_jobs_t, _jobs_t.c.id == _problems_t.c.job_id)
     .where(_problems_t.c.id == bindparam("problem_id"))
     .with_for_update(of=_problems_t, key_share=True)
 )
-_STEPS_WITH_ERROR = queries.STATE_STEPS.add_columns(Step.__table__.c.error)
+_STEPS_WITH_ERROR = STATE_STEPS.add_columns(Step.__table__.c.error)
 
 
 def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
@@ -119,12 +122,10 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
     steps = conn.execute(_STEPS_WITH_ERROR, {"problem_id": problem_id}).all()
     failed = [s for s in steps if s.status == StepStatus.FAILED]
     if failed:
-        queries.fail_problem(
-            session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}"
-        )
+        fail_problem(session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}")
         return job.job_id
     strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
-    state = queries.load_state(session=session, problem_id=problem_id, question=problem.question, steps=steps)
+    state = load_state(session=session, problem_id=problem_id, question=problem.question, steps=steps)
     plan = strategy.plan(state)
     existing = {s.key: s for s in steps}
     specs = [(s.key, s.kind.value, s.role, s.round) for s in plan.steps if s.key not in existing]
@@ -133,7 +134,7 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
         # the problem, rather than by a task of its own.
         chosen = strategy.select(state)
         select_step = existing.get(SELECT_KEY)
-        queries.save_selection(
+        save_selection(
             session=session,
             problem_id=problem_id,
             select_step_id=select_step.id if select_step is not None else None,
@@ -144,7 +145,7 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
             rounds_used=chosen.rounds_used,
         )
         return job.job_id
-    made = queries.add_steps(session=session, problem_id=problem_id, specs=specs)
+    made = add_steps(session=session, problem_id=problem_id, specs=specs)
     return [dispatch_for(step, job) for step in made]
 
 

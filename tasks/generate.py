@@ -5,14 +5,16 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.calls import NewCall
+from db.claims import Claim
+from db.outputs import save_solution
 from rstar.parsing import parse_solution
 from tasks.base import StepTask, run_model_step
 
 
-def write_solution(session: Session, claim: queries.Claim, text: str, call: int | queries.NewCall) -> None:
+def write_solution(session: Session, claim: Claim, text: str, call: int | NewCall) -> None:
     """Store the parsed solution; an unparsable one is kept and flagged, and reviewed like any other."""
-    queries.save_solution(
+    save_solution(
         session=session,
         claim=claim,
         parsed=parse_solution(text),

@@ -30,8 +30,8 @@ import redis
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import queries
 from db import recovery as q
+from db.jobs import maybe_finish_job
 from db.models import utcnow
 from db.session import session_scope
 from tasks.dispatch import Dispatch, advance, dispatch_for, enqueue
@@ -100,7 +100,7 @@ def recover(*, job_id: int | None = None, resend_queued: bool, expired_before: d
     with session_scope(settings.database_url) as session:
         for unfinished in q.unfinished_jobs(session=session):
             if job_id is None or unfinished == job_id:
-                finished += int(queries.maybe_finish_job(session=session, job_id=unfinished))
+                finished += int(maybe_finish_job(session=session, job_id=unfinished))
     enqueue(dispatches.values())
     return Recovered(resent, len(reclaimed), len(stalled), finished)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from db import queries
+from db.calls import new_call, record_call
+from db.claims import Claim
 from db.models import CallOutcome, Job, ModelCall, Problem
 from db.session import session_scope
 from rstar.types import ModelRequest
@@ -50,7 +51,7 @@ def _chain(session: Any, job_id: int) -> list[int]:
 
 
 def reuse_recorded(
-    claim: queries.Claim, attempt: int, request: ModelRequest, client: ModelClient, settings: Settings
+    claim: Claim, attempt: int, request: ModelRequest, client: ModelClient, settings: Settings
 ) -> tuple[int, str] | None:
     """Record a copy of an identical call answered in the resumed job: (call id, text), or None."""
     if claim.resume_from is None:
@@ -71,7 +72,7 @@ def reuse_recorded(
         )
         if old is None:
             return None
-        call = queries.new_call(
+        call = new_call(
             step_id=claim.step_id,
             problem_id=claim.problem_id,
             attempt=attempt,
@@ -89,4 +90,4 @@ def reuse_recorded(
             request_hash=digest,
             reused_from_id=old.reused_from_id or old.id,
         )
-        return queries.record_call(session=session, call=call), old.response_text or ""
+        return record_call(session=session, call=call), old.response_text or ""

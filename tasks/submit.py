@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import current_app
 
-from db import queries
+from db.jobs import create_job
 from db.migrate import ensure_current, redact_url
 from db.models import Job
 from db.session import session_scope
@@ -75,7 +75,7 @@ def submit_job(
     check_broker(settings)
     first = strategy.plan(ProblemState(question="", steps={}, solutions={}, reviews={})).steps
     with session_scope(settings.database_url) as session:
-        job, steps = queries.create_job(
+        job, steps = create_job(
             session=session,
             name=name,
             strategy=strategy_name,

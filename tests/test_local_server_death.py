@@ -27,7 +27,8 @@ import typer
 from sqlalchemy import func, select
 
 from cli.demo import _check_outcome
-from db import queries
+from db.calls import new_call, record_call
+from db.jobs import create_job
 from db.models import CallOutcome, Job, ModelCall
 from db.session import session_scope
 from localmodels.servers import (
@@ -250,7 +251,7 @@ def test_demo_outcome_fails_when_no_call_succeeded_or_a_server_died(
     migrated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with session_scope(migrated) as s:
-        job, (step,) = queries.create_job(
+        job, (step,) = create_job(
             session=s, name="demo", strategy="mutual", params={}, model_a_url="http://a", model_b_url="http://b",
             source=None, problems=[ProblemInput("p1", 1, "What is 2 + 3?", "5", "5")],
             first_steps=(StepSpec("r1.generate.A", StepKind.GENERATE, "A", 1),),
@@ -259,13 +260,13 @@ def test_demo_outcome_fails_when_no_call_succeeded_or_a_server_died(
 
     def record(attempt: int, outcome: CallOutcome) -> None:
         with session_scope(migrated) as s:
-            call = queries.new_call(
+            call = new_call(
                 step_id=step_id, problem_id=problem_id, attempt=attempt, endpoint="http://a",
                 server_kind=None, model=None, request={}, response=None, response_text=None,
                 finish_reason=None, prompt_tokens=None, completion_tokens=None, latency_ms=1.0,
                 outcome=outcome, error="UnavailableError: connection refused",
             )  # fmt: skip
-            queries.record_call(session=s, call=call)
+            record_call(session=s, call=call)
 
     def outcome(servers: LocalServerSet) -> str | None:
         capsys.readouterr()

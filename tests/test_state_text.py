@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from db.jobs import create_job
 from db.models import ModelCall, Problem, Review, Solution, Step
-from db.queries import create_job, load_state
 from db.session import session_scope
+from db.state import load_state
 from rstar.types import ProblemInput
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"

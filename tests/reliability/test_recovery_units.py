@@ -10,8 +10,8 @@ import pytest
 from celery import Celery
 from sqlalchemy import delete, select, update
 
-from db import queries
 from db import recovery as q
+from db.claims import claim_step
 from db.models import Job, Problem, Step, utcnow
 from db.session import session_scope
 from rstar.inputs import parse_problems
@@ -52,7 +52,7 @@ def _steps(db_url: str) -> dict[str, Step]:
 
 def _claim(db_url: str, step_id: int, task_id: str) -> object:
     with session_scope(db_url) as s:
-        return queries.claim_step(session=s, step_id=step_id, task_id=task_id, lease=LEASE)
+        return claim_step(session=s, step_id=step_id, task_id=task_id, lease=LEASE)
 
 
 def test_same_task_id_takes_back_only_an_unrenewed_lease(job) -> None:  # type: ignore[no-untyped-def]

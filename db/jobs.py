@@ -1,0 +1,175 @@
+"""Jobs and their problems: creating a job, counting its problems, failing a problem, finishing
+the job, reading its results.
+
+Like every query module in db/: keyword-only and typed, one transaction's worth of work each
+(the caller owns the transaction).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    TERMINAL_PROBLEM_STATES,
+    Job,
+    JobStatus,
+    ModelCall,
+    Problem,
+    ProblemStatus,
+    Step,
+    utcnow,
+)
+from rstar.strategies.base import StepSpec
+from rstar.types import ProblemInput
+
+
+def create_job(
+    *,
+    session: Session,
+    name: str,
+    strategy: str,
+    params: dict[str, Any],
+    model_a_url: str,
+    model_b_url: str,
+    source: str | None,
+    problems: list[ProblemInput],
+    first_steps: tuple[StepSpec, ...],
+) -> tuple[Job, list[Step]]:
+    """The job, its problems and each problem's first steps, flushed in the caller's transaction."""
+    job = Job(
+        name=name,
+        strategy=strategy,
+        params=params,
+        model_a_url=model_a_url,
+        model_b_url=model_b_url,
+        source=source,
+        status=JobStatus.ACTIVE,
+    )
+    session.add(job)
+    session.flush()
+    rows = [
+        Problem(
+            job_id=job.id,
+            item_id=p.item_id,
+            line=p.line,
+            question=p.question,
+            reference=p.reference,
+            reference_answer=p.reference_answer,
+            status=ProblemStatus.PENDING,
+        )
+        for p in problems
+    ]
+    session.add_all(rows)
+    session.flush()
+    steps = [
+        Step(problem_id=prob.id, key=spec.key, kind=spec.kind.value, role=spec.role, round=spec.round)
+        for prob in rows
+        for spec in first_steps
+    ]
+    session.add_all(steps)
+    session.flush()
+    return job, steps
+
+
+def status_counts(*, session: Session, job_id: int) -> Counter[str]:
+    rows = session.execute(
+        select(Problem.status, func.count()).where(Problem.job_id == job_id).group_by(Problem.status)
+    ).all()
+    return Counter({status: count for status, count in rows})
+
+
+def maybe_finish_job(*, session: Session, job_id: int) -> bool:
+    """Mark the job finished once no problem is left to work on."""
+    open_count = session.scalar(
+        select(func.count())
+        .select_from(Problem)
+        .where(Problem.job_id == job_id, Problem.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]))
+    )
+    if open_count:
+        return False
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.ACTIVE)
+        .values(status=JobStatus.FINISHED, finished_at=utcnow())
+    )
+    return True
+
+
+def fail_problem(*, session: Session, problem_id: int, error: str) -> None:
+    session.execute(
+        update(Problem)
+        .where(Problem.id == problem_id, Problem.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]))
+        .values(status=ProblemStatus.FAILED, error=error, finished_at=utcnow())
+    )
+
+
+# -- reading results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProblemResult:
+    id: str
+    question: str
+    final_answer: str | None
+    reference_answer: str | None
+    correct: bool | None
+    rounds_used: int | None
+    model_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_time_s: float | None
+    status: str
+    error: str | None
+
+
+def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
+    from rstar.answers import answers_equal
+
+    stats = {
+        pid: (n, pt or 0, ct or 0)
+        for pid, n, pt, ct in session.execute(
+            select(
+                ModelCall.problem_id,
+                func.count(),
+                func.sum(ModelCall.prompt_tokens),
+                func.sum(ModelCall.completion_tokens),
+            )
+            .join(Problem, Problem.id == ModelCall.problem_id)
+            .where(Problem.job_id == job_id)
+            .group_by(ModelCall.problem_id)
+        ).all()
+    }
+    results = []
+    for p in session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)):
+        n, pt, ct = stats.get(p.id, (0, 0, 0))
+        correct = None
+        if p.reference_answer is not None and p.status == ProblemStatus.ANSWERED:
+            correct = answers_equal(p.final_answer, p.reference_answer)
+        wall = _seconds(p.started_at, p.finished_at)
+        results.append(
+            ProblemResult(
+                id=p.item_id,
+                question=p.question,
+                final_answer=p.final_answer,
+                reference_answer=p.reference_answer,
+                correct=correct,
+                rounds_used=p.rounds_used,
+                model_calls=n,
+                prompt_tokens=pt,
+                completion_tokens=ct,
+                wall_time_s=wall,
+                status=p.status,
+                error=p.error,
+            )
+        )
+    return results
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None

@@ -1,0 +1,229 @@
+"""Steps' outputs: a parsed solution or review written with its model call and its step's
+completion in one transaction (one statement on PostgreSQL), and the selection that answers a
+problem.
+
+Like every query module in db/: keyword-only and typed, one transaction's worth of work each
+(the caller owns the transaction).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.calls import NewCall, record_call
+from db.claims import Claim
+from db.models import (
+    ModelCall,
+    Problem,
+    ProblemStatus,
+    Review,
+    Selection,
+    Solution,
+    Step,
+    StepStatus,
+    utcnow,
+)
+from rstar.strategies.base import SELECT_KEY
+from rstar.types import ParsedReview, ParsedSolution
+
+_st, _ct = Step.__table__, ModelCall.__table__
+
+
+def _output_writes(output: Any) -> tuple[Any, Any]:
+    """An output table's two inserts: plain (the call is recorded already), and, for PostgreSQL,
+    one that also records the new call and finishes the step, in data-modifying CTEs (one round
+    trip where three cost three)."""
+    plain = insert(output)
+    call = (
+        insert(_ct)
+        .values({c.name: bindparam(f"call_{c.name}") for c in _ct.c if c.name != "id"})
+        .returning(_ct.c.id)
+        .cte("new_call")
+    )
+    finish = (
+        update(_st)
+        .where(_st.c.id == bindparam("finish_step_id"))
+        .values(
+            status=StepStatus.DONE.value,
+            lease_until=None,
+            error=None,
+            attempts=bindparam("finish_attempts"),
+            updated_at=bindparam("finish_now"),
+        )
+        .cte("finish_step")
+    )
+    combined = (
+        insert(output)
+        .values(
+            model_call_id=select(call.c.id).scalar_subquery(),
+            **{c.name: bindparam(f"out_{c.name}") for c in output.c if c.name not in ("id", "model_call_id")},
+        )
+        .add_cte(call)
+        .add_cte(finish)
+    )
+    return plain, combined
+
+
+_SOLUTION_WRITES = _output_writes(Solution.__table__)
+_REVIEW_WRITES = _output_writes(Review.__table__)
+
+
+def _write_output(
+    session: Session, writes: tuple[Any, Any], values: dict[str, Any], step_id: int, model_call: int | NewCall
+) -> None:
+    """Insert a step's output (`values`, without its call), record its call when it is new, and
+    mark the step done."""
+    conn = session.connection()
+    plain, combined = writes
+    if isinstance(model_call, NewCall) and conn.dialect.name == "postgresql":
+        now = utcnow()
+        params = {f"out_{k}": v for k, v in values.items()}
+        params.update({f"call_{k}": v for k, v in model_call.values.items()})
+        params.update(
+            out_created_at=now,
+            call_created_at=now,
+            finish_step_id=step_id,
+            finish_attempts=model_call.values["attempt"],
+            finish_now=now,
+        )
+        conn.execute(combined, params)
+        return
+    if isinstance(model_call, NewCall):
+        model_call = record_call(session=session, call=model_call, count_attempt=False)
+    conn.execute(plain, {**values, "model_call_id": model_call})
+    _finish_step(session, step_id)
+
+
+def save_solution(
+    *,
+    session: Session,
+    claim: Claim,
+    parsed: ParsedSolution,
+    model_call: int | NewCall,
+    parent_id: int | None,
+) -> None:
+    values = {
+        "problem_id": claim.problem_id,
+        "step_id": claim.step_id,
+        "round": claim.round,
+        "author": claim.role,
+        "kind": claim.kind,
+        "parent_id": parent_id,
+        "steps": list(parsed.steps),
+        "answer_raw": parsed.answer_raw,
+        "answer": parsed.answer,
+        "structured": parsed.structured,
+        "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
+    }
+    _write_output(session, _SOLUTION_WRITES, values, claim.step_id, model_call)
+
+
+def _with_cut_note(session: Session, parse_error: str | None, model_call: int | NewCall) -> str | None:
+    """Say so when an unparsable reply was cut by the token limit (the usual reason)."""
+    if parse_error is None:
+        return None
+    if isinstance(model_call, NewCall):
+        finish_reason = model_call.values["finish_reason"]
+    else:
+        finish_reason = session.scalar(select(ModelCall.finish_reason).where(ModelCall.id == model_call))
+    if finish_reason == "length":
+        return f"{parse_error} (the reply was cut at the token limit: finish_reason=length)"
+    return parse_error
+
+
+def save_review(
+    *,
+    session: Session,
+    claim: Claim,
+    parsed: ParsedReview,
+    model_call: int | NewCall,
+    target_solution_id: int,
+) -> None:
+    values = {
+        "problem_id": claim.problem_id,
+        "step_id": claim.step_id,
+        "round": claim.round,
+        "reviewer": claim.role,
+        "target_solution_id": target_solution_id,
+        "verdict": parsed.verdict.value,
+        "logical_consistency": parsed.logical_consistency,
+        "calculation_accuracy": parsed.calculation_accuracy,
+        "step_completeness": parsed.step_completeness,
+        "issues": [{"step": i.step, "description": i.description} for i in parsed.issues],
+        "suggested_answer": parsed.suggested_answer,
+        "structured": parsed.structured,
+        "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
+    }
+    _write_output(session, _REVIEW_WRITES, values, claim.step_id, model_call)
+
+
+_INSERT_SELECTION = insert(Selection.__table__)
+_ANSWER_PROBLEM = (
+    update(Problem.__table__)
+    .where(Problem.__table__.c.id == bindparam("problem_id"))
+    .values(
+        status=ProblemStatus.ANSWERED.value,
+        final_answer=bindparam("answer"),
+        rounds_used=bindparam("rounds_used"),
+        finished_at=bindparam("now"),
+    )
+)
+_ADD_DONE_STEP = insert(Step.__table__).values(status=StepStatus.DONE.value)
+
+
+def save_selection(
+    *,
+    session: Session,
+    problem_id: int,
+    select_step_id: int | None,
+    round_: int,
+    solution_id: int | None,
+    answer: str | None,
+    reason: str,
+    rounds_used: int,
+) -> None:
+    """Record the chosen answer and why, answer the problem and mark its select step done (made
+    here, done, unless a queued one exists: see tasks/select.py)."""
+    conn = session.connection()
+    conn.execute(
+        _INSERT_SELECTION,
+        {"problem_id": problem_id, "solution_id": solution_id, "answer": answer, "reason": reason},
+    )
+    conn.execute(
+        _ANSWER_PROBLEM,
+        {"problem_id": problem_id, "answer": answer, "rounds_used": rounds_used, "now": utcnow()},
+    )
+    if select_step_id is None:
+        conn.execute(
+            _ADD_DONE_STEP,
+            {"problem_id": problem_id, "key": SELECT_KEY, "kind": "select", "role": None, "round": round_},
+        )
+    else:
+        _finish_step(session, select_step_id)
+
+
+_FINISH_STEP = (
+    update(Step.__table__)
+    .where(Step.__table__.c.id == bindparam("step_id"))
+    .values(
+        status=StepStatus.DONE.value,
+        lease_until=None,
+        error=None,
+        # The attempts recorded, counted here rather than by a second update when the reply that
+        # finishes the step is recorded in the same transaction (record_call(count_attempt=False)).
+        attempts=func.coalesce(
+            select(func.max(ModelCall.__table__.c.attempt))
+            .where(ModelCall.__table__.c.step_id == Step.__table__.c.id)
+            .scalar_subquery(),
+            Step.__table__.c.attempts,
+        ),
+    )
+)
+
+
+def _finish_step(session: Session, step_id: int) -> None:
+    session.flush()  # an output added through the ORM (the selection) goes first
+    session.connection().execute(_FINISH_STEP, {"step_id": step_id})
