@@ -4,8 +4,10 @@ on this machine is caught where it was made instead of in the middle of a demo.
     python -m localmodels.check wheel                        # llama-cpp-python in this interpreter
     python -m localmodels.check llama-server --binary PATH   # a llama-server binary
 
-Exit status 0 when the model answered, 1 when the decode crashed or failed (the reason on stderr,
-one line, then the child's last output lines), 2 when there is no model to check with.
+Exit status 0 when the model answered; 3 when the decode crashed or failed (the reason on stderr,
+one line, then the child's last output lines): the build does not work here; 2 when there is no
+model to check with. Any other status means the check itself failed, which says nothing about the
+build.
 `scripts/bootstrap.sh` and `scripts/build_llama_server.sh` run it after every build and on every
 new machine, and fall back to a build with fewer CPU features when it fails; CI runs it every run.
 """
@@ -27,7 +29,11 @@ from pathlib import Path
 
 from localmodels.servers import describe_exit, free_port, signal_group
 
-__all__ = ["CheckResult", "check_llama_server", "check_wheel"]
+__all__ = ["BUILD_FAILED", "CheckResult", "check_llama_server", "check_wheel"]
+
+# The exit status that condemns the build (the scripts mark it crashed for this machine). Not 1,
+# which any Python error exits with (an import error must not pass for a crashed build).
+BUILD_FAILED = 3
 
 # Long enough that the prompt is decoded as a batch (the matrix-matrix kernels, where a CPU-specific
 # code path such as AMX's runs), short enough to take about a second.
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"local_check: {what} on {model.name}: FAILED: {result.detail}", file=sys.stderr)
     if result.output:
         print(result.output, file=sys.stderr)
-    return 1
+    return BUILD_FAILED
 
 
 if __name__ == "__main__":

@@ -128,51 +128,52 @@ llama_fetch_sdist() {
 #   BUILD <dir> <cmake args>: make the build in <dir> unless it is there; 1 = the build failed
 #     (try the next tier), 2 = cannot build at all (stop);
 #   USE <dir>: make it the one in use (e.g. install the wheel);
-#   CHECK <dir>: the one-token decode; 0 = works, 1 = crashed or failed (recorded; next tier),
+#   CHECK <dir>: the one-token decode; 0 = works, 3 = crashed or failed (recorded; next tier),
 #     anything else = could not check (stop, nothing recorded);
 #   RECHECK: 1 to check even where it passed on this machine before.
 llama_choose_build() {
-    local root=$1 extra_args=$2 key_extra=$3 build=$4 use=$5 check=$6 recheck=$7
-    local line tier args key dir state status reason
-    local -a tiers
-    mapfile -t tiers < <(llama_cpu_tiers)
+    # Bash scopes locals dynamically (the callbacks see them): prefixed, so none hides a caller's.
+    local _root=$1 _extra_args=$2 _key_extra=$3 _build=$4 _use=$5 _check=$6 _recheck=$7
+    local _line _tier _args _key _dir _state _status _reason
+    local -a _tiers
+    mapfile -t _tiers < <(llama_cpu_tiers)
     LLAMA_CHOSEN=""
-    for line in "${tiers[@]}"; do
-        tier=${line%%$'\t'*}
-        args="${line#*$'\t'}${extra_args:+ $extra_args}"
-        key=$(llama_build_key "$tier" "$args" "$key_extra")
-        dir="$root/$key"
-        state=$(llama_check_state "$dir")
-        if [[ "$state" == crashed* ]]; then
-            say "skipping the $tier build ($key): on this machine it $state"
+    for _line in "${_tiers[@]}"; do
+        _tier=${_line%%$'\t'*}
+        _args="${_line#*$'\t'}${_extra_args:+ $_extra_args}"
+        _key=$(llama_build_key "$_tier" "$_args" "$_key_extra")
+        _dir="$_root/$_key"
+        _state=$(llama_check_state "$_dir")
+        if [[ "$_state" == crashed* ]]; then
+            say "skipping the $_tier build ($_key): on this machine it $_state"
             continue
         fi
-        status=0
-        "$build" "$dir" "$args" || status=$?
-        [[ $status != 2 ]] || die "cannot build (see above)"
-        if [[ $status != 0 ]]; then
-            say "the $tier build failed (see above); trying one with fewer CPU features"
+        _status=0
+        "$_build" "$_dir" "$_args" || _status=$?
+        [[ $_status != 2 ]] || die "cannot build (see above)"
+        if [[ $_status != 0 ]]; then
+            say "the $_tier build failed (see above); trying one with fewer CPU features"
             continue
         fi
-        "$use" "$dir"
-        if [[ "$state" == ok && $recheck == 0 ]]; then
-            LLAMA_CHOSEN=$dir
+        "$_use" "$_dir"
+        if [[ "$_state" == ok && $_recheck == 0 ]]; then
+            LLAMA_CHOSEN=$_dir
             return 0
         fi
-        say "checking the $tier build ($key) with a one-token decode on this machine"
-        status=0
-        "$check" "$dir" || status=$?
-        if [[ $status == 0 ]]; then
-            llama_record_check "$dir" ok
-            LLAMA_CHOSEN=$dir
+        say "checking the $_tier build ($_key) with a one-token decode on this machine"
+        _status=0
+        "$_check" "$_dir" || _status=$?
+        if [[ $_status == 0 ]]; then
+            llama_record_check "$_dir" ok
+            LLAMA_CHOSEN=$_dir
             return 0
         fi
-        [[ $status == 1 ]] || die "could not check the $tier build (exit $status): see above"
-        reason=$(grep -m1 'FAILED:' "$dir/last-check.log" 2>/dev/null | sed 's/.*FAILED: //' || true)
-        llama_record_check "$dir" "crashed: ${reason:-the decode check failed}"
-        say "the $tier build does not work on this machine (${reason:-see above}); trying one with fewer CPU features"
+        [[ $_status == 3 ]] || die "could not check the $_tier build (exit $_status): see above"
+        _reason=$(grep -m1 'FAILED:' "$_dir/last-check.log" 2>/dev/null | sed 's/.*FAILED: //' || true)
+        llama_record_check "$_dir" "crashed: ${_reason:-the decode check failed}"
+        say "the $_tier build does not work on this machine (${_reason:-see above}); trying one with fewer CPU features"
     done
-    die "no build decodes on this machine (records in $root/*/checked/)"
+    die "no build decodes on this machine (records in $_root/*/checked/)"
 }
 
 # llama_run_check DIR COMMAND...: run a decode check, its output to stderr and DIR/last-check.log.

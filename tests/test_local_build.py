@@ -132,7 +132,19 @@ def test_the_llama_server_build_decodes_on_this_machine() -> None:
     assert result.ok, f"{result.detail}\n{result.output}"
 
 
-def test_the_check_command_exits_1_on_a_crash(tmp_path: Path) -> None:
+def test_no_build_on_an_empty_cache_builds_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "RSTAR_CACHE_DIR": str(tmp_path / "cache"), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_llama_server.sh"), "--no-build"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "no llama-server for this machine" in done.stderr
+    assert not list((tmp_path / "cache" / "llama-server").glob("*/bin"))
+    assert not (tmp_path / "cache" / "sdists").exists()  # not even the source was fetched
+
+
+def test_the_check_command_exits_3_on_a_crash(tmp_path: Path) -> None:
     binary = crashing_program(tmp_path, "llama-server")
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF")
@@ -141,7 +153,7 @@ def test_the_check_command_exits_1_on_a_crash(tmp_path: Path) -> None:
          "--model", str(model)],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 3  # BUILD_FAILED: not 1, which any Python error gives
     assert "FAILED: llama-server died: segmentation fault (SIGSEGV, signal 11)" in done.stderr
 
 
@@ -211,6 +223,12 @@ def test_a_build_that_crashes_here_is_marked_and_the_next_one_down_is_used(tmp_p
             ["bash", str(REPO / "scripts" / "build_llama_server.sh"), *args],
             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
         )  # fmt: skip
+
+    # --no-build never builds (it did once: a local of the shared loop hid the script's flag).
+    nothing = build("--no-build")
+    assert nothing.returncode == 3, nothing.stderr
+    assert "not checked on this machine yet" in nothing.stderr
+    assert not (cache / "llama-server" / keys[0] / "checked").exists()
 
     first = build()
     assert first.returncode == 0, first.stderr
