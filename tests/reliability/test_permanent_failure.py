@@ -68,15 +68,21 @@ def test_permanent_failure_then_retry(postgres_url: str, redis_url: str, tmp_pat
                     assert "upstream GPU node lost" in p.error
             shown = rstar(["show", str(job_id), "gsm-1"], env)
             assert "upstream GPU node lost" in shown.stdout and "retryable_error" in shown.stdout
-            requests_before = a.request_count + b.request_count
+            a_before, b_before = a.request_count, b.request_count
 
             down.clear()  # the endpoint is back
             retried = rstar(["retry", str(job_id)], env)
             assert retried.returncode == 0, retried.stderr
             assert "2 failed problem(s) re-run from 2 failed step(s)" in retried.stderr
             wait_finished(postgres_url, job_id)
-        sent_after = a.request_count + b.request_count - requests_before
-        after_prompts = [question_of(r.prompt) for r in (*a.requests, *b.requests)][requests_before:]
+        # Each server's own new requests: a slice of A's list joined to B's would take old B
+        # requests whenever the retry also sent some to A.
+        new_requests = [
+            *(("A", r) for r in a.requests[a_before:]),
+            *(("B", r) for r in b.requests[b_before:]),
+        ]
+        sent_after = len(new_requests)
+        after_prompts = [question_of(r.prompt) for _, r in new_requests]
 
     result = audit(postgres_url, job_id, lines=len(job.rows))
     assert_clean(result)
@@ -98,7 +104,8 @@ def test_permanent_failure_then_retry(postgres_url: str, redis_url: str, tmp_pat
         assert all(c.step_id not in ok_before for c in new_calls)  # nothing recorded was re-asked
     # Only the doomed problems went back to the servers: the failed review and what follows it.
     assert sent_after == len(new_calls)
-    assert not doomed.isdisjoint(after_prompts) and set(after_prompts) <= doomed
+    sent = [(server, kind_of(r.prompt), question_of(r.prompt)[:30]) for server, r in new_requests]
+    assert not doomed.isdisjoint(after_prompts) and set(after_prompts) <= doomed, sent
     result_row = {
         "answered": f"{first.answered} → {result.answered} after retry",
         "failed": f"{first.failed} → 0 after retry",
