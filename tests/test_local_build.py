@@ -243,3 +243,26 @@ def test_a_build_that_crashes_here_is_marked_and_the_next_one_down_is_used(tmp_p
     assert again.stdout.strip() == str(working)
     assert "checking" not in again.stderr  # checked once per machine
     assert "skipping the" in again.stderr and "segmentation fault" in again.stderr
+
+
+def test_rstar_models_check_exits_3_when_the_build_cannot_decode(tmp_path: Path) -> None:
+    # A file that passes for a GGUF but is not a model: llama.cpp fails in the child, not here.
+    model = tmp_path / "broken.gguf"
+    model.write_bytes(b"GGUF" + bytes(1000))
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "models", "check", "--model", str(model)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "llama-cpp-python on broken.gguf: FAILED: the decode died" in done.stderr
+
+
+@pytest.mark.realmodel
+def test_rstar_models_check_decodes_with_the_real_model() -> None:
+    require_real_model()
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "models", "check"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "llama-cpp-python on SmolLM2-135M-Instruct.Q4_1.gguf: decoded 1 token" in done.stdout
