@@ -111,8 +111,10 @@ llama_fetch_sdist() {
         say "downloading $LLAMA_SDIST_NAME with pip"
         req=$(mktemp)
         echo "llama-cpp-python==$LLAMA_VERSION --hash=sha256:$LLAMA_SDIST_SHA256" >"$req"
-        # --no-binary: the sdist, not a wheel; --require-hashes: exactly the file PyPI published.
-        "$python" -m pip --disable-pip-version-check download --quiet --no-deps --no-binary :all: \
+        # --no-binary for this package only: its sdist, not a wheel, while pip's metadata step
+        # still takes its build tools as wheels (with :all: a machine without cmake compiles cmake
+        # from source: an hour on 2 cores). --require-hashes: exactly the file PyPI published.
+        "$python" -m pip --disable-pip-version-check download --quiet --no-deps --no-binary llama-cpp-python \
             --require-hashes -r "$req" -d "$dir" >&2 || {
             rm -f "$req"
             die "pip could not download $LLAMA_SDIST_NAME"

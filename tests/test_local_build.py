@@ -6,6 +6,7 @@ real build."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,24 @@ SAPPHIRE_RAPIDS = (
 )
 HASWELL = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi1 bmi2"
 SANDY_BRIDGE = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx"
+
+
+def run_script(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a build script in its own session, and kill the whole session if it overruns: a build
+    (cmake, pip) left behind by a timed-out test would load the machine for an hour."""
+    proc = subprocess.Popen(
+        ["bash", *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def lib(tmp_path: Path, flags: str, script: str, model: str = "Test CPU") -> str:
@@ -134,10 +153,8 @@ def test_the_llama_server_build_decodes_on_this_machine() -> None:
 
 def test_no_build_on_an_empty_cache_builds_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "RSTAR_CACHE_DIR": str(tmp_path / "cache"), "PYTHON": sys.executable}
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build_llama_server.sh"), "--no-build"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    env["PIP_NO_INDEX"] = "1"
+    done = run_script([str(REPO / "scripts" / "build_llama_server.sh"), "--no-build"], env, tmp_path, 60)
     assert done.returncode == 3, done.stderr
     assert "no llama-server for this machine" in done.stderr
     assert not list((tmp_path / "cache" / "llama-server").glob("*/bin"))
@@ -217,12 +234,10 @@ def test_a_build_that_crashes_here_is_marked_and_the_next_one_down_is_used(tmp_p
     (shims / "cmake").write_text("#!/bin/sh\necho 'cmake: not in this test' >&2\nexit 1\n")
     (shims / "cmake").chmod(0o755)
     env["PATH"] = f"{shims}:{env['PATH']}"
+    env["PIP_NO_INDEX"] = "1"  # nor is anything to be downloaded
 
     def build(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(REPO / "scripts" / "build_llama_server.sh"), *args],
-            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        )  # fmt: skip
+        return run_script([str(REPO / "scripts" / "build_llama_server.sh"), *args], env, tmp_path)
 
     # --no-build never builds (it did once: a local of the shared loop hid the script's flag).
     nothing = build("--no-build")
