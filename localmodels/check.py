@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmodels.servers import describe_exit, free_port, signal_group
+from localmodels.servers import default_threads, describe_exit, free_port, signal_group
 
 __all__ = ["BUILD_FAILED", "CheckResult", "check_llama_server", "check_wheel"]
 
@@ -74,7 +73,7 @@ def check_wheel(model: Path, *, python: str = sys.executable, timeout: float = 3
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [python, "-X", "faulthandler", "-c", _WHEEL_CHILD, str(model), str(_threads()), PROMPT],
+            [python, "-X", "faulthandler", "-c", _WHEEL_CHILD, str(model), str(default_threads(1)), PROMPT],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -106,7 +105,7 @@ def check_llama_server(
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(
             [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-             "--ctx-size", "1024", "--parallel", "1", "--threads", str(_threads())],
+             "--ctx-size", "1024", "--parallel", "1", "--threads", str(default_threads(1))],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
@@ -154,13 +153,6 @@ def _ask_one_token(
     if not isinstance(reply, dict) or not reply.get("tokens_predicted"):
         return False, "llama-server answered without generating a token"
     return True, str(reply.get("content", ""))
-
-
-def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _default_model() -> Path:

@@ -108,6 +108,7 @@ install() {
     if [[ $fresh_venv == 1 ]]; then
         say "upgrading pip"
         "${PIP[@]}" install --quiet --upgrade pip
+        fresh_venv=0 # once: a fallback build installs again into the same venv
     fi
     # The same version from another build may be installed already: replace it.
     "${PIP[@]}" install --quiet --no-deps --force-reinstall "$wheel"
