@@ -22,10 +22,8 @@ from typing import Any
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from rstar.parsing import parse_review, parse_solution
-from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepSpec, StepView
+from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView
 from rstar.strategies.mutual import MutualStrategy
-from rstar.types import Role, StepKind
 from workers.client import ModelClient
 
 
@@ -46,12 +44,12 @@ class BareResult:
 class _Problem:
     index: int
     question: str
+    models: tuple[str, ...]
     steps: dict[str, StepView] = field(default_factory=dict)
-    solutions: dict[str, SolutionView] = field(default_factory=dict)
-    reviews: dict[str, ReviewView] = field(default_factory=dict)
+    outputs: dict[str, OutputView] = field(default_factory=dict)
 
     def state(self) -> ProblemState:
-        return ProblemState(self.question, dict(self.steps), dict(self.solutions), dict(self.reviews))
+        return ProblemState(self.question, self.models, dict(self.steps), dict(self.outputs))
 
 
 class _Endpoint:
@@ -66,7 +64,7 @@ class _Endpoint:
 class BareDriver:
     def __init__(
         self,
-        urls: Mapping[Role, str],
+        urls: Mapping[str, str],
         *,
         concurrency: int,
         params: Mapping[str, Any] | None = None,
@@ -85,8 +83,8 @@ class BareDriver:
         self._ids += 1
         return self._ids
 
-    async def _call(self, role: Role, payload: dict[str, Any]) -> str:
-        endpoint = self._endpoints[self.urls[role]]
+    async def _call(self, model: str, payload: dict[str, Any]) -> str:
+        endpoint = self._endpoints[self.urls[model]]
         delay = 0.05
         while True:
             async with endpoint.semaphore:
@@ -110,41 +108,27 @@ class BareDriver:
             delay = min(delay * 2, 1.0)
 
     async def _run_step(self, problem: _Problem, spec: StepSpec) -> None:
+        # What the worker does around a call, in memory: request, parent, call, the strategy's parse.
+        assert spec.model is not None
         state = problem.state()
         request = self.strategy.build_request(spec, state)
-        links = self.strategy.links(spec, state)
-        payload = self._endpoints[self.urls[spec.role]].payloads.build_payload(request)
-        text = await self._call(spec.role, payload)
-        if spec.kind is StepKind.REVIEW:
-            parsed = parse_review(text)
-            assert links.target_solution_id is not None
-            problem.reviews[spec.key] = ReviewView(
-                id=self._next_id(),
-                step_key=spec.key,
-                round=spec.round,
-                reviewer=spec.role,
-                target_solution_id=links.target_solution_id,
-                verdict=parsed.verdict,
-                scores=(parsed.logical_consistency, parsed.calculation_accuracy, parsed.step_completeness),
-                issues=parsed.issues,
-                suggested_answer=parsed.suggested_answer,
-                response_text=text,
-                structured=parsed.structured,
-            )
-        else:
-            sol = parse_solution(text)
-            problem.solutions[spec.key] = SolutionView(
-                id=self._next_id(),
-                step_key=spec.key,
-                round=spec.round,
-                author=spec.role,
-                kind=spec.kind.value,
-                steps=tuple(sol.steps),
-                answer=sol.answer,
-                response_text=text,
-                parse_error=sol.parse_error,
-            )
-        problem.steps[spec.key] = StepView(spec.key, spec.kind.value, spec.role, spec.round, "done")
+        parent = self.strategy.parent(spec, state)
+        payload = self._endpoints[self.urls[spec.model]].payloads.build_payload(request)
+        text = await self._call(spec.model, payload)
+        parsed = self.strategy.parse(spec, text)
+        problem.outputs[spec.key] = OutputView(
+            id=self._next_id(),
+            step_key=spec.key,
+            kind=str(spec.kind),
+            model=spec.model,
+            round=spec.round,
+            parent_id=parent,
+            payload=parsed.payload,
+            answer=parsed.answer,
+            text=text,
+            parse_error=parsed.parse_error,
+        )
+        problem.steps[spec.key] = StepView(spec.key, str(spec.kind), spec.model, spec.round, "done")
 
     async def _solve(self, problem: _Problem) -> tuple[str | None, int]:
         running: dict[str, asyncio.Task[None]] = {}
@@ -153,7 +137,7 @@ class BareDriver:
             for spec in plan.steps:
                 if spec.key not in problem.steps:
                     problem.steps[spec.key] = StepView(
-                        spec.key, spec.kind.value, spec.role, spec.round, "queued"
+                        spec.key, str(spec.kind), spec.model, spec.round, "queued"
                     )
                     running[spec.key] = asyncio.ensure_future(self._run_step(problem, spec))
             if plan.finished and not running:
@@ -169,7 +153,7 @@ class BareDriver:
         for url in set(self.urls.values()):
             self._endpoints[url] = _Endpoint(url, self.concurrency, self.timeout)
             self._endpoints[url].payloads.info  # probe /info before the clock starts  # noqa: B018
-        problems = [_Problem(i, q) for i, q in enumerate(questions)]
+        problems = [_Problem(i, q, tuple(self.urls)) for i, q in enumerate(questions)]
         cpu0, t0 = time.process_time(), time.monotonic()
         results = await asyncio.gather(*(self._solve(p) for p in problems))
         makespan = time.monotonic() - t0
@@ -189,7 +173,7 @@ class BareDriver:
 
 def run_bare(
     questions: Sequence[str],
-    urls: Mapping[Role, str],
+    urls: Mapping[str, str],
     *,
     concurrency: int,
     params: Mapping[str, Any] | None = None,

@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from db.models import ModelCall, Step, StepStatus
     from db.session import dispose_all, get_engine, session_scope
     from rstar.inputs import parse_problems
-    from tasks.dispatch import TASK_FOR_KIND
+    from rstar.roster import ModelEntry
+    from tasks.dispatch import MODEL_STEP_TASK
     from tasks.submit import submit_job
     from workers.celery_app import app
     from workers.settings import get_settings
@@ -81,12 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name="step-cost",
                 strategy_name="mutual",
                 params={},
-                model_a_url=sim.url,
-                model_b_url=sim.url + "/",  # another queue, the same server
+                # B: another queue, the same server
+                models=[ModelEntry("A", sim.url), ModelEntry("B", sim.url + "/")],
                 source=None,
                 problems=parse_problems(data.encode()),
             )
-            pending = select(Step.id, Step.kind).where(Step.status == StepStatus.QUEUED).order_by(Step.id)
+            pending = select(Step.id).where(Step.status == StepStatus.QUEUED).order_by(Step.id)
             cpu = 0.0
             counted = tasks = 0
             while True:
@@ -96,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
                 before = statements
                 started = time.process_time()
-                for step_id, kind in todo:
-                    app.tasks[TASK_FOR_KIND[kind]].apply(args=[step_id])
+                for (step_id,) in todo:
+                    app.tasks[MODEL_STEP_TASK].apply(args=[step_id])
                 cpu += time.process_time() - started
                 counted += statements - before
                 tasks += len(todo)

@@ -184,7 +184,7 @@ def run_bare_once(
         sim_cpu0 = sum(s.cpu_seconds() for s in sims)
         for s in sims:
             s.reset()
-        res = run_bare(questions, _role_urls(sims), concurrency=concurrency)  # type: ignore[arg-type]
+        res = run_bare(questions, _role_urls(sims), concurrency=concurrency)
         window.close(DEFAULT_REDIS)
         totals, series = _sim_totals(sims)
         sim_cpu = sum(s.cpu_seconds() for s in sims) - sim_cpu0
@@ -325,13 +325,13 @@ def _count_rows(db_url: str, job_id: int) -> tuple[int, int, dict[str, int], int
     """(rows written for the job, problems answered, rounds histogram, model calls recorded)."""
     from sqlalchemy import func, select
 
-    from db.models import Job, ModelCall, Problem, Review, Selection, Solution, Step
+    from db.models import Job, ModelCall, Output, Problem, Selection, Step
     from db.session import session_scope
 
     with session_scope(db_url) as s:
         pids = select(Problem.id).where(Problem.job_id == job_id)
         rows = 1 + (s.scalar(select(func.count()).select_from(Problem).where(Problem.job_id == job_id)) or 0)
-        for model in (Step, ModelCall, Solution, Review, Selection):
+        for model in (Step, ModelCall, Output, Selection):
             rows += s.scalar(select(func.count()).select_from(model).where(model.problem_id.in_(pids))) or 0
         answered = (
             s.scalar(
@@ -389,6 +389,7 @@ def run_system_once(
 
     from db import migrate
     from rstar.inputs import parse_problems
+    from rstar.roster import ModelEntry
     from tasks.submit import submit_job
     from workers.celery_app import create_app
     from workers.settings import Settings
@@ -420,8 +421,7 @@ def run_system_once(
                     name="bench",
                     strategy_name="mutual",
                     params={},
-                    model_a_url=urls["A"],
-                    model_b_url=urls["B"],
+                    models=[ModelEntry(name, url) for name, url in urls.items()],
                     source=None,
                     problems=problems,
                 )

@@ -108,6 +108,13 @@ def demo_command(
     model: Annotated[
         str, typer.Option(help=f"Local model: {', '.join(PRESETS)} or a .gguf path.")
     ] = DEFAULT_MODEL,
+    model_b: Annotated[
+        str | None,
+        typer.Option(
+            help="Model B, when it is to differ from A (heterogeneous models checking each other): "
+            f"{', '.join(PRESETS)} or a .gguf path."
+        ),
+    ] = None,
     problems: Annotated[int, typer.Option(help="How many GSM8K problems to run.", min=1, max=100)] = 5,
     max_rounds: Annotated[int, typer.Option(help="Review rounds at most.", min=1, max=10)] = 3,
     database_url: Annotated[
@@ -124,15 +131,19 @@ def demo_command(
     _check_redis(broker)
     try:
         model_file = fetch_model(model, models_dir=settings.models_dir, progress=True)
+        model_b_file = (
+            fetch_model(model_b, models_dir=settings.models_dir, progress=True) if model_b else None
+        )
     except ModelFetchError as exc:
         raise _fail(str(exc), 2 if isinstance(exc, ValueError) else 1) from None
     migrate.upgrade(database_url)
     logs = Path(tempfile.mkdtemp(prefix="rstar-demo-"))
-    console.print(f"[bold]rstar demo[/]: model {model_file.name}, database {database_url}, logs in {logs}")
+    names = model_file.name + (f" (A) and {model_b_file.name} (B)" if model_b_file else "")
+    console.print(f"[bold]rstar demo[/]: model {names}, database {database_url}, logs in {logs}")
 
     with ExitStack() as stack:
         try:
-            servers = stack.enter_context(serve_local(model_file, log_dir=logs))
+            servers = stack.enter_context(serve_local(model_file, model_b_file, log_dir=logs))
         except LocalServerError as exc:
             raise _fail(str(exc)) from None
         console.print(f"model servers: A {servers.url_a}, B {servers.url_b}")
@@ -140,8 +151,7 @@ def demo_command(
             **os.environ,
             "RSTAR_DATABASE_URL": database_url,
             "RSTAR_BROKER_URL": broker,
-            "RSTAR_MODEL_A_URL": servers.url_a,
-            "RSTAR_MODEL_B_URL": servers.url_b,
+            "RSTAR_MODELS": f"A={servers.url_a},B={servers.url_b}",
             # One request at a time per llama.cpp server: a call may wait for the ones before it.
             "RSTAR_REQUEST_TIMEOUT": str(max(settings.request_timeout, 600)),
         }
@@ -171,7 +181,8 @@ def demo_command(
                 "".join(line for _, line in zip(range(problems), f, strict=False)), encoding="utf-8"
             )
         sub = subprocess.run(
-            [sys.executable, "-m", "cli.main", "submit", str(sample), "--name", f"demo-{model}",
+            [sys.executable, "-m", "cli.main", "submit", str(sample),
+             "--name", f"demo-{model}" + (f"-{model_b}" if model_b else ""),
              "--max-rounds", str(max_rounds), "--seed", "0"],
             env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip

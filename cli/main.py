@@ -25,6 +25,7 @@ from db.jobs import ProblemResult, problem_results, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, Job
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
+from rstar.roster import ModelEntry, RosterError, check_url, parse_model_spec
 from rstar.strategies import STRATEGIES, ParamError
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.redact import url_credentials
@@ -72,8 +73,27 @@ def submit(
         int | None,
         typer.Option(help="Reuse the replies recorded in this job for identical model requests."),
     ] = None,
-    model_a: Annotated[str | None, typer.Option(help="Endpoint of model A [env RSTAR_MODEL_A_URL].")] = None,
-    model_b: Annotated[str | None, typer.Option(help="Endpoint of model B [env RSTAR_MODEL_B_URL].")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="A model of the roster as NAME=URL, repeatable, in order (e.g. --model A=http://tgi-a:8080 "
+            '--model B=... --model C=...) [env RSTAR_MODELS="A=url,B=url"].',
+        ),
+    ] = None,
+    model_a: Annotated[
+        str | None, typer.Option(help="Shorthand for --model A=URL [env RSTAR_MODEL_A_URL].")
+    ] = None,
+    model_b: Annotated[
+        str | None, typer.Option(help="Shorthand for --model B=URL [env RSTAR_MODEL_B_URL]; default A's URL.")
+    ] = None,
+    check_models: Annotated[
+        bool | None,
+        typer.Option(
+            help="Refuse the job when a model's server does not answer HTTP (default) "
+            "[env RSTAR_CHECK_MODELS].",
+        ),
+    ] = None,
     strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(STRATEGIES))}.")] = "mutual",
     max_rounds: Annotated[int | None, typer.Option(help="Review rounds at most (default 3).")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature for solutions.")] = None,
@@ -99,10 +119,10 @@ def submit(
     from tasks.submit import BrokerUnavailableError, ResumeFromError, submit_job
 
     settings = get_settings()
-    url_a = model_a or settings.model_a_url
-    url_b = model_b or settings.model_b_url or url_a
-    if not url_a:
-        raise fail("no endpoint for model A: pass --model-a URL or set RSTAR_MODEL_A_URL")
+    try:
+        models = _roster(model or [], model_a, model_b, settings)
+    except RosterError as exc:
+        raise fail(f"{exc}; nothing was submitted") from None
     try:
         data = file.read_bytes()
     except OSError as exc:
@@ -138,23 +158,47 @@ def submit(
             name=name or file.stem,
             strategy_name=strategy,
             params=params,
-            model_a_url=url_a,
-            model_b_url=url_b or url_a,
+            models=models,
             source=str(file),
             problems=problems,
             resume_from=resume_from,
+            check_models=settings.check_models if check_models is None else check_models,
         )
     except (ParamError, migrate.SchemaOutOfDateError, ResumeFromError) as exc:
         raise fail(str(exc)) from None
+    except RosterError as exc:
+        raise fail(f"{exc}; nothing was submitted") from None
     except BrokerUnavailableError as exc:
         raise fail(str(exc), code=1) from None
-    err.print(f"job {done.job_id}: {done.problems} problems enqueued on {', '.join(done.queues)}")
-    if url_credentials(url_a) or url_credentials(url_b or url_a):
+    err.print(
+        f"job {done.job_id}: {done.problems} problems enqueued on {', '.join(done.queues)} "
+        f"(models {', '.join(done.models)})"
+    )
+    if done.unused:
+        err.print(f"strategy {strategy} uses {len(done.models)} model(s); not used: {', '.join(done.unused)}")
+    if any(url_credentials(m.url) for m in models):
         err.print(
             "the credentials in the endpoint URLs were not stored: give them to the workers "
-            "(`rstar worker --endpoint URL`, or RSTAR_MODEL_A_URL / RSTAR_MODEL_B_URL)"
+            "(`rstar worker --endpoint URL`, or RSTAR_MODELS)"
         )
     print(done.job_id)
+
+
+def _roster(
+    specs: list[str], model_a: str | None, model_b: str | None, settings: Settings
+) -> list[ModelEntry]:
+    """--model NAME=URL entries, then --model-a / --model-b; none given: the environment's."""
+    entries = [parse_model_spec(spec) for spec in specs]
+    if model_a or model_b:
+        url_a = model_a or settings.model_a_url
+        if not url_a:
+            raise RosterError("--model-b without model A: pass --model-a URL too")
+        shorthand = [ModelEntry("A", check_url(url_a, what="--model-a"))]
+        if model_b or not specs:  # alone, --model-a is a pair: B serves from A's URL by default
+            url_b = model_b or settings.model_b_url or url_a
+            shorthand.append(ModelEntry("B", check_url(url_b, what="--model-b")))
+        entries = shorthand + entries
+    return entries or settings.roster()
 
 
 # -- worker ------------------------------------------------------------------------------------
@@ -164,7 +208,8 @@ def submit(
 def worker(
     ctx: typer.Context,
     endpoint: Annotated[
-        list[str] | None, typer.Option(help="Serve this endpoint's queue (repeatable); default A and B.")
+        list[str] | None,
+        typer.Option(help="Serve this endpoint's queue (repeatable); default: the models of RSTAR_MODELS."),
     ] = None,
     concurrency: Annotated[
         int | None,
@@ -180,9 +225,9 @@ def worker(
     Extra arguments go to `celery worker` unchanged.
     """
     settings = get_settings()
-    endpoints = endpoint or [u for u in (settings.model_a_url, settings.model_b_url) if u]
-    if not endpoint and not endpoints:
-        raise fail("no endpoints: pass --endpoint URL or set RSTAR_MODEL_A_URL / RSTAR_MODEL_B_URL")
+    endpoints = endpoint or settings.configured_urls()
+    if not endpoints:
+        raise fail("no endpoints: pass --endpoint URL or set RSTAR_MODELS (or RSTAR_MODEL_A_URL / _B_URL)")
     queues = sorted({CONTROL_QUEUE, *(queue_for_endpoint(u) for u in endpoints)})
     if concurrency is not None:
         threads, sizing = concurrency, f"worker: {concurrency} threads (--concurrency)"
@@ -254,10 +299,11 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
     with session_scope(get_settings().database_url) as session:
         job = _job_or_fail(session, job_id)
         counts = status_counts(session=session, job_id=job_id)
-        job_status, name = job.status, job.name
+        job_status, name, strategy = job.status, job.name, job.strategy
+        models = ", ".join(f"{m['name']} {m['url']}" for m in job.models)
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
-    table = Table(title=f"job {job_id} ({name}): {job_status}", show_header=True)
+    table = Table(title=f"job {job_id} ({name}, {strategy}; models {models}): {job_status}", show_header=True)
     for state in ("pending", "running", "answered", "failed", "cancelled"):
         table.add_column(state, justify="right")
     table.add_row(*(str(counts.get(s, 0)) for s in ("pending", "running", "answered", "failed", "cancelled")))
@@ -401,6 +447,17 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     """Apply the Alembic migrations to RSTAR_DATABASE_URL."""
     url = get_settings().database_url
     migrate.upgrade(url, revision)
+    err.print(f"{migrate.redact_url(url)} is at revision {migrate.current_revision(url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. 0002 or -1.")]) -> None:
+    """Undo migrations down to REVISION; refused, with nothing changed, if it would lose data."""
+    url = get_settings().database_url
+    try:
+        migrate.downgrade(url, revision)
+    except migrate.DowngradeRefusedError as exc:
+        raise fail(str(exc)) from None
     err.print(f"{migrate.redact_url(url)} is at revision {migrate.current_revision(url)}")
 
 

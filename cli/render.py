@@ -10,14 +10,15 @@ from rich.panel import Panel
 from rich.text import Text
 
 from db.audit import ProblemTrail, StepTrail
-from db.models import ModelCall
-from rstar.answers import answers_equal
+from db.models import ModelCall, Output
+from rstar.reports import judge
+from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
 
 TITLES = {
     "generate": "solves",
-    "review": "reviews the peer's solution",
-    "refine": "refines",
-    "complete": "completes the peer's solution from its cut-off point",
+    "review": "reviews the peer's solution ({parent})",
+    "refine": "refines its solution ({parent})",
+    "complete": "completes the peer's solution ({parent}) from its cut-off point",
     "select": "selection",
 }
 
@@ -35,13 +36,15 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> N
     p = trail.problem
     head = Text()
     head.append(f"problem {p.item_id} (line {p.line}) — {p.status}\n", style="bold")
+    roster = ", ".join(f"{m['name']} {m['url']}" for m in trail.job.models)
+    head.append(f"job {trail.job.id} ({trail.job.strategy}) · models: {roster}\n", style="dim")
     head.append(p.question + "\n")
     head.append(
         f"reference answer: {p.reference_answer}   final answer: {p.final_answer}   rounds: {p.rounds_used}"
     )
     if p.reference_answer is not None and p.status == "answered":
         # The same judgement as `rstar results` and `rstar report`.
-        head.append(f"   correct: {'yes' if answers_equal(p.final_answer, p.reference_answer) else 'no'}")
+        head.append(f"   correct: {'yes' if judge(p.status, p.final_answer, p.reference_answer) else 'no'}")
     if p.error:
         head.append(f"\nerror: {p.error}", style="red")
     console.print(Panel(head, title="problem"))
@@ -49,53 +52,68 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> N
         if st.step.kind != "select":  # the selection panel below says it all
             _print_step(console, st, with_calls=with_calls)
     if trail.selection is not None:
+        chosen = trail.chosen
+        by = f"{chosen.model}'s {chosen.kind} #{chosen.id}" if chosen is not None else "no output"
         console.print(
             Panel(
                 Text(f"answer: {trail.selection.answer}\n{trail.selection.reason}"),
-                title=f"selection (solution #{trail.selection.solution_id})",
+                title=f"selection ({by})",
                 border_style="green",
             )
         )
 
 
+def _describe(out: Output | None) -> str:
+    return f"{out.model}'s #{out.id}" if out is not None else "an earlier output"
+
+
 def _print_step(console: Console, st: StepTrail, *, with_calls: bool) -> None:
     s = st.step
-    who = f"{s.role} " if s.role else ""
-    title = f"round {s.round} · {who}{TITLES.get(s.kind, s.kind)} · {s.status} · step {s.key}"
+    who = f"{s.model} " if s.model else ""
+    what = TITLES.get(s.kind, s.kind).format(parent=_describe(st.parent))
+    if s.kind not in TITLES and st.parent is not None:
+        what += f" (from {_describe(st.parent)})"
+    title = f"round {s.round} · {who}{what} · {s.status} · step {s.key}"
+    if st.output is not None:
+        title += f" · output #{st.output.id}"
     body = Text()
-    if st.solution is not None:
-        sol = st.solution
-        for i, line in enumerate(sol.steps or [], 1):
-            body.append(f"{i}. {line}\n")
-        body.append(f"final answer: {sol.answer_raw!r} → {sol.answer}", style="bold")
-        if sol.parse_error:
-            body.append(f"\nparse: {sol.parse_error}", style="yellow")
-    if st.review is not None:
-        r = st.review
-        body.append(f"verdict: {r.verdict}", style="bold")
-        body.append(
-            f"   scores: logic {r.logical_consistency}, calculation {r.calculation_accuracy}, "
-            f"completeness {r.step_completeness}\n"
-        )
-        for issue in r.issues or []:
-            body.append(f"- step {issue.get('step')}: {issue.get('description')}\n")
-        if r.suggested_answer is not None:
-            body.append(f"reviewer's answer: {r.suggested_answer}\n")
-        if r.parse_error:
-            body.append(f"parse: {r.parse_error}", style="yellow")
+    if st.output is not None:
+        _print_output(body, st.output)
     if s.error:
         body.append(f"\nerror: {s.error}", style="red")
     console.print(Panel(body, title=escape(title)))
     if with_calls:
         for call in st.calls:
-            _print_call(console, call)
+            _print_call(console, call, s.model)
 
 
-def _print_call(console: Console, call: ModelCall) -> None:
+def _print_output(body: Text, out: Output) -> None:
+    p = out.payload or {}
+    if out.kind in SOLUTION_KINDS:
+        for i, line in enumerate(p.get("steps") or [], 1):
+            body.append(f"{i}. {line}\n")
+        body.append(f"final answer: {p.get('answer_raw')!r} → {out.answer}", style="bold")
+    elif out.kind in REVIEW_KINDS:
+        scores = list(p.get("scores") or [None, None, None]) + [None] * 3
+        body.append(f"verdict: {p.get('verdict')}", style="bold")
+        body.append(f"   scores: logic {scores[0]}, calculation {scores[1]}, completeness {scores[2]}\n")
+        for issue in p.get("issues") or []:
+            body.append(f"- step {issue.get('step')}: {issue.get('description')}\n")
+        if p.get("suggested_answer") is not None:
+            body.append(f"reviewer's answer: {p.get('suggested_answer')}\n")
+    else:  # a kind of another strategy: its payload as it is
+        for key, value in p.items():
+            body.append(f"{key}: {value}\n")
+        body.append(f"answer: {out.answer}", style="bold")
+    if out.parse_error:
+        body.append(f"\nparse: {out.parse_error}", style="yellow")
+
+
+def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
     text = Text()
     latency = f"{call.latency_ms:.0f} ms" if call.latency_ms is not None else "?"
     text.append(
-        f"attempt {call.attempt} · {call.outcome} · {call.endpoint} · {call.model} · "
+        f"attempt {call.attempt} · model {model} · {call.outcome} · {call.endpoint} · served {call.model} · "
         f"tokens {call.prompt_tokens}+{call.completion_tokens} · {latency} · finish {call.finish_reason}\n",
         style="dim",
     )

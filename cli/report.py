@@ -115,6 +115,45 @@ def paired_cells(report: Report) -> list[list[str]]:
     ]  # fmt: skip
 
 
+MODELS_HEAD = (
+    "job",
+    "model",
+    "answered",
+    "right (its latest own answer)",
+    "accuracy",
+    "answers right (all outputs)",
+)
+
+
+def models_cells(report: Report) -> list[list[str]]:
+    return [
+        [s.label, m.name, f"{m.answered}/{s.problems}", f"{m.right}/{m.judged}", _pct(m.accuracy),
+         f"{m.outputs_right}/{m.outputs}"]
+        for s in report.jobs
+        for m in s.models
+    ]  # fmt: skip
+
+
+def _agreement_cell(s: JobSummary, x: str, y: str) -> str:
+    if x == y:
+        return "-"
+    agree, both = s.agreement.get((x, y)) or s.agreement.get((y, x)) or (0, 0)
+    return f"{agree}/{both} ({_pct(agree / both)})" if both else "0/0"
+
+
+def agreement_tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per job with two models or more: (title, head, rows) of its agreement matrix."""
+    out = []
+    for s in report.jobs:
+        names = [m.name for m in s.models]
+        if len(names) < 2:
+            continue
+
+        rows = [[x, *(_agreement_cell(s, x, y) for y in names)] for x in names]
+        out.append((f"answer agreement, job {s.label}", ["", *names], rows))
+    return out
+
+
 def _multi_round(report: Report) -> list[JobSummary]:
     return [s for s in report.jobs if s.rounds]
 
@@ -137,6 +176,10 @@ def print_report(console: Console, report: Report) -> None:
         console.print(table("rounds, reviews and consistency", ROUNDS_HEAD, [rounds_cells(s) for s in multi]))
     if report.comparisons:
         console.print(table("paired comparisons (same problems)", PAIRED_HEAD, paired_cells(report)))
+    if any(s.models for s in report.jobs):
+        console.print(table("accuracy per model", MODELS_HEAD, models_cells(report)))
+    for title, head, rows in agreement_tables(report):
+        console.print(table(title, head, rows))
 
 
 # -- Markdown and CSV ------------------------------------------------------------------------------
@@ -169,6 +212,13 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
             "",
             _md_table(PAIRED_HEAD, paired_cells(report)),
         ]
+    if any(s.models for s in report.jobs):
+        parts += ["", "## Accuracy per model", "", _md_table(MODELS_HEAD, models_cells(report))]
+    agreement = agreement_tables(report)
+    if agreement:
+        parts += ["", "## Answer agreement between models", ""]
+        for title, head, rows in agreement:
+            parts += [f"{title} (both answered alike / both answered):", "", _md_table(head, rows), ""]
     if plots:
         parts += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     parts += ["", "## Definitions", "", DEFINITIONS]
@@ -177,7 +227,9 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
 
 def _flat(s: JobSummary) -> dict[str, Any]:
     row: dict[str, Any] = {
-        k: v for k, v in asdict(s).items() if k not in ("params", "rounds", "reviews", "completions")
+        k: v
+        for k, v in asdict(s).items()
+        if k not in ("params", "rounds", "reviews", "completions", "models", "agreement")
     }
     row["accuracy"] = round(s.accuracy, 4)
     row["ci_low"], row["ci_high"] = round(s.ci_low, 4), round(s.ci_high, 4)
@@ -218,6 +270,31 @@ def render_problems_csv(report: Report) -> str:
                  is_correct(p), p.rounds_used, p.model_calls, p.prompt_tokens, p.completion_tokens,
                  p.wall_time_s, p.model_seconds]
             )  # fmt: skip
+    return out.getvalue()
+
+
+def render_models_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["job_id", "job", "model", "answered", "right", "judged", "accuracy", "outputs", "outputs_right"]
+    )
+    for s in report.jobs:
+        for m in s.models:
+            writer.writerow(
+                [s.job_id, s.label, m.name, m.answered, m.right, m.judged, round(m.accuracy, 4), m.outputs,
+                 m.outputs_right]
+            )  # fmt: skip
+    return out.getvalue()
+
+
+def render_agreement_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["job_id", "model", "other", "agree", "both_answered"])
+    for s in report.jobs:
+        for (x, y), (agree, both) in s.agreement.items():
+            writer.writerow([s.job_id, x, y, agree, both])
     return out.getvalue()
 
 
@@ -291,7 +368,8 @@ def plot_accuracy_per_round(report: Report, path: Path) -> bool:
 
 
 def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) -> list[Path]:
-    """report.md, summary.csv, problems.csv, paired.csv and the PNG plots; returns the paths."""
+    """report.md, summary.csv, problems.csv, paired.csv, models.csv, agreement.csv and the PNG
+    plots; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = ["accuracy_vs_calls.png"]
     plot_accuracy_vs_calls(report, out_dir / plots[0])
@@ -302,6 +380,8 @@ def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) 
         "summary.csv": render_summary_csv(report),
         "problems.csv": render_problems_csv(report),
         "paired.csv": render_paired_csv(report),
+        "models.csv": render_models_csv(report),
+        "agreement.csv": render_agreement_csv(report),
     }
     for name, text in files.items():
         (out_dir / name).write_text(text, encoding="utf-8")

@@ -7,22 +7,26 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import ModelCall, Problem, Review, Selection, Solution, Step
+from db.models import Job, ModelCall, Output, Problem, Selection, Step
 
 
 @dataclass(frozen=True)
 class StepTrail:
     step: Step
     calls: list[ModelCall]
-    solution: Solution | None
-    review: Review | None
+    output: Output | None
+    parent: Output | None
+    """The output this step's output extends or judges."""
 
 
 @dataclass(frozen=True)
 class ProblemTrail:
+    job: Job
     problem: Problem
     steps: list[StepTrail]
     selection: Selection | None
+    chosen: Output | None
+    """The output whose answer the selection chose."""
 
 
 def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrail | None:
@@ -32,16 +36,15 @@ def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrai
     pid = problem.id
     steps = session.scalars(select(Step).where(Step.problem_id == pid).order_by(Step.round, Step.id)).all()
     calls = session.scalars(select(ModelCall).where(ModelCall.problem_id == pid).order_by(ModelCall.id)).all()
-    solutions = {s.step_id: s for s in session.scalars(select(Solution).where(Solution.problem_id == pid))}
-    reviews = {r.step_id: r for r in session.scalars(select(Review).where(Review.problem_id == pid))}
+    outputs = {o.id: o for o in session.scalars(select(Output).where(Output.problem_id == pid))}
+    by_step = {o.step_id: o for o in outputs.values()}
     selection = session.scalar(select(Selection).where(Selection.problem_id == pid))
-    trails = [
-        StepTrail(
-            step=s,
-            calls=[c for c in calls if c.step_id == s.id],
-            solution=solutions.get(s.id),
-            review=reviews.get(s.id),
+    trails = []
+    for s in steps:
+        out = by_step.get(s.id)
+        parent = outputs.get(out.parent_id) if out is not None and out.parent_id is not None else None
+        trails.append(
+            StepTrail(step=s, calls=[c for c in calls if c.step_id == s.id], output=out, parent=parent)
         )
-        for s in steps
-    ]
-    return ProblemTrail(problem=problem, steps=trails, selection=selection)
+    chosen = outputs.get(selection.output_id) if selection is not None and selection.output_id else None
+    return ProblemTrail(job=problem.job, problem=problem, steps=trails, selection=selection, chosen=chosen)

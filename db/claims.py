@@ -7,7 +7,7 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,8 @@ from db.models import (
     utcnow,
 )
 from db.state import load_state
-from rstar.strategies.base import ProblemState, StepLinks
+from rstar import roster
+from rstar.strategies.base import ProblemState
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,19 @@ class Claim:
     job_id: int
     key: str
     kind: str
-    role: str | None
+    model: str | None
+    """The roster name of the model the step runs on."""
     round: int
     attempts: int
     endpoint: str | None
+    """That model's URL (without credentials)."""
     strategy: str
     params: dict[str, Any]
     state: ProblemState
     recorded: ModelCall | None
     """A successful call already recorded for this step (a crash came between call and output)."""
-    links: StepLinks = field(default_factory=StepLinks)
-    """Filled in by the task from the strategy."""
+    parent_id: int | None = None
+    """The output the step's output extends or judges: filled in by the task from the strategy."""
     retry_base: int = 0
     """Attempts made before the current retry budget (see `Step.retry_base`)."""
     resume_from: int | None = None
@@ -80,14 +83,13 @@ PROBLEM_AND_JOB = (
     _jt.c.status.label("job_status"),
     _jt.c.strategy,
     _jt.c.params,
-    _jt.c.model_a_url,
-    _jt.c.model_b_url,
+    _jt.c.models,
 )
 # What a Claim needs besides the step's attempts.
 _CLAIM_COLUMNS = (
     _st.c.key,
     _st.c.kind,
-    _st.c.role,
+    _st.c.model,
     _st.c.round,
     *PROBLEM_AND_JOB,
     _jt.c.resume_from_id,
@@ -123,22 +125,29 @@ _TAKE_STEP = (
     .values(**_TAKE_VALUES)
     .returning(_st.c.attempts, _st.c.retry_base)
 )
-# PostgreSQL: the read and the take in one UPDATE ... FROM ... RETURNING (one round trip, where
-# the read-then-update pair and its transaction cost four).
-_TAKE_AND_READ = (
-    update(_st)
-    .where(
-        _st.c.id == bindparam("step_id"),
-        _st.c.kind == bindparam("want_kind"),
-        _pt.c.id == _st.c.problem_id,
-        _jt.c.id == _pt.c.job_id,
-        _jt.c.status != JobStatus.CANCELLED.value,
-        _pt.c.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]),
-        _TAKEABLE,
+
+
+def _take_and_read(*only: Any) -> Any:
+    """PostgreSQL: the read and the take in one UPDATE ... FROM ... RETURNING (one round trip,
+    where the read-then-update pair and its transaction cost four)."""
+    return (
+        update(_st)
+        .where(
+            _st.c.id == bindparam("step_id"),
+            *only,
+            _pt.c.id == _st.c.problem_id,
+            _jt.c.id == _pt.c.job_id,
+            _jt.c.status != JobStatus.CANCELLED.value,
+            _pt.c.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]),
+            _TAKEABLE,
+        )
+        .values(**_TAKE_VALUES)
+        .returning(_st.c.attempts, _st.c.retry_base, *_CLAIM_COLUMNS)
     )
-    .values(**_TAKE_VALUES)
-    .returning(_st.c.attempts, _st.c.retry_base, *_CLAIM_COLUMNS)
-)
+
+
+_TAKE_MODEL_STEP = _take_and_read(_st.c.model.is_not(None))
+_TAKE_STEP_OF_KIND = _take_and_read(_st.c.model.is_not(None), _st.c.kind == bindparam("want_kind"))
 _START_PROBLEM = (
     update(_pt)
     .where(_pt.c.id == bindparam("problem_id"), _pt.c.status == ProblemStatus.PENDING.value)
@@ -149,11 +158,11 @@ _START_PROBLEM = (
 def claim_step(
     *, session: Session, step_id: int, task_id: str, lease: timedelta, kind: str | None = None
 ) -> Claim | int | None:
-    """Take the step for this task run, or say why not.
+    """Take the model step for this task run, or say why not.
 
     Returns the Claim; the problem id when the step needs no work (finished, cancelled, or leased
-    by another live run); None when the step does not exist, or is not of the `kind` the task
-    does (a message from another deployment sharing the broker must not touch this one's steps).
+    by another live run); None when the step does not exist, runs no model (the selection), or is
+    not of the `kind` asked for (a message of a release that had one task per kind).
 
     A live run renews its lease every `lease / 4` (tasks/leases.py). A redelivered message has the
     same task id: it takes its own lease back once the lease has gone unrenewed for half its
@@ -174,14 +183,18 @@ def claim_step(
         "new_lease_until": now + lease,
     }
     row: Any
-    if kind is not None and conn.dialect.name == "postgresql":
-        row = taken = conn.execute(_TAKE_AND_READ, take).first()
+
+    def not_ours(row: Any) -> bool:
+        return row is None or row.model is None or (kind is not None and row.kind != kind)
+
+    if conn.dialect.name == "postgresql":
+        row = taken = conn.execute(_TAKE_MODEL_STEP if kind is None else _TAKE_STEP_OF_KIND, take).first()
         if taken is None:  # say why: read what the update did not take
             row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
-            return None if row is None or row.kind != kind else row.problem_id
+            return None if not_ours(row) else row.problem_id
     else:
         row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
-        if row is None or (kind is not None and row.kind != kind):
+        if not_ours(row):
             return None
         if row.job_status == JobStatus.CANCELLED or row.problem_status in TERMINAL_PROBLEM_STATES:
             return row.problem_id  # checked before taking it, so a cancelled job holds no leases
@@ -191,20 +204,21 @@ def claim_step(
     if row.problem_status == ProblemStatus.PENDING:
         conn.execute(_START_PROBLEM, {"problem_id": row.problem_id, "now": now})
     recorded = session.get(ModelCall, row.recorded_id) if row.recorded_id is not None else None
-    endpoint = {"A": row.model_a_url, "B": row.model_b_url}.get(row.role or "")
     return Claim(
         step_id=step_id,
         problem_id=row.problem_id,
         job_id=row.job_id,
         key=row.key,
         kind=row.kind,
-        role=row.role,
+        model=row.model,
         round=row.round,
         attempts=taken.attempts,
-        endpoint=endpoint,
+        endpoint=roster.url_of(row.models, row.model),
         strategy=row.strategy,
         params=dict(row.params),
-        state=load_state(session=session, problem_id=row.problem_id, question=row.question),
+        state=load_state(
+            session=session, problem_id=row.problem_id, question=row.question, models=row.models
+        ),
         recorded=recorded,
         retry_base=taken.retry_base,
         resume_from=row.resume_from_id,
@@ -229,7 +243,7 @@ def fail_step(*, session: Session, step_id: int, error: str) -> None:
 _ADD_STEPS = {
     name: dialect_insert(Step.__table__)
     .on_conflict_do_nothing(index_elements=["problem_id", "key"])
-    .returning(*(Step.__table__.c[col] for col in ("id", "key", "kind", "role", "round")))
+    .returning(*(Step.__table__.c[col] for col in ("id", "key", "kind", "model", "round")))
     for name, dialect_insert in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
 }
 
@@ -237,11 +251,11 @@ _ADD_STEPS = {
 def add_steps(
     *, session: Session, problem_id: int, specs: list[tuple[str, str, str | None, int]]
 ) -> list[Step]:
-    """Insert steps (key, kind, role, round) that do not exist yet; return the ones this call made.
+    """Insert steps (key, kind, model, round) that do not exist yet; return the ones this call made.
 
     The unique (problem_id, key) constraint makes concurrent dispatchers agree on one winner: on
     PostgreSQL and SQLite in one INSERT ... ON CONFLICT DO NOTHING RETURNING (the returned Step
-    objects are detached: id, problem_id, key, kind, role and round are set); elsewhere one
+    objects are detached: id, problem_id, key, kind, model and round are set); elsewhere one
     savepoint per step.
     """
     if not specs:
@@ -255,19 +269,21 @@ def add_steps(
             session.connection()
             .execute(
                 statement,
-                [dict(problem_id=problem_id, key=k, kind=kd, role=r, round=n) for k, kd, r, n in specs],
+                [dict(problem_id=problem_id, key=k, kind=kd, model=m, round=n) for k, kd, m, n in specs],
             )
             .all()
         )
         by_key = {row.key: row for row in rows}
         return [
-            Step(id=row.id, problem_id=problem_id, key=row.key, kind=row.kind, role=row.role, round=row.round)
+            Step(
+                id=row.id, problem_id=problem_id, key=row.key, kind=row.kind, model=row.model, round=row.round
+            )
             for key, *_ in specs
             if (row := by_key.get(key)) is not None
         ]
     made: list[Step] = []
-    for key, kind, role, round_ in specs:
-        step = Step(problem_id=problem_id, key=key, kind=kind, role=role, round=round_)
+    for key, kind, model, round_ in specs:
+        step = Step(problem_id=problem_id, key=key, kind=kind, model=model, round=round_)
         try:
             with session.begin_nested():
                 session.add(step)

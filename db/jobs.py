@@ -20,11 +20,14 @@ from db.models import (
     Job,
     JobStatus,
     ModelCall,
+    Output,
     Problem,
     ProblemStatus,
+    Selection,
     Step,
     utcnow,
 )
+from rstar.reports import judge
 from rstar.strategies.base import StepSpec
 from rstar.types import ProblemInput
 
@@ -35,19 +38,18 @@ def create_job(
     name: str,
     strategy: str,
     params: dict[str, Any],
-    model_a_url: str,
-    model_b_url: str,
+    models: list[dict[str, str]],
     source: str | None,
     problems: list[ProblemInput],
     first_steps: tuple[StepSpec, ...],
 ) -> tuple[Job, list[Step]]:
-    """The job, its problems and each problem's first steps, flushed in the caller's transaction."""
+    """The job (`models`: its roster, [{"name", "url"}, ...]), its problems and each problem's
+    first steps, flushed in the caller's transaction."""
     job = Job(
         name=name,
         strategy=strategy,
         params=params,
-        model_a_url=model_a_url,
-        model_b_url=model_b_url,
+        models=models,
         source=source,
         status=JobStatus.ACTIVE,
     )
@@ -68,7 +70,7 @@ def create_job(
     session.add_all(rows)
     session.flush()
     steps = [
-        Step(problem_id=prob.id, key=spec.key, kind=spec.kind.value, role=spec.role, round=spec.round)
+        Step(problem_id=prob.id, key=spec.key, kind=str(spec.kind), model=spec.model, round=spec.round)
         for prob in rows
         for spec in first_steps
     ]
@@ -120,6 +122,8 @@ class ProblemResult:
     reference_answer: str | None
     correct: bool | None
     rounds_used: int | None
+    model: str | None
+    """The model whose output gave the selected answer."""
     model_calls: int
     prompt_tokens: int
     completion_tokens: int
@@ -129,8 +133,6 @@ class ProblemResult:
 
 
 def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
-    from rstar.answers import answers_equal
-
     stats = {
         pid: (n, pt or 0, ct or 0)
         for pid, n, pt, ct in session.execute(
@@ -145,12 +147,20 @@ def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
             .group_by(ModelCall.problem_id)
         ).all()
     }
+    chosen_by = dict(
+        session.execute(
+            select(Selection.problem_id, Output.model)
+            .join(Output, Output.id == Selection.output_id)
+            .join(Problem, Problem.id == Selection.problem_id)
+            .where(Problem.job_id == job_id)
+        ).all()
+    )
     results = []
     for p in session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)):
         n, pt, ct = stats.get(p.id, (0, 0, 0))
         correct = None
         if p.reference_answer is not None and p.status == ProblemStatus.ANSWERED:
-            correct = answers_equal(p.final_answer, p.reference_answer)
+            correct = judge(p.status, p.final_answer, p.reference_answer)
         wall = _seconds(p.started_at, p.finished_at)
         results.append(
             ProblemResult(
@@ -160,6 +170,7 @@ def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
                 reference_answer=p.reference_answer,
                 correct=correct,
                 rounds_used=p.rounds_used,
+                model=chosen_by.get(p.id),
                 model_calls=n,
                 prompt_tokens=pt,
                 completion_tokens=ct,

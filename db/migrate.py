@@ -18,6 +18,11 @@ class SchemaOutOfDateError(RuntimeError):
     """The database is behind the code's migrations."""
 
 
+class DowngradeRefusedError(RuntimeError):
+    """A downgrade would lose data the older schema cannot hold (raised by the migration, before
+    it changes anything)."""
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -1,8 +1,12 @@
 """The audit schema. The database is the source of truth for where every problem stands.
 
     Job 1─* Problem 1─* Step 1─* ModelCall          (one row per attempt, failed ones too)
-                          Step 1─1 Solution | Review  (the parsed output of the step's call)
-                  Problem 1─1 Selection
+                          Step 1─1 Output            (the parsed reply of the step's call)
+                                 Output *─1 Output   (parent: what it extends or judges)
+                  Problem 1─1 Selection ─1 Output
+
+A job's models are its roster (`jobs.models`, a list of {"name", "url"}); a step names the model
+that runs it. Step kinds and output payloads belong to the job's strategy (rstar/strategies/).
 
 Idempotency lives in the unique constraints: a step key is unique per problem (so a step is
 dispatched once), an attempt number is unique per step (so a call is recorded once), and a step
@@ -15,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -66,8 +70,8 @@ class Job(Base):
     strategy: Mapped[str] = mapped_column(String(50))
     params: Mapped[dict[str, Any]]
     """Every parameter of the run (rounds, temperatures, max tokens, seeds, prompt version)."""
-    model_a_url: Mapped[str] = mapped_column(String(500))
-    model_b_url: Mapped[str] = mapped_column(String(500))
+    models: Mapped[list[Any]]
+    """The roster, in order: [{"name": "A", "url": "http://..."}, ...] (URLs without credentials)."""
     source: Mapped[str | None] = mapped_column(String(1000))
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.ACTIVE)
     resume_from_id: Mapped[int | None] = mapped_column(
@@ -104,7 +108,7 @@ class Problem(Base):
 
 
 class Step(Base):
-    """One unit of work for a problem: a model call (generate, review, refine) or the selection."""
+    """One unit of work for a problem: a model call of a kind its strategy owns, or the selection."""
 
     __tablename__ = "steps"
     __table_args__ = (UniqueConstraint("problem_id", "key", name="uq_steps_problem_key"),)
@@ -114,7 +118,8 @@ class Step(Base):
     key: Mapped[str] = mapped_column(String(100))
     """E.g. "r2.review.A": round 2, A reviews B's latest solution."""
     kind: Mapped[str] = mapped_column(String(20))
-    role: Mapped[str | None] = mapped_column(String(1))
+    model: Mapped[str | None] = mapped_column(String(32))
+    """The roster name of the model that runs it; None for the selection."""
     round: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default=StepStatus.QUEUED, index=True)
     task_id: Mapped[str | None] = mapped_column(String(100))
@@ -157,43 +162,27 @@ class ModelCall(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-class Solution(Base):
-    __tablename__ = "solutions"
+class Output(Base):
+    """A step's reply as its strategy parsed it: a solution, a review, a completion, a tree node."""
+
+    __tablename__ = "outputs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
     step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
     model_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"))
     round: Mapped[int] = mapped_column(Integer)
-    author: Mapped[str] = mapped_column(String(1))
+    model: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(20))
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("solutions.id"))
-    """The solution this one refines."""
-    steps: Mapped[list[Any]]
-    answer_raw: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"), index=True)
+    """The output this one extends or judges: a review's solution, a refinement's draft, a
+    completion's prefix, a tree node's parent."""
+    text: Mapped[str | None] = mapped_column(Text)
+    """The reply as parsed (as recorded with its model call)."""
+    payload: Mapped[dict[str, Any]]
+    """What the strategy parsed out of it (JSON): a solution's steps, a review's verdict, ..."""
     answer: Mapped[str | None] = mapped_column(String(500))
-    structured: Mapped[bool] = mapped_column(Boolean)
-    parse_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class Review(Base):
-    __tablename__ = "reviews"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
-    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
-    model_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"))
-    round: Mapped[int] = mapped_column(Integer)
-    reviewer: Mapped[str] = mapped_column(String(1))
-    target_solution_id: Mapped[int] = mapped_column(ForeignKey("solutions.id"))
-    verdict: Mapped[str] = mapped_column(String(20))
-    logical_consistency: Mapped[int | None] = mapped_column(Integer)
-    calculation_accuracy: Mapped[int | None] = mapped_column(Integer)
-    step_completeness: Mapped[int | None] = mapped_column(Integer)
-    issues: Mapped[list[Any]]
-    suggested_answer: Mapped[str | None] = mapped_column(String(500))
-    structured: Mapped[bool] = mapped_column(Boolean)
+    """The normalised final answer it gives, if any."""
     parse_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -203,7 +192,8 @@ class Selection(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), unique=True)
-    solution_id: Mapped[int | None] = mapped_column(ForeignKey("solutions.id"))
+    output_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"))
+    """The output whose answer was chosen."""
     answer: Mapped[str | None] = mapped_column(String(500))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

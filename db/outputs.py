@@ -1,6 +1,5 @@
-"""Steps' outputs: a parsed solution or review written with its model call and its step's
-completion in one transaction (one statement on PostgreSQL), and the selection that answers a
-problem.
+"""Steps' outputs: a step's parsed reply written with its model call and its step's completion
+in one transaction (one statement on PostgreSQL), and the selection that answers a problem.
 
 Like every query module in db/: keyword-only and typed, one transaction's worth of work each
 (the caller owns the transaction).
@@ -15,25 +14,15 @@ from sqlalchemy.orm import Session
 
 from db.calls import NewCall, record_call
 from db.claims import Claim
-from db.models import (
-    ModelCall,
-    Problem,
-    ProblemStatus,
-    Review,
-    Selection,
-    Solution,
-    Step,
-    StepStatus,
-    utcnow,
-)
+from db.models import ModelCall, Output, Problem, ProblemStatus, Selection, Step, StepStatus, utcnow
 from rstar.strategies.base import SELECT_KEY
-from rstar.types import ParsedReview, ParsedSolution
+from rstar.types import ParsedOutput
 
 _st, _ct = Step.__table__, ModelCall.__table__
 
 
 def _output_writes(output: Any) -> tuple[Any, Any]:
-    """An output table's two inserts: plain (the call is recorded already), and, for PostgreSQL,
+    """The output's two inserts: plain (the call is recorded already), and, for PostgreSQL,
     one that also records the new call and finishes the step, in data-modifying CTEs (one round
     trip where three cost three)."""
     plain = insert(output)
@@ -67,8 +56,7 @@ def _output_writes(output: Any) -> tuple[Any, Any]:
     return plain, combined
 
 
-_SOLUTION_WRITES = _output_writes(Solution.__table__)
-_REVIEW_WRITES = _output_writes(Review.__table__)
+_OUTPUT_WRITES = _output_writes(Output.__table__)
 
 
 def _write_output(
@@ -97,28 +85,31 @@ def _write_output(
     _finish_step(session, step_id)
 
 
-def save_solution(
+def save_output(
     *,
     session: Session,
     claim: Claim,
-    parsed: ParsedSolution,
+    parsed: ParsedOutput,
+    text: str,
     model_call: int | NewCall,
     parent_id: int | None,
 ) -> None:
+    """Store a step's output (an unparsable reply is kept and flagged, and used like any other),
+    record its call when it is new, and mark the step done."""
+    assert claim.model is not None, f"step {claim.key} runs no model"
     values = {
         "problem_id": claim.problem_id,
         "step_id": claim.step_id,
         "round": claim.round,
-        "author": claim.role,
+        "model": claim.model,
         "kind": claim.kind,
         "parent_id": parent_id,
-        "steps": list(parsed.steps),
-        "answer_raw": parsed.answer_raw,
+        "text": text,
+        "payload": parsed.payload,
         "answer": parsed.answer,
-        "structured": parsed.structured,
         "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
     }
-    _write_output(session, _SOLUTION_WRITES, values, claim.step_id, model_call)
+    _write_output(session, _OUTPUT_WRITES, values, claim.step_id, model_call)
 
 
 def _with_cut_note(session: Session, parse_error: str | None, model_call: int | NewCall) -> str | None:
@@ -132,32 +123,6 @@ def _with_cut_note(session: Session, parse_error: str | None, model_call: int | 
     if finish_reason == "length":
         return f"{parse_error} (the reply was cut at the token limit: finish_reason=length)"
     return parse_error
-
-
-def save_review(
-    *,
-    session: Session,
-    claim: Claim,
-    parsed: ParsedReview,
-    model_call: int | NewCall,
-    target_solution_id: int,
-) -> None:
-    values = {
-        "problem_id": claim.problem_id,
-        "step_id": claim.step_id,
-        "round": claim.round,
-        "reviewer": claim.role,
-        "target_solution_id": target_solution_id,
-        "verdict": parsed.verdict.value,
-        "logical_consistency": parsed.logical_consistency,
-        "calculation_accuracy": parsed.calculation_accuracy,
-        "step_completeness": parsed.step_completeness,
-        "issues": [{"step": i.step, "description": i.description} for i in parsed.issues],
-        "suggested_answer": parsed.suggested_answer,
-        "structured": parsed.structured,
-        "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
-    }
-    _write_output(session, _REVIEW_WRITES, values, claim.step_id, model_call)
 
 
 _INSERT_SELECTION = insert(Selection.__table__)
@@ -180,7 +145,7 @@ def save_selection(
     problem_id: int,
     select_step_id: int | None,
     round_: int,
-    solution_id: int | None,
+    output_id: int | None,
     answer: str | None,
     reason: str,
     rounds_used: int,
@@ -190,7 +155,7 @@ def save_selection(
     conn = session.connection()
     conn.execute(
         _INSERT_SELECTION,
-        {"problem_id": problem_id, "solution_id": solution_id, "answer": answer, "reason": reason},
+        {"problem_id": problem_id, "output_id": output_id, "answer": answer, "reason": reason},
     )
     conn.execute(
         _ANSWER_PROBLEM,
@@ -199,7 +164,7 @@ def save_selection(
     if select_step_id is None:
         conn.execute(
             _ADD_DONE_STEP,
-            {"problem_id": problem_id, "key": SELECT_KEY, "kind": "select", "role": None, "round": round_},
+            {"problem_id": problem_id, "key": SELECT_KEY, "kind": "select", "model": None, "round": round_},
         )
     else:
         _finish_step(session, select_step_id)

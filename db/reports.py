@@ -9,10 +9,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.jobs import problem_results
-from db.models import Job, ModelCall, Problem, Review, Solution
+from db.models import Job, ModelCall, Output, Problem
 from db.state import load_state
+from rstar import roster
 from rstar.reports import JobRows, ProblemRow, ReviewRow, SolutionRow
-from rstar.strategies.base import ProblemState
+from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS, ProblemState
 
 
 class UnknownJobError(LookupError):
@@ -42,19 +43,29 @@ def _load_job(session: Session, job_id: int) -> JobRows:
         ).all()
     )
     solutions: dict[int, list[SolutionRow]] = {}
-    for s in session.scalars(
-        select(Solution).join(Problem, Problem.id == Solution.problem_id).where(Problem.job_id == job_id)
-    ):
-        solutions.setdefault(s.problem_id, []).append(
-            SolutionRow(s.id, s.round, s.author, s.kind, s.answer, s.parent_id)
-        )
     reviews: dict[int, list[ReviewRow]] = {}
-    for r in session.scalars(
-        select(Review).join(Problem, Problem.id == Review.problem_id).where(Problem.job_id == job_id)
-    ):
-        reviews.setdefault(r.problem_id, []).append(
-            ReviewRow(r.round, r.reviewer, r.verdict, r.target_solution_id)
+    outputs = (
+        select(
+            Output.id,
+            Output.problem_id,
+            Output.round,
+            Output.model,
+            Output.kind,
+            Output.answer,
+            Output.parent_id,
+            Output.payload,
         )
+        .join(Problem, Problem.id == Output.problem_id)
+        .where(Problem.job_id == job_id)
+    )
+    for o in session.execute(outputs):
+        if o.kind in SOLUTION_KINDS:
+            solutions.setdefault(o.problem_id, []).append(
+                SolutionRow(o.id, o.round, o.model, o.kind, o.answer, o.parent_id)
+            )
+        elif o.kind in REVIEW_KINDS and o.parent_id is not None:
+            verdict = str((o.payload or {}).get("verdict"))
+            reviews.setdefault(o.problem_id, []).append(ReviewRow(o.round, o.model, verdict, o.parent_id))
     results = {r.id: r for r in problem_results(session=session, job_id=job_id)}
     rows = []
     problems = session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)).all()
@@ -79,7 +90,9 @@ def _load_job(session: Session, job_id: int) -> JobRows:
     wall = None
     if job.finished_at is not None and job.created_at is not None:
         wall = round((job.finished_at - job.created_at).total_seconds(), 3)
-    return JobRows(job.id, job.name, job.strategy, dict(job.params), tuple(rows), wall)
+    return JobRows(
+        job.id, job.name, job.strategy, dict(job.params), tuple(rows), wall, roster.names(job.models)
+    )
 
 
 class _ProblemStates(Mapping[str, ProblemState]):
@@ -88,6 +101,7 @@ class _ProblemStates(Mapping[str, ProblemState]):
 
     def __init__(self, session: Session, job_id: int) -> None:
         self._session = session
+        self._models = session.scalar(select(Job.models).where(Job.id == job_id)) or []
         self._problems = {
             item_id: (problem_id, question)
             for item_id, problem_id, question in session.execute(
@@ -97,7 +111,9 @@ class _ProblemStates(Mapping[str, ProblemState]):
 
     def __getitem__(self, item_id: str) -> ProblemState:
         problem_id, question = self._problems[item_id]
-        return load_state(session=self._session, problem_id=problem_id, question=question)
+        return load_state(
+            session=self._session, problem_id=problem_id, question=question, models=self._models
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._problems)

@@ -1,5 +1,5 @@
-"""A problem's state for its strategy (`load_state`): the steps and their statuses, and the
-solutions and reviews they produced, as the domain's views.
+"""A problem's state for its strategy (`load_state`): the job's models, the steps and their
+statuses, and the outputs they produced, as the domain's views.
 
 Like every query module in db/: keyword-only and typed, one transaction's worth of work each
 (the caller owns the transaction).
@@ -13,70 +13,47 @@ from typing import Any, TypeVar
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from db.models import ModelCall, Review, Solution, Step, StepStatus
-from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepView
-from rstar.types import ReviewIssue, StepKind, Verdict
+from db.models import Output, Step, StepStatus
+from rstar import roster
+from rstar.strategies.base import OutputView, ProblemState, StepView
 
 # The state is read with prebuilt Core statements, as plain rows (no ORM objects, no statement
 # building per call): every model step loads its problem's state twice (to build its request,
 # then to plan what comes next), so this is the hottest read of the worker, and the ORM path cost
 # about four times the CPU.
 _steps_t = Step.__table__
-_solutions_t = Solution.__table__
-_reviews_t = Review.__table__
-_calls_t = ModelCall.__table__
+_outputs_t = Output.__table__
 STATE_STEPS = select(
-    _steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.role, _steps_t.c.round, _steps_t.c.status
+    _steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.model, _steps_t.c.round, _steps_t.c.status
 ).where(_steps_t.c.problem_id == bindparam("problem_id"))
-_STATE_SOLUTIONS = (
+_STATE_OUTPUTS = (
     select(
-        _solutions_t.c.id,
-        _solutions_t.c.step_id,
-        _solutions_t.c.round,
-        _solutions_t.c.author,
-        _solutions_t.c.kind,
-        _solutions_t.c.steps,
-        _solutions_t.c.answer,
-        _solutions_t.c.parse_error,
-        _calls_t.c.response_text,
+        _outputs_t.c.id,
+        _outputs_t.c.step_id,
+        _outputs_t.c.kind,
+        _outputs_t.c.model,
+        _outputs_t.c.round,
+        _outputs_t.c.parent_id,
+        _outputs_t.c.payload,
+        _outputs_t.c.answer,
+        _outputs_t.c.text,
+        _outputs_t.c.parse_error,
     )
-    .select_from(_solutions_t.outerjoin(_calls_t, _calls_t.c.id == _solutions_t.c.model_call_id))
-    .where(_solutions_t.c.problem_id == bindparam("problem_id"))
+    .where(_outputs_t.c.problem_id == bindparam("problem_id"))
+    # In the order they were written: strategies break ties by it (the answer seen first), and
+    # PostgreSQL returns rows in no order of its own (its heap order after the migration's copy).
+    .order_by(_outputs_t.c.id)
 )
-_STATE_REVIEWS = (
-    select(
-        _reviews_t.c.id,
-        _reviews_t.c.step_id,
-        _reviews_t.c.round,
-        _reviews_t.c.reviewer,
-        _reviews_t.c.target_solution_id,
-        _reviews_t.c.verdict,
-        _reviews_t.c.logical_consistency,
-        _reviews_t.c.calculation_accuracy,
-        _reviews_t.c.step_completeness,
-        _reviews_t.c.issues,
-        _reviews_t.c.suggested_answer,
-        _reviews_t.c.structured,
-        _calls_t.c.response_text,
-    )
-    .select_from(_reviews_t.outerjoin(_calls_t, _calls_t.c.id == _reviews_t.c.model_call_id))
-    .where(_reviews_t.c.problem_id == bindparam("problem_id"))
-)
-
-
-# The kinds of step whose output is a solution (a review step's is a review, a select step's the
-# selection).
-_SOLUTION_KINDS = {StepKind.GENERATE.value, StepKind.REFINE.value, StepKind.COMPLETE.value}
 
 
 V = TypeVar("V")
 
 
 class LazyOutputs(Mapping[str, V]):
-    """A problem's solutions or reviews, read on first use.
+    """A problem's outputs, read on first use.
 
     Most steps need none of them: a plan usually looks only at the steps' statuses (the first of
-    A's and B's steps to finish has nothing to plan), and a first-round step reads nothing to
+    the models' steps to finish has nothing to plan), and a first-round step reads nothing to
     build its request. Valid only inside the transaction that made it.
     """
 
@@ -100,69 +77,51 @@ class LazyOutputs(Mapping[str, V]):
 
 
 def load_state(
-    *, session: Session, problem_id: int, question: str, steps: Sequence[Any] | None = None
+    *,
+    session: Session,
+    problem_id: int,
+    question: str,
+    models: Sequence[Mapping[str, Any]],
+    steps: Sequence[Any] | None = None,
 ) -> ProblemState:
-    """The problem's state for its strategy; its solutions and reviews are read when first used,
-    so use it inside the caller's transaction.
+    """The problem's state for its strategy; its outputs are read when first used, so use it
+    inside the caller's transaction.
 
-    `steps`, when the caller has just read them (Step objects or `STATE_STEPS` rows), saves
-    reading them again.
+    `models` is the job's stored roster (`jobs.models`). `steps`, when the caller has just read
+    them (Step objects or `STATE_STEPS` rows), saves reading them again.
     """
     conn = session.connection()
     params = {"problem_id": problem_id}
     if steps is None:
         steps = conn.execute(STATE_STEPS, params).all()
     by_id = {s.id: s for s in steps}
-    # An output is written in the transaction that marks its step done: no done step of a kind,
-    # no output of that kind, and no need to ask.
-    done_kinds = {s.kind for s in steps if s.status == StepStatus.DONE}
+    # An output is written in the transaction that marks its model step done: no done model
+    # step, no output, and no need to ask.
+    any_done = any(s.status == StepStatus.DONE and s.model is not None for s in steps)
 
-    def solutions() -> dict[str, SolutionView]:
-        found: dict[str, SolutionView] = {}
-        for sol in conn.execute(_STATE_SOLUTIONS, params) if done_kinds & _SOLUTION_KINDS else ():
-            if sol.step_id not in by_id:
+    def outputs() -> dict[str, OutputView]:
+        found: dict[str, OutputView] = {}
+        for out in conn.execute(_STATE_OUTPUTS, params) if any_done else ():
+            if out.step_id not in by_id:
                 continue  # its step came after the steps were read (no transaction: autocommit_scope)
-            key = by_id[sol.step_id].key
-            found[key] = SolutionView(
-                id=sol.id,
+            key = by_id[out.step_id].key
+            found[key] = OutputView(
+                id=out.id,
                 step_key=key,
-                round=sol.round,
-                author=sol.author,  # type: ignore[arg-type]
-                kind=sol.kind,
-                steps=tuple(sol.steps or ()),
-                answer=sol.answer,
-                response_text=sol.response_text,
-                parse_error=sol.parse_error,
-            )
-        return found
-
-    def reviews() -> dict[str, ReviewView]:
-        found: dict[str, ReviewView] = {}
-        for rev in conn.execute(_STATE_REVIEWS, params) if StepKind.REVIEW.value in done_kinds else ():
-            if rev.step_id not in by_id:
-                continue
-            key = by_id[rev.step_id].key
-            issues = tuple(
-                ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in rev.issues or []
-            )
-            found[key] = ReviewView(
-                id=rev.id,
-                step_key=key,
-                round=rev.round,
-                reviewer=rev.reviewer,  # type: ignore[arg-type]
-                target_solution_id=rev.target_solution_id,
-                verdict=Verdict(rev.verdict),
-                scores=(rev.logical_consistency, rev.calculation_accuracy, rev.step_completeness),
-                issues=issues,
-                suggested_answer=rev.suggested_answer,
-                response_text=rev.response_text,
-                structured=rev.structured,
+                kind=out.kind,
+                model=out.model,
+                round=out.round,
+                parent_id=out.parent_id,
+                payload=out.payload or {},
+                answer=out.answer,
+                text=out.text,
+                parse_error=out.parse_error,
             )
         return found
 
     return ProblemState(
         question=question,
-        steps={s.key: StepView(s.key, s.kind, s.role, s.round, s.status) for s in steps},  # type: ignore[arg-type]
-        solutions=LazyOutputs(solutions),
-        reviews=LazyOutputs(reviews),
+        models=roster.names(models),
+        steps={s.key: StepView(s.key, s.kind, s.model, s.round, s.status) for s in steps},
+        outputs=LazyOutputs(outputs),
     )

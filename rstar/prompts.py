@@ -140,6 +140,14 @@ def refine_messages(
     )
 
 
+def join_reviews(reviews: list[tuple[str, str]]) -> str:
+    """Several peers' reviews (reviewer, rendered review) as the one review a refinement reads;
+    a single review is shown as it is."""
+    if len(reviews) == 1:
+        return reviews[0][1]
+    return "\n\n".join(f"Review {i} (by {who}):\n{text}" for i, (who, text) in enumerate(reviews, 1))
+
+
 def complete_messages(
     question: str, partial_steps: tuple[str, ...] | list[str], *, style: str = "json"
 ) -> tuple[ChatMessage, ...]:

@@ -16,6 +16,10 @@ Definitions used throughout:
 * a solution is mutually consistent when the peer's completion of it reaches the same answer.
 * accuracy after round r: of the answer the strategy would have selected had it stopped after
   round r (problems that stopped earlier keep their final answer).
+* a model's answer to a problem: the answer of its latest own solution (generated or refined; a
+  completion starts from another model's reasoning). Per-model accuracy = right / problems with a
+  reference; agreement of two models = problems where both answered with equal answers / both
+  answered.
 * paired comparison of two jobs, over the item ids they share: McNemar's exact test, a two-sided
   binomial test on the discordant pairs (b = only the first right, c = only the second right).
 """
@@ -38,6 +42,7 @@ __all__ = [
     "CompletionStats",
     "JobRows",
     "JobSummary",
+    "ModelStats",
     "PairedComparison",
     "ProblemRow",
     "Report",
@@ -46,7 +51,9 @@ __all__ = [
     "SolutionRow",
     "build_report",
     "is_correct",
+    "judge",
     "mcnemar_exact",
+    "model_answers",
     "paired",
     "replay_rounds",
     "state_up_to_round",
@@ -107,6 +114,8 @@ class JobRows:
     problems: tuple[ProblemRow, ...]
     wall_time_s: float | None = None
     """From submission to the last problem's end."""
+    models: tuple[str, ...] = ()
+    """The job's roster names, in order."""
 
     @property
     def label(self) -> str:
@@ -138,9 +147,9 @@ def state_up_to_round(state: ProblemState, round_: int) -> ProblemState:
     """The state as it was when round `round_` ended: to replay a strategy's selection then."""
     return ProblemState(
         question=state.question,
+        models=state.models,
         steps={k: v for k, v in state.steps.items() if v.round <= round_ and v.kind != "select"},
-        solutions={k: v for k, v in state.solutions.items() if v.round <= round_},
-        reviews={k: v for k, v in state.reviews.items() if v.round <= round_},
+        outputs={k: v for k, v in state.outputs.items() if v.round <= round_},
     )
 
 
@@ -173,8 +182,14 @@ def mcnemar_exact(b: int, c: int) -> float:
 # -- summaries -----------------------------------------------------------------------------------
 
 
+def judge(status: str, final_answer: str | None, reference_answer: str | None) -> bool:
+    """The one judgement of a problem's answer, for `rstar results`, `show` and `report`: answered,
+    and equal to the reference (`answers_equal`)."""
+    return status == "answered" and answers_equal(final_answer, reference_answer)
+
+
 def is_correct(problem: ProblemRow) -> bool:
-    return problem.status == "answered" and answers_equal(problem.final_answer, problem.reference_answer)
+    return judge(problem.status, problem.final_answer, problem.reference_answer)
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,27 @@ class CompletionStats:
 
 
 @dataclass(frozen=True)
+class ModelStats:
+    """One model of a job's roster (see "a model's answer" above)."""
+
+    name: str
+    answered: int
+    """Problems it gave an answer to."""
+    right: int
+    """Problems where its answer is right."""
+    judged: int
+    """Problems with a reference."""
+    outputs: int
+    """Its outputs that give an answer (every round, completions too)..."""
+    outputs_right: int
+    """...and of those, the right ones."""
+
+    @property
+    def accuracy(self) -> float:
+        return self.right / self.judged if self.judged else 0.0
+
+
+@dataclass(frozen=True)
 class JobSummary:
     job_id: int
     label: str
@@ -234,6 +270,9 @@ class JobSummary:
     accuracy_by_round: tuple[float, ...] = ()
     reviews: ReviewStats | None = None
     completions: CompletionStats | None = None
+    models: tuple[ModelStats, ...] = ()
+    agreement: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    """(model, model) -> (problems where both answered alike, problems where both answered)."""
 
     @property
     def accuracy(self) -> float:
@@ -314,6 +353,41 @@ def _completion_stats(problems: Sequence[ProblemRow]) -> CompletionStats | None:
     return CompletionStats(completed, consistent, consistent_right, inconsistent_right)
 
 
+def model_answers(problem: ProblemRow) -> dict[str, str]:
+    """Each model's answer to the problem: that of its latest own solution with an answer."""
+    own = sorted((s for s in problem.solutions if s.kind != "complete"), key=lambda s: (s.round, s.id))
+    return {s.author: s.answer for s in own if s.answer is not None}
+
+
+def _model_stats(job: JobRows) -> tuple[tuple[ModelStats, ...], dict[tuple[str, str], tuple[int, int]]]:
+    names = list(job.models) or sorted({s.author for p in job.problems for s in p.solutions})
+    answers = [(p, model_answers(p)) for p in job.problems]
+    stats = []
+    for m in names:
+        judged = [(p, a) for p, a in answers if p.reference_answer is not None]
+        given = [s for p in job.problems for s in p.solutions if s.author == m and s.answer is not None]
+        stats.append(
+            ModelStats(
+                name=m,
+                answered=sum(1 for _, a in answers if m in a),
+                right=sum(1 for p, a in judged if m in a and _right(a[m], p.reference_answer)),
+                judged=len(judged),
+                outputs=len(given),
+                outputs_right=sum(
+                    1
+                    for p in job.problems
+                    for s in p.solutions
+                    if s.author == m and s.answer is not None and _right(s.answer, p.reference_answer)
+                ),
+            )
+        )
+    agreement: dict[tuple[str, str], tuple[int, int]] = {}
+    for x, y in combinations(names, 2):
+        both = [(a[x], a[y]) for _, a in answers if x in a and y in a]
+        agreement[(x, y)] = (sum(1 for u, v in both if answers_equal(u, v)), len(both))
+    return tuple(stats), agreement
+
+
 def _accuracy_by_round(problems: Sequence[ProblemRow], judged: int) -> tuple[float, ...]:
     last = max((p.rounds_used or 0 for p in problems), default=0)
     if last < 2 or not judged:
@@ -344,6 +418,7 @@ def summarize(job: JobRows) -> JobSummary:
     rounds: Counter[int] = Counter(p.rounds_used for p in ps if multi_round and p.rounds_used)
     limit = job.params.get("max_rounds")
     stopped_early = sum(n for r, n in rounds.items() if isinstance(limit, int) and r < limit)
+    model_stats, agreement = _model_stats(job)
     return JobSummary(
         job_id=job.job_id,
         label=job.label,
@@ -369,6 +444,8 @@ def summarize(job: JobRows) -> JobSummary:
         accuracy_by_round=_accuracy_by_round(ps, len(judged)) if multi_round else (),
         reviews=_review_stats(ps),
         completions=_completion_stats(ps),
+        models=model_stats,
+        agreement=agreement,
     )
 
 

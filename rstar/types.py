@@ -10,14 +10,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-Role = Literal["A", "B"]
-ROLES: tuple[Role, Role] = ("A", "B")
-
-
-def peer(role: Role) -> Role:
-    """The other model of the pair."""
-    return "B" if role == "A" else "A"
-
 
 class Verdict(StrEnum):
     CORRECT = "correct"
@@ -26,7 +18,8 @@ class Verdict(StrEnum):
 
 
 class StepKind(StrEnum):
-    """What a model call is for. One Celery task module per kind."""
+    """The step kinds of the seed's strategies (a step's kind is a string its strategy owns: a
+    new strategy may bring kinds of its own; every kind runs through the same task)."""
 
     GENERATE = "generate"
     REVIEW = "review"
@@ -74,6 +67,17 @@ class ParsedReview:
             if s is not None
         ]
         return sum(scores) / len(scores) if scores else None
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    """A step's reply as its strategy understood it: one row of the outputs table."""
+
+    payload: dict[str, Any]
+    """What the strategy parsed out of the reply (JSON): a solution's steps, a review's verdict..."""
+    answer: str | None = None
+    """The normalised final answer the output gives, if it gives one (a review gives none)."""
+    parse_error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""What every stage task shares: claim the step, call the model once, record, write, dispatch.
+"""The one model step, for every strategy and kind: claim the step, ask the strategy for the
+request, call the model once, let the strategy parse the reply, save one output row, plan.
 
-A stage module only says how to turn the model's reply into its output row. The retry policy is
+The retry policy is
 here, keyed on `workers.errors.RetryableError`: backoff doubling from `retry_backoff`, capped at
 `retry_backoff_max`, with full jitter, at most `max_retries` retries counted from the attempts
 recorded in the database (so a redelivered message does not reset the budget).
@@ -24,11 +25,12 @@ from sqlalchemy.orm import Session
 from db.calls import NewCall, attempt_recorded, new_call, record_call
 from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome
+from db.outputs import save_output
 from db.session import autocommit_scope, session_scope
 from rstar.strategies import get_strategy
-from rstar.strategies.base import StepSpec
-from rstar.types import ModelRequest, Role, StepKind
-from tasks.dispatch import TASK_FOR_KIND, Dispatch, advance_and_enqueue, enqueue, plan_next, settled
+from rstar.strategies.base import StepSpec, Strategy
+from rstar.types import ModelRequest
+from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
 from workers.client import ModelClient, ModelReply, endpoint_down, truncate
@@ -37,9 +39,6 @@ from workers.redact import same_endpoint
 from workers.settings import Settings, get_settings
 
 logger = get_task_logger(__name__)
-
-# The kind of step each stage task works on; a message naming another kind of step is refused.
-KIND_OF_TASK = {task: kind for kind, task in TASK_FOR_KIND.items()}
 
 # (session, claim, reply text, the model call: its id, or a new one to record with the output)
 # -> None: writes the step's output row.
@@ -88,7 +87,7 @@ def backoff_delay(retries: int, settings: Settings) -> float:
 
 
 class StepTask(Task):
-    """Base for stage tasks: at-least-once delivery, database outages retried without limit."""
+    """Base for step tasks: at-least-once delivery, database outages retried without limit."""
 
     acks_late = True
     reject_on_worker_lost = True
@@ -106,10 +105,12 @@ class StepTask(Task):
         raise self.retry(exc=exc, countdown=delay)
 
 
-def run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
+def run_model_step(task: StepTask, step_id: int, kind: str | None = None) -> str:
+    """Run one model step; `kind`, for a message of the old per-kind tasks, is the only kind of
+    step it may touch."""
     _run.claimed = False
     try:
-        return _run_model_step(task, step_id, write_output)
+        return _run_model_step(task, step_id, kind)
     except DBAPIError as exc:
         if not lost_connection(exc):
             raise
@@ -123,25 +124,37 @@ def lost_connection(exc: DBAPIError) -> bool:
     return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
 
 
-def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) -> str:
+def output_writer(strategy: Strategy, spec: StepSpec) -> OutputWriter:
+    """How the step's reply becomes its output row: the strategy's `parse`, then one insert."""
+
+    def write(session: Session, claim: Claim, text: str, call: int | NewCall) -> None:
+        save_output(
+            session=session,
+            claim=claim,
+            parsed=strategy.parse(spec, text),
+            text=truncate(text),  # as its model call records it
+            model_call=call,
+            parent_id=claim.parent_id,
+        )
+
+    return write
+
+
+def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
     settings = get_settings()
     url = settings.database_url
     lease = timedelta(seconds=settings.lease_seconds)  # renewed by tasks.leases while we work
     request: ModelRequest | None = None
     with autocommit_scope(url) as session:
         claim = claim_step(
-            session=session,
-            step_id=step_id,
-            task_id=task.request.id or "",
-            lease=lease,
-            kind=KIND_OF_TASK.get(task.name),
+            session=session, step_id=step_id, task_id=task.request.id or "", lease=lease, kind=kind
         )
         if isinstance(claim, Claim):
             # Inside the claim's transaction: the state reads the outputs it needs on first use.
             strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
-            role: Role = "A" if claim.role == "A" else "B"
-            spec = StepSpec(claim.key, StepKind(claim.kind), role, claim.round)
-            claim = replace(claim, links=strategy.links(spec, claim.state))
+            spec = StepSpec(claim.key, claim.kind, claim.model, claim.round)
+            claim = replace(claim, parent_id=strategy.parent(spec, claim.state))
+            write_output = output_writer(strategy, spec)
             if claim.recorded is None:
                 request = strategy.build_request(spec, claim.state)
     if claim is None:
@@ -150,7 +163,7 @@ def _run_model_step(task: StepTask, step_id: int, write_output: OutputWriter) ->
         advance_and_enqueue(claim)  # a crash may have come after the output, before the dispatch
         return "skipped"
     _run.claimed = True
-    assert claim.endpoint is not None and claim.role is not None
+    assert claim.endpoint is not None and claim.model is not None
     reply: ModelReply | None = None
     attempt = claim.attempts + 1
     endpoint = ""  # of a new reply: the client's URL

@@ -24,34 +24,30 @@ from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, St
 from db.outputs import save_selection
 from db.session import session_scope
 from db.state import STATE_STEPS, load_state
+from rstar import roster
 from rstar.strategies import get_strategy
 from rstar.strategies.base import SELECT_KEY
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.settings import get_settings
 
-TASK_FOR_KIND = {
-    "generate": "rstar.generate",
-    "review": "rstar.cross_validate",
-    "refine": "rstar.refine",
-    "complete": "rstar.complete",
-    "select": "rstar.select",
-}
+MODEL_STEP_TASK = "rstar.step"  # tasks/step.py
+SELECT_TASK = "rstar.select"  # tasks/select.py
 
 
 @dataclass(frozen=True)
 class Dispatch:
     step_id: int
-    kind: str
+    task: str
     queue: str
 
 
 def dispatch_for(step: Any, job: Any) -> Dispatch:
-    """A step (Step or row: id, kind, role) and its job (Job or row: model_a_url, model_b_url)."""
-    if step.role is None:
-        queue = CONTROL_QUEUE
-    else:
-        queue = queue_for_endpoint(job.model_a_url if step.role == "A" else job.model_b_url)
-    return Dispatch(step.id, step.kind, queue)
+    """A step (Step or row: id, model) and its job (Job or row: models): a model step goes to the
+    queue of its model's endpoint, the selection to the control queue."""
+    url = roster.url_of(job.models, step.model)
+    if url is None:
+        return Dispatch(step.id, SELECT_TASK, CONTROL_QUEUE)
+    return Dispatch(step.id, MODEL_STEP_TASK, queue_for_endpoint(url))
 
 
 # While the broker restarts, keep trying to send for about a minute (Celery's default gives up
@@ -67,7 +63,7 @@ def enqueue(dispatches: Iterable[Dispatch]) -> int:
     with current_app.producer_or_acquire() as producer:
         for d in todo:
             current_app.send_task(
-                TASK_FOR_KIND[d.kind],
+                d.task,
                 args=[d.step_id],
                 queue=d.queue,
                 retry_policy=SEND_RETRY_POLICY,
@@ -125,10 +121,12 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
         fail_problem(session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}")
         return job.job_id
     strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
-    state = load_state(session=session, problem_id=problem_id, question=problem.question, steps=steps)
+    state = load_state(
+        session=session, problem_id=problem_id, question=problem.question, models=job.models, steps=steps
+    )
     plan = strategy.plan(state)
     existing = {s.key: s for s in steps}
-    specs = [(s.key, s.kind.value, s.role, s.round) for s in plan.steps if s.key not in existing]
+    specs = [(s.key, str(s.kind), s.model, s.round) for s in plan.steps if s.key not in existing]
     if plan.finished and not specs:
         # The selection needs no model: made here, in the transaction of the step that finished
         # the problem, rather than by a task of its own.
@@ -139,7 +137,7 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
             problem_id=problem_id,
             select_step_id=select_step.id if select_step is not None else None,
             round_=max((s.round for s in steps), default=1),
-            solution_id=chosen.solution_id,
+            output_id=chosen.output_id,
             answer=chosen.answer,
             reason=chosen.reason,
             rounds_used=chosen.rounds_used,

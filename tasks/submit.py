@@ -11,10 +11,12 @@ from db.jobs import create_job
 from db.migrate import ensure_current, redact_url
 from db.models import Job
 from db.session import session_scope
-from rstar.strategies import get_strategy
+from rstar.roster import ModelEntry, RosterError, build_roster
+from rstar.strategies import fit_roster, get_strategy
 from rstar.strategies.base import ProblemState
 from rstar.types import ProblemInput
 from tasks.dispatch import dispatch_for, enqueue
+from workers.client import unreachable
 from workers.redact import scrub, url_password, without_userinfo
 from workers.settings import Settings
 
@@ -32,6 +34,26 @@ class Submitted:
     job_id: int
     problems: int
     queues: tuple[str, ...]
+    models: tuple[str, ...]
+    """The roster names the job uses (a strategy that needs fewer takes the first ones)."""
+    unused: tuple[str, ...] = ()
+    """Names given that the strategy does not use."""
+
+
+def check_roster(models: list[ModelEntry] | tuple[ModelEntry, ...], settings: Settings) -> None:
+    """Refuse a model whose server does not answer HTTP (each URL asked once).
+
+    Raises:
+        RosterError: naming the model, its URL (without credentials) and why.
+    """
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    asked: dict[str, str | None] = {}
+    for m in models:
+        bare = without_userinfo(m.url)
+        if bare not in asked:
+            asked[bare] = unreachable(m.url, token=token)
+        if (why := asked[bare]) is not None:
+            raise RosterError(f"model {m.name} at {bare} does not answer: {scrub(why, url_password(m.url))}")
 
 
 def check_broker(settings: Settings) -> None:
@@ -56,24 +78,31 @@ def submit_job(
     name: str,
     strategy_name: str,
     params: dict[str, Any],
-    model_a_url: str,
-    model_b_url: str,
+    models: list[ModelEntry] | tuple[ModelEntry, ...],
     source: str | None,
     problems: list[ProblemInput],
     resume_from: int | None = None,
+    check_models: bool = True,
 ) -> Submitted:
-    """Validate the parameters, check the schema and broker, store the job, enqueue its first steps.
+    """Validate the parameters and the roster, check the schema, broker and model servers, store
+    the job, enqueue its first steps.
 
     Raises:
-        ParamError: a strategy parameter is out of range.
+        ParamError: a strategy parameter is out of range, or the roster is too short for it.
+        RosterError: a model is given twice, or (`check_models`) its server does not answer.
         SchemaOutOfDateError: the database needs `rstar db upgrade`.
         BrokerUnavailableError: nothing was written.
         ResumeFromError: `resume_from` is not a job.
     """
     strategy = get_strategy(strategy_name, params, max_rounds_limit=settings.max_rounds_limit)
+    roster = build_roster(models)
+    used = fit_roster(strategy, [m.name for m in roster])
+    roster = tuple(m for m in roster if m.name in used)
     ensure_current(settings.database_url)
+    if check_models:
+        check_roster(roster, settings)
     check_broker(settings)
-    first = strategy.plan(ProblemState(question="", steps={}, solutions={}, reviews={})).steps
+    first = strategy.plan(ProblemState.empty(used)).steps
     with session_scope(settings.database_url) as session:
         job, steps = create_job(
             session=session,
@@ -81,8 +110,7 @@ def submit_job(
             strategy=strategy_name,
             params=strategy.params,
             # Credentials in a URL are not stored: the workers hold them (tasks.base.client_for).
-            model_a_url=without_userinfo(model_a_url),
-            model_b_url=without_userinfo(model_b_url),
+            models=[ModelEntry(m.name, without_userinfo(m.url)).as_json() for m in roster],
             source=source,
             problems=problems,
             first_steps=first,
@@ -94,4 +122,5 @@ def submit_job(
         dispatches = [dispatch_for(step, job) for step in steps]
         job_id = job.id
     enqueue(dispatches)
-    return Submitted(job_id, len(problems), tuple(sorted({d.queue for d in dispatches})))
+    unused = tuple(m.name for m in models if m.name not in used)
+    return Submitted(job_id, len(problems), tuple(sorted({d.queue for d in dispatches})), used, unused)

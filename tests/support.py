@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from types import SimpleNamespace
+from typing import Any, NoReturn
 
 from tests.fakeserver import FakeRequest, Reply
 
@@ -206,3 +207,53 @@ def require_real_model() -> Path:
     if missing:
         unavailable(missing)
     return model_path("smollm2-135m", models_dir)
+
+
+# -- outputs read as the seed's solutions and reviews --------------------------------------------
+
+
+def solution_rows(session: Any, *where: Any) -> list[SimpleNamespace]:
+    """The solution outputs (generated, refined, completed) matching `where` (on `Output`), with
+    the fields tests check: id, problem_id, step_id, model_call_id, round, author, kind, parent_id,
+    steps, answer_raw, answer, structured, parse_error."""
+    from sqlalchemy import select
+
+    from db.models import Output
+    from rstar.strategies.base import SOLUTION_KINDS
+
+    rows = session.scalars(select(Output).where(Output.kind.in_(SOLUTION_KINDS), *where).order_by(Output.id))
+    return [
+        SimpleNamespace(
+            id=o.id, problem_id=o.problem_id, step_id=o.step_id, model_call_id=o.model_call_id, round=o.round,
+            author=o.model, kind=o.kind, parent_id=o.parent_id, steps=o.payload.get("steps"),
+            answer_raw=o.payload.get("answer_raw"), answer=o.answer, structured=o.payload.get("structured"),
+            parse_error=o.parse_error,
+        )
+        for o in rows
+    ]  # fmt: skip
+
+
+def review_rows(session: Any, *where: Any) -> list[SimpleNamespace]:
+    """The review outputs matching `where` (on `Output`): id, problem_id, step_id, model_call_id,
+    round, reviewer, target_solution_id, verdict, logical_consistency, calculation_accuracy,
+    step_completeness, issues, suggested_answer, structured, parse_error."""
+    from sqlalchemy import select
+
+    from db.models import Output
+    from rstar.strategies.base import REVIEW_KINDS
+
+    rows = session.scalars(select(Output).where(Output.kind.in_(REVIEW_KINDS), *where).order_by(Output.id))
+    out = []
+    for o in rows:
+        scores = list(o.payload.get("scores") or [None, None, None])
+        out.append(
+            SimpleNamespace(
+                id=o.id, problem_id=o.problem_id, step_id=o.step_id, model_call_id=o.model_call_id,
+                round=o.round, reviewer=o.model, target_solution_id=o.parent_id,
+                verdict=o.payload.get("verdict"),
+                logical_consistency=scores[0], calculation_accuracy=scores[1], step_completeness=scores[2],
+                issues=o.payload.get("issues"), suggested_answer=o.payload.get("suggested_answer"),
+                structured=o.payload.get("structured"), parse_error=o.parse_error,
+            )
+        )  # fmt: skip
+    return out

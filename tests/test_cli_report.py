@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from db.models import Job, JobStatus, ModelCall, Problem, Solution, Step, utcnow
+from db.models import Job, JobStatus, ModelCall, Output, Problem, Step, utcnow
 from db.session import session_scope
 
 
@@ -34,8 +34,7 @@ def test_report_of_a_cot_job_by_hand(
             name="hand",
             strategy="cot",
             params={"temperature": 0.0},
-            model_a_url="a",
-            model_b_url="b",
+            models=[{"name": "A", "url": "a"}],
             status=JobStatus.FINISHED,
             created_at=now,
             finished_at=now,
@@ -62,7 +61,7 @@ def test_report_of_a_cot_job_by_hand(
             s.add(p)
             s.flush()
             step = Step(
-                problem_id=p.id, key="r1.generate.A", kind="generate", role="A", round=1, status="done"
+                problem_id=p.id, key="r1.generate.A", kind="generate", model="A", round=1, status="done"
             )
             s.add(step)
             s.flush()
@@ -81,17 +80,15 @@ def test_report_of_a_cot_job_by_hand(
             s.flush()
             if status == "answered":
                 s.add(
-                    Solution(
+                    Output(
                         problem_id=p.id,
                         step_id=step.id,
                         model_call_id=call.id,
                         round=1,
-                        author="A",
+                        model="A",
                         kind="generate",
-                        steps=["x"],
-                        answer_raw=final,
+                        payload={"steps": ["x"], "answer_raw": final, "structured": True},
                         answer=final,
-                        structured=True,
                     )
                 )
         job_id = job.id

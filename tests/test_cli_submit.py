@@ -91,6 +91,7 @@ def test_param_sets_any_strategy_parameter(app_env: object, migrated: str, tmp_p
     (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
     args = [
         "submit",
+        "--no-check-models",  # no server at http://x:1: the job waits in its queues
         str(tmp_path / "ok.jsonl"),
         "--model-a",
         "http://x:1",

@@ -213,6 +213,7 @@ def test_worker_says_once_per_endpoint_that_it_is_not_answering(
     a, b = (f"http://127.0.0.1:{free_port()}" for _ in "AB")  # nothing listens on either
     env = service_env(
         sqlite_url, redis_url, RSTAR_MODEL_A_URL=a, RSTAR_MODEL_B_URL=b,
+        RSTAR_CHECK_MODELS="false",  # submitted while the servers are down, as they then stay
         RSTAR_MAX_RETRIES="2", RSTAR_RETRY_BACKOFF="0.1", RSTAR_RETRY_BACKOFF_MAX="0.2",
     )  # fmt: skip
     assert rstar(["db", "upgrade"], env).returncode == 0
@@ -252,7 +253,8 @@ def test_demo_outcome_fails_when_no_call_succeeded_or_a_server_died(
 ) -> None:
     with session_scope(migrated) as s:
         job, (step,) = create_job(
-            session=s, name="demo", strategy="mutual", params={}, model_a_url="http://a", model_b_url="http://b",
+            session=s, name="demo", strategy="mutual", params={},
+            models=[{"name": "A", "url": "http://a"}, {"name": "B", "url": "http://b"}],
             source=None, problems=[ProblemInput("p1", 1, "What is 2 + 3?", "5", "5")],
             first_steps=(StepSpec("r1.generate.A", StepKind.GENERATE, "A", 1),),
         )  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from db.models import Job, ModelCall, Problem, Review, Selection, Solution, Step
+from db.models import Job, ModelCall, Problem, Selection, Step
 from db.session import session_scope
 from tests.fakeserver import FakeInferenceServer
 from tests.support import (
@@ -18,8 +18,10 @@ from tests.support import (
     gsm8k_rows,
     oracle_pair,
     reference,
+    review_rows,
     rstar,
     service_env,
+    solution_rows,
     wait_until,
     write_jsonl,
 )
@@ -73,8 +75,8 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
             assert c.finish_reason in ("stop", "eos_token")
         assert all(st.status == "done" for st in steps)
 
-        sols = s.scalars(select(Solution)).all()
-        revs = s.scalars(select(Review)).all()
+        sols = solution_rows(s)
+        revs = review_rows(s)
         assert len(sols) == sum(2 if i % 2 else 4 for i in range(20))
         assert len(revs) == len(sols)
         by_id = {x.id: x for x in sols}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import ModelCall, Problem, Review, Selection, Solution, Step
+from db.models import ModelCall, Output, Problem, Selection, Step
 from db.session import session_scope
 from tests.support import REPO, require_real_model, rstar, service_env
 
@@ -48,6 +48,6 @@ def test_demo_solves_three_problems_with_real_models(redis_url: str, tmp_path: P
             assert c.request["response_format"]["type"] == "json_object"
         assert len({c.response_text for c in ok}) > 1  # not one canned reply
         done_steps = s.scalars(select(Step).where(Step.status == "done", Step.kind != "select")).all()
-        outputs = len(s.scalars(select(Solution)).all()) + len(s.scalars(select(Review)).all())
+        outputs = len(s.scalars(select(Output)).all())
         assert outputs == len(done_steps)  # every finished model step left its solution or review
     assert (REPO / "data" / "gsm8k_sample.jsonl").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import Job, Problem, Selection, Solution, Step
+from db.models import Job, Output, Problem, Selection, Step
 from db.session import session_scope
 from rstar.strategies.base import StepSpec, step_seed
 from rstar.types import StepKind
@@ -31,6 +31,7 @@ from tests.support import (
     rstar,
     service_env,
     solution_json,
+    solution_rows,
     wait_until,
     write_jsonl,
 )
@@ -126,7 +127,7 @@ def test_cot_self_consistency_and_mutual_consistency_end_to_end_with_report(
             "r1.generate.B",
             "select",
         ]
-        sols = list(s.scalars(select(Solution).where(Solution.problem_id == mc[5].id).order_by(Solution.id)))
+        sols = solution_rows(s, Output.problem_id == mc[5].id)
         completions = [x for x in sols if x.kind == "complete"]
         by_id = {x.id: x for x in sols}
         assert len(sols) == 8 and len(completions) == 4

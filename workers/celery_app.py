@@ -21,7 +21,7 @@ from workers.redact import without_userinfo
 from workers.settings import Settings, get_settings
 
 CONTROL_QUEUE = "rstar.control"
-TASK_MODULES = ["tasks.generate", "tasks.cross_validate", "tasks.refine", "tasks.complete", "tasks.select"]
+TASK_MODULES = ["tasks.step", "tasks.select"]
 
 
 def queue_for_endpoint(url: str) -> str:

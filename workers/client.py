@@ -193,6 +193,17 @@ def probe_server(base_url: str, *, token: str | None = None, timeout: float = PR
         raise UnavailableError(f"cannot identify the model server at {base}: {exc}") from exc
 
 
+def unreachable(base_url: str, *, token: str | None = None, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the server at `base_url` does not answer HTTP (refused, no route, timed out), or None
+    when it answers anything: `rstar submit` refuses a roster with a model no one serves."""
+    base = without_userinfo(base_url).rstrip("/")
+    try:
+        get_session().get(f"{base}/health", headers=auth_headers(base_url, token), timeout=timeout)
+    except httpx2.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
 def _slots(session: Any, base: str, headers: dict[str, str]) -> int | None:
     """llama-server's parallel slots (`/props` total_slots): its concurrent requests at most."""
     try:

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rstar.roster import ModelEntry, RosterError, check_url, parse_models_env
+
 ServerKind = Literal["auto", "tgi", "llama-cpp", "vllm", "openai", "plain"]
 
 
@@ -25,9 +27,14 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///rstar.db"
     broker_url: str = "redis://127.0.0.1:6379/0"
 
-    # Model endpoints for roles A and B (a job stores the ones it was submitted with).
+    # The model roster: "A=url,B=url,C=url" (a job stores the one it was submitted with, without
+    # credentials). Unset: A = RSTAR_MODEL_A_URL and B = RSTAR_MODEL_B_URL (default: A's URL).
+    models: SecretStr | None = None
     model_a_url: str | None = None
     model_b_url: str | None = None
+    # `rstar submit` refuses a job whose model servers do not answer HTTP; false: enqueue anyway
+    # (the servers are still starting, and the steps wait in their queues).
+    check_models: bool = True
     # The endpoints a worker serves, whitespace-separated, with their credentials (jobs store the
     # URLs without them): how `rstar worker --endpoint URL` hands them to its Celery process.
     worker_endpoints: SecretStr | None = None
@@ -81,6 +88,24 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
+
+    def roster(self) -> list[ModelEntry]:
+        """The models of the environment: RSTAR_MODELS, else RSTAR_MODEL_A_URL / _B_URL (empty when
+        neither is set). Raises RosterError on a malformed entry."""
+        if self.models is not None:
+            return parse_models_env(self.models.get_secret_value())
+        if not self.model_a_url:
+            return []
+        entries = [ModelEntry("A", check_url(self.model_a_url, what="RSTAR_MODEL_A_URL"))]
+        url_b = self.model_b_url or self.model_a_url
+        return [*entries, ModelEntry("B", check_url(url_b, what="RSTAR_MODEL_B_URL"))]
+
+    def configured_urls(self) -> list[str]:
+        """Every endpoint URL the environment names, credentials and all (malformed ones skipped)."""
+        try:
+            return [m.url for m in self.roster()]
+        except RosterError:
+            return [u for u in (self.model_a_url, self.model_b_url) if u]
 
 
 # In-flight slots counted for an endpoint that does not report its limit (or cannot be asked at

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rstar.strategies.base import ParamError, Strategy
+from rstar.strategies.base import ParamError, Strategy, fit_roster
 from rstar.strategies.cot import CotStrategy
 from rstar.strategies.mutual import MutualStrategy
 from rstar.strategies.mutual_consistency import MutualConsistencyStrategy
@@ -30,4 +30,4 @@ def get_strategy(name: str, params: Mapping[str, Any] | None = None, **kwargs: A
     return strategy
 
 
-__all__ = ["STRATEGIES", "ParamError", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "ParamError", "Strategy", "fit_roster", "get_strategy"]

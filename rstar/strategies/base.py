@@ -3,21 +3,31 @@ to ask in each, and which answer to select at the end.
 
 A strategy is pure. The dispatcher (`tasks/dispatch.py`) loads a `ProblemState` from the database,
 asks `plan()`, inserts the steps that do not exist yet (a unique key makes that race-free) and
-enqueues them; a task asks `build_request()` for its step's prompt. Adding a strategy means adding
-a module here and registering it; nothing else changes.
+enqueues them; the one model-step task (`tasks/step.py`) asks `build_request()` for its step's
+prompt, sends it, and stores `parse()` of the reply as one output row linked to `parent()`.
+Adding a strategy means adding a module here (and its prompts) and registering it in
+`__init__.py`; nothing else changes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
 from rstar import prompts
 from rstar.answers import answers_equal
-from rstar.types import ModelRequest, ReviewIssue, Role, StepKind, Verdict
+from rstar.types import (
+    ModelRequest,
+    ParsedOutput,
+    ParsedReview,
+    ParsedSolution,
+    ReviewIssue,
+    StepKind,
+    Verdict,
+)
 
 SELECT_KEY = "select"
 SEED_MASK = 2**31 - 1
@@ -29,22 +39,74 @@ class StepSpec:
     """A step a strategy wants to exist. Its key is unique per problem."""
 
     key: str
-    kind: StepKind
-    role: Role
+    kind: str
+    """A kind the strategy owns (the seed's: `StepKind`); "select" is the selection's."""
+    model: str | None
+    """The roster name of the model that runs it (None: the selection, which calls no model)."""
     round: int
 
 
-def step_key(round_: int, kind: StepKind, role: Role) -> str:
-    return f"r{round_}.{kind.value}.{role}"
+def step_key(round_: int, kind: str, model: str, *more: str) -> str:
+    """ "r2.review.A": round 2, A reviews; further parts name what it works on ("r1.review.A.C")."""
+    return ".".join((f"r{round_}", str(kind), model, *more))
 
 
 @dataclass(frozen=True)
 class StepView:
     key: str
     kind: str
-    role: Role | None
+    model: str | None
     round: int
     status: str
+
+
+@dataclass(frozen=True)
+class OutputView:
+    """One row of the outputs table: what a step's reply said, as its strategy parsed it."""
+
+    id: int
+    step_key: str
+    kind: str
+    model: str
+    round: int
+    parent_id: int | None
+    """The output this one extends or judges (a review's solution, a refinement's draft...)."""
+    payload: Mapping[str, Any]
+    answer: str | None
+    text: str | None
+    """The reply as received (what a reader sees when nothing could be parsed)."""
+    parse_error: str | None = None
+
+
+# The seed strategies' two forms of output. Their kinds are fixed here so that reports and
+# `rstar show` can read any of their jobs; a strategy with other kinds reads `state.outputs`.
+SOLUTION_KINDS = frozenset({StepKind.GENERATE.value, StepKind.REFINE.value, StepKind.COMPLETE.value})
+REVIEW_KINDS = frozenset({StepKind.REVIEW.value})
+
+
+def solution_output(parsed: ParsedSolution) -> ParsedOutput:
+    return ParsedOutput(
+        payload={
+            "steps": list(parsed.steps),
+            "answer_raw": parsed.answer_raw,
+            "structured": parsed.structured,
+        },
+        answer=parsed.answer,
+        parse_error=parsed.parse_error,
+    )
+
+
+def review_output(parsed: ParsedReview) -> ParsedOutput:
+    return ParsedOutput(
+        payload={
+            "verdict": parsed.verdict.value,
+            "scores": [parsed.logical_consistency, parsed.calculation_accuracy, parsed.step_completeness],
+            "issues": [{"step": i.step, "description": i.description} for i in parsed.issues],
+            "suggested_answer": parsed.suggested_answer,
+            "structured": parsed.structured,
+        },
+        parse_error=parsed.parse_error,
+    )
 
 
 @dataclass(frozen=True)
@@ -52,13 +114,30 @@ class SolutionView:
     id: int
     step_key: str
     round: int
-    author: Role
+    author: str
     kind: str
     steps: tuple[str, ...]
     answer: str | None
     response_text: str | None
     """The model's reply as received: what a reader sees when no steps could be parsed."""
     parse_error: str | None = None
+    parent_id: int | None = None
+    """The solution a refinement revises or a completion finishes."""
+
+    @classmethod
+    def of(cls, out: OutputView) -> SolutionView:
+        return cls(
+            id=out.id,
+            step_key=out.step_key,
+            round=out.round,
+            author=out.model,
+            kind=out.kind,
+            steps=tuple(str(s) for s in out.payload.get("steps") or ()),
+            answer=out.answer,
+            response_text=out.text,
+            parse_error=out.parse_error,
+            parent_id=out.parent_id,
+        )
 
     @cached_property
     def text(self) -> str:
@@ -74,7 +153,7 @@ class ReviewView:
     id: int
     step_key: str
     round: int
-    reviewer: Role
+    reviewer: str
     target_solution_id: int
     verdict: Verdict
     scores: tuple[int | None, int | None, int | None]
@@ -84,6 +163,31 @@ class ReviewView:
     """The model's reply as received: what a reader sees of a review that did not parse."""
     structured: bool
     """True when the reply was the JSON object asked for."""
+
+    @classmethod
+    def of(cls, out: OutputView) -> ReviewView:
+        p = out.payload
+        scores = list(p.get("scores") or [])[:3]
+        scores += [None] * (3 - len(scores))
+        try:
+            verdict = Verdict(p.get("verdict"))
+        except ValueError:
+            verdict = Verdict.UNCERTAIN
+        return cls(
+            id=out.id,
+            step_key=out.step_key,
+            round=out.round,
+            reviewer=out.model,
+            target_solution_id=out.parent_id or 0,
+            verdict=verdict,
+            scores=(scores[0], scores[1], scores[2]),
+            issues=tuple(
+                ReviewIssue(i.get("step"), str(i.get("description", ""))) for i in p.get("issues") or ()
+            ),
+            suggested_answer=p.get("suggested_answer"),
+            response_text=out.text,
+            structured=bool(p.get("structured")),
+        )
 
     @cached_property
     def text(self) -> str:
@@ -105,15 +209,32 @@ class ReviewView:
 
 @dataclass(frozen=True)
 class ProblemState:
+    """A problem as its strategy sees it: the job's models, the steps made so far and their
+    outputs (a tree by parent ids), keyed by the key of the step that produced each."""
+
     question: str
+    models: tuple[str, ...]
+    """The job's roster names, in order."""
     steps: Mapping[str, StepView]
-    solutions: Mapping[str, SolutionView]
-    """Keyed by the key of the step that produced each."""
-    reviews: Mapping[str, ReviewView]
+    outputs: Mapping[str, OutputView]
 
     def done(self, key: str) -> bool:
         step = self.steps.get(key)
         return step is not None and step.status == "done"
+
+    @cached_property
+    def solutions(self) -> Mapping[str, SolutionView]:
+        """The outputs that are solutions (generated, refined or completed), as solution views."""
+        return {k: SolutionView.of(o) for k, o in self.outputs.items() if o.kind in SOLUTION_KINDS}
+
+    @cached_property
+    def reviews(self) -> Mapping[str, ReviewView]:
+        return {k: ReviewView.of(o) for k, o in self.outputs.items() if o.kind in REVIEW_KINDS}
+
+    @classmethod
+    def empty(cls, models: Sequence[str], question: str = "") -> ProblemState:
+        """Before any step: what a strategy plans from at submit."""
+        return cls(question=question, models=tuple(models), steps={}, outputs={})
 
 
 @dataclass(frozen=True)
@@ -125,18 +246,8 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class StepLinks:
-    """How a step's output links to earlier outputs, for the audit trail."""
-
-    target_solution_id: int | None = None
-    """The solution a review judges."""
-    parent_solution_id: int | None = None
-    """The solution a refinement revises."""
-
-
-@dataclass(frozen=True)
 class Selection:
-    solution_id: int | None
+    output_id: int | None
     answer: str | None
     reason: str
     rounds_used: int
@@ -144,6 +255,10 @@ class Selection:
 
 class Strategy(Protocol):
     name: ClassVar[str]
+    min_models: ClassVar[int]
+    """How many models of the roster it needs at least..."""
+    max_models: ClassVar[int | None]
+    """...and uses at most (None: any number); a longer roster is cut to this at submit."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -154,9 +269,33 @@ class Strategy(Protocol):
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest: ...
 
-    def links(self, step: StepSpec, state: ProblemState) -> StepLinks: ...
+    def parse(self, step: StepSpec, text: str) -> ParsedOutput:
+        """The step's reply as an output row: pure, and never raises on bad model text."""
+        ...
+
+    def parent(self, step: StepSpec, state: ProblemState) -> int | None:
+        """The output the step's output extends or judges (None: none)."""
+        ...
 
     def select(self, state: ProblemState) -> Selection: ...
+
+
+def fit_roster(strategy: Strategy, models: Sequence[str]) -> tuple[str, ...]:
+    """The roster names the strategy will use: refused when too few, cut when too many."""
+    if len(models) < strategy.min_models:
+        raise ParamError(
+            f"strategy {strategy.name!r} needs at least {strategy.min_models} models, got {len(models)}"
+            + (f" ({', '.join(models)})" if models else "")
+            + ": pass --model NAME=URL for each"
+        )
+    if strategy.max_models is not None:
+        return tuple(models[: strategy.max_models])
+    return tuple(models)
+
+
+def next_model(models: Sequence[str], name: str, offset: int = 1) -> str:
+    """The model `offset` places after `name` in the roster, round the end."""
+    return models[(models.index(name) + offset) % len(models)]
 
 
 class ParamError(ValueError):

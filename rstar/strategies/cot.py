@@ -1,4 +1,4 @@
-"""The "cot" baseline: one chain-of-thought sample per problem, by model A.
+"""The "cot" baseline: one chain-of-thought sample per problem, by the roster's first model.
 
 The same solve prompt as mutual's first round, so the comparison isolates the strategy. Greedy by
 default (temperature 0): the usual single-sample chain-of-thought baseline, and the strongest one.
@@ -10,27 +10,33 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rstar import prompts
+from rstar.parsing import parse_solution
 from rstar.strategies.base import (
     Plan,
     ProblemState,
     Selection,
-    StepLinks,
     StepSpec,
     choice_param,
     float_param,
     int_param,
     seed_param,
+    solution_output,
     step_key,
     step_seed,
 )
-from rstar.types import ModelRequest, StepKind
+from rstar.types import ModelRequest, ParsedOutput, StepKind
 
 DEFAULTS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512, "seed": 0, "solution_format": "json"}
-SOLVE = StepSpec(step_key(1, StepKind.GENERATE, "A"), StepKind.GENERATE, "A", 1)
+
+
+def solve_step(models: tuple[str, ...]) -> StepSpec:
+    return StepSpec(step_key(1, StepKind.GENERATE, models[0]), StepKind.GENERATE, models[0], 1)
 
 
 class CotStrategy:
     name: ClassVar[str] = "cot"
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = 1
 
     def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
         p = {**DEFAULTS, **(params or {})}
@@ -50,7 +56,8 @@ class CotStrategy:
         }
 
     def plan(self, state: ProblemState) -> Plan:
-        return Plan((SOLVE,), finished=state.done(SOLVE.key))
+        solve = solve_step(state.models)
+        return Plan((solve,), finished=state.done(solve.key))
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         return ModelRequest(
@@ -61,11 +68,15 @@ class CotStrategy:
             json_schema=prompts.solution_schema(self.solution_format),
         )
 
-    def links(self, step: StepSpec, state: ProblemState) -> StepLinks:
-        return StepLinks()
+    def parse(self, step: StepSpec, text: str) -> ParsedOutput:
+        return solution_output(parse_solution(text))
+
+    def parent(self, step: StepSpec, state: ProblemState) -> int | None:
+        return None
 
     def select(self, state: ProblemState) -> Selection:
-        solution = state.solutions.get(SOLVE.key)
+        model = state.models[0]
+        solution = state.solutions.get(solve_step(state.models).key)
         if solution is None or solution.answer is None:
-            return Selection(None, None, "A's solution gave no parsable final answer.", 1)
-        return Selection(solution.id, solution.answer, "Single chain-of-thought sample by A.", 1)
+            return Selection(None, None, f"{model}'s solution gave no parsable final answer.", 1)
+        return Selection(solution.id, solution.answer, f"Single chain-of-thought sample by {model}.", 1)

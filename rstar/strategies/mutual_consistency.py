@@ -1,17 +1,20 @@
 """The "mutual-consistency" strategy: rStar's check (Qi et al., 2024, arXiv 2408.06195, section 3.3).
 
 Instead of asking the peer for a verdict, cut a solution part-way and let the peer finish it; a
-solution whose completion reaches the same answer is *mutually consistent*.
-  round r:   A and B solve on their own (generate); as soon as one has solved, the other
-             completes that solution from its cut-off point (complete).
-A's first solution is its greedy one (temperature 0, `greedy_first`): the answer a single
-chain-of-thought sample would give is always among the votes, and wins ties, so the other samples
-and the completions have to outvote it. Every solution and every completion, of every round and
-both models, is a vote for its answer.
+solution whose completions reach its answer (at least half of them) is *mutually consistent*.
+  round r:   every model of the roster (two or more) solves on its own (generate); as soon as one
+             has solved, its peers complete that solution from its cut-off point (complete): the
+             next model in the roster (`peers=next`, the default; with A and B, each completes
+             the other's), or every other model (`peers=all`).
+The first model's first solution is its greedy one (temperature 0, `greedy_first`): the answer a
+single chain-of-thought sample would give is always among the votes, and wins ties, so the other
+samples and the completions have to outvote it. Every solution and every completion, of every
+round and every model, is a vote for its answer.
 Stop after round r when the leading answer has at least `margin` votes more than any other (with
-the default 2: three of the first round's four answers agree), or after `max_rounds` rounds; a new
-round adds two fresh solutions and their two completions. Selection: the most votes, then the most
-mutually consistent solutions, then the answer seen first; it says why in words.
+the default 2 and two models: three of the first round's four answers agree), or after
+`max_rounds` rounds; a new round adds fresh solutions and their completions. Selection: the most
+votes, then the most mutually consistent solutions, then the answer seen first; it says why in
+words.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from typing import Any, ClassVar
 
 from rstar import prompts
 from rstar.answers import answers_equal
+from rstar.parsing import parse_solution
 from rstar.strategies.base import (
     Plan,
     ProblemState,
     Selection,
     SolutionView,
-    StepLinks,
     StepSpec,
     answer_groups,
     bool_param,
@@ -35,10 +38,12 @@ from rstar.strategies.base import (
     float_param,
     int_param,
     seed_param,
+    solution_output,
     step_key,
     step_seed,
 )
-from rstar.types import ROLES, ModelRequest, Role, StepKind, peer
+from rstar.strategies.mutual import PEERS, judge_key, judged_model, peer_pairs
+from rstar.types import ModelRequest, ParsedOutput, StepKind
 
 DEFAULTS: dict[str, Any] = {
     "max_rounds": 3,
@@ -50,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "greedy_first": True,
     "seed": 0,
     "solution_format": "json",
+    "peers": "next",
 }
 
 
@@ -64,15 +70,17 @@ class ConsistencyParams:
     greedy_first: bool
     seed: int | None
     solution_format: str
+    peers: str = "next"
 
 
-def solve_step(round_: int, role: Role) -> StepSpec:
-    return StepSpec(step_key(round_, StepKind.GENERATE, role), StepKind.GENERATE, role, round_)
+def solve_step(round_: int, model: str) -> StepSpec:
+    return StepSpec(step_key(round_, StepKind.GENERATE, model), StepKind.GENERATE, model, round_)
 
 
-def complete_step(round_: int, role: Role) -> StepSpec:
-    """`role` completes its peer's round-`round_` solution."""
-    return StepSpec(step_key(round_, StepKind.COMPLETE, role), StepKind.COMPLETE, role, round_)
+def complete_step(round_: int, completer: str, target: str, peers: str = "next") -> StepSpec:
+    """`completer` completes `target`'s round-`round_` solution."""
+    key = judge_key(round_, StepKind.COMPLETE, completer, target, peers)
+    return StepSpec(key, StepKind.COMPLETE, completer, round_)
 
 
 def cut_point(n_steps: int, cut: float) -> int:
@@ -83,19 +91,31 @@ def cut_point(n_steps: int, cut: float) -> int:
     return min(n_steps - 1, max(1, int(n_steps * cut)))
 
 
+def completions_of(state: ProblemState, solution: SolutionView) -> list[SolutionView]:
+    return [
+        s
+        for s in state.solutions.values()
+        if s.kind == StepKind.COMPLETE.value and s.parent_id == solution.id
+    ]
+
+
 def consistent(state: ProblemState, solution: SolutionView) -> bool:
-    """Whether the peer's completion of this (generated) solution reached the same answer."""
+    """Whether at least half of the peers' completions of this (generated) solution (and at least
+    one) reached its answer."""
     if solution.kind != StepKind.GENERATE.value:
         return False
-    completion = state.solutions.get(step_key(solution.round, StepKind.COMPLETE, peer(solution.author)))
-    return completion is not None and answers_equal(solution.answer, completion.answer)
+    done = completions_of(state, solution)
+    agree = sum(1 for c in done if answers_equal(solution.answer, c.answer))
+    return bool(done) and 2 * agree >= len(done)
 
 
 def _ordered(state: ProblemState, up_to_round: int | None = None) -> list[SolutionView]:
-    """Solutions in a stable order: by round, then generations before completions, A before B."""
+    """Solutions in a stable order: by round, then generations before completions, then the
+    roster's order (A before B)."""
     order = {StepKind.GENERATE.value: 0, StepKind.COMPLETE.value: 1}
+    place = {m: i for i, m in enumerate(state.models)}
     sols = [s for s in state.solutions.values() if up_to_round is None or s.round <= up_to_round]
-    return sorted(sols, key=lambda s: (s.round, order.get(s.kind, 2), s.author, s.id))
+    return sorted(sols, key=lambda s: (s.round, order.get(s.kind, 2), place.get(s.author, len(place)), s.id))
 
 
 def vote_margin(state: ProblemState, up_to_round: int) -> int:
@@ -108,6 +128,8 @@ def vote_margin(state: ProblemState, up_to_round: int) -> int:
 
 class MutualConsistencyStrategy:
     name: ClassVar[str] = "mutual-consistency"
+    min_models: ClassVar[int] = 2
+    max_models: ClassVar[int | None] = None
 
     def __init__(self, params: Mapping[str, Any] | None = None, *, max_rounds_limit: int = 10) -> None:
         p = {**DEFAULTS, **(params or {})}
@@ -121,6 +143,7 @@ class MutualConsistencyStrategy:
             greedy_first=bool_param(p, "greedy_first", True),
             seed=seed_param(p),
             solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
+            peers=choice_param(p, "peers", "next", choices=PEERS),
         )
 
     @property
@@ -135,22 +158,25 @@ class MutualConsistencyStrategy:
             "greedy_first": self.p.greedy_first,
             "seed": self.p.seed,
             "solution_format": self.p.solution_format,
+            "peers": self.p.peers,
             "prompt_version": prompts.PROMPT_VERSION,
         }
 
     # -- which steps come next ---------------------------------------------------------------
 
     def plan(self, state: ProblemState) -> Plan:
+        models = state.models
+        pairs = peer_pairs(models, self.p.peers)
         wanted: list[StepSpec] = []
         for round_ in range(1, self.p.max_rounds + 1):
-            this_round = [solve_step(round_, r) for r in ROLES]
+            this_round = [solve_step(round_, m) for m in models]
             wanted.extend(this_round)
-            # A completion needs only the solution it completes: no waiting for the other model.
-            for role in ROLES:
-                if state.done(solve_step(round_, peer(role)).key):
-                    this_round.append(complete_step(round_, role))
+            # A completion needs only the solution it completes: no waiting for the other models.
+            for completer, target in pairs:
+                if state.done(solve_step(round_, target).key):
+                    this_round.append(complete_step(round_, completer, target, self.p.peers))
                     wanted.append(this_round[-1])
-            if len(this_round) < 4 or not all(state.done(s.key) for s in this_round):
+            if len(this_round) < len(models) + len(pairs) or not all(state.done(s.key) for s in this_round):
                 return Plan(tuple(wanted))
             if self.threshold_met(state, round_) or round_ == self.p.max_rounds:
                 return Plan(tuple(wanted), finished=True)
@@ -163,8 +189,8 @@ class MutualConsistencyStrategy:
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         seed = step_seed(self.p.seed, step)
-        if step.kind is StepKind.COMPLETE:
-            target = state.solutions[solve_step(step.round, peer(step.role)).key]
+        if step.kind == StepKind.COMPLETE:
+            target = state.solutions[solve_step(step.round, judged_model(step, state.models)).key]
             shown = target.steps[: cut_point(len(target.steps), self.p.cut)]
             return ModelRequest(
                 messages=prompts.complete_messages(state.question, shown, style=self.p.solution_format),
@@ -173,7 +199,7 @@ class MutualConsistencyStrategy:
                 seed=seed,
                 json_schema=prompts.solution_schema(self.p.solution_format),
             )
-        greedy = self.p.greedy_first and step.round == 1 and step.role == "A"
+        greedy = self.p.greedy_first and step.round == 1 and step.model == state.models[0]
         return ModelRequest(
             messages=prompts.solve_messages(state.question, style=self.p.solution_format),
             temperature=0.0 if greedy else self.p.temperature,
@@ -182,11 +208,13 @@ class MutualConsistencyStrategy:
             json_schema=prompts.solution_schema(self.p.solution_format),
         )
 
-    def links(self, step: StepSpec, state: ProblemState) -> StepLinks:
-        if step.kind is StepKind.COMPLETE:
-            target = state.solutions[solve_step(step.round, peer(step.role)).key]
-            return StepLinks(parent_solution_id=target.id)
-        return StepLinks()
+    def parse(self, step: StepSpec, text: str) -> ParsedOutput:
+        return solution_output(parse_solution(text))
+
+    def parent(self, step: StepSpec, state: ProblemState) -> int | None:
+        if step.kind == StepKind.COMPLETE:
+            return state.solutions[solve_step(step.round, judged_model(step, state.models)).key].id
+        return None
 
     # -- the answer -----------------------------------------------------------------------------
 
@@ -209,9 +237,10 @@ class MutualConsistencyStrategy:
         met = self.threshold_met(state, rounds)
         head = f"Consensus after {rounds} round(s)" if met else f"No clear consensus after {rounds} round(s)"
         how = "mutually consistent" if consistent(state, chosen) else "not confirmed by the peer"
+        which = "both models" if len(state.models) == 2 else f"all {len(state.models)} models"
         reason = (
             f"{head}: answer {chosen.answer} has {len(best)} of {total} votes (solutions and peer "
-            f"completions, all rounds, both models); {n_consistent(best)} of its solutions are mutually "
+            f"completions, all rounds, {which}); {n_consistent(best)} of its solutions are mutually "
             f"consistent. Chose {chosen.author}'s round-{chosen.round} {chosen.kind} ({how})."
         )
         if len(groups) > 1:

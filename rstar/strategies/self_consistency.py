@@ -1,10 +1,11 @@
 """The "self-consistency" baseline (Wang et al., 2022): k independent samples, majority vote.
 
-Samples alternate between the models (1: A, 2: B, 3: A, ...), all dispatched at once. With
-`greedy_first`, sample 1 is A's greedy (temperature 0) solution, as in mutual-consistency. Answers are
-grouped with `answers_equal`; the largest group wins, ties going to the group whose first sample
-came first. Sample i has a seed of its own that does not depend on k, and samples 1 and 2 use the
-seeds of mutual's round-1 solutions, so runs with different k (and mutual) share their samples.
+Samples go round the roster's models (with A and B: 1: A, 2: B, 3: A, ...), all dispatched at
+once. With `greedy_first`, sample 1 is the first model's greedy (temperature 0) solution, as in
+mutual-consistency. Answers are grouped with `answers_equal`; the largest group wins, ties going
+to the group whose first sample came first. Sample i has a seed of its own that does not depend
+on k, and the first sample of each model uses the seed of its round-1 solution in mutual, so runs
+with different k (and mutual) share their samples.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rstar import prompts
+from rstar.parsing import parse_solution
 from rstar.strategies.base import (
     Plan,
     ProblemState,
     Selection,
     SolutionView,
-    StepLinks,
     StepSpec,
     answer_groups,
     bool_param,
@@ -26,10 +27,11 @@ from rstar.strategies.base import (
     float_param,
     int_param,
     seed_param,
+    solution_output,
     step_key,
     step_seed,
 )
-from rstar.types import ModelRequest, Role, StepKind
+from rstar.types import ModelRequest, ParsedOutput, StepKind
 
 DEFAULTS: dict[str, Any] = {
     "samples": 8,
@@ -42,19 +44,24 @@ DEFAULTS: dict[str, Any] = {
 MAX_SAMPLES = 64
 
 
-def sample_step(i: int) -> StepSpec:
-    """The i-th sample (1-based): A for odd i, B for even i."""
-    role: Role = "A" if i % 2 else "B"
-    return StepSpec(f"s{i}.{StepKind.GENERATE.value}.{role}", StepKind.GENERATE, role, 1)
+def sample_step(i: int, models: tuple[str, ...]) -> StepSpec:
+    """The i-th sample (1-based), by the roster's models in turn (A, B, A, B, ... for two)."""
+    model = models[(i - 1) % len(models)]
+    return StepSpec(f"s{i}.{StepKind.GENERATE.value}.{model}", StepKind.GENERATE, model, 1)
 
 
-def sample_seed(base: int | None, i: int) -> int | None:
+def sample_index(step: StepSpec) -> int:
+    return int(step.key.split(".")[0][1:])
+
+
+def sample_seed(base: int | None, step: StepSpec, models: tuple[str, ...]) -> int | None:
     if base is None:
         return None
-    if i <= 2:  # the seeds of mutual's r1.generate.A / r1.generate.B
-        role: Role = "A" if i == 1 else "B"
-        return step_seed(base, StepSpec(step_key(1, StepKind.GENERATE, role), StepKind.GENERATE, role, 1))
-    return step_seed(base, sample_step(i))  # s3.generate.A, ...: keys no other sample has
+    i = sample_index(step)
+    if i <= len(models):  # the seed of mutual's r1.generate.<model>
+        model = models[i - 1]
+        return step_seed(base, StepSpec(step_key(1, StepKind.GENERATE, model), StepKind.GENERATE, model, 1))
+    return step_seed(base, step)  # s3.generate.A, ...: keys no other sample has
 
 
 def majority(solutions: list[SolutionView]) -> list[list[SolutionView]]:
@@ -64,6 +71,8 @@ def majority(solutions: list[SolutionView]) -> list[list[SolutionView]]:
 
 class SelfConsistencyStrategy:
     name: ClassVar[str] = "self-consistency"
+    min_models: ClassVar[int] = 1
+    max_models: ClassVar[int | None] = None
 
     def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
         p = {**DEFAULTS, **(params or {})}
@@ -73,8 +82,6 @@ class SelfConsistencyStrategy:
         self.seed = seed_param(p)
         self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
         self.greedy_first = bool_param(p, "greedy_first", False)
-        self._steps = tuple(sample_step(i) for i in range(1, self.samples + 1))
-        self._index = {s.key: i for i, s in enumerate(self._steps, 1)}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -88,30 +95,36 @@ class SelfConsistencyStrategy:
             "prompt_version": prompts.PROMPT_VERSION,
         }
 
+    def samples_of(self, models: tuple[str, ...]) -> tuple[StepSpec, ...]:
+        return tuple(sample_step(i, models) for i in range(1, self.samples + 1))
+
     def plan(self, state: ProblemState) -> Plan:
-        return Plan(self._steps, finished=all(state.done(s.key) for s in self._steps))
+        steps = self.samples_of(state.models)
+        return Plan(steps, finished=all(state.done(s.key) for s in steps))
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
-        i = self._index[step.key]
         return ModelRequest(
             messages=prompts.solve_messages(state.question, style=self.solution_format),
-            temperature=0.0 if self.greedy_first and i == 1 else self.temperature,
+            temperature=0.0 if self.greedy_first and sample_index(step) == 1 else self.temperature,
             max_tokens=self.max_tokens,
-            seed=sample_seed(self.seed, i),
+            seed=sample_seed(self.seed, step, state.models),
             json_schema=prompts.solution_schema(self.solution_format),
         )
 
-    def links(self, step: StepSpec, state: ProblemState) -> StepLinks:
-        return StepLinks()
+    def parse(self, step: StepSpec, text: str) -> ParsedOutput:
+        return solution_output(parse_solution(text))
+
+    def parent(self, step: StepSpec, state: ProblemState) -> int | None:
+        return None
 
     def select(self, state: ProblemState) -> Selection:
-        samples = [state.solutions[s.key] for s in self._steps if s.key in state.solutions]
+        samples = [state.solutions[s.key] for s in self.samples_of(state.models) if s.key in state.solutions]
         groups = majority(samples)
         if not groups:
             return Selection(None, None, f"None of the {len(samples)} samples gave a parsable answer.", 1)
         best = groups[0]
         chosen = best[0]
-        by_model = ", ".join(f"{r} {sum(1 for s in best if s.author == r)}" for r in ("A", "B"))
+        by_model = ", ".join(f"{m} {sum(1 for s in best if s.author == m)}" for m in state.models)
         reason = f"Majority vote: {len(best)} of {len(samples)} samples answer {chosen.answer} ({by_model})."
         if len(groups) > 1:
             others = ", ".join(f"{g[0].answer} ({len(g)})" for g in groups[1:])

@@ -9,7 +9,7 @@ from rstar.strategies import STRATEGIES, ParamError, get_strategy
 from rstar.strategies.base import step_seed
 from rstar.strategies.cot import CotStrategy
 from rstar.strategies.mutual import MutualStrategy
-from rstar.strategies.self_consistency import SelfConsistencyStrategy, sample_seed
+from rstar.strategies.self_consistency import SelfConsistencyStrategy, sample_seed, sample_step
 from rstar.types import StepKind
 from tests.domain.strategy_state import StateBuilder, keys
 
@@ -50,7 +50,7 @@ def test_cot_asks_model_a_once_then_stops() -> None:
     b = StateBuilder()
     plan = CotStrategy().plan(b.state())
     assert keys(plan.steps) == ["r1.generate.A"] and not plan.finished
-    assert plan.steps[0].kind is StepKind.GENERATE and plan.steps[0].role == "A"
+    assert plan.steps[0].kind == StepKind.GENERATE and plan.steps[0].model == "A"
     b.solution("r1.generate.A", "7")
     plan = CotStrategy().plan(b.state())
     assert keys(plan.steps) == ["r1.generate.A"] and plan.finished
@@ -68,11 +68,11 @@ def test_cot_selects_the_one_answer_or_none() -> None:
     b = StateBuilder()
     sol = b.solution("r1.generate.A", "7")
     chosen = CotStrategy().select(b.state())
-    assert (chosen.solution_id, chosen.answer, chosen.rounds_used) == (sol.id, "7", 1)
+    assert (chosen.output_id, chosen.answer, chosen.rounds_used) == (sol.id, "7", 1)
     b = StateBuilder()
     b.solution("r1.generate.A", None)
     chosen = CotStrategy().select(b.state())
-    assert chosen.answer is None and chosen.solution_id is None and "no parsable" in chosen.reason
+    assert chosen.answer is None and chosen.output_id is None and "no parsable" in chosen.reason
 
 
 # -- self-consistency -------------------------------------------------------------------------
@@ -115,7 +115,9 @@ def test_each_sample_has_its_own_seed_independent_of_k() -> None:
     mutual_r1 = mutual.plan(state).steps
     assert [s.key for s in mutual_r1] == ["r1.generate.A", "r1.generate.B"]
     assert seeds_a[:2] == [mutual.build_request(s, state).seed for s in mutual_r1]
-    assert seeds_a[:2] == [step_seed(3, s) for s in mutual_r1] == [sample_seed(3, 1), sample_seed(3, 2)]
+    pair = ("A", "B")
+    firsts = [sample_seed(3, sample_step(i, pair), pair) for i in (1, 2)]
+    assert seeds_a[:2] == [step_seed(3, s) for s in mutual_r1] == firsts
     assert SelfConsistencyStrategy({"seed": None}).build_request(a.plan(state).steps[0], state).seed is None
 
 
@@ -137,7 +139,7 @@ def test_majority_vote_over_normalised_answers() -> None:
     b.solution("s4.generate.B", None)
     b.solution("s5.generate.A", "20 dollars")
     chosen = SelfConsistencyStrategy({"samples": 5}).select(b.state())
-    assert chosen.answer == "20" and chosen.solution_id == b.solutions["s2.generate.B"].id
+    assert chosen.answer == "20" and chosen.output_id == b.outputs["s2.generate.B"].id
     assert "3 of 5 samples answer 20 (A 2, B 1)" in chosen.reason
     assert "Other answers: 18 (1)" in chosen.reason and "1 without a parsable answer" in chosen.reason
 
@@ -157,7 +159,7 @@ def test_no_parsable_answer_selects_nothing() -> None:
     b.solution("s1.generate.A", None)
     b.solution("s2.generate.B", None)
     chosen = SelfConsistencyStrategy({"samples": 2}).select(b.state())
-    assert chosen.answer is None and chosen.solution_id is None
+    assert chosen.answer is None and chosen.output_id is None
 
 
 # -- solution format (every strategy) ---------------------------------------------------------

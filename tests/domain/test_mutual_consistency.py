@@ -34,7 +34,7 @@ def test_a_completion_starts_as_soon_as_the_solution_it_completes_exists() -> No
     # B completes A's solution; A's own completion of B waits for B's solution.
     assert keys(plan.steps) == ["r1.generate.A", "r1.generate.B", "r1.complete.B"]
     step = plan.steps[-1]
-    assert step.kind is StepKind.COMPLETE and step.role == "B" and step.round == 1
+    assert step.kind == StepKind.COMPLETE and step.model == "B" and step.round == 1
 
 
 def test_completion_request_shows_the_peer_solution_up_to_the_cut() -> None:
@@ -47,7 +47,7 @@ def test_completion_request_shows_the_peer_solution_up_to_the_cut() -> None:
     assert request.messages == prompts.complete_messages(b.state().question, STEPS[:1])
     assert "Step 1: 3 apples to start" in request.messages[-1].content
     assert "3 + 4" not in request.messages[-1].content
-    assert strategy.links(step, b.state()).parent_solution_id == sol.id
+    assert strategy.parent(step, b.state()) == sol.id
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_unanimous_first_round_finishes_after_four_calls() -> None:
     assert plan.finished and len(plan.steps) == 4
     chosen = strategy.select(b.state())
     assert chosen.answer == "7" and chosen.rounds_used == 1
-    assert chosen.solution_id == b.solutions["r1.generate.A"].id
+    assert chosen.output_id == b.outputs["r1.generate.A"].id
     assert "Consensus after 1 round(s): answer 7 has 4 of 4 votes" in chosen.reason
     assert "2 of its solutions are mutually consistent" in chosen.reason
 
@@ -111,7 +111,7 @@ def test_round_limit_stops_and_selects_by_votes_then_consistency() -> None:
     # 5: 3 votes (1 consistent), 6: 2, 8: 2, 9: 1.
     chosen = strategy.select(b.state())
     assert chosen.answer == "5" and chosen.rounds_used == 2
-    assert chosen.solution_id == b.solutions["r2.generate.A"].id  # the consistent one
+    assert chosen.output_id == b.outputs["r2.generate.A"].id  # the consistent one
     assert "No clear consensus after 2 round(s)" in chosen.reason
     assert "Other answers: 6 (2), 9 (1), 8 (2)" in chosen.reason
 
@@ -136,7 +136,7 @@ def test_no_answer_anywhere_selects_nothing() -> None:
     strategy = MutualConsistencyStrategy({"max_rounds": 1})
     assert strategy.plan(b.state()).finished
     chosen = strategy.select(b.state())
-    assert chosen.answer is None and chosen.solution_id is None
+    assert chosen.answer is None and chosen.output_id is None
 
 
 def test_first_solution_of_a_is_greedy_and_the_rest_sample() -> None:

@@ -181,9 +181,9 @@ def test_state_up_to_round_drops_later_rounds() -> None:
     state = b.state()
     state = ProblemState(
         state.question,
+        state.models,
         {**state.steps, "select": StepView("select", "select", None, 2, "done")},
-        state.solutions,
-        {},
+        state.outputs,
     )
     cut = state_up_to_round(state, 1)
     assert set(cut.steps) == {"r1.generate.A"} and set(cut.solutions) == {"r1.generate.A"}

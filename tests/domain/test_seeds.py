@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from rstar.strategies import STRATEGIES, get_strategy
-from rstar.strategies.base import ProblemState, ReviewView, SolutionView, StepSpec, StepView, step_seed
+from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, step_seed
 from rstar.strategies.self_consistency import MAX_SAMPLES
 from rstar.types import StepKind, Verdict
+from tests.domain.strategy_state import review_out, solution_out
 
 ROUNDS_LIMIT = 10
 BASES = (0, 1, 5, 1000, 2**31 - 1)
@@ -28,34 +29,47 @@ REPO = Path(__file__).resolve().parents[2]
 class Outputs:
     """The persisted state of one problem whose models never agree."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: tuple[str, ...]) -> None:
+        self.models = models
         self.steps: dict[str, StepView] = {}
-        self.solutions: dict[str, SolutionView] = {}
-        self.reviews: dict[str, ReviewView] = {}
+        self.outputs: dict[str, OutputView] = {}
         self.next_id = 1
 
-    def finish(self, step: StepSpec) -> None:
+    def finish(self, step: StepSpec, parent: int | None) -> None:
         n, self.next_id = self.next_id, self.next_id + 1
-        self.steps[step.key] = StepView(step.key, step.kind.value, step.role, step.round, "done")
-        if step.kind is StepKind.REVIEW:
-            verdict = Verdict.INCORRECT
-            self.reviews[step.key] = ReviewView(
-                n, step.key, step.round, step.role, 0, verdict, (1, 1, 1), (), None, "incorrect", False
+        assert step.model is not None
+        self.steps[step.key] = StepView(step.key, str(step.kind), step.model, step.round, "done")
+        if step.kind == StepKind.REVIEW:
+            self.outputs[step.key] = review_out(
+                n, step.key, step.round, step.model, parent or 0, Verdict.INCORRECT, (1, 1, 1), "incorrect"
             )
         else:  # a distinct answer each time: no vote margin, no agreement
             work = ("first", "second", "third", f"So the answer is {n}.")
-            self.solutions[step.key] = SolutionView(
-                n, step.key, step.round, step.role, step.kind.value, work, str(n), "\n".join(work)
+            self.outputs[step.key] = solution_out(
+                n,
+                step.key,
+                step.round,
+                step.model,
+                str(step.kind),
+                work,
+                str(n),
+                "\n".join(work),
+                parent_id=parent,
             )
 
     def state(self) -> ProblemState:
-        return ProblemState("What is 2 + 2?", dict(self.steps), dict(self.solutions), dict(self.reviews))
+        return ProblemState("What is 2 + 2?", self.models, dict(self.steps), dict(self.outputs))
 
 
-def widest_params(name: str, base: int | None) -> dict[str, object]:
+ROSTERS = {"pair": ("A", "B"), "three, all peers": ("A", "B", "C")}
+
+
+def widest_params(name: str, base: int | None, models: tuple[str, ...] = ("A", "B")) -> dict[str, object]:
     """The parameters under which `name` plans the most steps."""
     params = get_strategy(name).params
     wide: dict[str, object] = {"seed": base}
+    if "peers" in params and len(models) > 2:
+        wide["peers"] = "all"
     if "max_rounds" in params:
         wide["max_rounds"] = ROUNDS_LIMIT
     if "samples" in params:
@@ -63,10 +77,11 @@ def widest_params(name: str, base: int | None) -> dict[str, object]:
     return wide
 
 
-def planned_seeds(name: str, base: int | None) -> dict[str, int | None]:
+def planned_seeds(name: str, base: int | None, models: tuple[str, ...] = ("A", "B")) -> dict[str, int | None]:
     """Step key -> the seed of the request built for it, for every step of one problem."""
-    strategy = get_strategy(name, widest_params(name, base), max_rounds_limit=ROUNDS_LIMIT)
-    out = Outputs()
+    strategy = get_strategy(name, widest_params(name, base, models), max_rounds_limit=ROUNDS_LIMIT)
+    models = models[: strategy.max_models] if strategy.max_models else models
+    out = Outputs(models)
     seeds: dict[str, int | None] = {}
     while True:
         plan = strategy.plan(out.state())
@@ -76,13 +91,14 @@ def planned_seeds(name: str, base: int | None) -> dict[str, int | None]:
         assert todo, f"{name}: plan neither finished nor asks for a new step"
         for step in todo:
             seeds[step.key] = strategy.build_request(step, out.state()).seed
-            out.finish(step)
+            out.finish(step, strategy.parent(step, out.state()))
 
 
+@pytest.mark.parametrize("roster", sorted(ROSTERS))
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 @pytest.mark.parametrize("base", BASES)
-def test_every_step_a_strategy_plans_has_its_own_seed(name: str, base: int) -> None:
-    seeds = planned_seeds(name, base)
+def test_every_step_a_strategy_plans_has_its_own_seed(name: str, base: int, roster: str) -> None:
+    seeds = planned_seeds(name, base, ROSTERS[roster])
     if name in ("mutual", "mutual-consistency"):  # really went through every round
         assert {int(key.split(".")[0][1:]) for key in seeds} == set(range(1, ROUNDS_LIMIT + 1))
     if name == "self-consistency":

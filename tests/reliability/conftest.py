@@ -35,6 +35,7 @@ def cli_env(
     settings_env.setenv("RSTAR_DATABASE_URL", postgres_url)
     settings_env.setenv("RSTAR_BROKER_URL", redis_url)
     settings_env.setenv("RSTAR_MODEL_A_URL", "http://127.0.0.1:9")
+    settings_env.setenv("RSTAR_CHECK_MODELS", "false")  # no server: the steps wait in their queues
     get_settings.cache_clear()
     celery = create_app(get_settings())
     celery.set_current()

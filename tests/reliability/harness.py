@@ -23,10 +23,21 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from db.models import Job, ModelCall, Problem, Review, Selection, Solution, Step
+from db.models import Job, ModelCall, Output, Problem, Selection, Step
 from db.session import session_scope
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
-from tests.support import REPO, Oracle, gsm8k_rows, oracle_pair, rstar, service_env, wait_until, write_jsonl
+from tests.support import (
+    REPO,
+    Oracle,
+    gsm8k_rows,
+    oracle_pair,
+    review_rows,
+    rstar,
+    service_env,
+    solution_rows,
+    wait_until,
+    write_jsonl,
+)
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 
 # Short everything, so a dead worker's lease runs out in 2 s and a lost message is re-sent in ~1 s.
@@ -298,8 +309,8 @@ def audit(db_url: str, job_id: int, *, lines: int | None = None) -> Audit:
         pids = [p.id for p in problems]
         steps = s.scalars(select(Step).where(Step.problem_id.in_(pids))).all()
         calls = s.scalars(select(ModelCall).where(ModelCall.problem_id.in_(pids))).all()
-        sols = s.scalars(select(Solution).where(Solution.problem_id.in_(pids))).all()
-        revs = s.scalars(select(Review).where(Review.problem_id.in_(pids))).all()
+        sols = solution_rows(s, Output.problem_id.in_(pids))
+        revs = review_rows(s, Output.problem_id.in_(pids))
         sels = s.scalars(select(Selection).where(Selection.problem_id.in_(pids))).all()
     status = Counter(p.status for p in problems)
     ok = [c for c in calls if c.outcome == "ok"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from db.models import ModelCall, Problem, Review, Solution
+from db.models import ModelCall, Output, Problem
 from db.session import session_scope
 from tests.fakeserver import Reply
 from tests.reliability.harness import (
@@ -23,7 +23,7 @@ from tests.reliability.harness import (
     submit,
     wait_finished,
 )
-from tests.support import celery_worker, rstar
+from tests.support import celery_worker, review_rows, rstar, solution_rows
 from workers.client import MAX_STORED_BODY
 
 TEN_MB = 10 * 1024 * 1024
@@ -76,8 +76,8 @@ def test_garbage_replies_are_recorded_never_crash(postgres_url: str, redis_url: 
         pids = select(Problem.id).where(Problem.job_id == job_id)
         calls = s.scalars(select(ModelCall).where(ModelCall.problem_id.in_(pids))).all()
         outputs = [
-            *s.scalars(select(Solution).where(Solution.problem_id.in_(pids))),
-            *s.scalars(select(Review).where(Review.problem_id.in_(pids))),
+            *solution_rows(s, Output.problem_id.in_(pids)),
+            *review_rows(s, Output.problem_id.in_(pids)),
         ]
     errors = [c.error or "" for c in calls if c.outcome == "retryable_error"]
     assert len(errors) == 5

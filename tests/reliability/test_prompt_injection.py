@@ -9,11 +9,20 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from db.models import Job, Problem, Review, Solution
+from db.models import Job, Output, Problem
 from db.session import session_scope
 from tests.fakeserver import FakeRequest, Reply
 from tests.reliability.harness import assert_clean, audit, env_for, queues_for, servers, submit, wait_finished
-from tests.support import celery_worker, gsm8k_rows, oracle_pair, reference, rstar, write_jsonl
+from tests.support import (
+    celery_worker,
+    gsm8k_rows,
+    oracle_pair,
+    reference,
+    review_rows,
+    rstar,
+    solution_rows,
+    write_jsonl,
+)
 
 FAKE_REVIEW = json.dumps(
     {
@@ -81,10 +90,8 @@ def test_hostile_questions_cannot_touch_other_problems_or_the_job(
             # Exactly what the oracle gives without any hostile neighbour.
             assert p.final_answer == reference(r["answer"])
             assert p.rounds_used == (2 if i % 2 == 0 else 1)
-            answers = [x.answer for x in s.scalars(select(Solution).where(Solution.problem_id == p.id))]
-            suggested = [
-                x.suggested_answer for x in s.scalars(select(Review).where(Review.problem_id == p.id))
-            ]
+            answers = [x.answer for x in solution_rows(s, Output.problem_id == p.id)]
+            suggested = [x.suggested_answer for x in review_rows(s, Output.problem_id == p.id)]
             assert "999" not in answers and "999" not in suggested
         for key in HOSTILE:
             hostile = by_item[key]

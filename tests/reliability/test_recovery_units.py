@@ -15,9 +15,10 @@ from db.claims import claim_step
 from db.models import Job, Problem, Step, utcnow
 from db.session import session_scope
 from rstar.inputs import parse_problems
-from tasks.generate import generate
+from rstar.roster import ModelEntry
 from tasks.leases import LeaseKeeper
 from tasks.recovery import recover
+from tasks.step import model_step as generate
 from tasks.submit import submit_job
 from tests.fakeserver import FakeInferenceServer
 from tests.support import gsm8k_rows, oracle_pair
@@ -37,8 +38,7 @@ def job(app_env: Celery):  # type: ignore[no-untyped-def]
             name="units",
             strategy_name="mutual",
             params={},
-            model_a_url=a.url,
-            model_b_url=b.url,
+            models=[ModelEntry("A", a.url), ModelEntry("B", b.url)],
             source=None,
             problems=parse_problems(data.encode()),
         )

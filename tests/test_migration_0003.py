@@ -1,0 +1,234 @@
+"""Migration 0003 (one outputs table, a model roster per job) on a database written by the previous
+release: every job, problem, call, solution, review, completion and selection is still there, and
+`rstar results`, `rstar show` and `rstar report` print the same answers, accuracies and audit trail
+as that release printed (tests/data/previous_release/golden). On SQLite (the release's own file)
+and on PostgreSQL (the same rows, loaded into its 0002 schema). `rstar db downgrade` goes back
+losslessly, and is refused, changing nothing, when the database holds what 0002 cannot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from rich.console import Console
+from typer.testing import CliRunner
+
+from db import migrate
+from db.session import dispose_all
+from workers.settings import get_settings
+
+RELEASE = Path(__file__).resolve().parent / "data" / "previous_release"
+GOLDEN = RELEASE / "golden"
+JOBS = json.loads((GOLDEN / "jobs.json").read_text())
+# Parents before children: the order to copy the release's rows in.
+TABLES = ("jobs", "problems", "steps", "model_calls", "solutions", "reviews", "selections")
+
+
+def _copy_rows(source: str, target: str) -> None:
+    """Every row of the release's tables from `source` into `target` (at revision 0002)."""
+    src, dst = sa.create_engine(source), sa.create_engine(target)
+    # Reflected, so values come out and go in typed (SQLite's JSON text, dates, booleans).
+    src_meta, dst_meta = sa.MetaData(), sa.MetaData()
+    src_meta.reflect(src, only=TABLES)
+    dst_meta.reflect(dst, only=TABLES)
+    with src.connect() as read, dst.begin() as write:
+        for name in TABLES:
+            table = src_meta.tables[name]
+            rows = [dict(r._mapping) for r in read.execute(sa.select(table).order_by(table.c.id))]
+            if rows:
+                write.execute(dst_meta.tables[name].insert(), rows)
+            write.execute(
+                sa.text(
+                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT MAX(id) FROM {name}))"
+                )
+            )
+    src.dispose()
+    dst.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def release_db(
+    request: pytest.FixtureRequest, tmp_path: Path, settings_env: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A database as the previous release left it (revision 0002), as RSTAR_DATABASE_URL."""
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.sqlite"
+        shutil.copy(RELEASE / "jobs.sqlite", path)
+        url = f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        migrate.upgrade(url, "0002")
+        _copy_rows(f"sqlite:///{RELEASE / 'jobs.sqlite'}", url)
+    assert migrate.current_revision(url) == "0002"
+    settings_env.setenv("RSTAR_DATABASE_URL", url)
+    settings_env.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    yield url
+    dispose_all()
+
+
+def _run(*args: str) -> str:
+    """`rstar ARGS` in this process, printing as the release printed (200 columns, no colour)."""
+    import cli.main
+
+    cli.main.console = Console(width=200, no_color=True, color_system=None)
+    result = CliRunner().invoke(cli.main.app, list(args))
+    assert result.exit_code == 0, (args, result.output)
+    return result.stdout
+
+
+def _panels(text: str) -> tuple[list[str], list[str]]:
+    """A `rstar show` print-out as (panel titles, body lines without borders or blank lines)."""
+    titles, body = [], []
+    for line in text.splitlines():
+        if line.startswith("╭"):
+            titles.append(line.strip("╭╮─ "))
+        elif line.startswith("│"):
+            content = line[1:-1].strip()
+            if content:
+                body.append(content)
+    return titles, body
+
+
+CALL_LINE = re.compile(r"^attempt (\d+) · (?:model \S+ · )?(\S+) · (\S+) · (?:served )?(.*)$")
+
+
+def _normal(line: str) -> str:
+    """A model call's first line without what this release adds (its roster name, "served")."""
+    m = CALL_LINE.match(line)
+    return f"attempt {m[1]} · {m[2]} · {m[3]} · {m[4]}" if m else line
+
+
+def _step_titles(titles: list[str]) -> list[tuple[str, ...]]:
+    """(round, model, status, step key) of each step panel; the model call ids; the selection's output."""
+    out: list[tuple[str, ...]] = []
+    for t in titles:
+        if m := re.match(r"round (\d+) · (\S+) .* · (\w+) · step (\S+)", t):
+            out.append(("step", *m.groups()))
+        elif m := re.match(r"model call #(\d+)", t):
+            out.append(("call", m[1]))
+        elif m := re.match(r"selection \(.*#(\d+)\)", t):
+            out.append(("selection", m[1]))
+    return out
+
+
+def test_upgrade_keeps_every_row_and_every_printed_result(release_db: str, tmp_path: Path) -> None:
+    url = release_db
+    counts = {t: _count(url, t) for t in TABLES}
+    migrate.upgrade(url)
+    assert migrate.current_revision(url) == migrate.head_revision(url)
+    assert _count(url, "outputs") == counts["solutions"] + counts["reviews"]
+    for table in ("jobs", "problems", "steps", "model_calls", "selections"):
+        assert _count(url, table) == counts[table], table
+
+    for job in JOBS:
+        stem = f"{job['id']}-{job['name']}"
+        # results: every field the release printed, with the same value (one new: the model).
+        for fmt in ("jsonl", "csv"):
+            old = _records((GOLDEN / f"results-{stem}.{fmt}").read_text(), fmt)
+            new = _records(_run("results", str(job["id"]), "--format", fmt), fmt)
+            assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, (stem, fmt)
+            if fmt == "jsonl":
+                assert all(r["model"] in ("A", "B") for r in new if r["status"] == "answered")
+        # show: the same steps, calls, selection, and every line of their texts, in order.
+        for item in job["problems"]:
+            golden = GOLDEN / f"show-{stem}-{item}.txt"
+            if not golden.exists():
+                continue
+            old_titles, old_body = _panels(golden.read_text())
+            new_titles, new_body = _panels(_run("show", str(job["id"]), item))
+            assert _step_titles(new_titles) == _step_titles(old_titles), (stem, item)
+            new_lines = iter(_normal(line) for line in new_body)
+            missing = [line for line in map(_normal, old_body) if not any(line == n for n in new_lines)]
+            assert not missing, (stem, item, missing[:3])
+            assert any(line.startswith("job ") and "models: A " in line for line in new_body)
+
+    # report: the same tables (accuracy, rounds, paired comparisons) and CSV columns.
+    out = tmp_path / "report"
+    _run("report", *(str(j["id"]) for j in JOBS), "-o", str(out))
+    new_md = (out / "report.md").read_text()
+    for line in (GOLDEN / "report.md").read_text().splitlines():
+        if line.startswith("|"):
+            assert line in new_md, line
+    assert "## Accuracy per model" in new_md
+    for name in ("summary.csv", "problems.csv", "paired.csv"):
+        old = _records((GOLDEN / name).read_text(), "csv")
+        new = _records((out / name).read_text(), "csv")
+        assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, name
+
+
+def test_downgrade_goes_back_losslessly_and_refuses_what_0002_cannot_hold(release_db: str) -> None:
+    url = release_db
+    before = _dump(url)
+    migrate.upgrade(url)
+    migrate.downgrade(url, "0002")
+    assert migrate.current_revision(url) == "0002"
+    after = _dump(url)
+    for table in ("jobs", "problems", "steps", "model_calls", "selections", "solutions"):
+        assert after[table] == before[table], table
+
+    # Reviews come back under new ids (those of their outputs); nothing refers to a review's id.
+    def reviews(dump: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        rows = [{k: v for k, v in r.items() if k != "id"} for r in dump["reviews"]]
+        return sorted(rows, key=lambda r: r["step_id"])
+
+    assert reviews(after) == reviews(before) and len(after["reviews"]) > 0
+
+    migrate.upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        models = [{"name": n, "url": f"http://{n.lower()}"} for n in ("A", "B", "C")]
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (name, strategy, params, models, status, created_at) "
+                "VALUES ('three', 'mutual', '{}', :models, 'finished', CURRENT_TIMESTAMP)"
+            ),
+            {"models": json.dumps(models)},
+        )
+    engine.dispose()
+    snapshot = _dump(url)
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["db", "downgrade", "0002"])
+    assert result.exit_code == 2
+    assert "refusing to downgrade" in result.stderr and "A, B, C" in result.stderr
+    assert migrate.current_revision(url) == migrate.head_revision(url)
+    assert _dump(url) == snapshot
+
+
+def _count(url: str, table: str) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+def _dump(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every table of the schema the database is at (reflected: typed), by id."""
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    with engine.connect() as conn:
+        out = {
+            name: [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(table.c.id))]
+            for name, table in meta.tables.items()
+            if name != "alembic_version"
+        }
+    engine.dispose()
+    return out
+
+
+def _records(text: str, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return list(csv.DictReader(io.StringIO(text)))
