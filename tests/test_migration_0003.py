@@ -232,3 +232,68 @@ def _records(text: str, fmt: str) -> list[dict[str, Any]]:
     if fmt == "jsonl":
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_a_new_job_resumed_from_a_migrated_one_pays_for_no_call(
+    tmp_path: Path, redis_url: str, settings_env: pytest.MonkeyPatch
+) -> None:
+    """`--resume-from` across the old and the new shapes: jobs of the new code, resumed from the
+    release's mutual and mutual-consistency jobs, send every request those sent, so every call is
+    copied. No model server runs at all, and a call that were not reused would fail the problem."""
+    from tests.support import celery_worker, rstar, service_env, wait_until
+
+    path = tmp_path / "jobs.sqlite"
+    shutil.copy(RELEASE / "jobs.sqlite", path)
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    old = {j["id"]: j for j in JOBS}
+    env = service_env(
+        url, redis_url, RSTAR_SERVER_KIND="tgi", RSTAR_MAX_RETRIES="0", RSTAR_CHECK_MODELS="false"
+    )
+    urls = [old[3]["model_a_url"], old[3]["model_b_url"]]
+    new: dict[int, int] = {}
+    for job_id in (3, 4):
+        sub = rstar(
+            ["submit", str(RELEASE / "inputs" / "gsm6.jsonl"), "--strategy", old[job_id]["strategy"],
+             "--model-a", urls[0], "--model-b", urls[1], "--resume-from", str(job_id)],
+            env,
+        )  # fmt: skip
+        assert sub.returncode == 0, sub.stderr
+        new[job_id] = int(sub.stdout.strip())
+    from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+
+    engine = sa.create_engine(url)
+
+    def finished() -> bool:
+        with engine.connect() as conn:
+            done = conn.execute(
+                sa.text("SELECT COUNT(*) FROM jobs WHERE id IN (:a, :b) AND finished_at IS NOT NULL"),
+                {"a": new[3], "b": new[4]},
+            ).scalar_one()
+        return done == 2
+
+    with celery_worker(env, [CONTROL_QUEUE, *(queue_for_endpoint(u) for u in urls)], log=tmp_path / "w.log"):
+        wait_until(finished, timeout=120, what="the resumed jobs")
+    with engine.connect() as conn:
+        for job_id, copy in new.items():
+            calls = conn.execute(
+                sa.text(
+                    "SELECT c.reused_from_id FROM model_calls c JOIN problems p ON p.id = c.problem_id "
+                    "WHERE p.job_id = :j"
+                ),
+                {"j": copy},
+            ).all()
+            assert len(calls) == sum(old[job_id]["model_calls"].values()) and all(
+                c[0] is not None for c in calls
+            )
+            answers = conn.execute(
+                sa.text(
+                    "SELECT item_id, status, final_answer FROM problems WHERE job_id = :j ORDER BY item_id"
+                ),
+                {"j": copy},
+            ).all()
+            golden = _records((GOLDEN / f"results-{job_id}-{old[job_id]['name']}.jsonl").read_text(), "jsonl")
+            assert [tuple(a) for a in answers] == sorted(
+                (r["id"], r["status"], r["final_answer"]) for r in golden
+            )
+    engine.dispose()

@@ -43,106 +43,81 @@ def _batches(conn: sa.Connection, statement: Any) -> Iterator[list[Any]]:
         yield rows
 
 
-def _outputs_table(name: str = "outputs") -> sa.Table:
-    return sa.Table(
-        name,
-        sa.MetaData(),
+def _tables() -> sa.MetaData:
+    """The tables this migration creates or re-creates, as they are at their revision: `outputs`
+    (0003) and `solutions` and `reviews` (0001), with stubs of the tables they refer to. Also used
+    to copy rows between them."""
+    md = sa.MetaData()
+    sa.Table("problems", md, sa.Column("id", sa.Integer(), primary_key=True))
+    sa.Table("steps", md, sa.Column("id", sa.Integer(), primary_key=True))
+    sa.Table(
+        "model_calls",
+        md,
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("problem_id", sa.Integer()),
-        sa.Column("step_id", sa.Integer()),
-        sa.Column("model_call_id", sa.Integer()),
-        sa.Column("round", sa.Integer()),
-        sa.Column("model", sa.String(32)),
-        sa.Column("kind", sa.String(20)),
-        sa.Column("parent_id", sa.Integer()),
-        sa.Column("text", sa.Text()),
-        sa.Column("payload", sa.JSON()),
-        sa.Column("answer", sa.String(500)),
-        sa.Column("parse_error", sa.Text()),
-        sa.Column("created_at", sa.DateTime()),
+        sa.Column("response_text", sa.Text()),
     )
 
+    def common(*columns: sa.Column[Any]) -> list[Any]:
+        """id, problem, step, call and round first, created_at and the constraints last, as 0001 had."""
+        return [
+            sa.Column("id", sa.Integer(), primary_key=True),
+            sa.Column(
+                "problem_id", sa.Integer(), sa.ForeignKey("problems.id", ondelete="CASCADE"), nullable=False
+            ),
+            sa.Column("step_id", sa.Integer(), sa.ForeignKey("steps.id", ondelete="CASCADE"), nullable=False),
+            sa.Column("model_call_id", sa.Integer(), sa.ForeignKey("model_calls.id"), nullable=True),
+            sa.Column("round", sa.Integer(), nullable=False),
+            *columns,
+            sa.Column("parse_error", sa.Text(), nullable=True),
+            sa.Column("created_at", sa.DateTime(), nullable=False),
+            sa.UniqueConstraint("step_id"),
+        ]
 
-def _old_tables() -> tuple[sa.Table, sa.Table, sa.Table]:
-    md = sa.MetaData()
+    outputs = sa.Table(
+        "outputs",
+        md,
+        *common(
+            sa.Column("model", sa.String(length=32), nullable=False),
+            sa.Column("kind", sa.String(length=20), nullable=False),
+            sa.Column("parent_id", sa.Integer(), sa.ForeignKey("outputs.id"), nullable=True),
+            sa.Column("text", sa.Text(), nullable=True),
+            sa.Column("payload", sa.JSON(), nullable=False),
+            sa.Column("answer", sa.String(length=500), nullable=True),
+        ),
+    )
+    sa.Index("ix_outputs_problem_id", outputs.c.problem_id)
+    sa.Index("ix_outputs_parent_id", outputs.c.parent_id)
     solutions = sa.Table(
         "solutions",
         md,
-        *(
-            sa.Column(n, t)
-            for n, t in (
-                ("id", sa.Integer()),
-                ("problem_id", sa.Integer()),
-                ("step_id", sa.Integer()),
-                ("model_call_id", sa.Integer()),
-                ("round", sa.Integer()),
-                ("author", sa.String(1)),
-                ("kind", sa.String(20)),
-                ("parent_id", sa.Integer()),
-                ("steps", sa.JSON()),
-                ("answer_raw", sa.Text()),
-                ("answer", sa.String(500)),
-                ("structured", sa.Boolean()),
-                ("parse_error", sa.Text()),
-                ("created_at", sa.DateTime()),
-            )
+        *common(
+            sa.Column("author", sa.String(length=1), nullable=False),
+            sa.Column("kind", sa.String(length=20), nullable=False),
+            sa.Column("parent_id", sa.Integer(), sa.ForeignKey("solutions.id"), nullable=True),
+            sa.Column("steps", sa.JSON(), nullable=False),
+            sa.Column("answer_raw", sa.Text(), nullable=True),
+            sa.Column("answer", sa.String(length=500), nullable=True),
+            sa.Column("structured", sa.Boolean(), nullable=False),
         ),
     )
+    sa.Index("ix_solutions_problem_id", solutions.c.problem_id)
     reviews = sa.Table(
         "reviews",
         md,
-        *(
-            sa.Column(n, t)
-            for n, t in (
-                ("id", sa.Integer()),
-                ("problem_id", sa.Integer()),
-                ("step_id", sa.Integer()),
-                ("model_call_id", sa.Integer()),
-                ("round", sa.Integer()),
-                ("reviewer", sa.String(1)),
-                ("target_solution_id", sa.Integer()),
-                ("verdict", sa.String(20)),
-                ("logical_consistency", sa.Integer()),
-                ("calculation_accuracy", sa.Integer()),
-                ("step_completeness", sa.Integer()),
-                ("issues", sa.JSON()),
-                ("suggested_answer", sa.String(500)),
-                ("structured", sa.Boolean()),
-                ("parse_error", sa.Text()),
-                ("created_at", sa.DateTime()),
-            )
+        *common(
+            sa.Column("reviewer", sa.String(length=1), nullable=False),
+            sa.Column("target_solution_id", sa.Integer(), sa.ForeignKey("solutions.id"), nullable=False),
+            sa.Column("verdict", sa.String(length=20), nullable=False),
+            sa.Column("logical_consistency", sa.Integer(), nullable=True),
+            sa.Column("calculation_accuracy", sa.Integer(), nullable=True),
+            sa.Column("step_completeness", sa.Integer(), nullable=True),
+            sa.Column("issues", sa.JSON(), nullable=False),
+            sa.Column("suggested_answer", sa.String(length=500), nullable=True),
+            sa.Column("structured", sa.Boolean(), nullable=False),
         ),
     )
-    calls = sa.Table("model_calls", md, sa.Column("id", sa.Integer()), sa.Column("response_text", sa.Text()))
-    return solutions, reviews, calls
-
-
-def _create_outputs() -> None:
-    op.create_table(
-        "outputs",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("problem_id", sa.Integer(), nullable=False),
-        sa.Column("step_id", sa.Integer(), nullable=False),
-        sa.Column("model_call_id", sa.Integer(), nullable=True),
-        sa.Column("round", sa.Integer(), nullable=False),
-        sa.Column("model", sa.String(length=32), nullable=False),
-        sa.Column("kind", sa.String(length=20), nullable=False),
-        sa.Column("parent_id", sa.Integer(), nullable=True),
-        sa.Column("text", sa.Text(), nullable=True),
-        sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("answer", sa.String(length=500), nullable=True),
-        sa.Column("parse_error", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["model_call_id"], ["model_calls.id"], name="fk_outputs_model_call"),
-        sa.ForeignKeyConstraint(["parent_id"], ["outputs.id"], name="fk_outputs_parent"),
-        sa.ForeignKeyConstraint(["problem_id"], ["problems.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["step_id"], ["steps.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("step_id", name="uq_outputs_step"),
-    )
-    with op.batch_alter_table("outputs", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_outputs_problem_id"), ["problem_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_outputs_parent_id"), ["parent_id"], unique=False)
+    sa.Index("ix_reviews_problem_id", reviews.c.problem_id)
+    return md
 
 
 def _rebuild_selections(target: str, target_column: str, source_column: str) -> None:
@@ -190,9 +165,10 @@ def _check_no_cascades(conn: sa.Connection) -> None:
 def upgrade() -> None:
     conn = op.get_bind()
     _check_no_cascades(conn)
-    _create_outputs()
-    outputs = _outputs_table()
-    solutions, reviews, calls = _old_tables()
+    tables = _tables()
+    outputs, solutions, reviews = (tables.tables[n] for n in ("outputs", "solutions", "reviews"))
+    calls = tables.tables["model_calls"]
+    outputs.create(conn)
 
     def with_text(table: sa.Table) -> Any:
         return (
@@ -341,61 +317,10 @@ def downgrade() -> None:
         batch_op.drop_column("models")
 
     # The 0001 tables, as they were.
-    op.create_table(
-        "solutions",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("problem_id", sa.Integer(), nullable=False),
-        sa.Column("step_id", sa.Integer(), nullable=False),
-        sa.Column("model_call_id", sa.Integer(), nullable=True),
-        sa.Column("round", sa.Integer(), nullable=False),
-        sa.Column("author", sa.String(length=1), nullable=False),
-        sa.Column("kind", sa.String(length=20), nullable=False),
-        sa.Column("parent_id", sa.Integer(), nullable=True),
-        sa.Column("steps", sa.JSON(), nullable=False),
-        sa.Column("answer_raw", sa.Text(), nullable=True),
-        sa.Column("answer", sa.String(length=500), nullable=True),
-        sa.Column("structured", sa.Boolean(), nullable=False),
-        sa.Column("parse_error", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["model_call_id"], ["model_calls.id"]),
-        sa.ForeignKeyConstraint(["parent_id"], ["solutions.id"]),
-        sa.ForeignKeyConstraint(["problem_id"], ["problems.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["step_id"], ["steps.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("step_id"),
-    )
-    with op.batch_alter_table("solutions", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_solutions_problem_id"), ["problem_id"], unique=False)
-    op.create_table(
-        "reviews",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("problem_id", sa.Integer(), nullable=False),
-        sa.Column("step_id", sa.Integer(), nullable=False),
-        sa.Column("model_call_id", sa.Integer(), nullable=True),
-        sa.Column("round", sa.Integer(), nullable=False),
-        sa.Column("reviewer", sa.String(length=1), nullable=False),
-        sa.Column("target_solution_id", sa.Integer(), nullable=False),
-        sa.Column("verdict", sa.String(length=20), nullable=False),
-        sa.Column("logical_consistency", sa.Integer(), nullable=True),
-        sa.Column("calculation_accuracy", sa.Integer(), nullable=True),
-        sa.Column("step_completeness", sa.Integer(), nullable=True),
-        sa.Column("issues", sa.JSON(), nullable=False),
-        sa.Column("suggested_answer", sa.String(length=500), nullable=True),
-        sa.Column("structured", sa.Boolean(), nullable=False),
-        sa.Column("parse_error", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["model_call_id"], ["model_calls.id"]),
-        sa.ForeignKeyConstraint(["problem_id"], ["problems.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["step_id"], ["steps.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["target_solution_id"], ["solutions.id"]),
-        sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("step_id"),
-    )
-    with op.batch_alter_table("reviews", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_reviews_problem_id"), ["problem_id"], unique=False)
-
-    outputs = _outputs_table()
-    solutions, reviews, _ = _old_tables()
+    tables = _tables()
+    outputs, solutions, reviews = (tables.tables[n] for n in ("outputs", "solutions", "reviews"))
+    solutions.create(conn)
+    reviews.create(conn)
     # Solutions first, parents before children (a refinement's parent is an earlier output).
     for rows in _batches(
         conn, sa.select(outputs).where(outputs.c.kind.in_(SOLUTION_KINDS)).order_by(outputs.c.id)
@@ -450,7 +375,4 @@ def downgrade() -> None:
     _reset_sequence(conn, "solutions")
     _reset_sequence(conn, "reviews")
     _rebuild_selections("solutions", "solution_id", "output_id")
-    with op.batch_alter_table("outputs", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_outputs_parent_id"))
-        batch_op.drop_index(batch_op.f("ix_outputs_problem_id"))
-    op.drop_table("outputs")
+    outputs.drop(conn)
