@@ -143,7 +143,12 @@ def demo_command(
 
     with ExitStack() as stack:
         try:
-            servers = stack.enter_context(serve_local(model_file, model_b_file, log_dir=logs))
+            # Aliases: the calls record which model served them ("smollm2-135m", not "dummy").
+            aliases = {
+                "alias_a": model if model in PRESETS else None,
+                "alias_b": model_b if model_b in PRESETS else None,
+            }
+            servers = stack.enter_context(serve_local(model_file, model_b_file, log_dir=logs, **aliases))
         except LocalServerError as exc:
             raise _fail(str(exc)) from None
         console.print(f"model servers: A {servers.url_a}, B {servers.url_b}")

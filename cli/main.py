@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.demo import demo_command
+from cli.export import export_command
 from cli.local import models_app, serve_local_command
 from cli.render import make_console, print_trail
 from cli.report import report_command
@@ -38,6 +39,7 @@ app.add_typer(models_app, name="models")
 app.command("serve-local")(serve_local_command)
 app.command("demo")(demo_command)
 app.command("report")(report_command)
+app.command("export")(export_command)
 
 console = make_console()
 err = make_console(stderr=True)

@@ -35,7 +35,18 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def downgrade(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    """Undo migrations down to `revision`. Every migration on the way that can lose data says so
+    first (its `check_downgrade(connection)` raises DowngradeRefusedError), before any is undone:
+    SQLite runs DDL outside transactions, so a refusal half-way would leave a schema half undone."""
+    cfg = alembic_config(url)
+    current = current_revision(url)
+    if current is not None:
+        with get_engine(url).connect() as conn:
+            for rev in ScriptDirectory.from_config(cfg).iterate_revisions(current, revision):
+                check = getattr(rev.module, "check_downgrade", None)
+                if check is not None:
+                    check(conn)
+    command.downgrade(cfg, revision)
 
 
 def head_revision(url: str) -> str | None:

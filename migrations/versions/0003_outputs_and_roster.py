@@ -259,7 +259,9 @@ def upgrade() -> None:
         )
 
 
-def _refuse_lossy(conn: sa.Connection) -> None:
+def check_downgrade(conn: sa.Connection) -> None:
+    """Refuse, before anything changes, a downgrade that would lose data (db.migrate.downgrade
+    asks every migration on the way first)."""
     problems: list[str] = []
     jobs = sa.table("jobs", sa.column("id"), sa.column("models", sa.JSON()), sa.column("params", sa.JSON()))
     for r in conn.execute(sa.select(jobs.c.id, jobs.c.models, jobs.c.params)):
@@ -286,7 +288,7 @@ def _refuse_lossy(conn: sa.Connection) -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
-    _refuse_lossy(conn)
+    check_downgrade(conn)
     _check_no_cascades(conn)
     with op.batch_alter_table("steps", schema=None) as batch_op:
         batch_op.alter_column(

@@ -1,0 +1,89 @@
+"""`rstar export`: a job's problems, or its solutions as trajectories, as JSONL, CSV or Parquet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.render import make_console
+from db.exports import load_export
+from db.reports import UnknownJobError
+from db.session import session_scope
+from rstar.exports import PROBLEM_FIELDS, TRAJECTORY_FIELDS, problem_records, trajectory_records
+from workers.settings import get_settings
+
+FORMATS = ("jsonl", "csv", "parquet")
+err = make_console(stderr=True)
+
+
+def write_records(
+    records: list[dict[str, Any]], fields: tuple[str, ...], fmt: str, output: Path | None
+) -> None:
+    """Records as JSONL or CSV (to `output`, or standard output) or Parquet (a file: it is binary)."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        assert output is not None
+        columns = {f: [r[f] for r in records] for f in fields}
+        pq.write_table(pa.table(columns), output)
+        return
+    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for r in records:
+                out.write(json.dumps(r, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+    finally:
+        if output:
+            out.close()
+
+
+def export_command(
+    job: Annotated[int, typer.Argument(help="Job id.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="jsonl, csv or parquet.")] = "jsonl",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default: stdout; parquet needs one).")
+    ] = None,
+    trajectories: Annotated[
+        bool,
+        typer.Option(help="One row per solution (text, answer, selected, mutually consistent, correct)."),
+    ] = False,
+    verified_only: Annotated[
+        bool, typer.Option(help="With --trajectories: only the solutions whose answer matches the reference.")
+    ] = False,
+) -> None:
+    """One row per problem (question, reference, answer, correct, model, strategy, calls, tokens),
+    or with --trajectories one per solution: the shape a fine-tuning set needs."""
+    if format not in FORMATS:
+        err.print(f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, not {format!r}")
+        raise typer.Exit(2)
+    if format == "parquet" and output is None:
+        err.print("[bold red]error:[/] --format parquet writes a file: pass -o FILE")
+        raise typer.Exit(2)
+    if verified_only and not trajectories:
+        err.print("[bold red]error:[/] --verified-only applies to --trajectories")
+        raise typer.Exit(2)
+    with session_scope(get_settings().database_url) as session:
+        try:
+            found, problems = load_export(session=session, job_id=job)
+        except UnknownJobError as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        strategy = found.strategy
+    if trajectories:
+        records = trajectory_records(job, strategy, problems, verified_only=verified_only)
+        fields = TRAJECTORY_FIELDS
+    else:
+        records, fields = problem_records(job, strategy, problems), PROBLEM_FIELDS
+    write_records(records, fields, format, output)
+    if output:
+        err.print(f"{len(records)} records written to {output}")

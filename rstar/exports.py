@@ -1,0 +1,132 @@
+"""Exports for analysis and training, the pure part: a job's rows in, flat records out (no I/O).
+
+`db/exports.py` reads the rows, `cli/export.py` writes them as JSONL, CSV or Parquet.
+
+* One record per problem: question, reference, answer, correct (`rstar.reports.judge`), the model
+  whose output was chosen, the strategy, calls and tokens.
+* With trajectories, one record per solution (generated, refined or completed): its text (its
+  steps and final answer, as peers were shown them), the reply as received, its answer, whether
+  the selection chose it, whether it is mutually consistent (a generated solution completed by
+  peers: at least half of the completions reach its answer; None where the strategy completes
+  nothing) and whether it is right. `verified_only` keeps the right ones: the shape a
+  fine-tuning set of verified trajectories needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rstar import prompts
+from rstar.answers import answers_equal
+from rstar.reports import judge
+
+PROBLEM_FIELDS = (
+    "job_id", "strategy", "item_id", "question", "reference", "answer", "correct", "status", "model",
+    "rounds_used", "model_calls", "prompt_tokens", "completion_tokens",
+)  # fmt: skip
+TRAJECTORY_FIELDS = (
+    "job_id", "strategy", "item_id", "question", "reference", "output_id", "step_key", "model", "kind",
+    "round", "parent_id", "text", "reply", "answer", "selected", "mutually_consistent", "correct",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SolutionOut:
+    """A solution output as stored: its payload's steps, and the reply when nothing parsed."""
+
+    id: int
+    step_key: str
+    model: str
+    kind: str
+    round: int
+    parent_id: int | None
+    steps: tuple[str, ...]
+    answer: str | None
+    reply: str | None
+
+
+@dataclass(frozen=True)
+class ProblemExport:
+    item_id: str
+    question: str
+    reference: str | None
+    answer: str | None
+    status: str
+    rounds_used: int | None
+    chosen_output_id: int | None
+    model_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    solutions: tuple[SolutionOut, ...] = ()
+
+
+def problem_records(job_id: int, strategy: str, problems: Iterable[ProblemExport]) -> list[dict[str, Any]]:
+    records = []
+    for p in problems:
+        chosen = next((s for s in p.solutions if s.id == p.chosen_output_id), None)
+        records.append(
+            {
+                "job_id": job_id,
+                "strategy": strategy,
+                "item_id": p.item_id,
+                "question": p.question,
+                "reference": p.reference,
+                "answer": p.answer,
+                "correct": judge(p.status, p.answer, p.reference) if p.reference is not None else None,
+                "status": p.status,
+                "model": chosen.model if chosen is not None else None,
+                "rounds_used": p.rounds_used,
+                "model_calls": p.model_calls,
+                "prompt_tokens": p.prompt_tokens,
+                "completion_tokens": p.completion_tokens,
+            }
+        )
+    return records
+
+
+def mutually_consistent(solution: SolutionOut, solutions: Sequence[SolutionOut]) -> bool | None:
+    """At least half of the peers' completions of this generated solution reach its answer (None:
+    it was not completed, or it is itself a refinement or a completion)."""
+    if solution.kind != "generate":
+        return None
+    done = [s for s in solutions if s.kind == "complete" and s.parent_id == solution.id]
+    if not done:
+        return None
+    agree = sum(1 for c in done if answers_equal(solution.answer, c.answer))
+    return 2 * agree >= len(done)
+
+
+def trajectory_records(
+    job_id: int, strategy: str, problems: Iterable[ProblemExport], *, verified_only: bool = False
+) -> list[dict[str, Any]]:
+    records = []
+    for p in problems:
+        for s in p.solutions:
+            correct = answers_equal(s.answer, p.reference) if p.reference is not None else None
+            if verified_only and not correct:
+                continue
+            records.append(
+                {
+                    "job_id": job_id,
+                    "strategy": strategy,
+                    "item_id": p.item_id,
+                    "question": p.question,
+                    "reference": p.reference,
+                    "output_id": s.id,
+                    "step_key": s.step_key,
+                    "model": s.model,
+                    "kind": s.kind,
+                    "round": s.round,
+                    "parent_id": s.parent_id,
+                    # Its steps as the peers saw them; the reply itself when none were parsed.
+                    "text": prompts.render_solution(s.steps, s.answer, s.reply) if s.steps else s.reply,
+                    "reply": s.reply,
+                    "answer": s.answer,
+                    "selected": s.id == p.chosen_output_id,
+                    "mutually_consistent": mutually_consistent(s, p.solutions),
+                    "correct": correct,
+                }
+            )
+    return records
