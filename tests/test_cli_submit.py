@@ -127,3 +127,68 @@ def test_bad_param_is_refused(
     assert result.exit_code == 2 and message in result.stderr
     with session_scope(migrated) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_bad_rosters_are_refused_with_the_reason_and_nothing_is_written(
+    app_env: object, migrated: str, tmp_path: Path, settings_env: pytest.MonkeyPatch
+) -> None:
+    from tests.fakeserver import FakeInferenceServer
+
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    submit = ["submit", str(tmp_path / "ok.jsonl")]
+    with FakeInferenceServer(lambda request: "42") as up:
+        cases = [
+            (["--model", f"A{up.url}"], "expected NAME=URL"),
+            (["--model", f"1st={up.url}"], "the name must be a letter"),
+            (["--model", f"a.b={up.url}"], "the name must be a letter"),
+            (["--model", "A=ftp://host"], "not an http(s) URL"),
+            (["--model", "A=http://host:port"], "port that is not a number"),
+            (["--model", f"A={up.url}", "--model", f"A={up.url}"], "'A' is given twice"),
+            (["--model-a", up.url, "--model", f"A={up.url}"], "'A' is given twice"),
+            (["--model", f"A={up.url}", "--strategy", "mutual"], "needs at least 2 models"),
+            (
+                ["--model", f"A={up.url}", "--model", "B=http://127.0.0.1:9"],
+                "model B at http://127.0.0.1:9 does not answer",
+            ),
+        ]
+        for args, says in cases:
+            result = CliRunner().invoke(app, [*submit, *args])
+            assert result.exit_code == 2, (args, result.output)
+            assert says in result.stderr and "Traceback" not in result.output, (args, result.stderr)
+        settings_env.setenv("RSTAR_MODELS", f"A={up.url},B=nonsense")
+        result = CliRunner().invoke(app, submit)
+        assert result.exit_code == 2 and "RSTAR_MODELS" in result.stderr, result.stderr
+    with session_scope(migrated) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_the_roster_is_stored_in_order_and_a_longer_one_is_cut_to_what_the_strategy_uses(
+    app_env: object, migrated: str, tmp_path: Path, settings_env: pytest.MonkeyPatch
+) -> None:
+    from tests.fakeserver import FakeInferenceServer
+
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    (tmp_path / "ok.jsonl").write_text(GOOD + "\n")
+    with FakeInferenceServer(lambda request: "42") as a, FakeInferenceServer(lambda request: "42") as b:
+        roster = ["--model", f"C={a.url}", "--model", f"A=http://user:secret@{b.url[7:]}"]
+        three = CliRunner().invoke(
+            app, ["submit", str(tmp_path / "ok.jsonl"), *roster, "--strategy", "self-consistency"]
+        )
+        cot = CliRunner().invoke(app, ["submit", str(tmp_path / "ok.jsonl"), *roster, "--strategy", "cot"])
+    assert three.exit_code == 0 and cot.exit_code == 0, (three.output, cot.output)
+    assert "not used: A" in cot.stderr and "credentials in the endpoint URLs were not stored" in cot.stderr
+    with session_scope(migrated) as s:
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+        assert [m["name"] for m in jobs[0].models] == ["C", "A"]
+        assert jobs[0].models[1]["url"] == b.url and "secret" not in json.dumps(jobs[0].models)
+        assert [m["name"] for m in jobs[1].models] == ["C"]
+        keys = [
+            st.key
+            for st in s.scalars(
+                select(Step)
+                .where(Step.problem_id.in_(select(Problem.id).where(Problem.job_id == jobs[0].id)))
+                .order_by(Step.id)
+            )
+        ]
+        assert keys[:3] == ["s1.generate.C", "s2.generate.A", "s3.generate.C"]
