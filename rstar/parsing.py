@@ -104,7 +104,9 @@ def _iter_lines(text: str) -> Iterator[str]:
             yield line
 
 
-_SENTENCE_END = re.compile(r"\.\s|;|\n|,\s+(?=[A-Za-z])|\s(?:because|since|as|which)\s", re.IGNORECASE)
+# A double quote ends it too: in JSON that did not parse, "final answer: 19.7", "20.1"] ... is the
+# string's end, and no answer holds one.
+_SENTENCE_END = re.compile(r'\.\s|;|\n|"|,\s+(?=[A-Za-z])|\s(?:because|since|as|which)\s', re.IGNORECASE)
 
 
 def _cut_answer(text: str) -> str:

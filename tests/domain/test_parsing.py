@@ -596,3 +596,14 @@ def test_parse_review_never_raises(text: str) -> None:
     assert "internal" not in (result.parse_error or "")
     for score in (result.logical_consistency, result.calculation_accuracy, result.step_completeness):
         assert score is None or 1 <= score <= 5
+
+
+def test_an_answer_in_json_that_did_not_parse_ends_at_its_closing_quote() -> None:
+    # A reply SmolLM2 wrote in the demo: a raw newline inside a string breaks the JSON, and the
+    # prose fallback took everything after "final answer:" to the end of the line as the answer.
+    reply = (
+        '{"steps":[ "1. Hank reads a part of a novel every week.","8. final answer:19.7","20.1"] , '
+        '"final_answer":"./2013-05-09 20:32:04.182699,\n" }'
+    )
+    parsed = parse_solution(reply)
+    assert (parsed.answer_raw, parsed.answer, parsed.structured) == ("19.7", "19.7", False)
