@@ -39,7 +39,7 @@ def write_records(
             for r in records:
                 out.write(json.dumps(r, ensure_ascii=False) + "\n")
         else:
-            writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
+            writer = csv.DictWriter(out, fieldnames=list(fields))
             writer.writeheader()
             writer.writerows(records)
     finally:

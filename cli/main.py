@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.demo import demo_command
-from cli.export import export_command
+from cli.export import export_command, write_records
 from cli.local import models_app, serve_local_command
 from cli.render import make_console, print_trail
 from cli.report import report_command
@@ -352,19 +351,7 @@ def results(
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
         rows = [asdict(r) for r in problem_results(session=session, job_id=job)]
-    out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
-    try:
-        if format == "jsonl":
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            fields = list(rows[0]) if rows else list(ProblemResult.__dataclass_fields__)
-            writer = csv.DictWriter(out, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-    finally:
-        if output:
-            out.close()
+    write_records(rows, tuple(ProblemResult.__dataclass_fields__), format, output)
     if output:
         err.print(f"{len(rows)} records written to {output}")
 

@@ -62,17 +62,24 @@ class ProblemExport:
     solutions: tuple[SolutionOut, ...] = ()
 
 
+def _problem(job_id: int, strategy: str, p: ProblemExport) -> dict[str, Any]:
+    """The columns every record of a problem starts with."""
+    return {
+        "job_id": job_id,
+        "strategy": strategy,
+        "item_id": p.item_id,
+        "question": p.question,
+        "reference": p.reference,
+    }
+
+
 def problem_records(job_id: int, strategy: str, problems: Iterable[ProblemExport]) -> list[dict[str, Any]]:
     records = []
     for p in problems:
         chosen = next((s for s in p.solutions if s.id == p.chosen_output_id), None)
         records.append(
             {
-                "job_id": job_id,
-                "strategy": strategy,
-                "item_id": p.item_id,
-                "question": p.question,
-                "reference": p.reference,
+                **_problem(job_id, strategy, p),
                 "answer": p.answer,
                 "correct": judge(p.status, p.answer, p.reference) if p.reference is not None else None,
                 "status": p.status,
@@ -109,11 +116,7 @@ def trajectory_records(
                 continue
             records.append(
                 {
-                    "job_id": job_id,
-                    "strategy": strategy,
-                    "item_id": p.item_id,
-                    "question": p.question,
-                    "reference": p.reference,
+                    **_problem(job_id, strategy, p),
                     "output_id": s.id,
                     "step_key": s.step_key,
                     "model": s.model,
