@@ -26,6 +26,16 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("RSTAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_server_knowledge() -> None:
+    """Each test starts knowing no server: a fake server of an earlier test may have had this
+    test's port, and the client caches what a URL said it was (CI once saw a "closed" port sized as
+    the llama-cpp server an earlier test had run there)."""
+    from workers.client import forget_servers
+
+    forget_servers()
+
+
 def _postgres_available() -> bool:
     try:
         engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})

@@ -129,6 +129,15 @@ _down: set[str] = set()
 _down_lock = threading.Lock()
 
 
+def forget_servers() -> None:
+    """Forget what this process learnt of servers (kinds, limits, which were down): for a process
+    that outlives them, such as a test session, where a later server may get a former one's port."""
+    with _info_lock:
+        _info_cache.clear()
+    with _down_lock:
+        _down.clear()
+
+
 def endpoint_down(base_url: str) -> bool:
     """True while this process has reported the endpoint as not answering."""
     return base_url.rstrip("/") in _down
