@@ -362,10 +362,10 @@ def model_answers(problem: ProblemRow) -> dict[str, str]:
 def _model_stats(job: JobRows) -> tuple[tuple[ModelStats, ...], dict[tuple[str, str], tuple[int, int]]]:
     names = list(job.models) or sorted({s.author for p in job.problems for s in p.solutions})
     answers = [(p, model_answers(p)) for p in job.problems]
+    judged = [(p, a) for p, a in answers if p.reference_answer is not None]
     stats = []
     for m in names:
-        judged = [(p, a) for p, a in answers if p.reference_answer is not None]
-        given = [s for p in job.problems for s in p.solutions if s.author == m and s.answer is not None]
+        given = [(p, s) for p in job.problems for s in p.solutions if s.author == m and s.answer is not None]
         stats.append(
             ModelStats(
                 name=m,
@@ -373,12 +373,7 @@ def _model_stats(job: JobRows) -> tuple[tuple[ModelStats, ...], dict[tuple[str, 
                 right=sum(1 for p, a in judged if m in a and _right(a[m], p.reference_answer)),
                 judged=len(judged),
                 outputs=len(given),
-                outputs_right=sum(
-                    1
-                    for p in job.problems
-                    for s in p.solutions
-                    if s.author == m and s.answer is not None and _right(s.answer, p.reference_answer)
-                ),
+                outputs_right=sum(1 for p, s in given if _right(s.answer, p.reference_answer)),
             )
         )
     agreement: dict[tuple[str, str], tuple[int, int]] = {}
