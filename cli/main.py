@@ -25,7 +25,7 @@ from db.jobs import ProblemResult, problem_results, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, Job
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
-from rstar.roster import ModelEntry, RosterError, check_url, parse_model_spec
+from rstar.roster import ModelEntry, RosterError, check_url, pair, parse_model_spec
 from rstar.strategies import STRATEGIES, ParamError
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.redact import url_credentials
@@ -194,10 +194,10 @@ def _roster(
         url_a = model_a or settings.model_a_url
         if not url_a:
             raise RosterError("--model-b without model A: pass --model-a URL too")
-        shorthand = [ModelEntry("A", check_url(url_a, what="--model-a"))]
         if model_b or not specs:  # alone, --model-a is a pair: B serves from A's URL by default
-            url_b = model_b or settings.model_b_url or url_a
-            shorthand.append(ModelEntry("B", check_url(url_b, what="--model-b")))
+            shorthand = pair(url_a, model_b or settings.model_b_url, what_a="--model-a", what_b="--model-b")
+        else:
+            shorthand = [ModelEntry("A", check_url(url_a, what="--model-a"))]
         entries = shorthand + entries
     return entries or settings.roster()
 

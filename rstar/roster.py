@@ -60,6 +60,15 @@ def parse_models_env(value: str) -> list[ModelEntry]:
     return [parse_model_spec(part, what="RSTAR_MODELS") for part in value.split(",") if part.strip()]
 
 
+def pair(url_a: str, url_b: str | None, *, what_a: str, what_b: str) -> list[ModelEntry]:
+    """Models A and B, the pair `--model-a/-b` and RSTAR_MODEL_A/B_URL name: B serves from A's URL
+    when none is given for it."""
+    return [
+        ModelEntry("A", check_url(url_a, what=what_a)),
+        ModelEntry("B", check_url(url_b or url_a, what=what_b)),
+    ]
+
+
 def build_roster(entries: Iterable[ModelEntry]) -> tuple[ModelEntry, ...]:
     """The roster in the order given; a name given twice is refused."""
     roster: list[ModelEntry] = []

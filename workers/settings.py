@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rstar.roster import ModelEntry, RosterError, check_url, parse_models_env
+from rstar.roster import ModelEntry, RosterError, pair, parse_models_env
 
 ServerKind = Literal["auto", "tgi", "llama-cpp", "vllm", "openai", "plain"]
 
@@ -96,9 +96,9 @@ class Settings(BaseSettings):
             return parse_models_env(self.models.get_secret_value())
         if not self.model_a_url:
             return []
-        entries = [ModelEntry("A", check_url(self.model_a_url, what="RSTAR_MODEL_A_URL"))]
-        url_b = self.model_b_url or self.model_a_url
-        return [*entries, ModelEntry("B", check_url(url_b, what="RSTAR_MODEL_B_URL"))]
+        return pair(
+            self.model_a_url, self.model_b_url, what_a="RSTAR_MODEL_A_URL", what_b="RSTAR_MODEL_B_URL"
+        )
 
     def configured_urls(self) -> list[str]:
         """Every endpoint URL the environment names, credentials and all (malformed ones skipped)."""
