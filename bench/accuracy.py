@@ -35,6 +35,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from localmodels.servers import BACKENDS, stop_group
 
@@ -42,6 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 DEFAULT_OUT = REPO / "docs" / "results" / "accuracy"
 MUTUAL_VARIANTS = ("mutual", "mutual-consistency")
+# What this machine affords per problem (2 CPU cores): 4 rollouts of depth 3, few samples.
+RSTAR_BUDGET = (
+    "rollouts=4,max_depth=3,a1_samples=2,votes=3,last_votes=5,subquestions=2,cuts=2,a5=false,"
+    "max_tokens=320,step_tokens=64"
+)
 
 
 @dataclass
@@ -78,6 +84,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--job-timeout", type=float, default=3 * 3600, help="seconds per job at most")
     ap.add_argument("--no-cot-sampled", action="store_true", help="skip cot at the sampling temperature")
     ap.add_argument("--no-report", action="store_true", help="only run the jobs (for a time estimate)")
+    ap.add_argument(
+        "--suite",
+        choices=("mutual", "rstar"),
+        default="mutual",
+        help="mutual: cot, the mutual variants and self-consistency at their calls; rstar: cot, rstar,"
+        " self-consistency at rstar's mean generated sequences (and at its tokens), mutual-consistency",
+    )
+    ap.add_argument(
+        "--rstar-params",
+        default=RSTAR_BUDGET,
+        help=f"rstar's budget as NAME=VALUE,... (default {RSTAR_BUDGET})",
+    )
+    ap.add_argument(
+        "--sc-match",
+        choices=("sequences", "tokens", "both"),
+        default="both",
+        help="rstar suite: give self-consistency rstar's mean sequences, its mean generated tokens, or both",
+    )
     return ap.parse_args(argv)
 
 
@@ -121,6 +145,31 @@ def _log(message: str) -> None:
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds the ExitStack: worker and servers are stopped
+
+
+def _rstar_suite(
+    opts: argparse.Namespace, run: Any, common: list[str], mean_cost: Any, cot_job: int | None
+) -> None:
+    """rstar at the machine's budget, then self-consistency at its cost, then mutual-consistency."""
+    params = [a for kv in opts.rstar_params.split(",") if kv.strip() for a in ("--param", kv.strip())]
+    done = run(Run("rstar", "rstar", ["--seed", str(opts.seed), "--param", f"temperature={opts.temperature}",
+                                      *params]))  # fmt: skip
+    seqs, tokens = mean_cost(done.job_id)
+    cot_tokens = mean_cost(cot_job)[1] or 1.0
+    ks = {}
+    if opts.sc_match in ("sequences", "both"):
+        ks[max(1, round(seqs))] = f"rstar's {seqs:.1f} sequences"
+    if opts.sc_match in ("tokens", "both"):
+        k = max(1, round(tokens / cot_tokens))
+        ks.setdefault(k, f"rstar's {tokens:.0f} generated tokens / cot's {cot_tokens:.0f}")
+    _log(
+        f"rstar: {seqs:.1f} sequences and {tokens:.0f} generated tokens per problem;"
+        f" self-consistency k = {sorted(ks)}"
+    )
+    # The largest k first: the smaller one copies all its samples from it.
+    for k, why in sorted(ks.items(), reverse=True):
+        run(Run(f"self-consistency k={k} (= {why})", "self-consistency", [*common, "--samples", str(k)]))
+    run(Run("mutual-consistency", "mutual-consistency", [*common, "--max-rounds", str(opts.max_rounds)]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,6 +217,21 @@ def main(argv: list[str] | None = None) -> None:
         with session_scope(db_url) as s:
             rows = problem_results(session=s, job_id=job_id)
         return sum(r.model_calls for r in rows) / max(1, len(rows))
+
+    def mean_cost(job_id: int) -> tuple[float, float]:
+        """(generated sequences, generated tokens) per problem."""
+        from sqlalchemy import func, select
+
+        from db.models import ModelCall, Problem
+
+        with session_scope(db_url) as s:
+            seqs, tokens = s.execute(
+                select(func.coalesce(func.sum(ModelCall.sequences), 0),
+                       func.coalesce(func.sum(ModelCall.completion_tokens), 0))
+                .join(Problem, Problem.id == ModelCall.problem_id)
+                .where(Problem.job_id == job_id)
+            ).one()  # fmt: skip
+        return seqs / max(1, n), tokens / max(1, n)
 
     runs: list[Run] = []
     started = time.monotonic()
@@ -228,7 +292,11 @@ def main(argv: list[str] | None = None) -> None:
 
         fmt = ["--seed", str(opts.seed), "--solution-format", opts.solution_format]
         common = [*fmt, "--temperature", str(opts.temperature)]
-        run(Run("cot (greedy)", "cot", fmt))
+        cot = run(Run("cot (greedy)", "cot", fmt))
+        if opts.suite == "rstar":
+            _rstar_suite(opts, run, common, mean_cost, cot.job_id)
+            opts.no_cot_sampled = True
+            opts.variants = ""
         budgets: dict[int, str] = {}
         for variant in [v.strip() for v in opts.variants.split(",") if v.strip()]:
             done = run(Run(variant, variant, [*common, "--max-rounds", str(opts.max_rounds)]))

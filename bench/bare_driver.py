@@ -1,11 +1,14 @@
-"""The reference for the throughput benchmark: the mutual strategy's call graph, no Celery, no database.
+"""The reference for the throughput benchmark: a strategy's call graph, no Celery, no database.
 
-Each problem runs as a coroutine over an in-memory `ProblemState`: it asks the real
-`MutualStrategy.plan()` which steps come next, builds each request with `build_request()` (the same
-prompts and parameters the system sends, via `ModelClient.build_payload`), issues it with
-huggingface_hub's `AsyncInferenceClient` under one semaphore per endpoint (the concurrency), parses
-the reply with the same parsers, and finally calls `select()`. All problems start at once; the
-semaphores decide what is in flight, first come first served, like the system's queues.
+Each problem runs as a coroutine over an in-memory `ProblemState`: it asks the real strategy's
+`plan()` (mutual by default; rstar for the MCTS-shaped mode) which steps come next, builds each
+request with `build_request()` (the same prompts and parameters the system sends, via
+`ModelClient.build_payload`), issues it with huggingface_hub's `AsyncInferenceClient` under one
+semaphore per endpoint (the concurrency), parses the reply with the same parsers, and finally
+calls `select()`. A request for n samples to a server that ignores `n` (TGI, the simulator) goes
+out as n requests at once with the seeds the client uses (`workers.client.fan_out_seeds`), each
+under the semaphore. All problems start at once; the semaphores decide what is in flight, first
+come first served, like the system's queues.
 
 The views below carry the same fields `db.state.load_state` reads (the views render them for the
 next prompt), so both drivers send identical prompts.
@@ -22,8 +25,8 @@ from typing import Any
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView
-from rstar.strategies.mutual import MutualStrategy
+from rstar.strategies import get_strategy
+from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_key, parse_reply
 from workers.client import ModelClient
 
 
@@ -31,6 +34,7 @@ from workers.client import ModelClient
 class BareResult:
     makespan_s: float
     calls: int
+    """HTTP requests answered (a fanned-out sample counts one)."""
     retries_429: int
     answers: dict[int, str | None]
     rounds: dict[int, int]
@@ -69,8 +73,9 @@ class BareDriver:
         concurrency: int,
         params: Mapping[str, Any] | None = None,
         timeout: float = 120.0,
+        strategy: str = "mutual",
     ) -> None:
-        self.strategy = MutualStrategy(params)
+        self.strategy = get_strategy(strategy, params)
         self.urls = dict(urls)
         self.concurrency = concurrency
         self.timeout = timeout
@@ -82,6 +87,14 @@ class BareDriver:
     def _next_id(self) -> int:
         self._ids += 1
         return self._ids
+
+    async def _sample(self, model: str, payload: dict[str, Any]) -> list[str]:
+        """A request's sequences: one call, or n at once with their seeds (see the module doc)."""
+        seeds = payload.get("fan_out_seeds")
+        if seeds is None:
+            return [await self._call(model, payload)]
+        singles = [{**payload, "seed": seed} for seed in seeds]
+        return list(await asyncio.gather(*(self._call(model, p) for p in singles)))
 
     async def _call(self, model: str, payload: dict[str, Any]) -> str:
         endpoint = self._endpoints[self.urls[model]]
@@ -96,6 +109,7 @@ class BareDriver:
                         seed=payload.get("seed"),
                         stop=payload.get("stop"),
                         response_format=payload.get("response_format"),
+                        top_p=payload.get("top_p"),
                     )
                     self.calls += 1
                     text = out.choices[0].message.content
@@ -114,20 +128,21 @@ class BareDriver:
         request = self.strategy.build_request(spec, state)
         parent = self.strategy.parent(spec, state)
         payload = self._endpoints[self.urls[spec.model]].payloads.build_payload(request)
-        text = await self._call(spec.model, payload)
-        parsed = self.strategy.parse(spec, text)
-        problem.outputs[spec.key] = OutputView(
-            id=self._next_id(),
-            step_key=spec.key,
-            kind=str(spec.kind),
-            model=spec.model,
-            round=spec.round,
-            parent_id=parent,
-            payload=parsed.payload,
-            answer=parsed.answer,
-            text=text,
-            parse_error=parsed.parse_error,
-        )
+        texts = await self._sample(spec.model, payload)
+        for seq, parsed in enumerate(parse_reply(self.strategy, spec, texts)):
+            problem.outputs[output_key(spec.key, seq)] = OutputView(
+                id=self._next_id(),
+                step_key=spec.key,
+                kind=str(spec.kind),
+                model=spec.model,
+                round=spec.round,
+                parent_id=parent,
+                payload=parsed.payload,
+                answer=parsed.answer,
+                text=parsed.text if parsed.text is not None else texts[0],
+                parse_error=parsed.parse_error,
+                seq=seq,
+            )
         problem.steps[spec.key] = StepView(spec.key, str(spec.kind), spec.model, spec.round, "done")
 
     async def _solve(self, problem: _Problem) -> tuple[str | None, int]:
@@ -177,5 +192,7 @@ def run_bare(
     *,
     concurrency: int,
     params: Mapping[str, Any] | None = None,
+    strategy: str = "mutual",
 ) -> BareResult:
-    return asyncio.run(BareDriver(urls, concurrency=concurrency, params=params).run(questions))
+    driver = BareDriver(urls, concurrency=concurrency, params=params, strategy=strategy)
+    return asyncio.run(driver.run(questions))

@@ -14,6 +14,7 @@ import typer
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from cli.demo import demo_command
 from cli.export import export_command, write_records
@@ -21,12 +22,12 @@ from cli.local import models_app, serve_local_command
 from cli.render import make_console, print_trail
 from cli.report import report_command
 from db import audit, migrate
-from db.jobs import ProblemResult, problem_results, status_counts
+from db.jobs import ProblemResult, problem_results, rounds_reached, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, Job
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
 from rstar.roster import ModelEntry, RosterError, check_url, pair, parse_model_spec
-from rstar.strategies import STRATEGIES, ParamError
+from rstar.strategies import STRATEGIES, ParamError, get_strategy
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.redact import url_credentials
 from workers.settings import Settings, get_settings
@@ -153,6 +154,12 @@ def submit(
             params[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             params[key.strip()] = raw  # a bare word is a string
+    try:
+        budget = getattr(get_strategy(strategy, params), "budget", None)
+    except ParamError as exc:
+        raise fail(str(exc)) from None
+    if budget is not None:  # what a problem may cost, said before anything is enqueued
+        err.print(budget(), markup=False, highlight=False, soft_wrap=True)
     try:
         done = submit_job(
             settings=settings,
@@ -302,6 +309,8 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
         counts = status_counts(session=session, job_id=job_id)
         job_status, name, strategy = job.status, job.name, job.strategy
         models = ", ".join(f"{m['name']} {m['url']}" for m in job.models)
+        rollouts = (job.params or {}).get("rollouts") if strategy == "rstar" else None
+        reached = rounds_reached(session=session, job_id=job_id) if rollouts else []
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
     table = Table(title=f"job {job_id} ({name}, {strategy}; models {models}): {job_status}", show_header=True)
@@ -313,6 +322,16 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
     grid = Table.grid()
     grid.add_row(table)
     grid.add_row(progress.get_renderable())
+    if rollouts and reached:
+        # A search in rollout r has r - 1 done; past the last it is in the discriminator.
+        done_per = [rollouts if st == "answered" else min(rollouts, max(0, r - 1)) for st, r in reached]
+        judging = sum(1 for st, r in reached if r > rollouts and st != "answered")
+        grid.add_row(
+            Text(
+                f"rollouts done per problem: mean {sum(done_per) / len(done_per):.1f} of {rollouts}"
+                f" (min {min(done_per)}, max {max(done_per)}); {judging} in the discriminator"
+            )
+        )
     return grid, total > 0 and finished == total
 
 
@@ -370,9 +389,10 @@ def show(
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
         trail = audit.problem_trail(session=session, job_id=job, item_id=item)
+        search = audit.search_report(session=session, trail=trail) if trail is not None else None
     if trail is None:
         raise fail(f"job {job} has no problem with id {item!r}")
-    print_trail(console, trail, with_calls=calls)
+    print_trail(console, trail, with_calls=calls, search=search)
 
 
 # -- job control -------------------------------------------------------------------------------

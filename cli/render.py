@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
+from rich.tree import Tree as RichTree
 
 from db.audit import ProblemTrail, StepTrail
 from db.models import ModelCall, Output
@@ -32,7 +34,9 @@ def make_console(*, stderr: bool = False) -> Console:
     return console
 
 
-def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> None:
+def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, search: Any = None) -> None:
+    """The problem, then its steps (a search: its tree and the discriminator's completions; with
+    `with_calls`, its steps and calls too), then the selection."""
     p = trail.problem
     head = Text()
     head.append(f"problem {p.item_id} (line {p.line}) — {p.status}\n", style="bold")
@@ -48,8 +52,10 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool) -> N
     if p.error:
         head.append(f"\nerror: {p.error}", style="red")
     console.print(Panel(head, title="problem"))
+    if search is not None:
+        print_search(console, search, chosen=trail.selection.output_id if trail.selection else None)
     for st in trail.steps:
-        if st.step.kind != "select":  # the selection panel below says it all
+        if st.step.kind != "select" and (search is None or with_calls):  # the selection says it all
             _print_step(console, st, with_calls=with_calls)
     if trail.selection is not None:
         chosen = trail.chosen
@@ -126,3 +132,69 @@ def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
         text.append("[response] ", style="magenta")
         text.append(call.response_text)
     console.print(Panel(text, title=f"model call #{call.id}", border_style="dim"))
+
+
+NODE_TITLES = {
+    "a1_step": "A1 step",
+    "a2_answer": "A2 answer",
+    "a3_answer": "A3 sub-question",
+    "a4_reanswer": "A4 re-answer",
+    "a5_rephrase": "A5 rephrase",
+}
+
+
+def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
+    """An rstar search (`RStarStrategy.report`): the tree with each node's action, depth, visits,
+    Q and answer, the winning path marked; then the candidates and their completions. Model text
+    is shown as plain Text, never as markup."""
+    tree, stats = report.tree, report.search.stats
+    on_path = {n.id for n in tree.path(chosen)} if chosen is not None and chosen in tree.nodes else set()
+    done = len(report.search.rollouts)
+    waiting = report.search.waiting_at
+
+    def label(node: Any) -> Text:
+        n, q = stats.n(node.id), stats.q(node.id)
+        t = Text()
+        mark = "★ " if node.id == chosen else ("• " if node.id in on_path else "")
+        name = "question" if node.kind is None else f"#{node.id} {NODE_TITLES.get(node.kind, node.kind)}"
+        t.append(mark + name, style="bold green" if node.id in on_path else "bold")
+        t.append(f" · depth {node.depth} · visits {n} · Q {q:.2f}", style="dim")
+        if node.value is not None:
+            t.append(f" · value {node.value:.2f}", style="dim")
+        if node.answer is not None:
+            t.append(f" · answer {node.answer}")
+        if node.id == waiting:
+            t.append(" · expanding", style="yellow")
+        shown = node.text if node.kind != "a3_answer" else f"{node.subquestion} → {node.text}"
+        if shown:
+            t.append("\n" + _clip(shown), style=None)
+        return t
+
+    root = RichTree(label(tree.root))
+
+    def add(parent: RichTree, node_id: int) -> None:
+        for child in tree.nodes[node_id].children:
+            add(parent.add(label(tree.nodes[child])), child)
+
+    add(root, tree.root.id)
+    title = f"search tree · {done} rollout(s) done · {len(tree.nodes) - 1} nodes"
+    console.print(Panel(root, title=escape(title)))
+    if not report.candidates:
+        return
+    body = Text()
+    for c in report.candidates:
+        verdict = report.verdicts.get(c.node) if report.verdicts is not None else None
+        body.append(f"#{c.node} answers {c.answer} · reward {c.reward:.2f}", style="bold")
+        if verdict is not None:
+            state = "consistent" if verdict.consistent else "not consistent"
+            body.append(f" · {verdict.agreeing} of {verdict.completions} completions agree: {state}")
+        body.append("\n")
+        for prefix, answer in report.completions.get(c.node, []):
+            body.append(f"  cut after {_clip(prefix, 80)!r} → {answer}\n", style="dim")
+    skipped = " (skipped: one answer holds nearly all candidates)" if report.verdicts is None else ""
+    console.print(Panel(body, title=escape(f"discriminator · {len(report.candidates)} candidates{skipped}")))
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"

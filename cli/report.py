@@ -22,6 +22,7 @@ from rstar.reports import (
     JobSummary,
     Report,
     ReviewStats,
+    TreeStats,
     build_report,
     is_correct,
     replay_rounds,
@@ -30,8 +31,12 @@ from workers.settings import get_settings
 
 SUMMARY_HEAD = (
     "job", "strategy", "parameters", "problems", "accuracy (95% CI)", "answered / unanswered / failed",
-    "calls / problem", "prompt tokens / problem", "generated tokens / problem", "wall s / problem",
-    "model s / problem",
+    "calls / problem", "requests / problem", "sequences / problem", "prompt tokens / problem",
+    "generated tokens / problem", "wall s / problem", "model s / problem",
+)  # fmt: skip
+TREE_HEAD = (
+    "job", "rollouts", "nodes / problem (max)", "depth (mean / max)", "requests / problem",
+    "sequences / problem", "generated tokens / problem",
 )  # fmt: skip
 ROUNDS_HEAD = (
     "job", "rounds used", "stopped early", "threshold met", "refinement wrong→right / right→wrong",
@@ -44,9 +49,11 @@ PAIRED_HEAD = (
 DEFINITIONS = """\
 - accuracy: right answers (`rstar.answers.answers_equal` against the reference) over all problems;
   failed and unanswered problems count as wrong. 95% CI: Wilson score interval.
-- calls: model calls recorded per problem (failed attempts included); tokens as the server counted
-  them; wall s: from a problem's first step to its selection (queueing included); model s: the sum of
-  its calls' latencies.
+- calls: model calls recorded per problem (one per step attempt, failed attempts included);
+  requests: the HTTP requests they took (a call that sampled n sequences from a server that ignores
+  `n` sent n); sequences: the sequences generated (a call that sampled n counts n); tokens as the
+  server counted them; wall s: from a problem's first step to its selection (queueing included);
+  model s: the sum of its calls' latencies.
 - threshold met: in the last round both reviews accepted and the two answers agree. Refinement
   wrong→right / right→wrong: refined solutions whose parent was wrong and which are right, and the
   reverse. Verdicts right: accepting a right answer or rejecting a wrong one ("uncertain" is not right).
@@ -84,10 +91,26 @@ def summary_cells(s: JobSummary) -> list[str]:
         f"{_pct(s.accuracy)} ({s.correct}/{s.judged}) [{_pct(s.ci_low)}, {_pct(s.ci_high)}]",
         f"{s.answered} / {s.unanswered} / {s.failed}" + (f" (+{s.other} other)" if s.other else ""),
         f"{s.calls_per_problem:.2f}",
+        f"{s.requests_per_problem:.2f}",
+        f"{s.sequences_per_problem:.2f}",
         f"{s.prompt_tokens_per_problem:.0f}",
         f"{s.generated_tokens_per_problem:.0f}",
         _num(s.wall_s_per_problem),
         _num(s.model_s_per_problem),
+    ]
+
+
+def tree_cells(s: JobSummary) -> list[str]:
+    t = s.tree
+    assert t is not None
+    return [
+        s.label,
+        str(s.params.get("rollouts", "-")),
+        f"{t.nodes_mean:.1f} ({t.nodes_max})",
+        f"{t.depth_mean:.1f} / {t.depth_max}",
+        f"{s.requests_per_problem:.1f}",
+        f"{s.sequences_per_problem:.1f}",
+        f"{s.generated_tokens_per_problem:.0f}",
     ]
 
 
@@ -174,6 +197,9 @@ def print_report(console: Console, report: Report) -> None:
     multi = _multi_round(report)
     if multi:
         console.print(table("rounds, reviews and consistency", ROUNDS_HEAD, [rounds_cells(s) for s in multi]))
+    trees = [s for s in report.jobs if s.tree is not None]
+    if trees:
+        console.print(table("search trees", TREE_HEAD, [tree_cells(s) for s in trees]))
     if report.comparisons:
         console.print(table("paired comparisons (same problems)", PAIRED_HEAD, paired_cells(report)))
     if any(s.models for s in report.jobs):
@@ -205,6 +231,9 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
     if multi:
         parts += ["", "## Rounds, reviews and consistency", ""]
         parts += [_md_table(ROUNDS_HEAD, [rounds_cells(s) for s in multi])]
+    trees = [s for s in report.jobs if s.tree is not None]
+    if trees:
+        parts += ["", "## Search trees", "", _md_table(TREE_HEAD, [tree_cells(s) for s in trees])]
     if report.comparisons:
         parts += [
             "",
@@ -229,13 +258,15 @@ def _flat(s: JobSummary) -> dict[str, Any]:
     row: dict[str, Any] = {
         k: v
         for k, v in asdict(s).items()
-        if k not in ("params", "rounds", "reviews", "completions", "models", "agreement")
+        if k not in ("params", "rounds", "reviews", "completions", "models", "agreement", "tree")
     }
     row["accuracy"] = round(s.accuracy, 4)
     row["ci_low"], row["ci_high"] = round(s.ci_low, 4), round(s.ci_high, 4)
     row["params"] = _params(s)
     row["rounds"] = " ".join(f"{r}:{n}" for r, n in s.rounds.items())
     row["accuracy_by_round"] = " ".join(f"{a:.4f}" for a in s.accuracy_by_round)
+    tree = asdict(s.tree) if s.tree is not None else {}
+    row.update({f"tree_{f.name}": tree.get(f.name, "") for f in fields(TreeStats)})
     for name, kind in (("reviews", ReviewStats), ("completions", CompletionStats)):
         stats = getattr(s, name)
         # Every column always, empty where it does not apply: the same header for every report.
@@ -319,20 +350,21 @@ def plot_accuracy_vs_calls(report: Report, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    markers = {"mutual": "o", "mutual-consistency": "D", "self-consistency": "s", "cot": "^"}
+    markers = {"mutual": "o", "mutual-consistency": "D", "self-consistency": "s", "cot": "^", "rstar": "*"}
     for s in report.jobs:
         y = 100 * s.accuracy
         err = [[y - 100 * s.ci_low], [100 * s.ci_high - y]]
         ax.errorbar(
-            s.calls_per_problem, y, yerr=err, fmt=markers.get(s.strategy, "x"), capsize=4, label=s.label
+            s.sequences_per_problem, y, yerr=err, fmt=markers.get(s.strategy, "x"), capsize=4, label=s.label
         )
         # The job id only: the legend names it, and full labels of jobs at equal cost overlap.
         ax.annotate(
-            str(s.job_id), (s.calls_per_problem, y), textcoords="offset points", xytext=(5, 3), fontsize=8
+            str(s.job_id), (s.sequences_per_problem, y), textcoords="offset points", xytext=(5, 3), fontsize=8
         )
-    ax.set_xlabel("model calls per problem (mean)")
+    # Sequences, not calls: one rstar call samples several (a one-sample strategy: one per call).
+    ax.set_xlabel("generated sequences per problem (mean; = model calls for one-sample strategies)")
     ax.set_ylabel("accuracy, % (95% Wilson CI)")
-    ax.set_title("Accuracy against model calls, one point per job")
+    ax.set_title("Accuracy against cost, one point per job")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Job, ModelCall, Output, Problem, Selection, Step
+from db.state import load_state
+from rstar.strategies import STRATEGIES, get_strategy
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,8 @@ class StepTrail:
     output: Output | None
     parent: Output | None
     """The output this step's output extends or judges."""
+    outputs: tuple[Output, ...] = ()
+    """All of its outputs, by seq (a step that sampled several sequences may write several)."""
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,31 @@ def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrai
     steps = session.scalars(select(Step).where(Step.problem_id == pid).order_by(Step.round, Step.id)).all()
     calls = session.scalars(select(ModelCall).where(ModelCall.problem_id == pid).order_by(ModelCall.id)).all()
     outputs = {o.id: o for o in session.scalars(select(Output).where(Output.problem_id == pid))}
-    by_step = {o.step_id: o for o in outputs.values()}
+    by_step: dict[int, list[Output]] = {}
+    for o in sorted(outputs.values(), key=lambda o: (o.step_id, o.seq)):
+        by_step.setdefault(o.step_id, []).append(o)
     selection = session.scalar(select(Selection).where(Selection.problem_id == pid))
     trails = []
     for s in steps:
-        out = by_step.get(s.id)
+        outs = by_step.get(s.id, [])
+        out = outs[0] if outs else None
         parent = outputs.get(out.parent_id) if out is not None and out.parent_id is not None else None
-        trails.append(
-            StepTrail(step=s, calls=[c for c in calls if c.step_id == s.id], output=out, parent=parent)
-        )
+        step_calls = [c for c in calls if c.step_id == s.id]
+        trails.append(StepTrail(step=s, calls=step_calls, output=out, parent=parent, outputs=tuple(outs)))
     chosen = outputs.get(selection.output_id) if selection is not None and selection.output_id else None
     return ProblemTrail(job=problem.job, problem=problem, steps=trails, selection=selection, chosen=chosen)
+
+
+def search_report(*, session: Session, trail: ProblemTrail) -> Any | None:
+    """The strategy's account of a search (visits, values, candidates: `report(state)`), for a
+    strategy that searches (rstar); None for the others."""
+    if not hasattr(STRATEGIES.get(trail.job.strategy), "report"):
+        return None
+    report = get_strategy(trail.job.strategy, trail.job.params).report  # type: ignore[attr-defined]
+    state = load_state(
+        session=session,
+        problem_id=trail.problem.id,
+        question=trail.problem.question,
+        models=trail.job.models,
+    )
+    return report(replace(state, outputs=dict(state.outputs)))  # read now, inside the session

@@ -46,7 +46,10 @@ def new_call(
     error: str | None = None,
     request_hash: str | None = None,
     reused_from_id: int | None = None,
+    requests: int = 1,
+    sequences: int | None = None,
 ) -> NewCall:
+    """`sequences` defaults to 1 for an ok call, else 0."""
     return NewCall(
         {
             "step_id": step_id,
@@ -67,6 +70,8 @@ def new_call(
             "error": error,
             "request_hash": request_hash,
             "reused_from_id": reused_from_id,
+            "requests": requests,
+            "sequences": sequences if sequences is not None else int(outcome == CallOutcome.OK),
         }
     )
 

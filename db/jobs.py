@@ -86,6 +86,26 @@ def status_counts(*, session: Session, job_id: int) -> Counter[str]:
     return Counter({status: count for status, count in rows})
 
 
+def rounds_reached(*, session: Session, job_id: int) -> list[tuple[str, int]]:
+    """Per problem, its status and the highest round of its model steps (0: none yet). For rstar a
+    step's round is the rollout that asked for it: the rollout a search is in (the last + 1 once
+    the discriminator runs)."""
+    highest = (
+        select(Step.problem_id, func.max(Step.round).label("reached"))
+        .join(Problem, Problem.id == Step.problem_id)
+        .where(Problem.job_id == job_id, Step.model.is_not(None))
+        .group_by(Step.problem_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Problem.status, func.coalesce(highest.c.reached, 0))
+        .select_from(Problem)
+        .outerjoin(highest, highest.c.problem_id == Problem.id)
+        .where(Problem.job_id == job_id)
+    ).all()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
 def maybe_finish_job(*, session: Session, job_id: int) -> bool:
     """Mark the job finished once no problem is left to work on."""
     open_count = session.scalar(
@@ -130,17 +150,23 @@ class ProblemResult:
     wall_time_s: float | None
     status: str
     error: str | None
+    requests: int = 0
+    """HTTP requests sent (a call that fanned its samples out counts each)."""
+    sequences: int = 0
+    """Sequences generated (a call that sampled n counts n)."""
 
 
 def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
     stats = {
-        pid: (n, pt or 0, ct or 0)
-        for pid, n, pt, ct in session.execute(
+        pid: (n, pt or 0, ct or 0, rq or 0, sq or 0)
+        for pid, n, pt, ct, rq, sq in session.execute(
             select(
                 ModelCall.problem_id,
                 func.count(),
                 func.sum(ModelCall.prompt_tokens),
                 func.sum(ModelCall.completion_tokens),
+                func.sum(ModelCall.requests),
+                func.sum(ModelCall.sequences),
             )
             .join(Problem, Problem.id == ModelCall.problem_id)
             .where(Problem.job_id == job_id)
@@ -157,7 +183,7 @@ def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
     )
     results = []
     for p in session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)):
-        n, pt, ct = stats.get(p.id, (0, 0, 0))
+        n, pt, ct, rq, sq = stats.get(p.id, (0, 0, 0, 0, 0))
         correct = None
         if p.reference_answer is not None and p.status == ProblemStatus.ANSWERED:
             correct = judge(p.status, p.final_answer, p.reference_answer)
@@ -177,6 +203,8 @@ def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
                 wall_time_s=wall,
                 status=p.status,
                 error=p.error,
+                requests=rq,
+                sequences=sq,
             )
         )
     return results

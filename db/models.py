@@ -147,6 +147,10 @@ class ModelCall(Base):
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     response_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(50))
+    requests: Mapped[int | None] = mapped_column(Integer)
+    """HTTP requests this call took: 1, or n for n samples from a server that ignores `n`."""
+    sequences: Mapped[int | None] = mapped_column(Integer)
+    """Sequences it generated (0 when it failed): a call that samples n counts n here, 1 above."""
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Float)
@@ -166,10 +170,13 @@ class Output(Base):
     """A step's reply as its strategy parsed it: a solution, a review, a completion, a tree node."""
 
     __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("step_id", "seq", name="uq_outputs_step_seq"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"), index=True)
-    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), unique=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Its place among its step's outputs (a step that samples n sequences may write several)."""
     model_call_id: Mapped[int | None] = mapped_column(ForeignKey("model_calls.id"))
     round: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(32))

@@ -7,6 +7,7 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -85,31 +86,42 @@ def _write_output(
     _finish_step(session, step_id)
 
 
-def save_output(
+def save_outputs(
     *,
     session: Session,
     claim: Claim,
-    parsed: ParsedOutput,
-    text: str,
+    outputs: Sequence[tuple[ParsedOutput, str | None]],
     model_call: int | NewCall,
     parent_id: int | None,
 ) -> None:
-    """Store a step's output (an unparsable reply is kept and flagged, and used like any other),
-    record its call when it is new, and mark the step done."""
+    """Store a step's outputs, each with the text it came from (an unparsable reply is kept and
+    flagged, and used like any other), record their call when it is new, and mark the step done.
+    A step writes one output at least: a strategy that parsed none gets the reply kept as one."""
     assert claim.model is not None, f"step {claim.key} runs no model"
-    values = {
-        "problem_id": claim.problem_id,
-        "step_id": claim.step_id,
-        "round": claim.round,
-        "model": claim.model,
-        "kind": claim.kind,
-        "parent_id": parent_id,
-        "text": text,
-        "payload": parsed.payload,
-        "answer": parsed.answer,
-        "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
-    }
-    _write_output(session, _OUTPUT_WRITES, values, claim.step_id, model_call)
+    if not outputs:
+        outputs = [(ParsedOutput(payload={}, parse_error="the strategy made no output of the reply"), None)]
+    for seq, (parsed, text) in enumerate(outputs):
+        values = {
+            "problem_id": claim.problem_id,
+            "step_id": claim.step_id,
+            "seq": seq,
+            "round": claim.round,
+            "model": claim.model,
+            "kind": claim.kind,
+            "parent_id": parent_id,
+            "text": text,
+            "payload": parsed.payload,
+            "answer": parsed.answer,
+            "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
+        }
+        if seq == 0:
+            _write_output(session, _OUTPUT_WRITES, values, claim.step_id, model_call)
+            if isinstance(model_call, NewCall) and len(outputs) > 1:  # the others point at its id
+                model_call = session.scalar(
+                    select(Output.model_call_id).where(Output.step_id == claim.step_id, Output.seq == 0)
+                )
+        else:
+            session.connection().execute(_OUTPUT_WRITES[0], {**values, "model_call_id": model_call})
 
 
 def _with_cut_note(session: Session, parse_error: str | None, model_call: int | NewCall) -> str | None:

@@ -9,11 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.jobs import problem_results
-from db.models import Job, ModelCall, Output, Problem
+from db.models import Job, ModelCall, Output, Problem, Step
 from db.state import load_state
 from rstar import roster
 from rstar.reports import JobRows, ProblemRow, ReviewRow, SolutionRow
-from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS, ProblemState
+from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS, OutputView, ProblemState
+from rstar.strategies.mcts.tree import Tree
 
 
 class UnknownJobError(LookupError):
@@ -54,11 +55,31 @@ def _load_job(session: Session, job_id: int) -> JobRows:
             Output.answer,
             Output.parent_id,
             Output.payload,
+            Output.seq,
+            Step.key,
         )
         .join(Problem, Problem.id == Output.problem_id)
+        .join(Step, Step.id == Output.step_id)
         .where(Problem.job_id == job_id)
     )
+    trees: dict[int, list[OutputView]] = {}
+    searching = job.strategy == "rstar"
     for o in session.execute(outputs):
+        if searching:
+            trees.setdefault(o.problem_id, []).append(
+                OutputView(
+                    o.id,
+                    o.key,
+                    o.kind,
+                    o.model,
+                    o.round,
+                    o.parent_id,
+                    o.payload or {},
+                    o.answer,
+                    None,
+                    seq=o.seq,
+                )
+            )
         if o.kind in SOLUTION_KINDS:
             solutions.setdefault(o.problem_id, []).append(
                 SolutionRow(o.id, o.round, o.model, o.kind, o.answer, o.parent_id)
@@ -71,6 +92,7 @@ def _load_job(session: Session, job_id: int) -> JobRows:
     problems = session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)).all()
     for p in problems:
         res = results[p.item_id]
+        tree = Tree.of(p.question, {str(o.id): o for o in trees.get(p.id, [])}) if searching else None
         rows.append(
             ProblemRow(
                 item_id=p.item_id,
@@ -81,6 +103,10 @@ def _load_job(session: Session, job_id: int) -> JobRows:
                 model_calls=res.model_calls,
                 prompt_tokens=res.prompt_tokens,
                 completion_tokens=res.completion_tokens,
+                requests=res.requests,
+                sequences=res.sequences,
+                tree_nodes=len(tree.nodes) - 1 if tree is not None else None,
+                tree_depth=max(n.depth for n in tree.nodes.values()) if tree is not None else None,
                 wall_time_s=res.wall_time_s,
                 model_seconds=round((latency.get(p.id) or 0.0) / 1000, 3),
                 solutions=tuple(sorted(solutions.get(p.id, []), key=lambda s: s.id)),

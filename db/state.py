@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Output, Step, StepStatus
 from rstar import roster
-from rstar.strategies.base import OutputView, ProblemState, StepView
+from rstar.strategies.base import OutputView, ProblemState, StepView, output_key
 
 # The state is read with prebuilt Core statements, as plain rows (no ORM objects, no statement
 # building per call): every model step loads its problem's state twice (to build its request,
@@ -30,6 +30,7 @@ _STATE_OUTPUTS = (
     select(
         _outputs_t.c.id,
         _outputs_t.c.step_id,
+        _outputs_t.c.seq,
         _outputs_t.c.kind,
         _outputs_t.c.model,
         _outputs_t.c.round,
@@ -105,7 +106,7 @@ def load_state(
             if out.step_id not in by_id:
                 continue  # its step came after the steps were read (no transaction: autocommit_scope)
             key = by_id[out.step_id].key
-            found[key] = OutputView(
+            found[output_key(key, out.seq)] = OutputView(
                 id=out.id,
                 step_key=key,
                 kind=out.kind,
@@ -116,6 +117,7 @@ def load_state(
                 answer=out.answer,
                 text=out.text,
                 parse_error=out.parse_error,
+                seq=out.seq,
             )
         return found
 

@@ -96,6 +96,11 @@ class ProblemRow:
     model_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    requests: int = 0
+    sequences: int = 0
+    tree_nodes: int | None = None
+    """A search's nodes (None: the strategy builds no tree)."""
+    tree_depth: int | None = None
     wall_time_s: float | None = None
     model_seconds: float = 0.0
     """Sum of the model calls' latencies."""
@@ -243,6 +248,16 @@ class ModelStats:
 
 
 @dataclass(frozen=True)
+class TreeStats:
+    """A searching strategy's trees, per problem."""
+
+    nodes_mean: float
+    nodes_max: int
+    depth_mean: float
+    depth_max: int
+
+
+@dataclass(frozen=True)
 class JobSummary:
     job_id: int
     label: str
@@ -260,6 +275,8 @@ class JobSummary:
     calls_per_problem: float
     prompt_tokens_per_problem: float
     generated_tokens_per_problem: float
+    requests_per_problem: float
+    sequences_per_problem: float
     wall_s_per_problem: float | None
     model_s_per_problem: float
     job_wall_s: float | None
@@ -273,6 +290,7 @@ class JobSummary:
     models: tuple[ModelStats, ...] = ()
     agreement: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     """(model, model) -> (problems where both answered alike, problems where both answered)."""
+    tree: TreeStats | None = None
 
     @property
     def accuracy(self) -> float:
@@ -431,6 +449,8 @@ def summarize(job: JobRows) -> JobSummary:
         calls_per_problem=_mean([p.model_calls for p in ps]),
         prompt_tokens_per_problem=_mean([p.prompt_tokens for p in ps]),
         generated_tokens_per_problem=_mean([p.completion_tokens for p in ps]),
+        requests_per_problem=_mean([p.requests for p in ps]),
+        sequences_per_problem=_mean([p.sequences for p in ps]),
         wall_s_per_problem=_mean(walls) if walls else None,
         model_s_per_problem=_mean([p.model_seconds for p in ps]),
         job_wall_s=job.wall_time_s,
@@ -441,7 +461,17 @@ def summarize(job: JobRows) -> JobSummary:
         completions=_completion_stats(ps),
         models=model_stats,
         agreement=agreement,
+        tree=_tree_stats(ps),
     )
+
+
+def _tree_stats(problems: Sequence[ProblemRow]) -> TreeStats | None:
+    trees = [p for p in problems if p.tree_nodes is not None]
+    if not trees:
+        return None
+    nodes = [p.tree_nodes or 0 for p in trees]
+    depths = [p.tree_depth or 0 for p in trees]
+    return TreeStats(_mean(nodes), max(nodes), _mean(depths), max(depths))
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,8 @@ class ParsedOutput:
     answer: str | None = None
     """The normalised final answer the output gives, if it gives one (a review gives none)."""
     parse_error: str | None = None
+    text: str | None = None
+    """The sequence it came from, when a step sampled several (None: the step's one reply)."""
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,9 @@ class ModelRequest:
     json_schema: dict[str, Any] | None = None
     """Ask for structured output with this JSON Schema where the server supports it."""
     stop: tuple[str, ...] = field(default_factory=tuple)
+    top_p: float | None = None
+    top_k: int | None = None
+    """Sent only to servers that take it on the chat route (vLLM, llama.cpp)."""
+    n: int = 1
+    """Sequences to sample from this one prompt (an MCTS expansion's children, a vote's samples).
+    Sent as one request with `n` where the server takes it, else as `n` concurrent requests."""

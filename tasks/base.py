@@ -25,24 +25,24 @@ from sqlalchemy.orm import Session
 from db.calls import NewCall, attempt_recorded, new_call, record_call
 from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome
-from db.outputs import save_output
+from db.outputs import save_outputs
 from db.session import autocommit_scope, session_scope
 from rstar.strategies import get_strategy
-from rstar.strategies.base import StepSpec, Strategy
+from rstar.strategies.base import StepSpec, Strategy, parse_reply
 from rstar.types import ModelRequest
 from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
-from workers.client import ModelClient, ModelReply, endpoint_down, truncate
+from workers.client import ModelClient, ModelReply, endpoint_down, recorded_texts, stored_text, truncate
 from workers.errors import ModelServerError, RetryableError
 from workers.redact import same_endpoint
 from workers.settings import Settings, get_settings
 
 logger = get_task_logger(__name__)
 
-# (session, claim, reply text, the model call: its id, or a new one to record with the output)
-# -> None: writes the step's output row.
-OutputWriter = Callable[[Session, Claim, str, int | NewCall], None]
+# (session, claim, the reply's sequences, the model call: its id, or a new one to record with the
+# outputs) -> None: writes the step's output rows.
+OutputWriter = Callable[[Session, Claim, tuple[str, ...], int | NewCall], None]
 
 _clients: dict[str, ModelClient] = {}
 _clients_lock = threading.Lock()
@@ -125,14 +125,17 @@ def lost_connection(exc: DBAPIError) -> bool:
 
 
 def output_writer(strategy: Strategy, spec: StepSpec) -> OutputWriter:
-    """How the step's reply becomes its output row: the strategy's `parse`, then one insert."""
+    """How the step's reply becomes its output rows: the strategy parses its sequences, then one
+    insert per output."""
 
-    def write(session: Session, claim: Claim, text: str, call: int | NewCall) -> None:
-        save_output(
+    def write(session: Session, claim: Claim, texts: tuple[str, ...], call: int | NewCall) -> None:
+        save_outputs(
             session=session,
             claim=claim,
-            parsed=strategy.parse(spec, text),
-            text=truncate(text),  # as its model call records it
+            outputs=[
+                (parsed, truncate(parsed.text if parsed.text is not None else texts[0]))
+                for parsed in parse_reply(strategy, spec, texts)
+            ],
             model_call=call,
             parent_id=claim.parent_id,
         )
@@ -169,7 +172,8 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
     endpoint = ""  # of a new reply: the client's URL
     if request is None:
         assert claim.recorded is not None
-        call_id, text = claim.recorded.id, claim.recorded.response_text or ""
+        call_id = claim.recorded.id
+        texts = recorded_texts(claim.recorded.response_text, claim.recorded.sequences)
     else:
         client = client_for(claim.endpoint, settings)
         endpoint = client.base_url
@@ -184,13 +188,20 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
                     logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
                     return "skipped"
             if reused:
-                call_id, text = reused
+                call_id, texts = reused
             else:
                 assert reply is not None
-                call_id, text = None, reply.text
+                call_id, texts = None, reply.sequences
     try:
         outcome = _record_and_plan(
-            claim, attempt, write_output, settings, reply=reply, endpoint=endpoint, call_id=call_id, text=text
+            claim,
+            attempt,
+            write_output,
+            settings,
+            reply=reply,
+            endpoint=endpoint,
+            call_id=call_id,
+            texts=texts,
         )
     except IntegrityError:
         # Another run of this step got there first: it recorded this attempt (and will write the
@@ -219,7 +230,7 @@ def _record_and_plan(
     reply: ModelReply | None,
     endpoint: str,
     call_id: int | None,
-    text: str,
+    texts: tuple[str, ...],
 ) -> list[Dispatch] | int:
     """One transaction for all that follows a model call: record the reply (a new `reply` from
     `endpoint`; else `call_id` is the call already recorded), write the step's output and plan the
@@ -236,7 +247,7 @@ def _record_and_plan(
                 else:
                     assert call_id is not None
                     call = call_id
-                write_output(session, claim, text, call)
+                write_output(session, claim, texts, call)
                 return plan_next(session, claim.problem_id, settings.max_rounds_limit)
         except DBAPIError as exc:
             if reply is None or not lost_connection(exc) or time.monotonic() + pause > deadline:
@@ -270,13 +281,15 @@ def _new_call(claim: Claim, attempt: int, endpoint: str, reply: ModelReply) -> N
         model=reply.model,
         request=reply.request,
         response=reply.response,
-        response_text=truncate(reply.text),
+        response_text=stored_text(reply),
         finish_reason=reply.finish_reason,
         prompt_tokens=reply.prompt_tokens,
         completion_tokens=reply.completion_tokens,
         latency_ms=reply.latency_ms,
         outcome=CallOutcome.OK,
         request_hash=request_hash(endpoint, reply.request),
+        requests=reply.requests,
+        sequences=len(reply.sequences),
     )
 
 

@@ -23,7 +23,7 @@ from db.claims import Claim
 from db.models import CallOutcome, Job, ModelCall, Problem
 from db.session import session_scope
 from rstar.types import ModelRequest
-from workers.client import ModelClient
+from workers.client import ModelClient, recorded_texts
 from workers.settings import Settings
 
 MAX_CHAIN = 20
@@ -52,8 +52,9 @@ def _chain(session: Any, job_id: int) -> list[int]:
 
 def reuse_recorded(
     claim: Claim, attempt: int, request: ModelRequest, client: ModelClient, settings: Settings
-) -> tuple[int, str] | None:
-    """Record a copy of an identical call answered in the resumed job: (call id, text), or None."""
+) -> tuple[int, tuple[str, ...]] | None:
+    """Record a copy of an identical call answered in the resumed job: (call id, its sequences),
+    or None."""
     if claim.resume_from is None:
         return None
     payload = client.build_payload(request)
@@ -89,5 +90,7 @@ def reuse_recorded(
             outcome=CallOutcome.OK,
             request_hash=digest,
             reused_from_id=old.reused_from_id or old.id,
+            requests=old.requests or 1,
+            sequences=old.sequences,
         )
-        return record_call(session=session, call=call), old.response_text or ""
+        return record_call(session=session, call=call), recorded_texts(old.response_text, old.sequences)

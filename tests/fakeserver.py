@@ -29,7 +29,7 @@ import uuid
 from base64 import b64encode
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -57,6 +57,8 @@ class FakeRequest:
     """Request headers, names lower-cased."""
     index: int
     """0-based sequence number of this request at the server (since the last reset_stats())."""
+    choice: int = 0
+    """Which of the request's `n` choices the responder is asked for (vLLM samples n per request)."""
 
 
 @dataclass(frozen=True)
@@ -609,7 +611,15 @@ class FakeInferenceServer:
             elif reply.status >= 400:
                 self._send_error(h, reply.status, reply.error)
             else:
-                self._send_success(h, reply, body or {}, messages, limit, chat=chat)
+                # vLLM samples `n` choices per chat request (TGI and llama.cpp ignore `n`): the
+                # first is the reply drawn above, the others the responder's for later choices.
+                n = (body or {}).get("n") if chat and self.kind == "vllm" else None
+                extra = (
+                    [self._respond(replace(request, choice=i)) for i in range(1, n)]
+                    if isinstance(n, int) and not isinstance(n, bool) and n > 1
+                    else []
+                )
+                self._send_success(h, reply, body or {}, messages, limit, chat=chat, extra=extra)
         finally:
             if not finished:
                 self._finish(started)
@@ -629,6 +639,9 @@ class FakeInferenceServer:
             fault = self._faults.popleft() if self._faults else None
         if fault is not None:
             return Reply(text=fault) if isinstance(fault, str) else fault
+        return self._respond(request)
+
+    def _respond(self, request: FakeRequest) -> Reply:
         try:
             result = self.responder(request)
         except Exception as exc:  # a responder bug must surface as a 500 and in `errors`, not a hang
@@ -710,16 +723,21 @@ class FakeInferenceServer:
         limit: int | None,
         *,
         chat: bool,
+        extra: Sequence[Reply] = (),
     ) -> None:
         params = body if chat else (body.get("parameters") or {})
         stops = params.get("stop") or []
-        text, finish = _complete(reply.text, [stops] if isinstance(stops, str) else stops, limit, chat=chat)
-        if reply.finish_reason is not None:
-            finish = (_CHAT_FINISH if chat else _GENERATE_FINISH).get(
-                reply.finish_reason, reply.finish_reason
-            )
-        generated = limit if finish == "length" and limit is not None else count_tokens(text)
+
+        def finished(r: Reply) -> tuple[str, str, int]:
+            text, finish = _complete(r.text, [stops] if isinstance(stops, str) else stops, limit, chat=chat)
+            if r.finish_reason is not None:
+                finish = (_CHAT_FINISH if chat else _GENERATE_FINISH).get(r.finish_reason, r.finish_reason)
+            return text, finish, limit if finish == "length" and limit is not None else count_tokens(text)
+
+        text, finish, generated = finished(reply)
         if chat:
+            choices = [(text, finish, generated), *(finished(r) for r in extra)]
+            generated = sum(c[2] for c in choices)
             prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
             fingerprint = f"{TGI_VERSION}-sha-fake" if self.kind == "tgi" else "fp_fake"
             payload: dict[str, Any] = {
@@ -730,11 +748,12 @@ class FakeInferenceServer:
                 "system_fingerprint": fingerprint,
                 "choices": [
                     {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
+                        "index": i,
+                        "message": {"role": "assistant", "content": t},
                         "logprobs": None,
-                        "finish_reason": finish,
+                        "finish_reason": f,
                     }
+                    for i, (t, f, _) in enumerate(choices)
                 ],
                 "usage": {
                     "prompt_tokens": prompt_tokens,

@@ -14,6 +14,7 @@ import threading
 import time
 from base64 import b64encode
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -89,6 +90,51 @@ class ModelReply:
     response: dict[str, Any]
     server_kind: ServerKind | None = None
     """What the server was identified as before the call (recording must not probe it again)."""
+    texts: tuple[str, ...] = ()
+    """Every sequence generated, in order (`text` is the first); empty: just `text`."""
+    requests: int = 1
+    """HTTP requests it took: 1, or `n` when a server that ignores `n` was sent one per sample."""
+
+    @property
+    def sequences(self) -> tuple[str, ...]:
+        return self.texts or (self.text,)
+
+
+# Servers whose chat route samples `n` choices per request; TGI ignores `n` and llama.cpp's
+# servers do not take it, so they get one request per sample, sent together.
+NATIVE_N: frozenset[ServerKind] = frozenset({"vllm", "openai"})
+# Servers that take top_k on the chat route (TGI's Messages API has no such field).
+TAKES_TOP_K: frozenset[ServerKind] = frozenset({"vllm", "llama-cpp"})
+
+
+def fan_out_seeds(request: ModelRequest) -> list[int | None]:
+    """The seeds of the n requests that sample a request's n sequences one by one."""
+    if request.seed is None:
+        return [None] * request.n
+    return [(request.seed + i) % 2**31 for i in range(request.n)]
+
+
+def recorded_texts(response_text: str | None, sequences: int | None) -> tuple[str, ...]:
+    """A recorded call's sequences, from its `response_text` (the text, or for a call that sampled
+    several, their JSON list: see `stored_text`)."""
+    if sequences is not None and sequences > 1 and response_text:
+        try:
+            texts = json.loads(response_text)
+        except ValueError:
+            return (response_text,)
+        if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
+            return tuple(texts)
+    return (response_text or "",)
+
+
+def stored_text(reply: ModelReply) -> str | None:
+    """What a call records as `response_text`: the text, or the JSON list of a sampled call's
+    sequences, each cut to its share of the stored size."""
+    texts = reply.sequences
+    if len(texts) == 1:
+        return truncate(texts[0])
+    share = max(256, MAX_STORED_BODY // len(texts))
+    return json.dumps([truncate(t, share) for t in texts], ensure_ascii=False)
 
 
 def truncate(text: str | None, limit: int = MAX_STORED_BODY) -> str | None:
@@ -349,10 +395,19 @@ class ModelClient:
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,
         }
+        kind = self.info.kind if (request.top_k is not None or request.n > 1) else None
+        if request.top_p is not None:
+            payload["top_p"] = request.top_p
+        if request.top_k is not None and kind in TAKES_TOP_K:
+            payload["top_k"] = request.top_k
         if request.seed is not None:
             payload["seed"] = request.seed
         if request.stop:
             payload["stop"] = list(request.stop)
+        if request.n > 1:
+            payload["n"] = request.n
+            if kind not in NATIVE_N:  # sent as n requests, that differ only in their seed
+                payload["fan_out_seeds"] = fan_out_seeds(request)
         if request.json_schema is not None:
             fmt = response_format_for(self.info.kind, request.json_schema)
             if fmt is not None:
@@ -373,8 +428,33 @@ class ModelClient:
             OverloadedError, UnavailableError, ModelTimeoutError, MalformedReplyError: retryable.
             RequestRejectedError: the server refused the request; retrying will not help.
         """
+        if request.n > 1 and self.info.kind not in NATIVE_N:
+            return self._fan_out(request)
         with self.in_flight.slot():
             return self._complete(request)
+
+    def _fan_out(self, request: ModelRequest) -> ModelReply:
+        """`n` samples from a server that does not take `n`: n requests at once, seeds base, base+1,
+        ... (each in an in-flight slot of its own), recorded as one call of n requests. One failure
+        fails the call (the step retries all n: a partial expansion would not be the tree's)."""
+        singles = [replace(request, n=1, seed=seed) for seed in fan_out_seeds(request)]
+        with ThreadPoolExecutor(max_workers=request.n, thread_name_prefix="rstar-sample") as pool:
+            replies = list(pool.map(self.complete, singles))
+        first = replies[0]
+        texts = tuple(r.text for r in replies)
+        reasons = sorted({r.finish_reason for r in replies if r.finish_reason})
+        return replace(
+            first,
+            text=texts[0],
+            texts=texts,
+            requests=len(replies),
+            finish_reason=",".join(reasons)[:50] or None,
+            prompt_tokens=_sum_or_none(r.prompt_tokens for r in replies),
+            completion_tokens=_sum_or_none(r.completion_tokens for r in replies),
+            latency_ms=max(r.latency_ms for r in replies),
+            request=self.build_payload(request),
+            response={"responses": [r.response for r in replies]},
+        )
 
     def _complete(self, request: ModelRequest) -> ModelReply:
         # Identify the server first: a probe that fails now costs nothing, after the call it would
@@ -394,6 +474,9 @@ class ModelClient:
                 seed=payload.get("seed"),
                 stop=payload.get("stop"),
                 response_format=payload.get("response_format"),  # type: ignore[arg-type]
+                top_p=payload.get("top_p"),
+                n=payload.get("n"),
+                extra_body={"top_k": payload["top_k"]} if "top_k" in payload else None,
             )
         except InferenceTimeoutError as exc:
             raise ModelTimeoutError(
@@ -423,9 +506,13 @@ def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str
     raw = dict(out) if isinstance(out, dict) else {"unexpected": repr(out)[:MAX_STORED_BODY]}
     try:
         choice = out.choices[0]
-        text = choice.message.content
-        if not isinstance(text, str):
-            raise TypeError(f"message content is {type(text).__name__}")
+        texts = tuple(c.message.content for c in out.choices)
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"message content is {type(t).__name__}")
+        text = texts[0]
+        if len(texts) < payload.get("n", 1):
+            raise TypeError(f"{len(texts)} choices where {payload['n']} were asked for")
     except (AttributeError, IndexError, KeyError, TypeError) as exc:
         raise MalformedReplyError(
             f"reply from {base_url} is not a chat completion: {exc}",
@@ -433,7 +520,7 @@ def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str
             request=payload,
             latency_ms=latency,
         ) from exc
-    if len(text) > MAX_REPLY_CHARS:
+    if sum(len(t) for t in texts) > MAX_REPLY_CHARS:
         raise MalformedReplyError(
             f"reply from {base_url} is too large: {len(text)} characters (the limit is {MAX_REPLY_CHARS})",
             body=truncate(text, 2000),
@@ -442,14 +529,17 @@ def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str
         )
     usage = getattr(out, "usage", None)
     stored = json.loads(json.dumps(raw, default=str))
-    if len(text) > MAX_STORED_BODY:  # the text is stored (truncated) in response_text already
+    if sum(len(t) for t in texts) > MAX_STORED_BODY:  # the texts are in response_text already
         stored = {
             **stored,
             "choices": [{**_plain(c), "message": "[in response_text]"} for c in stored.get("choices") or []],
         }
+    reasons = sorted({str(r) for c in out.choices if (r := getattr(c, "finish_reason", None))})
+    finish = getattr(choice, "finish_reason", None) if len(texts) == 1 else ",".join(reasons)[:50] or None
     return ModelReply(
         text=text,
-        finish_reason=getattr(choice, "finish_reason", None),
+        texts=texts if len(texts) > 1 else (),
+        finish_reason=finish,
         prompt_tokens=_int_or_none(getattr(usage, "prompt_tokens", None)),
         completion_tokens=_int_or_none(getattr(usage, "completion_tokens", None)),
         latency_ms=latency,
@@ -461,6 +551,11 @@ def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str
 
 def _plain(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": repr(value)[:200]}
+
+
+def _sum_or_none(values: Iterator[int | None] | Any) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -7,12 +7,20 @@ from typing import Any
 
 from rstar.strategies.base import ParamError, Strategy, fit_roster
 from rstar.strategies.cot import CotStrategy
+from rstar.strategies.mcts import RStarStrategy
 from rstar.strategies.mutual import MutualStrategy
 from rstar.strategies.mutual_consistency import MutualConsistencyStrategy
 from rstar.strategies.self_consistency import SelfConsistencyStrategy
 
 STRATEGIES: dict[str, type[Any]] = {
-    cls.name: cls for cls in (MutualStrategy, MutualConsistencyStrategy, CotStrategy, SelfConsistencyStrategy)
+    cls.name: cls
+    for cls in (
+        MutualStrategy,
+        MutualConsistencyStrategy,
+        CotStrategy,
+        SelfConsistencyStrategy,
+        RStarStrategy,
+    )
 }
 
 

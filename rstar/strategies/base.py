@@ -76,6 +76,14 @@ class OutputView:
     text: str | None
     """The reply as received (what a reader sees when nothing could be parsed)."""
     parse_error: str | None = None
+    seq: int = 0
+    """Its place among its step's outputs (a step that samples several may write several)."""
+
+
+def output_key(step_key: str, seq: int = 0) -> str:
+    """An output's key in `ProblemState.outputs`: its step's key, "#seq" after for the second
+    and later outputs of a step."""
+    return step_key if seq == 0 else f"{step_key}#{seq}"
 
 
 # The seed strategies' two forms of output. Their kinds are fixed here so that reports and
@@ -366,3 +374,12 @@ def step_seed(base: int | None, step: StepSpec) -> int | None:
         return None
     digest = hashlib.blake2b(f"{base}:{step.key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & SEED_MASK
+
+
+def parse_reply(strategy: Strategy, step: StepSpec, texts: Sequence[str]) -> list[ParsedOutput]:
+    """A step's sequences as output rows: the strategy's `parse_samples` when it samples several
+    per step (an expansion's children, a vote), else `parse` of the one reply."""
+    parse_samples = getattr(strategy, "parse_samples", None)
+    if parse_samples is not None:
+        return list(parse_samples(step, tuple(texts)))
+    return [strategy.parse(step, texts[0] if texts else "")]

@@ -1,0 +1,272 @@
+"""rstar's search and discriminator on hand-built trees (pure: no database, no server)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rstar.strategies import ParamError, get_strategy
+from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_key
+from rstar.strategies.mcts.discriminator import Candidate, Verdict, choose, cut_prefixes
+from rstar.strategies.mcts.search import Stats, draw, replay, select_child, uct
+from rstar.strategies.mcts.strategy import RStarStrategy
+from rstar.strategies.mcts.tree import ROOT, Kind, Node, Tree, is_terminal_subquestion
+from tests.domain.memory_driver import MemoryRun
+
+QUESTION = "Tom has 2 apples and buys 3 more. How many apples does he have now?"
+
+
+def out(i: int, kind: Kind, key: str, parent: int | None, *, seq: int = 0, answer: str | None = None,
+        share: float | None = None, text: str = "t", subq: str | None = None) -> OutputView:  # fmt: skip
+    payload: dict[str, object] = {"text": text}
+    if share is not None:
+        payload["share"] = share
+    if subq is not None:
+        payload = {"subquestion": subq}
+    return OutputView(i, key, kind, "A", 1, parent, payload, answer, text, seq=seq)
+
+
+def tree_of(*outputs: OutputView) -> Tree:
+    return Tree.of(QUESTION, {output_key(o.step_key, o.seq): o for o in outputs})
+
+
+# -- the tree ---------------------------------------------------------------------------------
+
+
+def test_the_tree_hangs_each_node_under_its_parent_and_a_subanswer_under_the_subquestions_parent() -> None:
+    # Written out of order (as concurrent steps are): the tree is the same.
+    tree = tree_of(
+        out(5, Kind.A2, "x0.s0.q0.r0:a2", 4, answer="5", share=0.75, text="Step 3: The answer is: 5"),
+        out(3, Kind.A3, "q0.s0.q0:a3", 2, answer="3", share=0.5, text="He buys 3."),
+        out(2, Kind.A3_QUESTION, "x0.s0:a3q", 1, subq="How many apples does he buy?"),
+        out(1, Kind.A1, "x0:a1", None, text="2 + 3 = 5"),
+        out(4, Kind.A4, "x0.s0.q0:a4", 3, answer="3", share=1.0, text="He buys 3 apples."),
+        out(6, Kind.A1, "x0:a1", None, seq=1, text="2 * 3 = 6"),
+    )
+    assert tree.root.children == [1, 6]
+    assert [tree.nodes[i].name for i in (1, 6, 3, 4, 5)] == [
+        "0.s0",
+        "0.s1",
+        "0.s0.q0",
+        "0.s0.q0.r0",
+        "0.s0.q0.r0.d0",
+    ]
+    assert tree.nodes[1].children == [3]  # the sub-question (2) is not a node
+    assert [n.id for n in tree.path(5)] == [ROOT, 1, 3, 4, 5]
+    assert [n.depth for n in tree.path(5)] == [0, 1, 2, 3, 4]
+    assert tree.nodes[4].subquestion == "How many apples does he buy?"
+    # A4's answer replaces its parent's in the trajectory the next prompts extend.
+    assert tree.steps(4) == [
+        "Step 1: 2 + 3 = 5",
+        "Sub-question 1: How many apples does he buy?",
+        "Answer 1: He buys 3 apples.",
+    ]
+    assert tree.counts(5) == (1, 1)
+
+
+def test_terminal_subquestions() -> None:
+    assert is_terminal_subquestion("Now we can answer the question: how many apples?", QUESTION)
+    assert is_terminal_subquestion("So, how many apples does he have now?", QUESTION)
+    assert not is_terminal_subquestion("How many apples does he buy?", QUESTION)
+
+
+# -- UCT and backpropagation --------------------------------------------------------------------
+
+
+def test_uct_prefers_unvisited_then_the_best_bound() -> None:
+    stats = Stats()
+    parent = Node(ROOT, None, None, 0, children=[1, 2, 3])  # named "0"
+    leaf = [Node(i, Kind.A2, ROOT, 1) for i in (1, 2, 3)]
+    stats.add([parent, leaf[0]], 1.0)
+    stats.add([parent, leaf[1]], 0.0)
+    # 3 is unvisited: it is drawn before any UCT comparison.
+    assert select_child(parent, stats, 2.0, seed=0, rollout=3) == 3
+    stats.add([parent, leaf[2]], 0.5)
+    n_parent = 3
+    assert uct(stats, ROOT, 1, 2.0) == pytest.approx(1.0 + 2.0 * math.sqrt(math.log(n_parent) / 1))
+    assert select_child(parent, stats, 2.0, seed=0, rollout=4) == 1  # Q/N 1.0 beats 0.5 and 0.0
+    # With no exploration the exploitation term alone decides; 0 exploration keeps that order.
+    assert select_child(parent, stats, 0.0, seed=0, rollout=4) == 1
+
+
+def test_ties_are_broken_by_a_seeded_draw_that_repeats() -> None:
+    parent = Node(ROOT, None, None, 0, children=list(range(1, 9)))
+    picks = {select_child(parent, Stats(), 2.0, seed=s, rollout=1) for s in range(40)}
+    assert len(picks) > 3  # the seed matters...
+    assert all(
+        select_child(parent, Stats(), 2.0, seed=s, rollout=1)
+        == select_child(parent, Stats(), 2.0, seed=s, rollout=1)
+        for s in range(10)
+    )  # ...and the same seed draws the same child
+
+
+def test_replay_backpropagates_each_rollouts_reward_along_its_path_and_waits_at_an_unexpanded_node() -> None:
+    tree = tree_of(
+        out(1, Kind.A2, "x0:a2", None, answer="5", share=0.8),
+        out(2, Kind.A1, "x0:a1", None, text="2 + 3 = 5"),
+    )
+    assert tree.root.children == [1, 2]  # "0.d0" before "0.s0"
+    expanded = {ROOT}
+    seed = next(s for s in range(100) if draw([1, 2], s, 1, "0") == 1)  # rollout 1 draws the A2 answer
+    result = replay(
+        tree,
+        rollouts=3,
+        exploration=2.0,
+        seed=seed,
+        expanded=lambda n: n.id in expanded,
+        terminal=lambda n: n.kind == Kind.A2 or n.depth >= 5,
+        reward=lambda n: n.value or 0.0,
+    )
+    assert result.rollouts[0].path == (ROOT, 1) and result.rollouts[0].reward == 0.8
+    # Rollout 2 must take the other child (unvisited first), which is not expanded: it waits.
+    assert result.waiting_at == 2 and result.waiting_path == (ROOT, 2) and len(result.rollouts) == 1
+    assert result.stats.n(ROOT) == 1 and result.stats.q(ROOT) == pytest.approx(0.8)
+    assert result.stats.n(1) == 1 and result.stats.n(2) == 0
+
+
+def test_a_dead_end_ends_its_rollout_with_reward_zero() -> None:
+    tree = tree_of()
+    result = replay(tree, rollouts=2, exploration=2.0, seed=0, expanded=lambda n: True,
+                    terminal=lambda n: False, reward=lambda n: 1.0)  # fmt: skip
+    assert [r.reward for r in result.rollouts] == [0.0, 0.0] and result.waiting_at is None
+
+
+# -- the strategy's terminal rules, expansions and budget --------------------------------------
+
+
+def test_terminal_rules_and_rewards() -> None:
+    s = RStarStrategy({"max_depth": 3})
+    assert (
+        s.terminal(Node(1, Kind.A2, ROOT, 1, value=0.7))
+        and s.reward(Node(1, Kind.A2, ROOT, 1, value=0.7)) == 0.7
+    )
+    sub = Node(2, Kind.A3, ROOT, 1, value=0.4, terminal_subquestion=True)
+    assert s.terminal(sub) and s.reward(sub) == 0.4
+    assert not s.terminal(Node(3, Kind.A1, ROOT, 2, answer="5"))
+    deep = Node(4, Kind.A1, ROOT, 3, answer="5")
+    assert s.terminal(deep) and s.reward(deep) == 0.0  # the depth limit is no valid leaf
+
+
+def test_which_actions_expand_which_nodes() -> None:
+    s = RStarStrategy()
+    assert s.actions(Node(ROOT, None, None, 0)) == (Kind.A1, Kind.A2, Kind.A3_QUESTION, Kind.A5)
+    assert RStarStrategy({"a5": False}).actions(Node(ROOT, None, None, 0)) == (
+        Kind.A1,
+        Kind.A2,
+        Kind.A3_QUESTION,
+    )
+    assert s.actions(Node(1, Kind.A1, ROOT, 1)) == (Kind.A1, Kind.A2)
+    assert s.actions(Node(1, Kind.A3, ROOT, 1)) == (Kind.A1, Kind.A2, Kind.A3_QUESTION, Kind.A4)
+    assert s.actions(Node(1, Kind.A4, ROOT, 2)) == (Kind.A1, Kind.A2, Kind.A3_QUESTION)
+
+
+def test_parameters_are_checked() -> None:
+    with pytest.raises(ParamError, match="rollouts must be an integer"):
+        get_strategy("rstar", {"rollouts": 0})
+    with pytest.raises(ParamError, match="cut_low"):
+        get_strategy("rstar", {"cut_low": 0.9, "cut_high": 0.2})
+    with pytest.raises(ParamError, match="takes no samples"):
+        get_strategy("rstar", {"samples": 3})
+
+
+# -- cut points and the final choice -----------------------------------------------------------
+
+
+def test_cut_points_between_a_fifth_and_four_fifths_of_the_steps() -> None:
+    steps = [f"Step {i}" for i in range(1, 11)]
+    prefixes = cut_prefixes(steps, 4, 0.2, 0.8)
+    assert [p.count("Step") for p in prefixes] == [2, 4, 6, 8]
+    # Short trajectories give fewer distinct prefixes, never the whole nor nothing.
+    assert [p.count("Step") for p in cut_prefixes(steps[:3], 4, 0.2, 0.8)] == [1, 2]
+    # One step is cut by words.
+    assert cut_prefixes(["one two three four five"], 2, 0.2, 0.8) == ["one", "one two three four"]
+    assert cut_prefixes(["single"], 4, 0.2, 0.8) == []
+
+
+def test_the_final_choice_is_the_best_consistent_candidate_by_reward_times_confidence() -> None:
+    cands = [Candidate(1, "5", 0.9), Candidate(2, "6", 1.0), Candidate(3, "6", 0.6), Candidate(4, "5", 0.4)]
+    verdicts = {1: Verdict(1, 4, 3), 2: Verdict(2, 4, 1), 3: Verdict(3, 4, 2), 4: Verdict(4, 2, 2)}
+    choice = choose(cands, verdicts)
+    # Consistent: 1 (0.9 x 0.5), 3 (0.6 x 0.5), 4 (0.4 x 0.5); 2 has the best reward but 1 of 4.
+    assert (choice.node, choice.answer) == (1, "5")
+    assert "3 of 4 candidate trajectories are mutually consistent" in choice.reason
+
+
+def test_with_none_consistent_the_majority_wins_and_the_reference_is_never_asked() -> None:
+    cands = [Candidate(1, "5", 0.9), Candidate(2, "6", 0.2), Candidate(3, "6", 0.3)]
+    choice = choose(cands, {c.node: Verdict(c.node, 4, 0) for c in cands})
+    assert (choice.node, choice.answer) == (3, "6")  # the majority; its best reward
+    assert "None of the 3" in choice.reason
+
+
+def test_a_nearly_unanimous_search_skips_the_discriminator() -> None:
+    s = RStarStrategy({"skip_discriminator_at": 0.9})
+    assert s.skips_discriminator([Candidate(i, "5", 1.0) for i in range(10)])
+    assert s.skips_discriminator([Candidate(i, "5" if i else "6", 1.0) for i in range(10)])  # 9 of 10
+    assert not s.skips_discriminator([Candidate(i, "5" if i > 1 else "6", 1.0) for i in range(10)])
+
+
+# -- a whole search in memory --------------------------------------------------------------------
+
+
+def scripted(spec: StepSpec, request: object) -> list[str]:
+    n = request.n  # type: ignore[attr-defined]
+    if spec.kind == Kind.A1:
+        return [f"Step 1: 2 + 3 = {5 + i}" for i in range(n)]
+    if spec.kind == Kind.A3_QUESTION:
+        return ["Sub-question 1: How many does he buy?"] * n
+    if spec.kind == Kind.A5:
+        return ["Condition 1: Tom has 2. Condition 2: he buys 3. Question: how many?"]
+    if spec.kind == Kind.COMPLETE:
+        return ["Step 2: The answer is: 5"]
+    return [f"Step 1: 2 + 3 = 5\nThe answer is: {5 if i % 3 else 7}" for i in range(n)]
+
+
+def test_a_search_in_memory_runs_its_rollouts_and_every_request_extends_its_parents_prompt() -> None:
+    strategy = RStarStrategy({"rollouts": 6, "votes": 3, "last_votes": 6, "max_depth": 3})
+    run = MemoryRun(strategy, QUESTION)
+    selection = run.run(scripted)
+    assert selection is not None and selection.rounds_used == 6
+    assert selection.answer == "5"
+    # One expansion's samples go out together: n per request.
+    by_kind = {spec.kind: r.n for spec, r in run.requests}
+    assert by_kind[Kind.A1] == 3 and by_kind[Kind.A3_QUESTION] == 3 and by_kind[Kind.A5] == 1
+    assert all(len(r.stop) <= 4 for _, r in run.requests)  # TGI's default max_stop_sequences
+    assert all(r.json_schema is None for _, r in run.requests)  # prose "Step k:" lines, as the paper's
+    assert {r.n for spec, r in run.requests if spec.kind == Kind.A2} <= {3, 6}
+    # A child's prompt extends its parent's trajectory (what a prefix cache reuses).
+    tree = Tree.of(QUESTION, run.outputs)
+    for spec, request in run.requests:
+        if spec.key.startswith("x") and not spec.key.startswith("x0:"):
+            node = tree.node(spec.key[1:].split(":")[0]).id
+            parent = tree.nodes[node].parent
+            user = request.messages[-1].content
+            assert "\n".join(["Question: " + tree.question_at(node), *tree.steps(parent or ROOT)]) in user
+
+
+def test_a_search_interrupted_at_any_step_continues_with_the_same_requests() -> None:
+    strategy = RStarStrategy({"rollouts": 5, "votes": 3, "last_votes": 4, "max_depth": 3})
+    whole = MemoryRun(strategy, QUESTION)
+    whole.run(scripted)
+    keys = [spec.key for spec, _ in whole.requests]
+    for stop in (1, 4, 9):
+        part = MemoryRun(strategy, QUESTION)
+        assert part.run(scripted, stop_after=stop) is None
+        # The persisted part is all a new run sees: it asks only for what is missing.
+        resumed = MemoryRun(
+            strategy, QUESTION, steps=dict(part.steps), outputs=dict(part.outputs), _ids=part._ids
+        )
+        selection = resumed.run(scripted)
+        assert selection is not None
+        assert [spec.key for spec, _ in part.requests + resumed.requests] == keys
+
+
+def test_the_state_keys_a_steps_later_outputs_by_seq() -> None:
+    assert output_key("x0:a1") == "x0:a1" and output_key("x0:a1", 2) == "x0:a1#2"
+    state = ProblemState(QUESTION, ("A",), {"x0:a1": StepView("x0:a1", "a1_step", "A", 1, "done")}, {})
+    assert RStarStrategy().parent(StepSpec("x0:a1", Kind.A1, "A", 1), state) is None
+    with_subq = ProblemState(
+        QUESTION, ("A",), {}, {"x0:a3q#1": out(12, Kind.A3_QUESTION, "x0:a3q", None, seq=1, subq="How many?")}
+    )
+    assert RStarStrategy().parent(StepSpec("q0.q1:a3", Kind.A3, "A", 1), with_subq) == 12
