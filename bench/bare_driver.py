@@ -36,6 +36,7 @@ class BareResult:
     calls: int
     """HTTP requests answered (a fanned-out sample counts one)."""
     retries_429: int
+    sequences: int
     answers: dict[int, str | None]
     rounds: dict[int, int]
     cpu_s: float
@@ -80,6 +81,7 @@ class BareDriver:
         self.concurrency = concurrency
         self.timeout = timeout
         self.calls = 0
+        self.sequences = 0
         self.retries_429 = 0
         self._ids = 0
         self._endpoints: dict[str, _Endpoint] = {}
@@ -129,6 +131,7 @@ class BareDriver:
         parent = self.strategy.parent(spec, state)
         payload = self._endpoints[self.urls[spec.model]].payloads.build_payload(request)
         texts = await self._sample(spec.model, payload)
+        self.sequences += len(texts)
         for seq, parsed in enumerate(parse_reply(self.strategy, spec, texts)):
             problem.outputs[output_key(spec.key, seq)] = OutputView(
                 id=self._next_id(),
@@ -179,6 +182,7 @@ class BareDriver:
             makespan_s=makespan,
             calls=self.calls,
             retries_429=self.retries_429,
+            sequences=self.sequences,
             answers={i: a for i, (a, _) in enumerate(results)},
             rounds={i: r for i, (_, r) in enumerate(results)},
             cpu_s=cpu,

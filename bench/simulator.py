@@ -10,6 +10,8 @@ grows with the batch: an idle slot is GPU time thrown away. Like TGI, it refuses
 
 Replies follow the mutual protocol deterministically per question (see `mutual_reply`): about half
 of the problems agree in round 1, the rest need 2 or 3 rounds, so problems go through real rounds.
+rstar's MCTS prompts get replies in the paper's shape (`rstar_reply`); like TGI, the simulator
+ignores `n`, so a many-sample expansion arrives as that many requests.
 
 Run standalone (prints the URL once listening; serves until SIGTERM):
 
@@ -162,6 +164,53 @@ def mutual_reply(user: str, response_format: Any, max_tokens: int | None) -> tup
     if max_tokens is not None and max_tokens > 0:
         tokens = min(tokens, max_tokens)
     return json.dumps(body), tokens
+
+
+# -- rstar's MCTS requests, scripted ---------------------------------------------------------
+
+_QUESTION_LINE = re.compile(r"^Question: (.*)$", re.M)
+_WRITE_ONLY = re.compile(r'Write only "(?:Step|Sub-question) (\d+):"')
+
+
+def is_rstar_prompt(user: str) -> bool:
+    return "The answer is: <number>" in user or "Rewrite the question as a list of conditions" in user
+
+
+def rstar_reply(user: str, seed: object, max_tokens: int | None) -> tuple[str, int]:
+    """(reply text, generated tokens) for an rstar prompt, in the paper's shape: short single steps
+    (A1: ~15-40 tokens) and sub-questions (~10-25), medium sub-answers (~30-70), long chains of
+    thought (A2 and the discriminator's completions: ~100-260), the answer right for two seeds in
+    three. Deterministic per question, instruction and seed, so both drivers grow the same trees."""
+    found = _QUESTION_LINE.search(user)
+    question = found.group(1) if found else user
+    right = right_answer(question)
+    answer = right if _digest("rstar-right", question, seed) % 3 else right + 1
+    k_found = _WRITE_ONLY.search(user)
+    k = int(k_found.group(1)) if k_found else 1
+    salt = _digest("rstar-len", question, seed, user[-80:])
+    if 'Write only "Step' in user:
+        tokens = 15 + salt % 26
+        tail = f" The answer is: {answer}" if k >= 3 and salt % 2 else ""
+        text = f"Step {k}: {_filler(tokens - 3, salt)}{tail}"
+    elif 'Write only "Sub-question' in user:
+        tokens = 10 + salt % 16
+        lead = "Now we can answer the question:" if salt % 3 == 0 else "How many"
+        text = f"Sub-question {k}: {lead} {_filler(tokens - 4, salt)}?"
+    elif "Answer Sub-question" in user:
+        tokens = 30 + salt % 41
+        text = f"Answer {k}: {_filler(tokens - 4, salt)}. The answer is: {answer}"
+    elif "Rewrite the question" in user:
+        tokens = 40 + salt % 41
+        text = f"Condition 1: {_filler(tokens - 4, salt)}. Question: {question}"
+    else:  # A2's remaining steps, a completion of a cut trajectory
+        tokens = 100 + salt % 161
+        n_steps = max(2, min(8, tokens // 30))
+        per_step = max(3, tokens * 3 // 4 // n_steps)
+        steps = [f"Step {i + 1}: {_filler(per_step, salt + i)}" for i in range(n_steps)]
+        text = "\n".join([*steps, f"The answer is: {answer}"])
+    if max_tokens is not None and max_tokens > 0:
+        tokens = min(tokens, max_tokens)
+    return text, tokens
 
 
 # -- the continuous-batching engine ----------------------------------------------------------
@@ -392,7 +441,10 @@ class SimServer:
             except (ValueError, KeyError, TypeError, StopIteration):
                 return _json(422, {"error": "Input validation error", "error_type": "validation"})
             prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-            text, tokens = mutual_reply(user, body.get("response_format"), body.get("max_tokens"))
+            if is_rstar_prompt(user):
+                text, tokens = rstar_reply(user, body.get("seed"), body.get("max_tokens"))
+            else:
+                text, tokens = mutual_reply(user, body.get("response_format"), body.get("max_tokens"))
             await engine.generate(prompt_tokens, tokens)
             reply = {
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",

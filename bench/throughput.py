@@ -4,9 +4,11 @@
     python -m bench.throughput --problems 500 --concurrency 64 --matrix        # 1|2 endpoints x 1|2 workers
     python -m bench.throughput --problems 500 --concurrency 64 --matrix --database postgres
 
-Both drivers run the mutual strategy's calls for the same GSM8K questions against fresh simulated
-servers (`bench.simulator`, one per endpoint, each admitting `--concurrency` requests at once and
-answering 429 beyond that). The bare driver keeps `--concurrency` requests in flight per endpoint
+Both drivers run a strategy's calls (mutual by default; `--strategy rstar --param rollouts=4 ...`
+for the MCTS-shaped mode: many samples per expansion, short steps, long completions) for the
+same GSM8K questions against fresh simulated servers (`bench.simulator`, one per endpoint, each
+admitting `--concurrency` requests at once and answering 429 beyond that).
+The bare driver keeps `--concurrency` requests in flight per endpoint
 with a semaphore; the system runs `rstar worker` processes (Celery, threads pool) on a fresh
 database and a private Redis database, fed by `submit_job`. Printed and written to
 `docs/results/throughput/`: makespans and their ratio (bare makespan / system makespan = system
@@ -139,10 +141,16 @@ class RunResult:
     threads_per_worker: int = 0
     rounds: dict[str, int] = field(default_factory=dict)
     series: list[list[tuple[float, int]]] = field(default_factory=list)
+    sequences: int = 0
+    """Generated sequences (an rstar call that samples n counts n)."""
 
     @property
     def cpu_ms_per_call(self) -> float:
         return 1000.0 * self.driver_cpu_s / max(self.calls, 1)
+
+    @property
+    def cpu_ms_per_sequence(self) -> float:
+        return 1000.0 * self.driver_cpu_s / max(self.sequences, 1)
 
     @property
     def rows_per_s(self) -> float:
@@ -176,7 +184,13 @@ def _role_urls(sims: Sequence[SimulatorProcess]) -> dict[str, str]:
 
 
 def run_bare_once(
-    questions: list[str], cfg: SimConfig, endpoints: int, concurrency: int, tmp: Path
+    questions: list[str],
+    cfg: SimConfig,
+    endpoints: int,
+    concurrency: int,
+    tmp: Path,
+    strategy: str = "mutual",
+    params: dict[str, Any] | None = None,
 ) -> RunResult:
     with simulators(cfg, endpoints, tmp) as sims:
         window = CpuWindow()
@@ -184,7 +198,7 @@ def run_bare_once(
         sim_cpu0 = sum(s.cpu_seconds() for s in sims)
         for s in sims:
             s.reset()
-        res = run_bare(questions, _role_urls(sims), concurrency=concurrency)
+        res = run_bare(questions, _role_urls(sims), concurrency=concurrency, strategy=strategy, params=params)
         window.close(DEFAULT_REDIS)
         totals, series = _sim_totals(sims)
         sim_cpu = sum(s.cpu_seconds() for s in sims) - sim_cpu0
@@ -199,6 +213,7 @@ def run_bare_once(
         problems=len(questions),
         makespan_s=res.makespan_s,
         calls=res.calls,
+        sequences=res.sequences,
         answered=sum(1 for a in res.answers.values() if a is not None),
         server_requests=totals["requests"],
         rejected_429=totals["rejected_429"],
@@ -321,8 +336,9 @@ def worker_processes(
                 p.wait()
 
 
-def _count_rows(db_url: str, job_id: int) -> tuple[int, int, dict[str, int], int]:
-    """(rows written for the job, problems answered, rounds histogram, model calls recorded)."""
+def _count_rows(db_url: str, job_id: int) -> tuple[int, int, dict[str, int], int, int]:
+    """(rows written for the job, problems answered, rounds histogram, model calls recorded,
+    sequences generated)."""
     from sqlalchemy import func, select
 
     from db.models import Job, ModelCall, Output, Problem, Selection, Step
@@ -351,8 +367,10 @@ def _count_rows(db_url: str, job_id: int) -> tuple[int, int, dict[str, int], int
         calls = (
             s.scalar(select(func.count()).select_from(ModelCall).where(ModelCall.problem_id.in_(pids))) or 0
         )
+        sequences = s.scalar(select(func.sum(ModelCall.sequences)).where(ModelCall.problem_id.in_(pids))) or 0
         assert s.get(Job, job_id) is not None
-    return rows, answered, {str(k): v for k, v in sorted(hist.items(), key=lambda kv: kv[0] or 0)}, calls
+    hist_sorted = {str(k): v for k, v in sorted(hist.items(), key=lambda kv: kv[0] or 0)}
+    return rows, answered, hist_sorted, calls, sequences
 
 
 def _finished_at(db_url: str, job_id: int) -> datetime | None:
@@ -384,6 +402,8 @@ def run_system_once(
     tmp: Path,
     worker_env: dict[str, str],
     timeout: float,
+    strategy: str = "mutual",
+    params: dict[str, Any] | None = None,
 ) -> RunResult:
     from celery import current_app
 
@@ -419,8 +439,8 @@ def run_system_once(
                 job = submit_job(
                     settings=settings,
                     name="bench",
-                    strategy_name="mutual",
-                    params={},
+                    strategy_name=strategy,
+                    params=dict(params or {}),
                     models=[ModelEntry(name, url) for name, url in urls.items()],
                     source=None,
                     problems=problems,
@@ -443,7 +463,7 @@ def run_system_once(
         finally:
             app.close()
             previous.set_current()
-        rows, answered, hist, calls = _count_rows(db_url, job.job_id)
+        rows, answered, hist, calls, sequences = _count_rows(db_url, job.job_id)
         if threads is None:  # what the worker sized itself to, from its start-up line
             found = re.search(r"worker: (\d+) threads", (tmp / "worker0.log").read_text(errors="replace"))
             threads = int(found.group(1)) if found else 0
@@ -455,6 +475,7 @@ def run_system_once(
         problems=len(questions),
         makespan_s=makespan,
         calls=calls,
+        sequences=sequences,
         answered=answered,
         server_requests=totals["requests"],
         rejected_429=totals["rejected_429"],
@@ -480,6 +501,7 @@ def run_system_once(
 
 def _fmt_row(bare: RunResult, system: RunResult) -> str:
     ratio = bare.makespan_s / system.makespan_s if system.makespan_s else 0.0
+    seq_multiple = system.cpu_ms_per_sequence / max(bare.cpu_ms_per_sequence, 1e-9)
     cells = [
         str(system.endpoints),
         str(system.workers),
@@ -493,6 +515,8 @@ def _fmt_row(bare: RunResult, system: RunResult) -> str:
         f"{system.rejected_429} / {bare.rejected_429}",
         f"{system.cpu_ms_per_call:.2f} ({system.cpu_ms_per_call / max(bare.cpu_ms_per_call, 1e-9):.1f}x "
         f"the bare driver's {bare.cpu_ms_per_call:.2f})",
+        f"{system.cpu_ms_per_sequence:.2f} ({seq_multiple:.1f}x"
+        f" the bare driver's {bare.cpu_ms_per_sequence:.2f})",
         f"{system.submit_wall_s:.2f} s, "
         f"{1000 * system.submit_cpu_s / max(system.problems, 1):.2f} ms/problem",
         f"{system.worker_peak_rss_mb:.0f}",
@@ -507,15 +531,22 @@ TABLE_HEADER = (
     "| endpoints | workers | database | threads/worker | model calls (system / bare) | bare makespan s "
     "| system makespan s | throughput ratio (system / bare) | mean in-flight per server (system / bare) "
     "| 429s (system / bare) | orchestration CPU ms per call (multiple of the bare driver's) "
+    "| CPU ms per generated sequence (multiple of the bare driver's) "
     "| submit (wall, CPU) | worker peak RSS MB "
     "| DB rows written / s | machine CPU busy (system / bare) | simulator / Redis CPU s (system run) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def markdown(pairs: list[tuple[RunResult, RunResult]], command: str, cfg: SimConfig, concurrency: int) -> str:
+def markdown(
+    pairs: list[tuple[RunResult, RunResult]],
+    command: str,
+    cfg: SimConfig,
+    concurrency: int,
+    strategy: str = "mutual",
+) -> str:
     lines = [
-        "# Throughput: rstar-batch against the bare asyncio driver",
+        f"# Throughput: rstar-batch against the bare asyncio driver ({strategy})",
         "",
         "Produced by:",
         "",
@@ -547,8 +578,8 @@ def markdown(pairs: list[tuple[RunResult, RunResult]], command: str, cfg: SimCon
     for b, s in pairs:
         lines.append(
             f"- {s.endpoints} endpoint(s), {s.workers} worker(s), {s.database}: answered {s.answered}/"
-            f"{s.problems}, rounds {s.rounds} (bare {b.rounds}); bare driver CPU "
-            f"{b.cpu_ms_per_call:.2f} ms/call."
+            f"{s.problems}, rounds {s.rounds} (bare {b.rounds}); sequences {s.sequences} (bare"
+            f" {b.sequences}); bare driver CPU {b.cpu_ms_per_call:.2f} ms/call."
         )
     return "\n".join(lines) + "\n"
 
@@ -600,6 +631,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--problems", type=int, default=500)
+    parser.add_argument(
+        "--strategy",
+        default="mutual",
+        help="the strategy both drivers run: mutual (default) or rstar (the MCTS-shaped mode)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a strategy parameter (VALUE in JSON), repeatable; e.g. --param rollouts=4",
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="in-flight requests per endpoint")
     parser.add_argument("--endpoints", type=int, choices=(1, 2), default=1)
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="worker processes")
@@ -638,6 +681,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     configs = [(1, 1), (1, 2), (2, 1), (2, 2)] if args.matrix else [(args.endpoints, args.workers)]
     questions = load_questions(args.problems, args.questions)
     worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
     pairs: list[tuple[RunResult, RunResult]] = []
     bare_by_endpoints: dict[int, RunResult] = {}
     check_private_redis(args.redis_url)
@@ -649,7 +693,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 f"bare driver: {args.problems} problems, {endpoints} endpoint(s), "
                 f"concurrency {args.concurrency}"
             )
-            bare = run_bare_once(questions, cfg, endpoints, args.concurrency, tmp)
+            bare = run_bare_once(questions, cfg, endpoints, args.concurrency, tmp, args.strategy, params)
             log(
                 f"  makespan {bare.makespan_s:.1f} s, {bare.calls} calls, "
                 f"mean in-flight {bare.mean_in_flight:.1f}"
@@ -673,6 +717,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             tmp=tmp,
             worker_env={"RSTAR_WORKERS_PER_ENDPOINT": str(workers), **worker_env},
             timeout=args.timeout,
+            strategy=args.strategy,
+            params=params,
         )
         ratio = bare.makespan_s / system.makespan_s
         log(
@@ -690,7 +736,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         f"matrix-{args.database}" if args.matrix else f"e{args.endpoints}-w{args.workers}-{args.database}"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    text = markdown(pairs, command, cfg, args.concurrency)
+    text = markdown(pairs, command, cfg, args.concurrency, args.strategy)
     (args.out / f"{name}.md").write_text(text + f"\n![in-flight requests over time]({name}.png)\n")
     plot(pairs, args.out / f"{name}.png", cfg.max_concurrent_requests)
     raw = [{"bare": {**asdict(b), "series": None}, "system": {**asdict(s), "series": None}} for b, s in pairs]

@@ -10,8 +10,8 @@ import pytest
 
 from rstar.prompts import SOLUTION_SCHEMA
 from rstar.types import ChatMessage, ModelRequest
-from tests.fakeserver import FakeInferenceServer, Reply
-from workers.client import ModelClient, probe_server
+from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
+from workers.client import ModelClient, probe_server, recorded_texts, stored_text
 from workers.errors import (
     MalformedReplyError,
     ModelTimeoutError,
@@ -142,3 +142,68 @@ def test_connection_refused_is_retryable() -> None:
         ModelClient(url, kind="tgi", timeout=2).complete(REQUEST)
     with pytest.raises(UnavailableError, match="cannot identify"):
         probe_server(url, timeout=2)
+
+
+# -- n samples per request ----------------------------------------------------------------------
+
+SAMPLED = ModelRequest(
+    messages=(ChatMessage("user", "Next step?"),),
+    temperature=0.8,
+    max_tokens=32,
+    seed=7,
+    n=3,
+    top_p=0.95,
+    top_k=40,
+)
+
+
+def _by_choice_and_seed(request: FakeRequest) -> str:
+    return f"sample choice={request.choice} seed={(request.body or {}).get('seed')}"
+
+
+def test_vllm_samples_n_in_one_request_and_the_record_keeps_every_sequence() -> None:
+    with FakeInferenceServer(_by_choice_and_seed, kind="vllm") as srv:
+        reply = ModelClient(srv.url, timeout=5).complete(SAMPLED)
+        assert srv.request_count == 1
+        sent = srv.requests[0].body
+    assert sent is not None and sent["n"] == 3 and sent["top_p"] == 0.95 and sent["top_k"] == 40
+    assert reply.sequences == tuple(f"sample choice={i} seed=7" for i in range(3))
+    assert reply.requests == 1 and reply.request["n"] == 3 and "fan_out_seeds" not in reply.request
+    assert len(reply.response["choices"]) == 3
+    # What the call records as response_text gives the sequences back (a resumed step reads it).
+    assert recorded_texts(stored_text(reply), len(reply.sequences)) == reply.sequences
+
+
+@pytest.mark.parametrize("kind", ["tgi", "llama-cpp"])
+def test_servers_that_ignore_n_get_n_requests_at_once_with_their_own_seeds(kind: str) -> None:
+    with FakeInferenceServer(_by_choice_and_seed, kind=kind) as srv:  # type: ignore[arg-type]
+        reply = ModelClient(srv.url, timeout=5).complete(SAMPLED)
+        bodies = [r.body or {} for r in srv.requests]
+    assert sorted(b["seed"] for b in bodies) == [7, 8, 9]
+    assert all("n" not in b for b in bodies)
+    # TGI's Messages API has no top_k; llama.cpp's servers take it.
+    assert all(("top_k" in b) is (kind == "llama-cpp") for b in bodies)
+    assert reply.sequences == tuple(f"sample choice=0 seed={s}" for s in (7, 8, 9))
+    assert reply.requests == 3
+    assert reply.request["n"] == 3 and reply.request["fan_out_seeds"] == [7, 8, 9]
+    assert len(reply.response["responses"]) == 3
+    assert reply.completion_tokens == sum(
+        r["usage"]["completion_tokens"] for r in reply.response["responses"]
+    )
+
+
+def test_one_failed_sample_fails_the_call() -> None:
+    with FakeInferenceServer(_by_choice_and_seed, kind="tgi") as srv:
+        srv.inject(Reply(status=503, error="busy"))
+        with pytest.raises(UnavailableError):
+            ModelClient(srv.url, timeout=5).complete(SAMPLED)
+
+
+def test_a_server_that_returns_fewer_choices_than_asked_is_a_malformed_reply() -> None:
+    one = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "a"},
+                                   "finish_reason": "stop"}]}).encode()  # fmt: skip
+    with FakeInferenceServer(kind="vllm") as srv:
+        srv.inject(Reply(raw_body=one))
+        with pytest.raises(MalformedReplyError, match="1 choices where 3 were asked for"):
+            ModelClient(srv.url, timeout=5).complete(SAMPLED)

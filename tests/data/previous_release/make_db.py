@@ -350,12 +350,16 @@ def wait_finished(db: Path, job_id: int, proc: subprocess.Popen[bytes], *, timeo
 def job_rows(db: Path) -> list[dict[str, object]]:
     with contextlib.closing(sqlite3.connect(db)) as con:
         con.row_factory = sqlite3.Row
-        query = (
-            "SELECT id, name, strategy, params, status, resume_from_id, model_a_url, model_b_url, source "
-            "FROM jobs ORDER BY id"
-        )
+        columns = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
+        # A release from 0003 on keeps the roster in jobs.models: its A and B are listed the same.
+        urls = "model_a_url, model_b_url" if "model_a_url" in columns else "models"
+        query = f"SELECT id, name, strategy, params, status, resume_from_id, {urls}, source FROM jobs"
+        query += " ORDER BY id"
         jobs = [dict(r) for r in con.execute(query)]
         for job in jobs:
+            if "models" in job:
+                roster = {m["name"]: m["url"] for m in json.loads(str(job.pop("models")))}
+                job["model_a_url"], job["model_b_url"] = roster.get("A"), roster.get("B")
             job["params"] = json.loads(str(job["params"]))
             job["problems"] = [
                 dict(r)
@@ -444,11 +448,20 @@ counts, statuses, errors, accuracy, rounds) is the same every time.
 def check_reviews(db: Path, job_id: int) -> list[str]:
     """The mutual job has an "uncertain" verdict, a wrong answer accepted and a review in prose."""
     with contextlib.closing(sqlite3.connect(db)) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        # Releases from 0003 on keep reviews as outputs (verdict and structured in the payload).
+        reviews = (
+            "reviews r JOIN solutions s ON s.id = r.target_solution_id"
+            if "reviews" in tables
+            else "(SELECT o.*, json_extract(o.payload, '$.verdict') AS verdict,"
+            " json_extract(o.payload, '$.structured') AS structured FROM outputs o WHERE o.kind = 'review') r"
+            " JOIN outputs s ON s.id = r.parent_id"
+        )
         found = con.execute(
             "SELECT sum(r.verdict = 'uncertain'), "
             # the lenient verdict, not the common mistake (which both models accept)
             "sum(r.verdict = 'correct' AND s.answer != p.reference_answer AND p.line != ?), "
-            "sum(NOT r.structured) FROM reviews r JOIN solutions s ON s.id = r.target_solution_id "
+            f"sum(NOT r.structured) FROM {reviews} "
             "JOIN problems p ON p.id = r.problem_id WHERE p.job_id = ?",
             (COMMON_MISTAKE + 1, job_id),
         ).fetchone()
