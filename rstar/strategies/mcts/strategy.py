@@ -175,6 +175,15 @@ class RStarStrategy:
 
     # -- the tree and the search ----------------------------------------------------------------
 
+    def tree(self, state: ProblemState) -> Tree:
+        """The state's tree, built once per state: a step asks for its parent, then its request."""
+        last = getattr(self, "_last_tree", None)
+        if last is not None and last[0] is state:
+            return last[1]
+        tree = Tree.of(state.question, state.outputs)
+        self._last_tree = (state, tree)
+        return tree
+
     def generator(self, models: Sequence[str]) -> str:
         return models[0]
 
@@ -218,7 +227,7 @@ class RStarStrategy:
         return all(state.done(f"q{q}:a3") for q in tree.subquestions_of(node))
 
     def search(self, state: ProblemState) -> tuple[Tree, SearchState]:
-        tree = Tree.of(state.question, state.outputs)
+        tree = self.tree(state)
         result = replay(
             tree,
             rollouts=self.p.rollouts,
@@ -272,7 +281,7 @@ class RStarStrategy:
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         what, name, rest = parse_key(step.key)
-        tree = Tree.of(state.question, state.outputs)
+        tree = self.tree(state)
         p = self.p
         sample = {
             "temperature": p.temperature,
@@ -363,7 +372,7 @@ class RStarStrategy:
 
     def parent(self, step: StepSpec, state: ProblemState) -> int | None:
         what, name, _ = parse_key(step.key)
-        tree = Tree.of(state.question, state.outputs)
+        tree = self.tree(state)
         if what == "q":
             return tree.subquestions[name].id
         return tree.by_name[name] or None  # the root is no output
