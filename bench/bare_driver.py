@@ -26,7 +26,7 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
 from rstar.strategies import get_strategy
-from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_key, parse_reply
+from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_views
 from workers.client import ModelClient
 
 
@@ -132,20 +132,7 @@ class BareDriver:
         payload = self._endpoints[self.urls[spec.model]].payloads.build_payload(request)
         texts = await self._sample(spec.model, payload)
         self.sequences += len(texts)
-        for seq, parsed in enumerate(parse_reply(self.strategy, spec, texts)):
-            problem.outputs[output_key(spec.key, seq)] = OutputView(
-                id=self._next_id(),
-                step_key=spec.key,
-                kind=str(spec.kind),
-                model=spec.model,
-                round=spec.round,
-                parent_id=parent,
-                payload=parsed.payload,
-                answer=parsed.answer,
-                text=parsed.text if parsed.text is not None else texts[0],
-                parse_error=parsed.parse_error,
-                seq=seq,
-            )
+        problem.outputs.update(output_views(self.strategy, spec, parent, texts, self._next_id))
         problem.steps[spec.key] = StepView(spec.key, str(spec.kind), spec.model, spec.round, "done")
 
     async def _solve(self, problem: _Problem) -> tuple[str | None, int]:

@@ -114,11 +114,11 @@ def test_the_readme_sql_queries_run_on_the_views(
     if backend == "sqlite":
         url = _migrated_copy(tmp_path)
     else:
-        from tests.test_migration_0003 import _copy_rows
+        from tests.test_migration_0003 import copy_rows
 
         url = request.getfixturevalue("postgres_url")
         migrate.upgrade(url, "0002")
-        _copy_rows(f"sqlite:///{RELEASE / 'jobs.sqlite'}", url)
+        copy_rows(f"sqlite:///{RELEASE / 'jobs.sqlite'}", url)
         migrate.upgrade(url)
     queries = _readme_queries()
     assert len(queries) == 3

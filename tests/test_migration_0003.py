@@ -33,15 +33,16 @@ JOBS = json.loads((GOLDEN / "jobs.json").read_text())
 TABLES = ("jobs", "problems", "steps", "model_calls", "solutions", "reviews", "selections")
 
 
-def _copy_rows(source: str, target: str) -> None:
-    """Every row of the release's tables from `source` into `target` (at revision 0002)."""
+def copy_rows(source: str, target: str, tables: tuple[str, ...] = TABLES) -> None:
+    """Every row of a release's tables from `source` into `target` (at that release's revision),
+    parents before children."""
     src, dst = sa.create_engine(source), sa.create_engine(target)
     # Reflected, so values come out and go in typed (SQLite's JSON text, dates, booleans).
     src_meta, dst_meta = sa.MetaData(), sa.MetaData()
-    src_meta.reflect(src, only=TABLES)
-    dst_meta.reflect(dst, only=TABLES)
+    src_meta.reflect(src, only=tables)
+    dst_meta.reflect(dst, only=tables)
     with src.connect() as read, dst.begin() as write:
-        for name in TABLES:
+        for name in tables:
             table = src_meta.tables[name]
             rows = [dict(r._mapping) for r in read.execute(sa.select(table).order_by(table.c.id))]
             if rows:
@@ -55,24 +56,38 @@ def _copy_rows(source: str, target: str) -> None:
     dst.dispose()
 
 
+def open_release_db(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    settings_env: pytest.MonkeyPatch,
+    *,
+    release: Path,
+    revision: str,
+    tables: tuple[str, ...],
+) -> str:
+    """A release's database as it left it (at `revision`), as RSTAR_DATABASE_URL: its SQLite file,
+    or the same rows in PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "jobs.sqlite"
+        shutil.copy(release / "jobs.sqlite", path)
+        url = f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        migrate.upgrade(url, revision)
+        copy_rows(f"sqlite:///{release / 'jobs.sqlite'}", url, tables)
+    assert migrate.current_revision(url) == revision
+    settings_env.setenv("RSTAR_DATABASE_URL", url)
+    settings_env.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def release_db(
     request: pytest.FixtureRequest, tmp_path: Path, settings_env: pytest.MonkeyPatch
 ) -> Iterator[str]:
     """A database as the previous release left it (revision 0002), as RSTAR_DATABASE_URL."""
-    if request.param == "sqlite":
-        path = tmp_path / "jobs.sqlite"
-        shutil.copy(RELEASE / "jobs.sqlite", path)
-        url = f"sqlite:///{path}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        migrate.upgrade(url, "0002")
-        _copy_rows(f"sqlite:///{RELEASE / 'jobs.sqlite'}", url)
-    assert migrate.current_revision(url) == "0002"
-    settings_env.setenv("RSTAR_DATABASE_URL", url)
-    settings_env.setenv("COLUMNS", "200")
-    get_settings.cache_clear()
-    yield url
+    yield open_release_db(request, tmp_path, settings_env, release=RELEASE, revision="0002", tables=TABLES)
     dispose_all()
 
 
@@ -124,6 +139,20 @@ def _md_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
     return tables
 
 
+def assert_same_show(golden: Path, job_id: int, item: str) -> list[str] | None:
+    """`rstar show JOB ITEM` has the same steps, calls and selection as the release printed, and
+    every line of their texts, in order; the new printout's body lines (None: no golden file)."""
+    if not golden.exists():
+        return None
+    old_titles, old_body = _panels(golden.read_text())
+    new_titles, new_body = _panels(_run("show", str(job_id), item))
+    assert _step_titles(new_titles) == _step_titles(old_titles), (golden.name, item)
+    new_lines = iter(_normal(line) for line in new_body)
+    missing = [line for line in map(_normal, old_body) if not any(line == n for n in new_lines)]
+    assert not missing, (golden.name, missing[:3])
+    return new_body
+
+
 def assert_same_tables(old_md: str, new_md: str) -> None:
     """Every table of `old_md`, in order, is in `new_md` with every row and every cell under the
     same column (the newer report may add columns, and tables between them)."""
@@ -168,18 +197,11 @@ def test_upgrade_keeps_every_row_and_every_printed_result(release_db: str, tmp_p
             assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, (stem, fmt)
             if fmt == "jsonl":
                 assert all(r["model"] in ("A", "B") for r in new if r["status"] == "answered")
-        # show: the same steps, calls, selection, and every line of their texts, in order.
         for item in job["problems"]:
-            golden = GOLDEN / f"show-{stem}-{item}.txt"
-            if not golden.exists():
-                continue
-            old_titles, old_body = _panels(golden.read_text())
-            new_titles, new_body = _panels(_run("show", str(job["id"]), item))
-            assert _step_titles(new_titles) == _step_titles(old_titles), (stem, item)
-            new_lines = iter(_normal(line) for line in new_body)
-            missing = [line for line in map(_normal, old_body) if not any(line == n for n in new_lines)]
-            assert not missing, (stem, item, missing[:3])
-            assert any(line.startswith("job ") and "models: A " in line for line in new_body)
+            new_body = assert_same_show(GOLDEN / f"show-{stem}-{item}.txt", job["id"], item)
+            assert new_body is None or any(
+                line.startswith("job ") and "models: A " in line for line in new_body
+            )
 
     # report: the same tables (accuracy, rounds, paired comparisons) and CSV columns.
     out = tmp_path / "report"

@@ -9,7 +9,6 @@ call sampled several sequences.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,13 @@ import sqlalchemy as sa
 
 from db import migrate
 from db.session import dispose_all
-from tests.test_migration_0003 import _normal, _panels, _records, _run, _step_titles, assert_same_tables
-from workers.settings import get_settings
+from tests.test_migration_0003 import (
+    _records,
+    _run,
+    assert_same_show,
+    assert_same_tables,
+    open_release_db,
+)
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release_0004"
 GOLDEN = RELEASE / "golden"
@@ -27,43 +31,12 @@ JOBS = json.loads((GOLDEN / "jobs.json").read_text())
 TABLES = ("jobs", "problems", "steps", "model_calls", "outputs", "selections")
 
 
-def _copy_rows(source: str, target: str) -> None:
-    src, dst = sa.create_engine(source), sa.create_engine(target)
-    src_meta, dst_meta = sa.MetaData(), sa.MetaData()
-    src_meta.reflect(src, only=TABLES)
-    dst_meta.reflect(dst, only=TABLES)
-    with src.connect() as read, dst.begin() as write:
-        for name in TABLES:
-            table = src_meta.tables[name]
-            rows = [dict(r._mapping) for r in read.execute(sa.select(table).order_by(table.c.id))]
-            if rows:
-                write.execute(dst_meta.tables[name].insert(), rows)
-            write.execute(
-                sa.text(
-                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT MAX(id) FROM {name}))"
-                )
-            )
-    src.dispose()
-    dst.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def release_db(
     request: pytest.FixtureRequest, tmp_path: Path, settings_env: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        path = tmp_path / "jobs.sqlite"
-        shutil.copy(RELEASE / "jobs.sqlite", path)
-        url = f"sqlite:///{path}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        migrate.upgrade(url, "0004")
-        _copy_rows(f"sqlite:///{RELEASE / 'jobs.sqlite'}", url)
-    assert migrate.current_revision(url) == "0004"
-    settings_env.setenv("RSTAR_DATABASE_URL", url)
-    settings_env.setenv("COLUMNS", "200")
-    get_settings.cache_clear()
-    yield url
+    """A database as release cc38284 left it (revision 0004), as RSTAR_DATABASE_URL."""
+    yield open_release_db(request, tmp_path, settings_env, release=RELEASE, revision="0004", tables=TABLES)
     dispose_all()
 
 
@@ -102,15 +75,7 @@ def test_upgrade_keeps_every_row_counts_old_calls_and_prints_what_the_release_pr
             assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, (stem, fmt)
             assert all(str(r["requests"]) == str(r["model_calls"]) for r in new)  # one request per call
         for item in job["problems"]:
-            golden = GOLDEN / f"show-{stem}-{item}.txt"
-            if not golden.exists():
-                continue
-            old_titles, old_body = _panels(golden.read_text())
-            new_titles, new_body = _panels(_run("show", str(job["id"]), item))
-            assert _step_titles(new_titles) == _step_titles(old_titles), (stem, item)
-            new_lines = iter(_normal(line) for line in new_body)
-            missing = [line for line in map(_normal, old_body) if not any(line == n for n in new_lines)]
-            assert not missing, (stem, item, missing[:3])
+            assert_same_show(GOLDEN / f"show-{stem}-{item}.txt", job["id"], item)
 
     out = tmp_path / "report"
     _run("report", *(str(j["id"]) for j in JOBS), "-o", str(out))

@@ -12,7 +12,7 @@ Adding a strategy means adding a module here (and its prompts) and registering i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Protocol
@@ -383,3 +383,31 @@ def parse_reply(strategy: Strategy, step: StepSpec, texts: Sequence[str]) -> lis
     if parse_samples is not None:
         return list(parse_samples(step, tuple(texts)))
     return [strategy.parse(step, texts[0] if texts else "")]
+
+
+def output_views(
+    strategy: Strategy,
+    step: StepSpec,
+    parent: int | None,
+    texts: Sequence[str],
+    new_id: Callable[[], int],
+) -> dict[str, OutputView]:
+    """A step's outputs as the state holds them, for drivers that keep the state in memory (the
+    benchmark's bare driver, the domain tests): what `db.outputs.save_outputs` writes and
+    `db.state.load_state` reads back."""
+    return {
+        output_key(step.key, seq): OutputView(
+            id=new_id(),
+            step_key=step.key,
+            kind=str(step.kind),
+            model=step.model or "",
+            round=step.round,
+            parent_id=parent,
+            payload=parsed.payload,
+            answer=parsed.answer,
+            text=parsed.text if parsed.text is not None else (texts[0] if texts else ""),
+            parse_error=parsed.parse_error,
+            seq=seq,
+        )
+        for seq, parsed in enumerate(parse_reply(strategy, step, texts))
+    }

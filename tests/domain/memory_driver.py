@@ -14,8 +14,7 @@ from rstar.strategies.base import (
     StepSpec,
     StepView,
     Strategy,
-    output_key,
-    parse_reply,
+    output_views,
 )
 from rstar.types import ModelRequest
 
@@ -32,6 +31,10 @@ class MemoryRun:
     requests: list[tuple[StepSpec, ModelRequest]] = field(default_factory=list)
     _ids: int = 0
 
+    def _new_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
     def state(self) -> ProblemState:
         return ProblemState(self.question, self.models, dict(self.steps), dict(self.outputs))
 
@@ -42,21 +45,7 @@ class MemoryRun:
         self.requests.append((spec, request))
         texts = answer(spec, request)
         assert len(texts) == request.n, f"{spec.key}: {len(texts)} texts for n={request.n}"
-        for seq, parsed in enumerate(parse_reply(self.strategy, spec, texts)):
-            self._ids += 1
-            self.outputs[output_key(spec.key, seq)] = OutputView(
-                id=self._ids,
-                step_key=spec.key,
-                kind=str(spec.kind),
-                model=spec.model or "",
-                round=spec.round,
-                parent_id=parent,
-                payload=parsed.payload,
-                answer=parsed.answer,
-                text=parsed.text if parsed.text is not None else texts[0],
-                parse_error=parsed.parse_error,
-                seq=seq,
-            )
+        self.outputs.update(output_views(self.strategy, spec, parent, texts, self._new_id))
         self.steps[spec.key] = StepView(spec.key, str(spec.kind), spec.model, spec.round, "done")
 
     def run(
