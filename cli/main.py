@@ -154,12 +154,11 @@ def submit(
             params[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
             params[key.strip()] = raw  # a bare word is a string
-    try:
-        budget = getattr(get_strategy(strategy, params), "budget", None)
-    except ParamError as exc:
-        raise fail(str(exc)) from None
-    if budget is not None:  # what a problem may cost, said before anything is enqueued
-        err.print(budget(), markup=False, highlight=False, soft_wrap=True)
+    if hasattr(STRATEGIES.get(strategy), "budget"):  # what a problem may cost, before anything runs
+        try:
+            err.print(get_strategy(strategy, params).budget(), markup=False, highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+        except ParamError as exc:
+            raise fail(str(exc)) from None
     try:
         done = submit_job(
             settings=settings,

@@ -58,15 +58,16 @@ def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrai
 
 
 def search_report(*, session: Session, trail: ProblemTrail) -> Any | None:
+    """The strategy's account of a problem's search (`rstar show`); None for strategies that do
+    not search."""
+    return problem_search(session=session, job=trail.job, problem=trail.problem)
+
+
+def problem_search(*, session: Session, job: Job, problem: Problem) -> Any | None:
     """The strategy's account of a search (visits, values, candidates: `report(state)`), for a
     strategy that searches (rstar); None for the others."""
-    if not hasattr(STRATEGIES.get(trail.job.strategy), "report"):
+    if not hasattr(STRATEGIES.get(job.strategy), "report"):
         return None
-    report = get_strategy(trail.job.strategy, trail.job.params).report  # type: ignore[attr-defined]
-    state = load_state(
-        session=session,
-        problem_id=trail.problem.id,
-        question=trail.problem.question,
-        models=trail.job.models,
-    )
+    report = get_strategy(job.strategy, job.params).report  # type: ignore[attr-defined]
+    state = load_state(session=session, problem_id=problem.id, question=problem.question, models=job.models)
     return report(replace(state, outputs=dict(state.outputs)))  # read now, inside the session

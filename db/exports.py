@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.audit import problem_search
 from db.jobs import problem_results
 from db.models import Job, Output, Problem, Selection, Step
 from db.reports import UnknownJobError
@@ -58,6 +61,9 @@ def load_export(*, session: Session, job_id: int) -> tuple[Job, list[ProblemExpo
     problems = []
     for p in session.scalars(select(Problem).where(in_job).order_by(Problem.id)):
         res = results[p.item_id]
+        report = problem_search(session=session, job=job, problem=p)
+        if report is not None:  # a search: its candidate paths are its solutions
+            solutions[p.id] = search_paths(report)
         problems.append(
             ProblemExport(
                 item_id=p.item_id,
@@ -74,3 +80,29 @@ def load_export(*, session: Session, job_id: int) -> tuple[Job, list[ProblemExpo
             )
         )
     return job, problems
+
+
+def search_paths(report: Any) -> list[SolutionOut]:
+    """A search's candidate trajectories (rstar), each as one "solution": the path's steps from
+    the root, its terminal node's answer and text, and the discriminator's verdict."""
+    paths = []
+    for c in report.candidates:
+        node = report.tree.nodes[c.node]
+        out = node.output
+        verdict = report.verdicts.get(c.node) if report.verdicts is not None else None
+        paths.append(
+            SolutionOut(
+                id=node.id,
+                step_key=out.step_key,
+                model=out.model,
+                kind=str(node.kind),
+                round=out.round,
+                parent_id=out.parent_id,
+                steps=tuple(report.tree.steps(node.id)),
+                answer=c.answer,
+                reply=out.text,
+                search_path=True,
+                consistent=verdict.consistent if verdict is not None else None,
+            )
+        )
+    return paths

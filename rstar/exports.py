@@ -45,6 +45,10 @@ class SolutionOut:
     steps: tuple[str, ...]
     answer: str | None
     reply: str | None
+    search_path: bool = False
+    """A search's candidate trajectory (rstar): `steps` is the whole path from the root."""
+    consistent: bool | None = None
+    """For a search path: whether the discriminator found it mutually consistent (None: not checked)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,10 @@ def problem_records(job_id: int, strategy: str, problems: Iterable[ProblemExport
 
 def mutually_consistent(solution: SolutionOut, solutions: Sequence[SolutionOut]) -> bool | None:
     """At least half of the peers' completions of this generated solution reach its answer (None:
-    it was not completed, or it is itself a refinement or a completion)."""
+    it was not completed, or it is itself a refinement or a completion). A search path says it
+    itself (the discriminator's verdict)."""
+    if solution.search_path:
+        return solution.consistent
     if solution.kind != "generate":
         return None
     done = [s for s in solutions if s.kind == "complete" and s.parent_id == solution.id]
@@ -103,6 +110,12 @@ def mutually_consistent(solution: SolutionOut, solutions: Sequence[SolutionOut])
         return None
     agree = sum(1 for c in done if answers_equal(solution.answer, c.answer))
     return 2 * agree >= len(done)
+
+
+def _text(s: SolutionOut) -> str | None:
+    if s.search_path:  # the path as the search's prompts showed it, one line per step
+        return "\n".join(s.steps)
+    return prompts.render_solution(s.steps, s.answer, s.reply) if s.steps else s.reply
 
 
 def trajectory_records(
@@ -124,7 +137,7 @@ def trajectory_records(
                     "round": s.round,
                     "parent_id": s.parent_id,
                     # Its steps as the peers saw them; the reply itself when none were parsed.
-                    "text": prompts.render_solution(s.steps, s.answer, s.reply) if s.steps else s.reply,
+                    "text": _text(s),
                     "reply": s.reply,
                     "answer": s.answer,
                     "selected": s.id == p.chosen_output_id,

@@ -11,6 +11,7 @@ candidate is never mutually consistent, a right one always is, and the final ans
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -155,6 +156,16 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     with session_scope(sqlite_url) as s:
         sent = s.scalar(select(func.sum(ModelCall.requests)))
     assert served == sent  # every request the servers saw is on record, counted as a request
+    # The candidate paths are the trajectories an export gives, with the discriminator's verdicts.
+    exported = rstar(["export", str(job_id), "--trajectories"], env)
+    assert exported.returncode == 0, exported.stderr
+    paths = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert paths and all(p["text"].startswith(("Step 1:", "Sub-question 1:")) for p in paths)
+    assert sum(p["selected"] for p in paths) == len(refs)
+    assert all(p["mutually_consistent"] is not False and p["correct"] for p in paths if p["selected"])
+    assert any(p["mutually_consistent"] is False and not p["correct"] for p in paths)
+    verified = rstar(["export", str(job_id), "--trajectories", "--verified-only"], env)
+    assert all(json.loads(line)["correct"] for line in verified.stdout.splitlines())
     shown = rstar(["show", str(job_id), "q0"], env)
     assert shown.returncode == 0, shown.stderr
     assert "search tree" in shown.stdout and "visits" in shown.stdout
