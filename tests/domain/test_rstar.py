@@ -270,3 +270,14 @@ def test_the_state_keys_a_steps_later_outputs_by_seq() -> None:
         QUESTION, ("A",), {}, {"x0:a3q#1": out(12, Kind.A3_QUESTION, "x0:a3q", None, seq=1, subq="How many?")}
     )
     assert RStarStrategy().parent(StepSpec("q0.q1:a3", Kind.A3, "A", 1), with_subq) == 12
+
+
+def test_problems_with_trees_of_the_same_shape_draw_their_own_branches() -> None:
+    strategy = RStarStrategy({"rollouts": 3, "votes": 3, "last_votes": 4, "max_depth": 3})
+    paths = set()
+    for i in range(8):
+        run = MemoryRun(strategy, f"Tom has {i} apples and buys 3 more. How many apples does he have now?")
+        run.run(scripted)
+        tree, search = strategy.search(run.state())
+        paths.add(tuple(tree.nodes[r.path[1]].name for r in search.rollouts))
+    assert len(paths) > 1  # the same scripted replies, not the same search everywhere

@@ -16,6 +16,7 @@ second sub-question), "d0.s1.d0:c2" (that A2 candidate, cut 2).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, ClassVar
 from rstar.answers import answers_equal
 from rstar.parsing import parse_solution
 from rstar.strategies.base import (
+    SEED_MASK,
     ParamError,
     Plan,
     ProblemState,
@@ -232,7 +234,7 @@ class RStarStrategy:
             tree,
             rollouts=self.p.rollouts,
             exploration=self.p.exploration,
-            seed=self.p.seed or 0,
+            seed=search_seed(self.p.seed, state.question),
             expanded=lambda n: self.expanded(tree, n, state),
             terminal=self.terminal,
             reward=self.reward,
@@ -412,6 +414,14 @@ class RStarStrategy:
             ]
             out[c.node] = Verdict(c.node, len(answers), sum(1 for a in answers if answers_equal(c.answer, a)))
         return out
+
+
+def search_seed(seed: int | None, question: str) -> int:
+    """The seed of a problem's draws: the job's and the question's, so that problems whose trees
+    have the same shape do not all take the same branches (a stable hash: a resumed search draws
+    what it drew before)."""
+    digest = hashlib.blake2b(f"{seed or 0}:{question}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & SEED_MASK
 
 
 def _one_step(text: str) -> ParsedOutput:
