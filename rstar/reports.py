@@ -378,6 +378,9 @@ def model_answers(problem: ProblemRow) -> dict[str, str]:
 
 
 def _model_stats(job: JobRows) -> tuple[tuple[ModelStats, ...], dict[tuple[str, str], tuple[int, int]]]:
+    if not any(p.solutions for p in job.problems):
+        # A search (rstar) writes tree nodes, not solutions: its search-tree table describes it.
+        return (), {}
     names = list(job.models) or sorted({s.author for p in job.problems for s in p.solutions})
     answers = [(p, model_answers(p)) for p in job.problems]
     judged = [(p, a) for p, a in answers if p.reference_answer is not None]
