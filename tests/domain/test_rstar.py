@@ -281,3 +281,18 @@ def test_problems_with_trees_of_the_same_shape_draw_their_own_branches() -> None
         tree, search = strategy.search(run.state())
         paths.add(tuple(tree.nodes[r.path[1]].name for r in search.rollouts))
     assert len(paths) > 1  # the same scripted replies, not the same search everywhere
+
+
+def test_a_job_of_the_first_version_replays_with_the_draws_it_ran_with() -> None:
+    params = {"rollouts": 3, "votes": 3, "last_votes": 4, "max_depth": 3}
+    v1 = RStarStrategy({**params, "prompt_version": "rstar-v1"})
+    v2 = RStarStrategy(params)
+    assert v1.shared_draws and not v2.shared_draws and v2.params["prompt_version"] == "rstar-v2"
+    differs = 0
+    for i in range(6):
+        run = MemoryRun(v1, f"Tom has {i} apples and buys 3 more. How many apples does he have now?")
+        assert run.run(scripted) is not None
+        ran = [r.path for r in v1.search(run.state())[1].rollouts]
+        assert len(ran) == 3  # v1's replay of its own tree is whole...
+        differs += [r.path for r in v2.search(run.state())[1].rollouts] != ran
+    assert differs  # ...where today's draws would have gone elsewhere

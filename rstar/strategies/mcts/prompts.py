@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 from rstar.types import ChatMessage
 
-PROMPT_VERSION = "rstar-v1"
+PROMPT_VERSION = "rstar-v2"
+"""v2: the same prompts; each problem draws its branches with a seed of its own (v1: the job's)."""
 FEW_SHOT_LINES = (1, 2, 71)
 """1-based lines of GSM8K train.jsonl the examples come from."""
 ANSWER_CUE = "The answer is:"

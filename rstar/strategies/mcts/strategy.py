@@ -153,6 +153,9 @@ class RStarStrategy:
             skip_discriminator_at=float_param(p, "skip_discriminator_at", 0.9, low=0.0, high=1.0),
             seed=seed_param(p),
         )
+        # Jobs of the first version drew every problem's branches from the job's seed alone: they
+        # replay as they ran.
+        self.shared_draws = (params or {}).get("prompt_version") == "rstar-v1"
         if self.p.cut_low > self.p.cut_high:
             raise ParamError(f"cut_low ({self.p.cut_low}) must not be above cut_high ({self.p.cut_high})")
 
@@ -234,7 +237,7 @@ class RStarStrategy:
             tree,
             rollouts=self.p.rollouts,
             exploration=self.p.exploration,
-            seed=search_seed(self.p.seed, state.question),
+            seed=(self.p.seed or 0) if self.shared_draws else search_seed(self.p.seed, state.question),
             expanded=lambda n: self.expanded(tree, n, state),
             terminal=self.terminal,
             reward=self.reward,
