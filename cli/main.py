@@ -388,7 +388,11 @@ def show(
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
         trail = audit.problem_trail(session=session, job_id=job, item_id=item)
-        search = audit.search_report(session=session, trail=trail) if trail is not None else None
+        search = (
+            audit.problem_search(session=session, job=trail.job, problem=trail.problem)
+            if trail is not None
+            else None
+        )
     if trail is None:
         raise fail(f"job {job} has no problem with id {item!r}")
     print_trail(console, trail, with_calls=calls, search=search)

@@ -57,12 +57,6 @@ def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrai
     return ProblemTrail(job=problem.job, problem=problem, steps=trails, selection=selection, chosen=chosen)
 
 
-def search_report(*, session: Session, trail: ProblemTrail) -> Any | None:
-    """The strategy's account of a problem's search (`rstar show`); None for strategies that do
-    not search."""
-    return problem_search(session=session, job=trail.job, problem=trail.problem)
-
-
 def problem_search(*, session: Session, job: Job, problem: Problem) -> Any | None:
     """The strategy's account of a search (visits, values, candidates: `report(state)`), for a
     strategy that searches (rstar); None for the others."""

@@ -56,6 +56,13 @@ class MctsOracle:
         return Reply(status=422, error="unknown instruction")
 
 
+def _problems(tmp_path: Path, n: int, *, offset: int) -> tuple[list[dict[str, str]], list[str], Path]:
+    """n GSM8K rows, their reference answers, and the input file that holds them."""
+    rows = gsm8k_rows(n, offset=offset)
+    items = [{"id": f"q{j}", "question": r["question"], "answer": r["answer"]} for j, r in enumerate(rows)]
+    return rows, [reference(r["answer"]) for r in rows], write_jsonl(tmp_path / "p.jsonl", items)
+
+
 def _finished(db_url: str, job_id: int) -> bool:
     with session_scope(db_url) as s:
         job = s.get(Job, job_id)
@@ -137,12 +144,7 @@ def _check_search(db_url: str, job_id: int, refs: list[str]) -> None:
 def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent_answer(
     sqlite_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    rows = gsm8k_rows(4, offset=150)
-    refs = [reference(r["answer"]) for r in rows]
-    path = write_jsonl(
-        tmp_path / "p.jsonl",
-        [{"id": f"q{j}", "question": r["question"], "answer": r["answer"]} for j, r in enumerate(rows)],
-    )
+    rows, refs, path = _problems(tmp_path, 4, offset=150)
     oracle = MctsOracle(rows)
     with FakeInferenceServer(oracle, kind="vllm") as a, FakeInferenceServer(oracle, kind="tgi") as b:
         env = service_env(sqlite_url, redis_url)
@@ -174,12 +176,7 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
 def test_a_search_killed_mid_way_resumes_from_the_persisted_tree(
     postgres_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    rows = gsm8k_rows(3, offset=160)
-    refs = [reference(r["answer"]) for r in rows]
-    path = write_jsonl(
-        tmp_path / "p.jsonl",
-        [{"id": f"q{j}", "question": r["question"], "answer": r["answer"]} for j, r in enumerate(rows)],
-    )
+    rows, refs, path = _problems(tmp_path, 3, offset=160)
     oracle = MctsOracle(rows)
     with (
         FakeInferenceServer(slow(oracle, 0.3), kind="vllm") as a,

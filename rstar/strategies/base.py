@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from rstar import prompts
 from rstar.answers import answers_equal
@@ -345,19 +345,28 @@ def bool_param(params: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def answer_groups(solutions: Iterable[SolutionView]) -> list[list[SolutionView]]:
-    """Solutions with an answer, grouped by equal answers (`answers_equal`), groups and members in
-    order of first appearance: the one grouping every strategy votes with."""
-    groups: list[list[SolutionView]] = []
-    for sol in solutions:
-        if sol.answer is None:
+class HasAnswer(Protocol):
+    @property
+    def answer(self) -> str | None: ...
+
+
+A = TypeVar("A", bound=HasAnswer)
+
+
+def answer_groups(items: Iterable[A]) -> list[list[A]]:
+    """Items with an answer (solutions, samples, search candidates), grouped by equal answers
+    (`answers_equal`), groups and members in order of first appearance: the one grouping every
+    strategy votes with."""
+    groups: list[list[A]] = []
+    for item in items:
+        if item.answer is None:
             continue
         for group in groups:
-            if answers_equal(group[0].answer, sol.answer):
-                group.append(sol)
+            if answers_equal(group[0].answer, item.answer):
+                group.append(item)
                 break
         else:
-            groups.append([sol])
+            groups.append([item])
     return groups
 
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from rstar.answers import answers_equal
+from rstar.strategies.base import answer_groups
 
 
 def cut_prefixes(steps: Sequence[str], cuts: int, low: float, high: float) -> list[str]:
@@ -63,16 +63,8 @@ class Verdict:
 
 def confidences(candidates: Sequence[Candidate]) -> list[tuple[str, float, list[Candidate]]]:
     """Answers with their share of the candidates, most common first (ties: seen first)."""
-    groups: list[list[Candidate]] = []
-    for c in candidates:
-        for g in groups:
-            if answers_equal(g[0].answer, c.answer):
-                g.append(c)
-                break
-        else:
-            groups.append([c])
     total = len(candidates)
-    ranked = sorted(groups, key=len, reverse=True)
+    ranked = sorted(answer_groups(candidates), key=len, reverse=True)  # sorted() is stable
     return [(g[0].answer, len(g) / total, g) for g in ranked]
 
 

@@ -31,6 +31,7 @@ from rstar.strategies.base import (
     ProblemState,
     Selection,
     StepSpec,
+    answer_groups,
     bool_param,
     float_param,
     int_param,
@@ -47,10 +48,12 @@ from rstar.strategies.mcts.tree import (
     Kind,
     Node,
     Tree,
+    completion_key,
+    expand_key,
     is_terminal_subquestion,
-    majority,
     parent_name,
     parse_key,
+    subanswer_key,
 )
 from rstar.types import ModelRequest, ParsedOutput
 
@@ -208,28 +211,31 @@ class RStarStrategy:
     def actions(self, node: Node) -> tuple[Kind, ...]:
         return tuple(a for a in ACTIONS[node.kind] if a != Kind.A5 or self.p.a5)
 
-    def expansion(self, tree: Tree, node: Node, state: ProblemState, rollout: int) -> list[StepSpec]:
-        """The steps that expand `node`: one per action, and one per sub-question to answer."""
-        model = self.generator(state.models)
-        steps: list[StepSpec] = []
-        last = rollout == self.p.rollouts or node.depth + 1 >= self.p.max_depth
+    def expansion_keys(
+        self, tree: Tree, node: Node, state: ProblemState, *, last: bool
+    ) -> list[tuple[str, Kind]]:
+        """(key, kind) of the steps that expand `node`: one per action, one per sub-question to
+        answer. `last`: an A2 not asked yet samples `last_votes`."""
+        keys = []
         for action in self.actions(node):
-            suffix = LAST if action == Kind.A2 and last else SUFFIX[action]
+            suffix = SUFFIX[action]
             if action == Kind.A2:
-                done = [s for s in (SUFFIX[Kind.A2], LAST) if state.done(f"x{node.name}:{s}")]
-                suffix = done[0] if done else suffix  # expanded in an earlier rollout: as it was
-            steps.append(StepSpec(f"x{node.name}:{suffix}", action, model, rollout))
-        steps.extend(StepSpec(f"q{q}:a3", Kind.A3, model, rollout) for q in tree.subquestions_of(node))
-        return steps
+                # Asked in an earlier rollout: as it was then.
+                done = [s for s in (SUFFIX[Kind.A2], LAST) if state.done(expand_key(node.name, s))]
+                suffix = done[0] if done else (LAST if last else suffix)
+            keys.append((expand_key(node.name, suffix), action))
+        keys += [(subanswer_key(q), Kind.A3) for q in tree.subquestions_of(node)]
+        return keys
+
+    def expansion(self, tree: Tree, node: Node, state: ProblemState, rollout: int) -> list[StepSpec]:
+        model = self.generator(state.models)
+        last = rollout == self.p.rollouts or node.depth + 1 >= self.p.max_depth
+        return [
+            StepSpec(k, kind, model, rollout) for k, kind in self.expansion_keys(tree, node, state, last=last)
+        ]
 
     def expanded(self, tree: Tree, node: Node, state: ProblemState) -> bool:
-        for action in self.actions(node):
-            if action == Kind.A2:
-                if not (state.done(f"x{node.name}:a2") or state.done(f"x{node.name}:{LAST}")):
-                    return False
-            elif not state.done(f"x{node.name}:{SUFFIX[action]}"):
-                return False
-        return all(state.done(f"q{q}:a3") for q in tree.subquestions_of(node))
+        return all(state.done(k) for k, _ in self.expansion_keys(tree, node, state, last=False))
 
     def search(self, state: ProblemState) -> tuple[Tree, SearchState]:
         tree = self.tree(state)
@@ -266,7 +272,7 @@ class RStarStrategy:
     ) -> list[StepSpec]:
         judge = self.discriminator(models)
         return [
-            StepSpec(f"d{tree.nodes[c.node].name}:c{i}", Kind.COMPLETE, judge, self.p.rollouts + 1)
+            StepSpec(completion_key(tree.nodes[c.node].name, i), Kind.COMPLETE, judge, self.p.rollouts + 1)
             for c in candidates
             for i in range(len(self.prefixes(tree, c.node)))
         ]
@@ -398,7 +404,7 @@ class RStarStrategy:
         completions: dict[int, list[tuple[str, str | None]]] = {}
         for c in candidates:
             for i, prefix in enumerate(self.prefixes(tree, c.node)):
-                out = state.outputs.get(f"d{tree.nodes[c.node].name}:c{i}")
+                out = state.outputs.get(completion_key(tree.nodes[c.node].name, i))
                 if out is not None:
                     completions.setdefault(c.node, []).append((prefix, out.answer))
         skipped = not candidates or self.skips_discriminator(candidates)
@@ -413,7 +419,7 @@ class RStarStrategy:
             answers = [
                 state.outputs[key].answer
                 for i in range(len(self.prefixes(tree, c.node)))
-                if (key := f"d{tree.nodes[c.node].name}:c{i}") in state.outputs
+                if (key := completion_key(tree.nodes[c.node].name, i)) in state.outputs
             ]
             out[c.node] = Verdict(c.node, len(answers), sum(1 for a in answers if answers_equal(c.answer, a)))
         return out
@@ -444,7 +450,10 @@ def _votes(texts: Sequence[str], prefix: re.Pattern[str] | None) -> ParsedOutput
     """A vote node: the majority answer of its samples, valued by its share of them."""
     parsed = [parse_solution(t) for t in texts]
     answers = [p.answer for p in parsed]
-    answer, count, first = majority(answers)
+    groups = answer_groups(parsed)
+    best = max(groups, key=len) if groups else []  # max() keeps the first of equals
+    answer, count = (best[0].answer, len(best)) if best else (None, 0)
+    first = next((i for i, p in enumerate(parsed) if p is best[0]), None) if best else None
     chosen = texts[first] if first is not None else (texts[0] if texts else "")
     shown = _clean(chosen, prefix) if prefix is not None else chosen.strip()[:MAX_TEXT]
     payload = {

@@ -15,12 +15,11 @@ rStar-mutualreasoning, run_src/MCTS_for_reasoning.py, `Reasoning_MCTS_Node._crea
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from rstar.answers import answers_equal
 from rstar.strategies.base import OutputView
 from rstar.strategies.mcts import prompts
 
@@ -73,6 +72,18 @@ def parse_key(key: str) -> tuple[str, str, str]:
     if m is None:
         raise ValueError(f"rstar has no step {key!r}")
     return m["what"], m["name"], m["rest"]
+
+
+def expand_key(name: str, suffix: str) -> str:
+    return f"x{name}:{suffix}"
+
+
+def subanswer_key(subquestion: str) -> str:
+    return f"q{subquestion}:a3"
+
+
+def completion_key(name: str, cut: int) -> str:
+    return f"d{name}:c{cut}"
 
 
 def parent_name(name: str) -> str | None:
@@ -248,22 +259,3 @@ class Tree:
 
 def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def majority(answers: Sequence[str | None]) -> tuple[str | None, int, int | None]:
-    """(answer, its votes, the index of its first sample) of the most common answer (grouped by
-    `answers_equal`; ties: the answer seen first)."""
-    groups: list[list[int]] = []
-    for i, a in enumerate(answers):
-        if a is None:
-            continue
-        for g in groups:
-            if answers_equal(answers[g[0]], a):
-                g.append(i)
-                break
-        else:
-            groups.append([i])
-    if not groups:
-        return None, 0, None
-    best = max(groups, key=len)  # max() keeps the first of equals
-    return answers[best[0]], len(best), best[0]
