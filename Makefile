@@ -2,13 +2,17 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: venv test demo lint models
+.PHONY: venv browser test demo lint models
 
 # Idempotent; a repeat run only checks a stamp (see scripts/bootstrap.sh).
 venv:
 	VENV="$(VENV)" bash scripts/bootstrap.sh
 
-test: venv
+# Debian's chromium and chromedriver, for the viewer's browser tests (apt-get, once per machine).
+browser:
+	bash scripts/install_chromium.sh
+
+test: venv browser
 	"$(VENV)/bin/pytest" -q
 
 demo: venv

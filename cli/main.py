@@ -21,6 +21,7 @@ from cli.export import export_command, write_records
 from cli.local import models_app, serve_local_command
 from cli.render import make_console, print_trail
 from cli.report import report_command
+from cli.ui import ui_command
 from db import audit, migrate
 from db.jobs import ProblemResult, problem_results, rounds_reached, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, Job
@@ -40,6 +41,7 @@ app.command("serve-local")(serve_local_command)
 app.command("demo")(demo_command)
 app.command("report")(report_command)
 app.command("export")(export_command)
+app.command("ui")(ui_command)
 
 console = make_console()
 err = make_console(stderr=True)
@@ -419,15 +421,12 @@ def cancel(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 @app.command()
 def resume(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Continue a cancelled or stuck job: re-send its queued steps and those of dead workers."""
-    from db.models import utcnow
-    from db.recovery import reopen_job
-    from tasks.recovery import recover
+    from tasks.recovery import resume_job
 
     _ensure_schema()
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
-        reopened = reopen_job(session=session, job_id=job)
-    done = recover(job_id=job, resend_queued=True, expired_before=utcnow())
+    reopened, done = resume_job(job)
     err.print(
         f"job {job} resumed: {reopened} problem(s) reopened, {done.resent} queued step(s) re-sent, "
         f"{done.reclaimed} step(s) of dead workers re-sent, {done.advanced} problem(s) moved on"

@@ -15,6 +15,7 @@ from db.audit import ProblemTrail, StepTrail
 from db.models import ModelCall, Output
 from rstar.reports import judge
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
+from rstar.strategies.mcts.tree import NODE_TITLES
 
 TITLES = {
     "generate": "solves",
@@ -132,15 +133,6 @@ def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
         text.append("[response] ", style="magenta")
         text.append(call.response_text)
     console.print(Panel(text, title=f"model call #{call.id}", border_style="dim"))
-
-
-NODE_TITLES = {
-    "a1_step": "A1 step",
-    "a2_answer": "A2 answer",
-    "a3_answer": "A3 sub-question",
-    "a4_reanswer": "A4 re-answer",
-    "a5_rephrase": "A5 rephrase",
-}
 
 
 def print_search(console: Console, report: Any, *, chosen: int | None) -> None:

@@ -7,7 +7,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cli.render import make_console
 from db import migrate
-from db.reports import UnknownJobError, load_job_rows, problem_states
+from db.reports import UnknownJobError, load_report
 from db.session import session_scope
 from rstar.reports import (
     CompletionStats,
@@ -23,9 +23,7 @@ from rstar.reports import (
     Report,
     ReviewStats,
     TreeStats,
-    build_report,
     is_correct,
-    replay_rounds,
 )
 from workers.settings import get_settings
 
@@ -343,7 +341,7 @@ def render_paired_csv(report: Report) -> str:
 # -- plots -----------------------------------------------------------------------------------------
 
 
-def plot_accuracy_vs_calls(report: Report, path: Path) -> None:
+def plot_accuracy_vs_calls(report: Report, path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -373,7 +371,7 @@ def plot_accuracy_vs_calls(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accuracy_per_round(report: Report, path: Path) -> bool:
+def plot_accuracy_per_round(report: Report, path: Path | BinaryIO) -> bool:
     jobs = [s for s in report.jobs if s.accuracy_by_round]
     if not jobs:
         return False
@@ -425,17 +423,10 @@ def generate_report(
     console: Console | None = None,
 ) -> Report:  # fmt: skip
     """Load, aggregate, print and (with `out_dir`) write the report of these jobs."""
-    settings = get_settings()
     with session_scope(database_url) as session:
-        rows = [
-            replay_rounds(
-                job,
-                problem_states(session=session, job_id=job.job_id),
-                max_rounds_limit=settings.max_rounds_limit,
-            )
-            for job in load_job_rows(session=session, job_ids=job_ids)
-        ]
-    report = build_report(rows)
+        report = load_report(
+            session=session, job_ids=job_ids, max_rounds_limit=get_settings().max_rounds_limit
+        )
     print_report(console or make_console(), report)
     if out_dir is not None:
         write_report(report, out_dir, preamble=preamble)

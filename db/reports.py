@@ -12,7 +12,7 @@ from db.jobs import problem_results
 from db.models import Job, ModelCall, Output, Problem, Step
 from db.state import load_state
 from rstar import roster
-from rstar.reports import JobRows, ProblemRow, ReviewRow, SolutionRow
+from rstar.reports import JobRows, ProblemRow, Report, ReviewRow, SolutionRow, build_report, replay_rounds
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS, OutputView, ProblemState
 from rstar.strategies.mcts.tree import Tree
 
@@ -151,3 +151,19 @@ class _ProblemStates(Mapping[str, ProblemState]):
 def problem_states(*, session: Session, job_id: int) -> Mapping[str, ProblemState]:
     """The job's problem states by item id, read on first use: use it inside the session."""
     return _ProblemStates(session, job_id)
+
+
+def load_report(*, session: Session, job_ids: Sequence[int], max_rounds_limit: int) -> Report:
+    """The report of these jobs (`rstar report`, the viewer's plots), read inside `session`.
+
+    Raises:
+        UnknownJobError: a job id is not in the database.
+    """
+    return build_report(
+        [
+            replay_rounds(
+                job, problem_states(session=session, job_id=job.job_id), max_rounds_limit=max_rounds_limit
+            )
+            for job in load_job_rows(session=session, job_ids=job_ids)
+        ]
+    )

@@ -148,6 +148,41 @@ def session_scope(url: str) -> Iterator[Session]:
 
 
 _autocommit: dict[str, sessionmaker[Session]] = {}
+_readers: dict[str, sessionmaker[Session]] = {}
+
+
+def _reader_factory(url: str) -> sessionmaker[Session]:
+    with _lock:
+        factory = _readers.get(url)
+        if factory is not None:
+            return factory
+    if url.startswith("sqlite"):
+        # An engine of its own: the writers' engine opens every transaction with BEGIN IMMEDIATE,
+        # which would take the write lock for a page view. Under WAL a plain reader blocks no one.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT})
+
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA query_only=ON")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
+            cur.close()
+
+    else:
+        engine = get_engine(url).execution_options(postgresql_readonly=True)
+    with _lock:
+        return _readers.setdefault(url, sessionmaker(engine, expire_on_commit=False))
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """A session that can only read (SQLite `query_only`, a PostgreSQL READ ONLY transaction),
+    ended at the end: for the viewer, which must never write, nor hold the write lock."""
+    session = _reader_factory(url)()
+    try:
+        yield session
+    finally:
+        session.close()  # ends the transaction; what was read stays readable (not expired)
 
 
 @contextmanager
@@ -177,6 +212,10 @@ def dispose_all() -> None:
     with _lock:
         for engine in _engines.values():
             engine.dispose()
+        for factory in _readers.values():
+            bind = factory.kw["bind"]
+            (getattr(bind, "engine", None) or bind).dispose()
         _engines.clear()
+        _readers.clear()
         _factories.clear()
         _autocommit.clear()

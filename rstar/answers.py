@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from fractions import Fraction
+from functools import lru_cache
 
 __all__ = [
     "MAX_ANSWER_CHARS",
@@ -313,6 +314,7 @@ def _math_verify_equal(a: str, b: str) -> bool:
         return False
 
 
+@lru_cache(maxsize=1 << 15)  # pure; a report or a viewer page judges every problem of a job again
 def answers_equal(a: str | None, b: str | None) -> bool:
     """Whether two final answers are the same; None (no answer) never equals anything."""
     na, nb = normalize_answer(a), normalize_answer(b)

@@ -185,3 +185,12 @@ def _start_sweeper(**_: object) -> None:
 @worker_shutdown.connect
 def _stop_sweeper(**_: object) -> None:
     sweeper.stop()
+
+
+def resume_job(job_id: int) -> tuple[int, Recovered]:
+    """Continue a cancelled or stuck job (`rstar resume`, the viewer's button): reopen it and its
+    cancelled problems, then re-send its queued steps and those of dead workers. Returns the
+    problems reopened and what was re-sent."""
+    with session_scope(get_settings().database_url) as session:
+        reopened = q.reopen_job(session=session, job_id=job_id)
+    return reopened, recover(job_id=job_id, resend_queued=True, expired_before=utcnow())

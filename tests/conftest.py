@@ -8,14 +8,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from db import migrate
 from db.session import dispose_all
-from tests.support import unavailable
+from tests.support import flushed_redis, unavailable
 from workers.celery_app import app as default_app
 from workers.celery_app import create_app
 from workers.settings import get_settings
@@ -91,12 +90,7 @@ def migrated(db_url: str) -> str:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        unavailable(f"Redis does not answer at {REDIS_URL}")
-    client.flushdb()
+    client = flushed_redis(REDIS_URL)
     yield REDIS_URL
     client.flushdb()
     client.close()

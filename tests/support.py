@@ -180,6 +180,20 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def flushed_redis(url: str) -> Any:
+    """A client of the tests' private Redis database, emptied; skip (locally) or fail (in CI)
+    when Redis does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        unavailable(f"Redis does not answer at {url}")
+    client.flushdb()
+    return client
+
+
 def require_llama_server() -> Path:
     """The llama-server binary (scripts/build_llama_server.sh), or skip (locally) / fail (in CI)."""
 

@@ -40,6 +40,14 @@ class Kind(StrEnum):
 
 
 NODE_KINDS = frozenset({Kind.A1, Kind.A2, Kind.A3, Kind.A4, Kind.A5})
+NODE_TITLES: dict[str, str] = {
+    Kind.A1: "A1 step",
+    Kind.A2: "A2 answer",
+    Kind.A3: "A3 sub-question",
+    Kind.A4: "A4 re-answer",
+    Kind.A5: "A5 rephrase",
+}
+"""How `rstar show` and the viewer name a node's action."""
 VOTE_KINDS = frozenset({Kind.A2, Kind.A3, Kind.A4})
 """Nodes made of several samples: their answer is the majority's, their value its share."""
 

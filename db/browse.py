@@ -1,0 +1,291 @@
+"""What the viewer (`rstar ui`) reads: every job at a glance, a job's problems filtered, sorted and
+paged, and two jobs compared on the problems they share.
+
+Correctness is `judge` on the stored answers, as in `rstar results` and `rstar report`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.jobs import ProblemResult, problem_results
+from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Problem, ProblemStatus
+from rstar import roster
+from rstar.reports import judge, mcnemar_exact, wilson_interval
+
+OUTCOMES = ("correct", "wrong", "unanswered", "failed", "no reference", "open")
+"""A problem's outcome, as the filter names it: right or wrong against its reference; answered
+with no parsable answer; failed for good; answered with no reference to judge by; not done yet
+(pending, running or cancelled)."""
+
+SORTS = {
+    "line": lambda r: r.line,
+    "calls": lambda r: r.model_calls,
+    "sequences": lambda r: r.sequences,
+    "tokens": lambda r: r.prompt_tokens + r.completion_tokens,
+    "rounds": lambda r: r.rounds_used if r.rounds_used is not None else -1,
+    "time": lambda r: r.wall_time_s if r.wall_time_s is not None else -1.0,
+}
+
+
+def outcome_of(r: ProblemResult | Problem) -> str:
+    if r.status == ProblemStatus.FAILED:
+        return "failed"
+    if r.status != ProblemStatus.ANSWERED:
+        return "open"
+    if r.final_answer is None:
+        return "unanswered"
+    if r.reference_answer is None:
+        return "no reference"
+    right = r.correct if isinstance(r, ProblemResult) else judge(r.status, r.final_answer, r.reference_answer)
+    return "correct" if right else "wrong"
+
+
+@dataclass(frozen=True)
+class JobOverview:
+    id: int
+    name: str
+    strategy: str
+    models: tuple[str, ...]
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    problems: int
+    done: int
+    """Problems in a terminal state (answered, failed, cancelled)."""
+    right: int
+    judged: int
+    """Problems with a reference: accuracy is right / judged (failed and unanswered count wrong)."""
+    model_calls: int
+    requests: int
+    sequences: int
+    tokens: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.right / self.judged if self.judged else None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.right, self.judged)
+
+    @property
+    def wall_time_s(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
+
+def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> list[JobOverview]:
+    """Every job (or those named), newest first, with its progress, accuracy and cost: three
+    grouped queries whatever the number of jobs."""
+    jobs = select(Job).order_by(Job.id.desc())
+    if job_ids is not None:
+        jobs = jobs.where(Job.id.in_(job_ids))
+    found = list(session.scalars(jobs))
+    ids = [j.id for j in found]
+    counts: dict[int, Counter[str]] = {}
+    for job_id, status, n in session.execute(
+        select(Problem.job_id, Problem.status, func.count())
+        .where(Problem.job_id.in_(ids))
+        .group_by(Problem.job_id, Problem.status)
+    ):
+        counts.setdefault(job_id, Counter())[status] = n
+    right: Counter[int] = Counter()
+    judged: Counter[int] = Counter()
+    for job_id, status, answer, ref in session.execute(
+        select(Problem.job_id, Problem.status, Problem.final_answer, Problem.reference_answer).where(
+            Problem.job_id.in_(ids), Problem.reference_answer.is_not(None)
+        )
+    ):
+        judged[job_id] += 1
+        right[job_id] += judge(status, answer, ref)
+    cost = {
+        job_id: (n, rq or 0, sq or 0, (pt or 0) + (ct or 0))
+        for job_id, n, rq, sq, pt, ct in session.execute(
+            select(
+                Problem.job_id,
+                func.count(),
+                func.sum(ModelCall.requests),
+                func.sum(ModelCall.sequences),
+                func.sum(ModelCall.prompt_tokens),
+                func.sum(ModelCall.completion_tokens),
+            )
+            .join(Problem, Problem.id == ModelCall.problem_id)
+            .where(Problem.job_id.in_(ids))
+            .group_by(Problem.job_id)
+        )
+    }
+    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
+    out = []
+    for j in found:
+        c = counts.get(j.id, Counter())
+        calls, requests, sequences, tokens = cost.get(j.id, (0, 0, 0, 0))
+        out.append(
+            JobOverview(
+                id=j.id,
+                name=j.name,
+                strategy=j.strategy,
+                models=tuple(roster.names(j.models)),
+                status=j.status,
+                created_at=j.created_at,
+                finished_at=j.finished_at,
+                problems=sum(c.values()),
+                done=sum(n for s, n in c.items() if s in terminal),
+                right=right[j.id],
+                judged=judged[j.id],
+                model_calls=calls,
+                requests=requests,
+                sequences=sequences,
+                tokens=tokens,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ProblemRow:
+    result: ProblemResult
+    line: int
+    outcome: str
+
+    def __getattr__(self, name: str) -> object:  # the result's fields, for sorting and templates
+        return getattr(self.result, name)
+
+
+@dataclass(frozen=True)
+class ProblemPage:
+    rows: list[ProblemRow]
+    total: int
+    """Problems that pass the filter (all pages)."""
+    page: int
+    pages: int
+    outcomes: Counter[str]
+    """Every problem of the job by outcome (unfiltered)."""
+    models: tuple[str, ...]
+    """The models that gave a selected answer, for the filter."""
+    rounds: tuple[int, ...]
+
+
+def job_view(*, session: Session, job_id: int, **listing: Any) -> tuple[JobOverview, ProblemPage] | None:
+    """A job's overview and one page of its problems (`problem_page`'s filters), from one read of
+    its results; None when there is no such job."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    results = problem_results(session=session, job_id=job_id)
+    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
+    judged = [r for r in results if r.reference_answer is not None]
+    overview = JobOverview(
+        id=job.id,
+        name=job.name,
+        strategy=job.strategy,
+        models=tuple(roster.names(job.models)),
+        status=job.status,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        problems=len(results),
+        done=sum(r.status in terminal for r in results),
+        right=sum(bool(r.correct) for r in judged),
+        judged=len(judged),
+        model_calls=sum(r.model_calls for r in results),
+        requests=sum(r.requests for r in results),
+        sequences=sum(r.sequences for r in results),
+        tokens=sum(r.prompt_tokens + r.completion_tokens for r in results),
+    )
+    return overview, problem_page(session=session, job_id=job_id, results=results, **listing)
+
+
+def problem_page(
+    *,
+    session: Session,
+    job_id: int,
+    results: list[ProblemResult] | None = None,
+    outcome: str | None = None,
+    model: str | None = None,
+    rounds: int | None = None,
+    sort: str = "line",
+    descending: bool = False,
+    page: int = 1,
+    per_page: int = 50,
+) -> ProblemPage:
+    """One page of a job's problems (of `results`, when already read). `outcome` is one of
+    OUTCOMES, `model` the roster name whose output was selected, `rounds` the rounds used; `sort` a
+    key of SORTS."""
+    if results is None:
+        results = problem_results(session=session, job_id=job_id)
+    lines = dict(session.execute(select(Problem.item_id, Problem.line).where(Problem.job_id == job_id)).all())
+    rows = [ProblemRow(r, lines[r.id], outcome_of(r)) for r in results]
+    outcomes = Counter(r.outcome for r in rows)
+    models = tuple(sorted({r.result.model for r in rows if r.result.model}))
+    rounds_seen = tuple(sorted({r.result.rounds_used for r in rows if r.result.rounds_used is not None}))
+    kept = [
+        r
+        for r in rows
+        if (outcome is None or r.outcome == outcome)
+        and (model is None or r.result.model == model)
+        and (rounds is None or r.result.rounds_used == rounds)
+    ]
+    kept.sort(key=SORTS.get(sort, SORTS["line"]), reverse=descending)
+    pages = max(1, -(-len(kept) // per_page))
+    page = min(max(1, page), pages)
+    return ProblemPage(
+        rows=kept[(page - 1) * per_page : page * per_page],
+        total=len(kept),
+        page=page,
+        pages=pages,
+        outcomes=outcomes,
+        models=models,
+        rounds=rounds_seen,
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two jobs on the problems (by item id, with a reference) they share; McNemar's exact test on
+    the discordant pairs, as `rstar report`."""
+
+    shared: int
+    both_right: int
+    neither: int
+    only_first: list[tuple[ProblemResult, ProblemResult]]
+    """(first job's result, second job's) where only the first is right."""
+    only_second: list[tuple[ProblemResult, ProblemResult]]
+    p_value: float
+
+
+def compare_jobs(*, session: Session, first: int, second: int) -> Comparison:
+    a = {r.id: r for r in problem_results(session=session, job_id=first) if r.reference_answer is not None}
+    b = {r.id: r for r in problem_results(session=session, job_id=second) if r.reference_answer is not None}
+    shared = [i for i in a if i in b]
+    right = {i: (bool(a[i].correct), bool(b[i].correct)) for i in shared}
+    only_first = [(a[i], b[i]) for i in shared if right[i] == (True, False)]
+    only_second = [(a[i], b[i]) for i in shared if right[i] == (False, True)]
+    return Comparison(
+        shared=len(shared),
+        both_right=sum(1 for v in right.values() if v == (True, True)),
+        neither=sum(1 for v in right.values() if v == (False, False)),
+        only_first=only_first,
+        only_second=only_second,
+        p_value=mcnemar_exact(len(only_first), len(only_second)),
+    )
+
+
+def comparable_jobs(*, session: Session, job_id: int) -> list[tuple[int, str, str, int]]:
+    """The other jobs that share problems (item ids) with this one: (id, name, strategy, shared)."""
+    mine = select(Problem.item_id).where(Problem.job_id == job_id)
+    rows = session.execute(
+        select(Job.id, Job.name, Job.strategy, func.count())
+        .join(Problem, Problem.job_id == Job.id)
+        .where(Job.id != job_id, Problem.item_id.in_(mine))
+        .group_by(Job.id, Job.name, Job.strategy)
+        .order_by(Job.id.desc())
+    ).all()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

@@ -1,0 +1,481 @@
+"""`rstar ui` in a real headless browser (Debian's chromium through its chromedriver, driven by
+Selenium), against a real `rstar ui` process on a database written by real workers.
+
+The database holds the previous release's seven jobs (migrated) and two fresh ones run here through
+Celery and Redis on fake servers that speak the real protocol: a mutual job whose model B writes
+markup into its solutions and reviews, and an rstar search. Each page is saved as a screenshot
+(into RSTAR_UI_SCREENSHOTS when set: `docs/ui/` holds the ones made this way).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from db import migrate
+from db.models import Job, ModelCall, Output, Problem, Selection
+from db.reports import load_report
+from db.session import dispose_all, session_scope
+from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
+from tests.support import (
+    REPO,
+    celery_worker,
+    flushed_redis,
+    gsm8k_rows,
+    oracle_pair,
+    rstar,
+    service_env,
+    unavailable,
+    wait_until,
+    write_jsonl,
+)
+from tests.test_rstar_e2e import PARAMS, MctsOracle
+from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+
+pytestmark = [pytest.mark.redis, pytest.mark.browser]
+
+RELEASE_DB = REPO / "tests" / "data" / "previous_release" / "jobs.sqlite"
+REDIS_URL = os.environ.get("RSTAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+CHROMIUM = Path(os.environ.get("RSTAR_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("RSTAR_CHROMEDRIVER", "/usr/bin/chromedriver"))
+
+# What model B writes: markup that would run if it reached the page unescaped.
+XSS_SCRIPT = '<script>window.__xss = "script"</script>'
+XSS_IMG = "<img src=x onerror=\"window.__xss = 'img'\">"
+
+
+def _hostile(inner: Any) -> Any:
+    """A responder that adds markup to every solution step list and review issue list."""
+
+    def respond(request: FakeRequest) -> Reply | str:
+        text = inner(request)
+        if not isinstance(text, str):
+            return text
+        body = json.loads(text)
+        if "steps" in body:
+            body["steps"] = [XSS_SCRIPT, *body["steps"], f"Also {XSS_IMG}"]
+        if "issues" in body:
+            body["issues"] = [*body["issues"], {"step": 1, "description": XSS_IMG}]
+        return json.dumps(body)
+
+    return respond
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Viewer:
+    """A running `rstar ui` process."""
+
+    def __init__(self, db_url: str, log: Path, *args: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = service_env(db_url, REDIS_URL)
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "ui", "--port", str(self.port), *args],
+            env=env,
+            cwd=REPO,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, **auth: Any) -> None:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return httpx.get(self.url + "/static/style.css", timeout=2, **auth).status_code in (200, 401)
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=30, what="rstar ui")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def jobs_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, int]]:
+    """The database, with (url, mutual job with hostile text, rstar job)."""
+    client = flushed_redis(REDIS_URL)
+    tmp = tmp_path_factory.mktemp("ui")
+    shutil.copy(RELEASE_DB, tmp / "jobs.sqlite")
+    url = f"sqlite:///{tmp / 'jobs.sqlite'}"
+    migrate.upgrade(url)
+    mutual_rows = gsm8k_rows(3, offset=170)
+    search_rows = gsm8k_rows(2, offset=180)
+    a_oracle, b_oracle = oracle_pair(mutual_rows)
+    mcts = MctsOracle(search_rows)
+    env = service_env(url, REDIS_URL)
+
+    def items(rows: list[dict[str, str]], prefix: str) -> list[dict[str, object]]:
+        return [
+            {"id": f"{prefix}{j}", "question": r["question"], "answer": r["answer"]}
+            for j, r in enumerate(rows)
+        ]
+
+    with (
+        FakeInferenceServer(a_oracle, kind="tgi") as a,
+        FakeInferenceServer(_hostile(b_oracle), kind="tgi") as b,
+        FakeInferenceServer(mcts, kind="vllm") as g,
+        FakeInferenceServer(mcts, kind="tgi") as d,
+    ):
+        sub = rstar(
+            ["submit", str(write_jsonl(tmp / "m.jsonl", items(mutual_rows, "m"))), "--name", "hostile-text",
+             "--model", f"A={a.url}", "--model", f"B={b.url}"],
+            env,
+        )  # fmt: skip
+        assert sub.returncode == 0, sub.stderr
+        mutual_job = int(sub.stdout.strip())
+        args = ["submit", str(write_jsonl(tmp / "s.jsonl", items(search_rows, "s"))), "--name", "search"]
+        args += ["--strategy", "rstar", "--model", f"A={g.url}", "--model", f"B={d.url}"]
+        for p in PARAMS:
+            args += ["--param", p]
+        sub = rstar(args, env)
+        assert sub.returncode == 0, sub.stderr
+        search_job = int(sub.stdout.strip())
+        queues = [CONTROL_QUEUE, *(queue_for_endpoint(s.url) for s in (a, b, g, d))]
+        with celery_worker(env, queues, log=tmp / "worker.log"):
+
+            def finished() -> bool:
+                with session_scope(url) as s:
+                    jobs = [s.get(Job, i) for i in (mutual_job, search_job)]
+                    return all(j is not None and j.finished_at is not None for j in jobs)
+
+            wait_until(finished, timeout=180, what="the two jobs")
+    yield url, mutual_job, search_job
+    client.flushdb()
+    client.close()
+    dispose_all()
+
+
+@pytest.fixture(scope="module")
+def viewer(jobs_db: tuple[str, int, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer]:
+    v = Viewer(jobs_db[0], tmp_path_factory.mktemp("viewer") / "ui.log")
+    v.wait_ready()
+    yield v
+    v.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        unavailable(
+            f"{CHROMIUM} and {CHROMEDRIVER} are needed (Debian: apt-get install chromium chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tempfile.mkdtemp(prefix="rstar-chromium-")
+    # Without the background-networking flags chromium keeps dialling Google's hosts, which this
+    # closed network refuses.
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,1000", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.implicitly_wait(5)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("RSTAR_UI_SCREENSHOTS")
+    path = Path(where) if where else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _results(db_url: str, job_id: int) -> list[dict[str, Any]]:
+    """`rstar results`: what the viewer's numbers must agree with."""
+    out = rstar(["results", str(job_id)], service_env(db_url, REDIS_URL))
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def _by(css: str) -> tuple[str, str]:
+    from selenium.webdriver.common.by import By
+
+    return By.CSS_SELECTOR, css
+
+
+def _console_errors(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+
+
+def test_jobs_page_to_a_wrong_answer_and_its_model_calls(
+    browser: Any, viewer: Viewer, jobs_db: tuple[str, int, int], shots: Path
+) -> None:
+    db_url = jobs_db[0]
+    browser.get(viewer.url + "/")
+    rows = browser.find_elements(*_by("tr.job-row"))
+    with session_scope(db_url) as s:
+        assert len(rows) == s.scalar(select(func.count()).select_from(Job))
+    job3 = browser.find_element(*_by('tr.job-row[data-job="3"]'))
+    assert "mutual-3-rounds" in job3.text and "83.3%" in job3.text and "5/6" in job3.text
+    browser.save_screenshot(str(shots / "jobs.png"))
+
+    job3.find_element(*_by("td:nth-child(2) a")).click()
+    assert browser.find_element(*_by("h1")).text == "Job 3: mutual-3-rounds"
+    assert len(browser.find_elements(*_by("tr.problem-row"))) == 6
+    browser.save_screenshot(str(shots / "job.png"))
+
+    wrong = [r for r in _results(db_url, 3) if r["correct"] is False]
+    assert wrong
+    browser.find_element(*_by('a[data-outcome="wrong"]')).click()
+    listed = browser.find_elements(*_by("tr.problem-row"))
+    assert [r.find_element(*_by("td.outcome")).text for r in listed] == ["wrong"] * len(wrong)
+    assert [r.find_element(*_by("a.problem-link")).text for r in listed] == [r["id"] for r in wrong]
+
+    listed[0].find_element(*_by("a.problem-link")).click()
+    assert browser.find_element(*_by("#outcome")).text == "wrong"
+    assert browser.find_element(*_by("#final-answer")).text == wrong[0]["final_answer"]
+    with session_scope(db_url) as s:
+        reason = s.scalar(
+            select(Selection.reason)
+            .join(Problem)
+            .where(Problem.job_id == 3, Problem.item_id == wrong[0]["id"])
+        )
+    assert browser.find_element(*_by("#selection .reason")).text == reason
+    call = browser.find_element(*_by("details.call"))
+    call_id = int(call.get_attribute("id").removeprefix("call"))
+    with session_scope(db_url) as s:
+        recorded = s.get(ModelCall, call_id)
+        assert recorded is not None
+        reply, tokens = (
+            recorded.response_text,
+            f"{recorded.prompt_tokens}+{recorded.completion_tokens} tokens",
+        )
+    assert tokens in call.text
+    body = call.find_element(*_by(".reply pre"))
+    assert not body.is_displayed()  # folded until clicked
+    call.find_element(*_by("summary")).click()
+    assert body.is_displayed() and body.text == reply.strip()
+    browser.save_screenshot(str(shots / "problem.png"))
+    assert not _console_errors(browser)
+
+
+def test_model_text_is_shown_as_text_and_never_runs(
+    browser: Any, viewer: Viewer, jobs_db: tuple[str, int, int], shots: Path
+) -> None:
+    db_url, mutual_job, _ = jobs_db
+    with session_scope(db_url) as s:
+        stored = s.scalar(
+            select(func.count()).select_from(Output).join(Problem).where(
+                Problem.job_id == mutual_job, Output.text.contains("onerror=")
+            )
+        )  # fmt: skip
+    assert stored  # the hostile text really is in the database
+    browser.get(f"{viewer.url}/jobs/{mutual_job}/problems/m0")
+    for summary in browser.find_elements(*_by("details.call > summary")):
+        summary.click()  # replies and prompts (B's solution quoted in A's review prompt) on show
+    page = browser.find_element(*_by("main")).text
+    assert XSS_SCRIPT in page and XSS_IMG in page
+    assert browser.execute_script("return window.__xss") is None
+    assert browser.find_elements(*_by("main img")) == []
+    assert browser.execute_script("return document.scripts.length") == 1  # htmx, nothing else
+    # Nothing even tried to run (a script the Content-Security-Policy blocked would be logged).
+    assert not _console_errors(browser)
+    browser.save_screenshot(str(shots / "escaped.png"))
+
+
+def test_the_search_tree_is_drawn_with_the_winning_path(
+    browser: Any, viewer: Viewer, jobs_db: tuple[str, int, int], shots: Path
+) -> None:
+    db_url, _, search_job = jobs_db
+    browser.get(f"{viewer.url}/jobs/{search_job}/problems/s0")
+    with session_scope(db_url) as s:
+        problem = s.scalar(select(Problem).where(Problem.job_id == search_job, Problem.item_id == "s0"))
+        assert problem is not None
+        kinds = list(s.scalars(select(Output.kind).where(Output.problem_id == problem.id)))
+        final = problem.final_answer
+    nodes = browser.find_elements(*_by("#search-tree li.node"))
+    # The root (the question) and one node per tree output (a sub-question is part of its answer's
+    # node, and the discriminator's completions are not nodes).
+    assert len(nodes) == 1 + sum(k not in ("a3_question", "rc_complete") for k in kinds)
+    winner = browser.find_element(*_by("#search-tree li.winner > .label"))
+    assert f"answer {final}" in winner.text and "visits" in winner.text
+    assert len(browser.find_elements(*_by("#search-tree li.on-path"))) >= 2  # the root and the winner
+    assert "4 rollout(s) done" in browser.find_element(*_by("#search-tree h2")).text
+    assert browser.find_elements(*_by(".candidates li"))
+    browser.save_screenshot(str(shots / "search.png"))
+    assert not _console_errors(browser)
+
+
+def test_two_jobs_compared_on_their_shared_problems(
+    browser: Any, viewer: Viewer, jobs_db: tuple[str, int, int], shots: Path
+) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    db_url = jobs_db[0]
+    browser.get(viewer.url + "/jobs/1")
+    Select(browser.find_element(*_by("#compare-with"))).select_by_value("3")
+    browser.find_element(*_by("form.compare button")).click()
+    cells = [td.text for td in browser.find_elements(*_by("#paired tbody td"))]
+    with session_scope(db_url) as s:
+        report = load_report(session=s, job_ids=[1, 3], max_rounds_limit=10)
+    (c,) = report.comparisons  # `rstar report 1 3`'s paired comparison
+    assert cells[:5] == [str(x) for x in (c.shared, c.both_right, c.only_first, c.only_second, c.neither)]
+    assert float(cells[6]) == pytest.approx(c.p_value, abs=1e-4)
+    browser.save_screenshot(str(shots / "compare.png"))
+
+
+def test_a_running_job_updates_in_place_and_is_cancelled_and_resumed_from_the_page(
+    browser: Any, tmp_path: Path, shots: Path
+) -> None:
+    """A job with no worker stays active: the page follows it live (htmx), and with
+    --allow-control its buttons cancel and resume it; without, there are none, and a POST fails."""
+    db_url = f"sqlite:///{tmp_path / 'control.sqlite'}"
+    env = service_env(db_url, REDIS_URL)
+    assert rstar(["db", "upgrade"], env).returncode == 0
+    rows = [
+        {"id": f"c{j}", "question": r["question"], "answer": r["answer"]} for j, r in enumerate(gsm8k_rows(2))
+    ]
+    sub = rstar(
+        ["submit", str(write_jsonl(tmp_path / "c.jsonl", rows)), "--model-a", "http://127.0.0.1:9",
+         "--no-check-models"],
+        env,
+    )  # fmt: skip
+    assert sub.returncode == 0, sub.stderr
+    job = int(sub.stdout.strip())
+    readonly = Viewer(db_url, tmp_path / "ro.log")
+    control = Viewer(db_url, tmp_path / "rw.log", "--allow-control")
+    try:
+        readonly.wait_ready()
+        control.wait_ready()
+        # Read-only: no buttons, and the action refused even as htmx would send it.
+        browser.get(f"{readonly.url}/jobs/{job}")
+        assert browser.find_elements(*_by("button.control")) == []
+        refused = httpx.post(f"{readonly.url}/jobs/{job}/cancel", headers={"HX-Request": "true"})
+        assert refused.status_code == 403
+        assert httpx.post(f"{control.url}/jobs/{job}/cancel").status_code == 403  # not from htmx
+
+        # Live: cancelled from the command line, the open page shows it without a reload.
+        browser.execute_script("window.__same_page = true")
+        assert browser.find_element(*_by("#progress .status")).text == "active"
+        assert rstar(["cancel", str(job)], env).returncode == 0
+        wait_until(
+            lambda: browser.find_element(*_by("#progress .status")).text == "cancelled",
+            timeout=15,
+            what="the page to show the cancellation",
+        )
+        assert browser.execute_script("return window.__same_page") is True
+
+        # Control: resume, then cancel, with the page's buttons.
+        browser.get(f"{control.url}/jobs/{job}")
+        browser.find_element(*_by("button.control")).click()
+        wait_until(lambda: _job_status(db_url, job) == "active", timeout=15, what="resume")
+        wait_until(
+            lambda: browser.find_element(*_by("#progress .status")).text == "active",
+            timeout=15,
+            what="the page",
+        )
+        browser.save_screenshot(str(shots / "control.png"))
+        browser.find_element(*_by("button.control")).click()
+        browser.switch_to.alert.accept()  # "Cancel job N?"
+        wait_until(lambda: _job_status(db_url, job) == "cancelled", timeout=15, what="cancel")
+        # The jobs table has the same buttons.
+        browser.get(control.url + "/")
+        browser.find_element(*_by(f'tr.job-row[data-job="{job}"] button.control')).click()
+        wait_until(lambda: _job_status(db_url, job) == "active", timeout=15, what="resume from the table")
+    finally:
+        readonly.stop()
+        control.stop()
+        dispose_all()
+
+
+def _job_status(db_url: str, job_id: int) -> str:
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job.status
+
+
+def test_another_host_needs_a_token_which_never_shows(jobs_db: tuple[str, int, int], tmp_path: Path) -> None:
+    db_url = jobs_db[0]
+    refused = rstar(["ui", "--host", "0.0.0.0", "--port", str(_free_port())], service_env(db_url, REDIS_URL))
+    assert refused.returncode == 2
+    assert "--token" in refused.stderr
+    token = "tok-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
+    v = Viewer(db_url, tmp_path / "token.log", "--host", "0.0.0.0", "--token", token)
+    try:
+        v.wait_ready()
+        assert httpx.get(v.url + "/").status_code == 401
+        assert httpx.get(v.url + "/", auth=("anyone", "wrong")).status_code == 401
+        pages = [
+            httpx.get(v.url + path, auth=("anyone", token))
+            for path in ("/", "/jobs/3", "/jobs/3/problems/gsm-1", "/jobs/999")
+        ]
+        assert [p.status_code for p in pages] == [200, 200, 200, 404]
+        assert httpx.get(v.url + "/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert not any(token in p.text for p in pages)
+    finally:
+        log = v.stop()
+    assert "GET /jobs/3" in log  # the access log is there, and the token is not in it
+    assert token not in log
+
+
+def test_filters_sorting_and_pages_agree_with_the_results(jobs_db: tuple[str, int, int]) -> None:
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    db_url = jobs_db[0]
+    client = TestClient(create_app(database_url=db_url))
+    results = {r["id"]: r for r in _results(db_url, 3)}
+
+    def listed(query: str) -> list[list[str]]:
+        page = client.get(f"/jobs/3?{query}")
+        assert page.status_code == 200, page.text
+        rows = re.findall(r'<tr class="problem-row.*?</tr>', page.text, re.S)
+        return [re.findall(r"<td[^>]*>(?:<a [^>]*>)?(.*?)(?:</a>)?</td>", r, re.S) for r in rows]
+
+    by_a = listed("model=A")
+    assert [r[1] for r in by_a] == [i for i, r in results.items() if r["model"] == "A"]
+    calls = [int(r[7]) for r in listed("sort=calls&order=desc")]
+    assert calls == sorted((r["model_calls"] for r in results.values()), reverse=True)
+    pages = [listed(f"per_page=4&page={n}") for n in (1, 2)]
+    assert [len(p) for p in pages] == [4, 2]
+    assert [r[1] for p in pages for r in p] == list(results)
+    two_rounds = listed("rounds=2")
+    assert [r[1] for r in two_rounds] == [i for i, r in results.items() if r["rounds_used"] == 2]
+    assert client.get("/jobs/3?outcome=nonsense").status_code == 400
+    assert client.get("/jobs/3?page=two").status_code == 400
+    assert client.get("/jobs/999").status_code == 404
+    assert client.get("/jobs/3/problems/nope").status_code == 404
+    plot = client.get("/jobs/3/plots/accuracy.png")
+    assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
