@@ -304,7 +304,9 @@ def test_hundred_concurrent_requests() -> None:
 
 def test_hundred_concurrent_requests_through_huggingface_hub() -> None:
     # huggingface_hub's shared httpx2 client allows 100 connections (20 kept alive): 100 threads fit.
-    with FakeInferenceServer(lambda r: Reply(text="ok", delay=0.5)) as srv:
+    # Each reply waits 2 s, so that on two loaded cores every thread has sent its request before
+    # the first replies come back (with 0.5 s a CI run once saw only 77 at a time).
+    with FakeInferenceServer(lambda r: Reply(text="ok", delay=2.0)) as srv:
         client = InferenceClient(base_url=srv.url, timeout=10)
         with ThreadPoolExecutor(100) as pool:
             outs = list(pool.map(lambda i: client.chat_completion(messages=MSGS, max_tokens=5), range(100)))

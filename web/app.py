@@ -277,7 +277,7 @@ def create_app(
 
     # -- one problem ---------------------------------------------------------------------------
 
-    @app.get("/jobs/{job_id}/problems/{item_id}", response_class=HTMLResponse)
+    @app.get("/jobs/{job_id}/problems/{item_id:path}", response_class=HTMLResponse)
     async def problem_page(request: Request, job_id: int, item_id: str) -> HTMLResponse:
         def load() -> dict[str, Any]:
             with read_scope(url) as s:
