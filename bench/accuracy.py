@@ -102,6 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="both",
         help="rstar suite: give self-consistency rstar's mean sequences, its mean generated tokens, or both",
     )
+    ap.add_argument(
+        "--rstar-only",
+        action="store_true",
+        help="rstar suite: cot and rstar only (compare a new rstar with baselines measured before)",
+    )
     return ap.parse_args(argv)
 
 
@@ -155,6 +160,9 @@ def _rstar_suite(
     done = run(Run("rstar", "rstar", ["--seed", str(opts.seed), "--param", f"temperature={opts.temperature}",
                                       *params]))  # fmt: skip
     seqs, tokens = mean_cost(done.job_id)
+    if opts.rstar_only:
+        _log(f"rstar: {seqs:.1f} sequences and {tokens:.0f} generated tokens per problem")
+        return
     cot_tokens = mean_cost(cot_job)[1] or 1.0
     ks = {}
     if opts.sc_match in ("sequences", "both"):

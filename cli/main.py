@@ -234,7 +234,10 @@ def worker(
     Extra arguments go to `celery worker` unchanged.
     """
     settings = get_settings()
-    endpoints = endpoint or settings.configured_urls()
+    try:
+        endpoints = endpoint or [m.url for m in settings.roster()]
+    except RosterError as exc:  # a malformed RSTAR_MODELS is refused, not skipped
+        raise fail(str(exc)) from None
     if not endpoints:
         raise fail("no endpoints: pass --endpoint URL or set RSTAR_MODELS (or RSTAR_MODEL_A_URL / _B_URL)")
     queues = sorted({CONTROL_QUEUE, *(queue_for_endpoint(u) for u in endpoints)})

@@ -128,3 +128,14 @@ def test_a_password_in_an_endpoint_url_is_not_printed(
     assert concurrency_of(exec_args[0]) == pool_threads([8, None])
     sizing = [line for line in out.splitlines() if line.startswith("worker: ") and "threads" in line]
     assert len(sizing) == 1 and "hunter2" not in sizing[0] and "user:***@" in sizing[0]
+
+
+def test_a_malformed_roster_in_the_environment_is_refused_not_skipped(
+    settings_env: SettingsEnv, exec_args: list[list[str]]
+) -> None:
+    with FakeInferenceServer(max_concurrent_requests=8) as up:
+        settings_env.setenv("RSTAR_MODELS", f"A={up.url},B=ftp://nowhere")
+        result = CliRunner().invoke(cli_main.app, ["worker"])
+    assert result.exit_code == 2
+    assert "B" in result.output and "ftp://nowhere" in result.output
+    assert exec_args == []  # no worker started on the half of the roster that parsed
