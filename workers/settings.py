@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rstar.roster import ModelEntry, RosterError, pair, parse_models_env
+from rstar.roster import ModelEntry, pair, parse_models_env
 
 ServerKind = Literal["auto", "tgi", "llama-cpp", "vllm", "openai", "plain"]
 
@@ -99,13 +99,6 @@ class Settings(BaseSettings):
         return pair(
             self.model_a_url, self.model_b_url, what_a="RSTAR_MODEL_A_URL", what_b="RSTAR_MODEL_B_URL"
         )
-
-    def configured_urls(self) -> list[str]:
-        """Every endpoint URL the environment names, credentials and all (malformed ones skipped)."""
-        try:
-            return [m.url for m in self.roster()]
-        except RosterError:
-            return [u for u in (self.model_a_url, self.model_b_url) if u]
 
 
 # In-flight slots counted for an endpoint that does not report its limit (or cannot be asked at
