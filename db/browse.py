@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from db.jobs import ProblemResult, problem_results
 from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Problem, ProblemStatus
 from rstar import roster
-from rstar.reports import judge, mcnemar_exact, wilson_interval
+from rstar.reports import PairedComparison, judge, paired_counts, wilson_interval
 
 OUTCOMES = ("correct", "wrong", "unanswered", "failed", "no reference", "open")
 """A problem's outcome, as the filter names it: right or wrong against its reference; answered
@@ -44,8 +44,7 @@ def outcome_of(r: ProblemResult | Problem) -> str:
         return "unanswered"
     if r.reference_answer is None:
         return "no reference"
-    right = r.correct if isinstance(r, ProblemResult) else judge(r.status, r.final_answer, r.reference_answer)
-    return "correct" if right else "wrong"
+    return "correct" if judge(r.status, r.final_answer, r.reference_answer) else "wrong"
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,20 @@ class JobOverview:
     requests: int
     sequences: int
     tokens: int
+
+    @classmethod
+    def of(cls, job: Job, **counts: int) -> JobOverview:
+        """The overview of `job` with these counts (the fields after `finished_at`)."""
+        return cls(
+            id=job.id,
+            name=job.name,
+            strategy=job.strategy,
+            models=tuple(roster.names(job.models)),
+            status=job.status,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+            **counts,
+        )
 
     @property
     def accuracy(self) -> float | None:
@@ -129,14 +142,8 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
         c = counts.get(j.id, Counter())
         calls, requests, sequences, tokens = cost.get(j.id, (0, 0, 0, 0))
         out.append(
-            JobOverview(
-                id=j.id,
-                name=j.name,
-                strategy=j.strategy,
-                models=tuple(roster.names(j.models)),
-                status=j.status,
-                created_at=j.created_at,
-                finished_at=j.finished_at,
+            JobOverview.of(
+                j,
                 problems=sum(c.values()),
                 done=sum(n for s, n in c.items() if s in terminal),
                 right=right[j.id],
@@ -183,14 +190,8 @@ def job_view(*, session: Session, job_id: int, **listing: Any) -> tuple[JobOverv
     results = problem_results(session=session, job_id=job_id)
     terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
     judged = [r for r in results if r.reference_answer is not None]
-    overview = JobOverview(
-        id=job.id,
-        name=job.name,
-        strategy=job.strategy,
-        models=tuple(roster.names(job.models)),
-        status=job.status,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
+    overview = JobOverview.of(
+        job,
         problems=len(results),
         done=sum(r.status in terminal for r in results),
         right=sum(bool(r.correct) for r in judged),
@@ -207,7 +208,7 @@ def problem_page(
     *,
     session: Session,
     job_id: int,
-    results: list[ProblemResult] | None = None,
+    results: list[ProblemResult],
     outcome: str | None = None,
     model: str | None = None,
     rounds: int | None = None,
@@ -216,11 +217,8 @@ def problem_page(
     page: int = 1,
     per_page: int = 50,
 ) -> ProblemPage:
-    """One page of a job's problems (of `results`, when already read). `outcome` is one of
-    OUTCOMES, `model` the roster name whose output was selected, `rounds` the rounds used; `sort` a
-    key of SORTS."""
-    if results is None:
-        results = problem_results(session=session, job_id=job_id)
+    """One page of a job's problems, from their `results`. `outcome` is one of OUTCOMES, `model`
+    the roster name whose output was selected, `rounds` the rounds used; `sort` a key of SORTS."""
     lines = dict(session.execute(select(Problem.item_id, Problem.line).where(Problem.job_id == job_id)).all())
     rows = [ProblemRow(r, lines[r.id], outcome_of(r)) for r in results]
     outcomes = Counter(r.outcome for r in rows)
@@ -249,32 +247,26 @@ def problem_page(
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two jobs on the problems (by item id, with a reference) they share; McNemar's exact test on
-    the discordant pairs, as `rstar report`."""
+    """Two jobs on the problems (by item id, with a reference) they share: `rstar report`'s paired
+    comparison, and the problems only one of them got right."""
 
-    shared: int
-    both_right: int
-    neither: int
+    paired: PairedComparison | None
+    """None when they share no problem with a reference."""
     only_first: list[tuple[ProblemResult, ProblemResult]]
     """(first job's result, second job's) where only the first is right."""
     only_second: list[tuple[ProblemResult, ProblemResult]]
-    p_value: float
 
 
 def compare_jobs(*, session: Session, first: int, second: int) -> Comparison:
     a = {r.id: r for r in problem_results(session=session, job_id=first) if r.reference_answer is not None}
     b = {r.id: r for r in problem_results(session=session, job_id=second) if r.reference_answer is not None}
+    right_a = {i: bool(r.correct) for i, r in a.items()}
+    right_b = {i: bool(r.correct) for i, r in b.items()}
     shared = [i for i in a if i in b]
-    right = {i: (bool(a[i].correct), bool(b[i].correct)) for i in shared}
-    only_first = [(a[i], b[i]) for i in shared if right[i] == (True, False)]
-    only_second = [(a[i], b[i]) for i in shared if right[i] == (False, True)]
     return Comparison(
-        shared=len(shared),
-        both_right=sum(1 for v in right.values() if v == (True, True)),
-        neither=sum(1 for v in right.values() if v == (False, False)),
-        only_first=only_first,
-        only_second=only_second,
-        p_value=mcnemar_exact(len(only_first), len(only_second)),
+        paired=paired_counts(str(first), str(second), right_a, right_b),
+        only_first=[(a[i], b[i]) for i in shared if right_a[i] and not right_b[i]],
+        only_second=[(a[i], b[i]) for i in shared if right_b[i] and not right_a[i]],
     )
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "mcnemar_exact",
     "model_answers",
     "paired",
+    "paired_counts",
     "replay_rounds",
     "state_up_to_round",
     "summarize",
@@ -497,16 +498,27 @@ class PairedComparison:
 
 def paired(first: JobRows, second: JobRows) -> PairedComparison | None:
     """Compare two jobs on the problems they share (matched by item id); None if they share none."""
-    a = {p.item_id: p for p in first.problems if p.reference_answer is not None}
-    b = {p.item_id: p for p in second.problems if p.reference_answer is not None}
+    return paired_counts(
+        first.label,
+        second.label,
+        {p.item_id: is_correct(p) for p in first.problems if p.reference_answer is not None},
+        {p.item_id: is_correct(p) for p in second.problems if p.reference_answer is not None},
+    )
+
+
+def paired_counts(
+    first: str, second: str, a: Mapping[str, bool], b: Mapping[str, bool]
+) -> PairedComparison | None:
+    """The paired comparison of two jobs' right answers by item id (problems with a reference
+    only), over the items both have; None if they share none."""
     shared = [i for i in a if i in b]
     if not shared:
         return None
-    counts: Counter[tuple[bool, bool]] = Counter((is_correct(a[i]), is_correct(b[i])) for i in shared)
+    counts: Counter[tuple[bool, bool]] = Counter((a[i], b[i]) for i in shared)
     only_first, only_second = counts[(True, False)], counts[(False, True)]
     return PairedComparison(
-        first=first.label,
-        second=second.label,
+        first=first,
+        second=second,
         shared=len(shared),
         both_right=counts[(True, True)],
         only_first=only_first,
