@@ -155,16 +155,21 @@ def complete_messages(
 
     With no steps given, this is a fresh solve of the problem.
     """
-    if not partial_steps:
-        return solve_messages(question, style=style)
     shown = "\n".join(f"Step {i}: {s}" for i, s in enumerate(partial_steps, 1))
+    return continue_messages(question, shown, style=style)
+
+
+def continue_messages(question: str, beginning: str, *, style: str = "json") -> tuple[ChatMessage, ...]:
+    """Continue a solution whose beginning is given as text; with none, a fresh solve."""
+    if not beginning.strip():
+        return solve_messages(question, style=style)
     return (
         ChatMessage("system", SYSTEM),
         ChatMessage(
             "user",
             "Here is the beginning of a solution to this problem. Continue it from where it stops: "
             "write the remaining steps and the final answer.\n\n"
-            f"Problem:\n{_quote(question)}\n\nBeginning of the solution:\n{_quote(shown)}\n\n"
+            f"Problem:\n{_quote(question)}\n\nBeginning of the solution:\n{_quote(beginning)}\n\n"
             f"{solution_format(style)}",
         ),
     )

@@ -51,7 +51,7 @@ class MctsOracle:
         if "Rewrite the question" in prompt:
             question = next(q for q in self.answers if q in prompt)
             return f"Condition 1: {question}"
-        if "Continue this solution" in prompt or "Continue the solution" in prompt or "Solve it:" in prompt:
+        if "Solve this problem step by step" in prompt or "Beginning of the solution" in prompt:
             return f"Step 1: Work it out.\nStep 2: Check it.\nStep 3: The answer is: {right}"
         return Reply(status=422, error="unknown instruction")
 

@@ -6,8 +6,10 @@ import math
 
 import pytest
 
+from rstar import prompts as solve_prompts
 from rstar.strategies import ParamError, get_strategy
 from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_key
+from rstar.strategies.mcts import prompts as mcts_prompts
 from rstar.strategies.mcts.discriminator import Candidate, Verdict, choose, cut_prefixes
 from rstar.strategies.mcts.search import Stats, draw, replay, select_child, uct
 from rstar.strategies.mcts.strategy import RStarStrategy
@@ -242,7 +244,10 @@ def test_a_search_in_memory_runs_its_rollouts_and_every_request_extends_its_pare
             node = tree.node(spec.key[1:].split(":")[0]).id
             parent = tree.nodes[node].parent
             user = request.messages[-1].content
-            assert "\n".join(["Question: " + tree.question_at(node), *tree.steps(parent or ROOT)]) in user
+            if spec.kind == Kind.A2:  # the prose solve prompt, continuing the trajectory
+                assert "\n".join(tree.steps(parent or ROOT)) in user and tree.question_at(node) in user
+            else:
+                assert "\n".join(["Question: " + tree.question_at(node), *tree.steps(parent or ROOT)]) in user
 
 
 def test_a_search_interrupted_at_any_step_continues_with_the_same_requests() -> None:
@@ -287,7 +292,8 @@ def test_a_job_of_the_first_version_replays_with_the_draws_it_ran_with() -> None
     params = {"rollouts": 3, "votes": 3, "last_votes": 4, "max_depth": 3}
     v1 = RStarStrategy({**params, "prompt_version": "rstar-v1"})
     v2 = RStarStrategy(params)
-    assert v1.shared_draws and not v2.shared_draws and v2.params["prompt_version"] == "rstar-v2"
+    assert v1.shared_draws and not v2.shared_draws and v2.params["prompt_version"] == "rstar-v3"
+    assert v1.params["prompt_version"] == "rstar-v1"  # a job keeps the version it ran with
     differs = 0
     for i in range(6):
         run = MemoryRun(v1, f"Tom has {i} apples and buys 3 more. How many apples does he have now?")
@@ -296,3 +302,38 @@ def test_a_job_of_the_first_version_replays_with_the_draws_it_ran_with() -> None
         assert len(ran) == 3  # v1's replay of its own tree is whole...
         differs += [r.path for r in v2.search(run.state())[1].rollouts] != ran
     assert differs  # ...where today's draws would have gone elsewhere
+
+
+def test_a2_and_the_completions_reason_in_the_prose_of_cot_and_old_jobs_keep_the_step_form() -> None:
+    strategy = RStarStrategy({"rollouts": 6, "votes": 3, "last_votes": 6, "max_depth": 3})
+    run = MemoryRun(strategy, QUESTION)
+    assert run.run(scripted).answer == "5"  # type: ignore[union-attr]
+    a2 = [(spec, r) for spec, r in run.requests if spec.kind == Kind.A2]
+    root = next(r for spec, r in a2 if spec.key.startswith("x0:"))
+    # At the root, A2 asks exactly what cot and self-consistency ask (rstar.prompts, prose).
+    assert root.messages == solve_prompts.solve_messages(QUESTION, style="prose")
+    tree, search = strategy.search(run.state())
+    # Below the root it continues the node's trajectory (below A5 alone: solves the rephrasing).
+    deeper = [(tree.node(spec.key[1:].split(":")[0]), r) for spec, r in a2 if not spec.key.startswith("x0:")]
+    assert any(tree.steps(node.id) for node, _ in deeper)
+    for node, r in deeper:
+        user = r.messages[-1].content
+        assert ("Beginning of the solution" in user) == bool(tree.steps(node.id))
+        assert tree.question_at(node.id) in user
+    assert all("\\boxed{}" in r.messages[-1].content for _, r in a2)
+    # Every candidate here says 5, so the discriminator was skipped: ask for its steps directly.
+    cuts = strategy.completion_steps(tree, strategy.candidates(tree, search), ("A",))
+    assert cuts
+    for spec in cuts:
+        user = strategy.build_request(spec, run.state()).messages[-1].content
+        assert "Beginning of the solution" in user and "\\boxed{}" in user
+    # A v2 job (whose params hold no cot_format) still asks in the few-shot step form.
+    v2 = RStarStrategy(
+        {"rollouts": 3, "votes": 3, "last_votes": 4, "max_depth": 3, "prompt_version": "rstar-v2"}
+    )
+    assert v2.p.cot_format == "steps" and v2.params["prompt_version"] == "rstar-v2"
+    spec = next(spec for spec, _ in a2)
+    old = v2.build_request(spec, run.state()).messages
+    assert old[0].content == mcts_prompts.SYSTEM and "Solve it: write Step 1" in old[-1].content
+    with pytest.raises(ParamError, match="cot_format"):
+        RStarStrategy({"cot_format": "poetry"})

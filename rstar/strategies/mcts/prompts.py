@@ -3,7 +3,9 @@
 The user message is the question, then the trajectory so far, one line per step; an action's
 short instruction comes last. A child's message therefore extends its parent's trajectory (the
 part before the instruction): the servers' prefix caches (vLLM automatic prefix caching, SGLang
-RadixAttention, llama.cpp slots) reuse the system prompt and the shared trajectory.
+RadixAttention, llama.cpp slots) reuse the system prompt and the shared trajectory. A2 and the
+discriminator's completions are the exception since v3: they use the project's prose solve
+prompt (a system prompt of its own), whose prompts still share a branch's trajectory as a prefix.
 
 The few-shot examples are GSM8K training problems (train.jsonl lines 1, 2 and 71, 1-based),
 rewritten in the two formats the actions use; `FEW_SHOT_LINES` names them so that a benchmark
@@ -17,10 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rstar import prompts as solve_prompts
 from rstar.types import ChatMessage
 
-PROMPT_VERSION = "rstar-v2"
-"""v2: the same prompts; each problem draws its branches with a seed of its own (v1: the job's)."""
+PROMPT_VERSION = "rstar-v3"
+"""v3: A2's chains of thought and the discriminator's completions are written in the prose of the
+project's solve prompt (`cot_format=prose`), the form cot's and self-consistency's answers come
+from; v1 and v2 jobs keep the few-shot "Step k:" form (`cot_format=steps`). v2: each problem draws
+its branches with a seed of its own (v1: the job's)."""
+COT_FORMATS = ("prose", "steps")
 FEW_SHOT_LINES = (1, 2, 71)
 """1-based lines of GSM8K train.jsonl the examples come from."""
 ANSWER_CUE = "The answer is:"
@@ -75,8 +82,17 @@ def one_step(question: str, steps: Sequence[str], k: int) -> tuple[ChatMessage, 
     )
 
 
-def remaining_steps(question: str, steps: Sequence[str], k: int) -> tuple[ChatMessage, ...]:
-    """A2: the remaining steps to the answer (chain of thought from here)."""
+def remaining_steps(
+    question: str, steps: Sequence[str], k: int, *, cot_format: str = "prose"
+) -> tuple[ChatMessage, ...]:
+    """A2: the remaining steps to the answer (chain of thought from here).
+
+    "prose": the project's solve prompt at the root, and below it the same prompt continuing the
+    trajectory (a 0.5B model reasons far better in its own prose than in the few-shot step form:
+    docs/results/accuracy/rstar). The prompts of one branch still share the trajectory as a prefix.
+    """
+    if cot_format == "prose":
+        return solve_prompts.continue_messages(question, "\n".join(steps), style="prose")
     start = (
         f"Continue the solution: write Step {k}, Step {k + 1}, ..."
         if k > 1
@@ -124,8 +140,10 @@ def rephrase(question: str) -> tuple[ChatMessage, ...]:
     )
 
 
-def complete(question: str, prefix: str) -> tuple[ChatMessage, ...]:
-    """The discriminator: finish a trajectory cut part-way."""
+def complete(question: str, prefix: str, *, cot_format: str = "prose") -> tuple[ChatMessage, ...]:
+    """The discriminator: finish a trajectory cut part-way (in A2's form)."""
+    if cot_format == "prose":
+        return solve_prompts.continue_messages(question, prefix, style="prose")
     return _messages(
         question,
         [prefix] if prefix else [],

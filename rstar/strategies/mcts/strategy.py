@@ -33,6 +33,7 @@ from rstar.strategies.base import (
     StepSpec,
     answer_groups,
     bool_param,
+    choice_param,
     float_param,
     int_param,
     seed_param,
@@ -76,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "cut_high": 0.8,
     "skip_discriminator_at": 0.9,
     "seed": 0,
+    "cot_format": "prose",
 }
 
 # Action -> the key's suffix ("x12.a1").
@@ -122,6 +124,8 @@ class RStarParams:
     cut_high: float
     skip_discriminator_at: float
     seed: int | None
+    cot_format: str
+    """How A2 and the completions reason: "prose" (the solve prompt's) or "steps" (few-shot)."""
 
 
 def _clean(text: str, prefix: re.Pattern[str]) -> str:
@@ -135,7 +139,11 @@ class RStarStrategy:
     """The generator (the first model) and the discriminator (the second; the first if alone)."""
 
     def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
-        p = {**DEFAULTS, **(params or {})}
+        given = params or {}
+        self.prompt_version = str(given.get("prompt_version") or prompts.PROMPT_VERSION)
+        old = self.prompt_version in ("rstar-v1", "rstar-v2")
+        # Jobs of the first versions reasoned in the few-shot step form: they replay as they ran.
+        p = {**DEFAULTS, **({"cot_format": "steps"} if old else {}), **given}
         self.p = RStarParams(
             rollouts=int_param(p, "rollouts", 16, low=1, high=512),
             max_depth=int_param(p, "max_depth", 5, low=1, high=20),
@@ -155,16 +163,17 @@ class RStarStrategy:
             cut_high=float_param(p, "cut_high", 0.8, low=0.0, high=1.0),
             skip_discriminator_at=float_param(p, "skip_discriminator_at", 0.9, low=0.0, high=1.0),
             seed=seed_param(p),
+            cot_format=choice_param(p, "cot_format", "prose", choices=prompts.COT_FORMATS),
         )
         # Jobs of the first version drew every problem's branches from the job's seed alone: they
         # replay as they ran.
-        self.shared_draws = (params or {}).get("prompt_version") == "rstar-v1"
+        self.shared_draws = self.prompt_version == "rstar-v1"
         if self.p.cut_low > self.p.cut_high:
             raise ParamError(f"cut_low ({self.p.cut_low}) must not be above cut_high ({self.p.cut_high})")
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**{k: getattr(self.p, k) for k in DEFAULTS}, "prompt_version": prompts.PROMPT_VERSION}
+        return {**{k: getattr(self.p, k) for k in DEFAULTS}, "prompt_version": self.prompt_version}
 
     def budget(self) -> str:
         """What one problem may cost at most, for `rstar submit` to say before anything runs."""
@@ -303,7 +312,10 @@ class RStarStrategy:
         if what == "d":
             prefix = self.prefixes(tree, tree.by_name[name])[int(rest[1:])]
             return ModelRequest(
-                messages=prompts.complete(state.question, prefix), max_tokens=p.max_tokens, n=1, **sample
+                messages=prompts.complete(state.question, prefix, cot_format=p.cot_format),
+                max_tokens=p.max_tokens,
+                n=1,
+                **sample,
             )
         if what == "q":
             sq = tree.subquestions[name]
@@ -335,7 +347,7 @@ class RStarStrategy:
             )
         if rest in (SUFFIX[Kind.A2], LAST):
             return ModelRequest(
-                messages=prompts.remaining_steps(question, steps, k_steps + 1),
+                messages=prompts.remaining_steps(question, steps, k_steps + 1, cot_format=p.cot_format),
                 max_tokens=p.max_tokens,
                 n=p.last_votes if rest == LAST else p.votes,
                 stop=("\n\nQuestion", "\nQuestion:"),
