@@ -1,8 +1,9 @@
 """What one model step costs the orchestration, in one thread: CPU and SQL statements per model call.
 
     python -m bench.step_cost --problems 100 --database postgres
+    python -m bench.step_cost --strategy rstar --param rollouts=4 --profile /tmp/rstar.prof
 
-Submits a mutual job against the simulated server (bench/simulator.py, at a tiny time scale) and
+Submits a job (mutual by default) against the simulated server (bench/simulator.py, at a tiny time scale) and
 runs every queued step's task in this process, one at a time, with Celery's `Task.apply()`: the
 same code a worker runs for a message, minus the consumer and the threads. So it separates what a
 step costs from what 80 threads on one interpreter add (compare with `bench.throughput`'s CPU per
@@ -13,6 +14,7 @@ Uses Redis database 13 (flushed) for the messages the steps send, and a fresh da
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import sys
@@ -34,7 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
     parser.add_argument("--questions", type=Path, default=GSM8K)
+    parser.add_argument("--strategy", default="mutual")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter (JSON value)"
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="write the steps' cProfile stats here")
     args = parser.parse_args(argv)
+    params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
+    profiler = cProfile.Profile() if args.profile else None
 
     from sqlalchemy import create_engine, event, func, select, text
     from sqlalchemy.engine import make_url
@@ -80,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             submit_job(
                 settings=get_settings(),
                 name="step-cost",
-                strategy_name="mutual",
-                params={},
+                strategy_name=args.strategy,
+                params=params,
                 # B: another queue, the same server
                 models=[ModelEntry("A", sim.url), ModelEntry("B", sim.url + "/")],
                 source=None,
@@ -97,16 +106,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
                 before = statements
                 started = time.process_time()
+                if profiler is not None:
+                    profiler.enable()
                 for (step_id,) in todo:
                     app.tasks[MODEL_STEP_TASK].apply(args=[step_id])
+                if profiler is not None:
+                    profiler.disable()
                 cpu += time.process_time() - started
                 counted += statements - before
                 tasks += len(todo)
         with session_scope(url) as session:
             calls = session.scalar(select(func.count()).select_from(ModelCall)) or 1
+            sequences = session.scalar(select(func.sum(ModelCall.sequences))) or 1
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
         print(
-            f"{args.database}: {args.problems} problems, {calls} model calls, {tasks} tasks; "
-            f"CPU {1000 * cpu / calls:.2f} ms per call; {counted / calls:.1f} SQL statements per call "
+            f"{args.database}: {args.problems} problems, {args.strategy}, {calls} model calls, "
+            f"{sequences} sequences, {tasks} tasks; CPU {1000 * cpu / calls:.2f} ms per call, "
+            f"{1000 * cpu / sequences:.2f} per sequence; {counted / calls:.1f} SQL statements per call "
             "(SQLite's BEGIN IMMEDIATE counted; PostgreSQL's BEGIN and COMMIT, sent by the driver, not)"
         )
     finally:

@@ -306,16 +306,18 @@ def _handle_call_error(
             server_kind=None,
             model=None,
             request=exc.request or {},
-            response=None,
+            response=exc.response,
             response_text=exc.body,
             finish_reason=None,
-            prompt_tokens=None,
-            completion_tokens=None,
+            prompt_tokens=exc.prompt_tokens,
+            completion_tokens=exc.completion_tokens,
             latency_ms=exc.latency_ms,
             outcome=CallOutcome.RETRYABLE_ERROR if retryable else CallOutcome.PERMANENT_ERROR,
             http_status=exc.http_status,
             error=f"{type(exc).__name__}: {exc.message}",
             request_hash=request_hash(claim.endpoint or "", exc.request) if exc.request else None,
+            requests=exc.requests,
+            sequences=exc.sequences,
         )
         record_call(session=session, call=failed_call)
         # The budget counts attempts since `rstar retry` last reset it (retry_base).

@@ -192,11 +192,27 @@ def test_servers_that_ignore_n_get_n_requests_at_once_with_their_own_seeds(kind:
     )
 
 
-def test_one_failed_sample_fails_the_call() -> None:
+def test_one_failed_sample_fails_the_call_and_the_failure_counts_what_the_others_generated() -> None:
     with FakeInferenceServer(_by_choice_and_seed, kind="tgi") as srv:
         srv.inject(Reply(status=503, error="busy"))
-        with pytest.raises(UnavailableError):
+        with pytest.raises(UnavailableError) as failed:
             ModelClient(srv.url, timeout=5).complete(SAMPLED)
+        assert srv.request_count == 3
+    exc = failed.value
+    # All three requests went out and two came back: they are paid for, and the record says so.
+    assert exc.requests == 3 and exc.sequences == 2
+    assert exc.request is not None and exc.request["n"] == 3 and exc.request["fan_out_seeds"] == [7, 8, 9]
+    assert exc.response is not None and len(exc.response["responses"]) == 2
+    assert exc.response["errors"] == [f"UnavailableError: {exc.message}"]
+    assert exc.completion_tokens == sum(r["usage"]["completion_tokens"] for r in exc.response["responses"])
+
+
+def test_a_rejected_sample_makes_the_fanned_out_call_permanent() -> None:
+    with FakeInferenceServer(_by_choice_and_seed, kind="tgi") as srv:
+        srv.inject(Reply(status=503, error="busy"), Reply(status=422, error="too long"))
+        with pytest.raises(RequestRejectedError, match="2 of 3 sampled requests failed") as failed:
+            ModelClient(srv.url, timeout=5).complete(SAMPLED)
+    assert failed.value.requests == 3 and failed.value.sequences == 1
 
 
 def test_a_server_that_returns_fewer_choices_than_asked_is_a_malformed_reply() -> None:

@@ -11,6 +11,7 @@ candidate is never mutually consistent, a right one always is, and the final ans
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -171,6 +172,39 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     shown = rstar(["show", str(job_id), "q0"], env)
     assert shown.returncode == 0, shown.stderr
     assert "search tree" in shown.stdout and "visits" in shown.stdout
+
+
+def test_a_fanned_out_expansion_that_fails_part_way_is_recorded_with_what_it_cost(
+    sqlite_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    rows, refs, path = _problems(tmp_path, 2, offset=170)
+    oracle = MctsOracle(rows)
+    # The generator ignores n (TGI): each expansion is n requests, and the 5th request fails.
+    seen = itertools.count(1)
+
+    def fifth_fails(request: FakeRequest) -> Reply | str:
+        return Reply(status=503, error="busy") if next(seen) == 5 else oracle(request)
+
+    with FakeInferenceServer(fifth_fails, kind="tgi") as a, FakeInferenceServer(oracle, kind="vllm") as b:
+        env = service_env(sqlite_url, redis_url, **FAST)
+        assert rstar(["db", "upgrade"], env).returncode == 0
+        job_id = _submit(env, path, a, b)
+        queues = [CONTROL_QUEUE, queue_for_endpoint(a.url), queue_for_endpoint(b.url)]
+        with celery_worker(env, queues, log=tmp_path / "worker.log"):
+            wait_until(lambda: _finished(sqlite_url, job_id), timeout=180, what="the rstar job")
+        served = a.request_count + b.request_count
+    with session_scope(sqlite_url) as s:
+        assert list(s.scalars(select(Problem.final_answer).where(Problem.job_id == job_id))) == refs
+        calls = list(s.scalars(select(ModelCall)))
+    failed = [c for c in calls if c.outcome != "ok"]
+    assert len(failed) == 1
+    call = failed[0]
+    n = call.request["n"]
+    # All n requests went out and all but one came back: the failed call counts them, keeps the
+    # replies it paid for, and the step's retry is a new call of its own.
+    assert n > 1 and call.requests == n and call.sequences == n - 1
+    assert len(call.response["responses"]) == n - 1 and call.completion_tokens > 0
+    assert served == sum(c.requests for c in calls)
 
 
 def test_a_search_killed_mid_way_resumes_from_the_persisted_tree(

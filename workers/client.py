@@ -36,6 +36,7 @@ from workers.errors import (
     ModelTimeoutError,
     OverloadedError,
     RequestRejectedError,
+    RetryableError,
     UnavailableError,
 )
 from workers.redact import url_credentials, without_userinfo
@@ -436,10 +437,20 @@ class ModelClient:
     def _fan_out(self, request: ModelRequest) -> ModelReply:
         """`n` samples from a server that does not take `n`: n requests at once, seeds base, base+1,
         ... (each in an in-flight slot of its own), recorded as one call of n requests. One failure
-        fails the call (the step retries all n: a partial expansion would not be the tree's)."""
+        fails the call (the step retries all n: a partial expansion would not be the tree's); the
+        failure carries what the others generated, so that the audit trail counts them."""
         singles = [replace(request, n=1, seed=seed) for seed in fan_out_seeds(request)]
         with ThreadPoolExecutor(max_workers=request.n, thread_name_prefix="rstar-sample") as pool:
-            replies = list(pool.map(self.complete, singles))
+            futures = [pool.submit(self.complete, single) for single in singles]
+        replies: list[ModelReply] = []
+        errors: list[ModelServerError] = []
+        for future in futures:
+            try:
+                replies.append(future.result())
+            except ModelServerError as exc:
+                errors.append(exc)
+        if errors:
+            raise self._fan_out_error(request, replies, errors)
         first = replies[0]
         texts = tuple(r.text for r in replies)
         reasons = sorted({r.finish_reason for r in replies if r.finish_reason})
@@ -455,6 +466,28 @@ class ModelClient:
             request=self.build_payload(request),
             response={"responses": [r.response for r in replies]},
         )
+
+    def _fan_out_error(
+        self, request: ModelRequest, replies: list[ModelReply], errors: list[ModelServerError]
+    ) -> ModelServerError:
+        """The failure of a fanned-out call: a permanent one if any (retrying cannot help), with
+        the whole call's request and what its n requests cost and returned."""
+        error = next((e for e in errors if not isinstance(e, RetryableError)), errors[0])
+        if len(errors) > 1:
+            error.message = f"{error.message} ({len(errors)} of {request.n} sampled requests failed)"
+            error.args = (error.message,)
+        error.request = self.build_payload(request)
+        error.requests = request.n
+        error.sequences = len(replies)
+        error.prompt_tokens = _sum_or_none(r.prompt_tokens for r in replies)
+        error.completion_tokens = _sum_or_none(r.completion_tokens for r in replies)
+        error.response = {
+            "responses": [r.response for r in replies],
+            "errors": [f"{type(e).__name__}: {e.message}" for e in errors],
+        }
+        latencies = [e.latency_ms for e in errors if e.latency_ms is not None]
+        error.latency_ms = max([*latencies, *(r.latency_ms for r in replies)], default=None)
+        return error
 
     def _complete(self, request: ModelRequest) -> ModelReply:
         # Identify the server first: a probe that fails now costs nothing, after the call it would

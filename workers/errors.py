@@ -34,6 +34,13 @@ class ModelServerError(Exception):
         self.body = body
         self.request = request
         self.latency_ms = latency_ms
+        # A fanned-out call (n requests, one per sample) that failed: what the others generated
+        # is paid for, and recorded with the failure.
+        self.requests = 1
+        self.sequences = 0
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.response: dict[str, Any] | None = None
 
 
 class RetryableError(ModelServerError):
