@@ -108,6 +108,10 @@ NATIVE_N: frozenset[ServerKind] = frozenset({"vllm", "openai"})
 TAKES_TOP_K: frozenset[ServerKind] = frozenset({"vllm", "llama-cpp"})
 
 
+MAX_SAMPLER_THREADS = 512
+"""Threads one client keeps for fanned-out samples, when the server does not bound its requests."""
+
+
 def fan_out_seeds(request: ModelRequest) -> list[int | None]:
     """The seeds of the n requests that sample a request's n sequences one by one."""
     if request.seed is None:
@@ -384,6 +388,8 @@ class ModelClient:
         self._client = InferenceClient(
             base_url=self.base_url, timeout=timeout, api_key=token, headers=auth_headers(base_url, token)
         )
+        self._samplers: ThreadPoolExecutor | None = None
+        self._samplers_lock = threading.Lock()
 
     @property
     def info(self) -> ServerInfo:
@@ -440,8 +446,7 @@ class ModelClient:
         fails the call (the step retries all n: a partial expansion would not be the tree's); the
         failure carries what the others generated, so that the audit trail counts them."""
         singles = [replace(request, n=1, seed=seed) for seed in fan_out_seeds(request)]
-        with ThreadPoolExecutor(max_workers=request.n, thread_name_prefix="rstar-sample") as pool:
-            futures = [pool.submit(self.complete, single) for single in singles]
+        futures = [self._sampler_pool().submit(self.complete, single) for single in singles]
         replies: list[ModelReply] = []
         errors: list[ModelServerError] = []
         for future in futures:
@@ -466,6 +471,18 @@ class ModelClient:
             request=self.build_payload(request),
             response={"responses": [r.response for r in replies]},
         )
+
+    def _sampler_pool(self) -> ThreadPoolExecutor:
+        """The threads that send fanned-out samples, shared by all of this client's calls: a pool
+        per call started n threads for every expansion. As many as the process's in-flight slots
+        (samples beyond them would only wait for a slot), so every slot can be used."""
+        with self._samplers_lock:
+            if self._samplers is None:
+                slots = self.in_flight.limit or MAX_SAMPLER_THREADS
+                self._samplers = ThreadPoolExecutor(
+                    max_workers=min(slots, MAX_SAMPLER_THREADS), thread_name_prefix="rstar-sample"
+                )
+            return self._samplers
 
     def _fan_out_error(
         self, request: ModelRequest, replies: list[ModelReply], errors: list[ModelServerError]
