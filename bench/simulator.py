@@ -172,8 +172,15 @@ _QUESTION_LINE = re.compile(r"^Question: (.*)$", re.M)
 _WRITE_ONLY = re.compile(r'Write only "(?:Step|Sub-question) (\d+):"')
 
 
-def is_rstar_prompt(user: str) -> bool:
-    return "The answer is: <number>" in user or "Rewrite the question as a list of conditions" in user
+def is_rstar_request(user: str, body: dict[str, Any]) -> bool:
+    """rstar's prompts: its few-shot actions by their wording; A2 and the discriminator's
+    completions, which since rstar-v3 use the seed strategies' prose solve prompt, by the nucleus
+    sampling only rstar asks for (top_p)."""
+    return (
+        "The answer is: <number>" in user
+        or "Rewrite the question as a list of conditions" in user
+        or body.get("top_p") is not None
+    )
 
 
 def rstar_reply(user: str, seed: object, max_tokens: int | None) -> tuple[str, int]:
@@ -182,7 +189,8 @@ def rstar_reply(user: str, seed: object, max_tokens: int | None) -> tuple[str, i
     thought (A2 and the discriminator's completions: ~100-260), the answer right for two seeds in
     three. Deterministic per question, instruction and seed, so both drivers grow the same trees."""
     found = _QUESTION_LINE.search(user)
-    question = found.group(1) if found else user
+    quoted = _BLOCK.search(user)  # the prose prompts quote the question
+    question = found.group(1) if found else quoted.group(1) if quoted else user
     right = right_answer(question)
     answer = right if _digest("rstar-right", question, seed) % 3 else right + 1
     k_found = _WRITE_ONLY.search(user)
@@ -441,7 +449,7 @@ class SimServer:
             except (ValueError, KeyError, TypeError, StopIteration):
                 return _json(422, {"error": "Input validation error", "error_type": "validation"})
             prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
-            if is_rstar_prompt(user):
+            if is_rstar_request(user, body):
                 text, tokens = rstar_reply(user, body.get("seed"), body.get("max_tokens"))
             else:
                 text, tokens = mutual_reply(user, body.get("response_format"), body.get("max_tokens"))

@@ -18,7 +18,7 @@ import redis
 
 from bench import throughput
 from bench.bare_driver import run_bare
-from bench.simulator import SimConfig, SimulatorProcess, agree_round
+from bench.simulator import SimConfig, SimulatorProcess, agree_round, right_answer
 from tests.conftest import REDIS_URL
 
 # The benchmark flushes its Redis database and refuses one that another client uses: not the
@@ -75,6 +75,23 @@ def test_bare_driver_follows_the_scripted_rounds() -> None:
     assert stats["rejected_429"] == 0 and stats["peak_in_flight"] <= 8
 
 
+def test_bare_driver_runs_rstar_searches_against_the_simulator_in_the_papers_shape() -> None:
+    questions = [
+        f"Tom has {i} apples and buys {i + 2} more. How many apples does he have now?" for i in range(3)
+    ]
+    params = {"rollouts": 3, "max_depth": 3, "votes": 4, "last_votes": 6, "cuts": 2, "a5": False}
+    with SimulatorProcess(SimConfig(max_concurrent_requests=32, time_scale=0.001)) as sim:
+        result = run_bare(questions, {"A": sim.url}, concurrency=32, strategy="rstar", params=params)
+        stats = sim.stats()
+    # The simulator ignores n: every sampled sequence was a request of its own.
+    assert result.sequences == result.calls == stats["ok"] > 3 * 3
+    assert result.rounds == dict.fromkeys(range(3), 3)
+    # Its answers are the question's (right, or right + 1 for one seed in three): it found the
+    # question in A2's prose prompts too, which quote it rather than start with "Question:".
+    for i, q in enumerate(questions):
+        assert result.answers[i] in {str(right_answer(q)), str(right_answer(q) + 1)}, (q, result.answers[i])
+
+
 def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
     client = redis.Redis.from_url(BENCH_REDIS_URL)
     try:
@@ -118,7 +135,9 @@ def test_step_cost_counts_cpu_and_statements_per_call() -> None:
     )
     assert done.returncode == 0, done.stderr
     found = re.search(
-        r"3 problems, (\d+) model calls, (\d+) tasks; CPU ([\d.]+) ms per call; ([\d.]+) SQL", done.stdout
+        r"3 problems, mutual, (\d+) model calls, \d+ sequences, (\d+) tasks; CPU ([\d.]+) ms per call,"
+        r" [\d.]+ per sequence; ([\d.]+) SQL",
+        done.stdout,
     )
     assert found, done.stdout
     calls, tasks, cpu, statements = int(found[1]), int(found[2]), float(found[3]), float(found[4])
