@@ -80,6 +80,18 @@ def _submit(env: dict[str, str], path: Path, a: FakeInferenceServer, b: FakeInfe
     return int(sub.stdout.strip())
 
 
+def _run_job(
+    env: dict[str, str], db_url: str, path: Path, a: FakeInferenceServer, b: FakeInferenceServer, logs: Path
+) -> tuple[int, int]:
+    """Submit the problems, let one worker finish the job: (job id, requests the servers saw)."""
+    assert rstar(["db", "upgrade"], env).returncode == 0
+    job_id = _submit(env, path, a, b)
+    queues = [CONTROL_QUEUE, queue_for_endpoint(a.url), queue_for_endpoint(b.url)]
+    with celery_worker(env, queues, log=logs / "worker.log"):
+        wait_until(lambda: _finished(db_url, job_id), timeout=180, what="the rstar job")
+    return job_id, a.request_count + b.request_count
+
+
 def _check_search(db_url: str, job_id: int, refs: list[str]) -> None:
     with session_scope(db_url) as s:
         problems = list(s.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)))
@@ -149,12 +161,7 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     oracle = MctsOracle(rows)
     with FakeInferenceServer(oracle, kind="vllm") as a, FakeInferenceServer(oracle, kind="tgi") as b:
         env = service_env(sqlite_url, redis_url)
-        assert rstar(["db", "upgrade"], env).returncode == 0
-        job_id = _submit(env, path, a, b)
-        queues = [CONTROL_QUEUE, queue_for_endpoint(a.url), queue_for_endpoint(b.url)]
-        with celery_worker(env, queues, log=tmp_path / "worker.log"):
-            wait_until(lambda: _finished(sqlite_url, job_id), timeout=180, what="the rstar job")
-        served = a.request_count + b.request_count
+        job_id, served = _run_job(env, sqlite_url, path, a, b, tmp_path)
     _check_search(sqlite_url, job_id, refs)
     with session_scope(sqlite_url) as s:
         sent = s.scalar(select(func.sum(ModelCall.requests)))
@@ -187,12 +194,7 @@ def test_a_fanned_out_expansion_that_fails_part_way_is_recorded_with_what_it_cos
 
     with FakeInferenceServer(fifth_fails, kind="tgi") as a, FakeInferenceServer(oracle, kind="vllm") as b:
         env = service_env(sqlite_url, redis_url, **FAST)
-        assert rstar(["db", "upgrade"], env).returncode == 0
-        job_id = _submit(env, path, a, b)
-        queues = [CONTROL_QUEUE, queue_for_endpoint(a.url), queue_for_endpoint(b.url)]
-        with celery_worker(env, queues, log=tmp_path / "worker.log"):
-            wait_until(lambda: _finished(sqlite_url, job_id), timeout=180, what="the rstar job")
-        served = a.request_count + b.request_count
+        job_id, served = _run_job(env, sqlite_url, path, a, b, tmp_path)
     with session_scope(sqlite_url) as s:
         assert list(s.scalars(select(Problem.final_answer).where(Problem.job_id == job_id))) == refs
         calls = list(s.scalars(select(ModelCall)))
