@@ -1,7 +1,8 @@
 """A fake LLM inference server speaking real HTTP/1.1 on 127.0.0.1, for tests and benchmarks.
 
-It mimics the parts of text-generation-inference (TGI), llama-cpp-python's server and vLLM that
-rstar-batch's client touches, so the real `huggingface_hub.InferenceClient` talks to it unmodified.
+It mimics the parts of text-generation-inference (TGI), llama-cpp-python's server, llama.cpp's
+llama-server and vLLM that rstar-batch's client touches, so the real
+`huggingface_hub.InferenceClient` talks to it unmodified.
 Replies are scripted per request by a *responder*; faults (429/503/hangs/dropped sockets/garbage
 bodies) can be queued independently with `inject()`. Standard library only.
 
@@ -37,8 +38,10 @@ from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
-ServerKind = Literal["tgi", "llama-cpp", "vllm"]
-SERVER_KINDS: tuple[ServerKind, ...] = ("tgi", "llama-cpp", "vllm")
+ServerKind = Literal["tgi", "llama-cpp", "llama-server", "vllm"]
+SERVER_KINDS: tuple[ServerKind, ...] = ("tgi", "llama-cpp", "llama-server", "vllm")
+# Servers whose chat route samples `n` choices per request (TGI and llama-cpp-python ignore `n`).
+NATIVE_N = ("vllm", "llama-server")
 TGI_VERSION = "3.3.6"
 
 
@@ -58,7 +61,8 @@ class FakeRequest:
     index: int
     """0-based sequence number of this request at the server (since the last reset_stats())."""
     choice: int = 0
-    """Which of the request's `n` choices the responder is asked for (vLLM samples n per request)."""
+    """Which of the request's `n` choices the responder is asked for (vLLM and llama-server sample
+    n per request)."""
 
 
 @dataclass(frozen=True)
@@ -254,11 +258,15 @@ class _Invalid(Exception):
 
 
 class FakeInferenceServer:
-    """A scripted TGI / llama-cpp-python / vLLM look-alike on 127.0.0.1, serving from daemon threads.
+    """A scripted TGI / llama-cpp-python / llama-server / vLLM look-alike on 127.0.0.1, serving from
+    daemon threads.
 
     Generation routes: POST /v1/chat/completions (all kinds), POST /generate and POST / (tgi).
     Each generation request is recorded, checked against `max_concurrent_requests` (429 when over),
     validated, then answered by the next injected fault if any, else by the responder.
+    A llama-server look-alike reports `slots` in `/props` and, like the real one, refuses a request
+    whose `n` is above them (HTTP 400); it records the sequences it decoded at once in
+    `peak_sequences`.
     """
 
     def __init__(
@@ -273,6 +281,7 @@ class FakeInferenceServer:
         host: str = "127.0.0.1",
         port: int = 0,
         authorization: str | None = None,
+        slots: int = 8,
     ) -> None:
         """`authorization`: the exact Authorization header every request must carry (e.g.
         `basic_authorization(user, password)` or "Bearer TOKEN"); others get a 401 and are counted
@@ -288,6 +297,7 @@ class FakeInferenceServer:
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
         self.authorization = authorization
+        self.slots = slots
         self._address = (host, port)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -296,6 +306,7 @@ class FakeInferenceServer:
         self._connections: set[socket.socket] = set()
         self._faults: deque[Reply | str] = deque()
         self._in_flight = 0
+        self._sequences = 0
         self._reset_locked()
 
     # ----------------------------------------------------------------- lifecycle
@@ -382,6 +393,7 @@ class FakeInferenceServer:
         self._unauthorized = 0
         self._unanswered = 0
         self._peak = self._in_flight
+        self._peak_sequences = self._sequences
 
     def reset_stats(self) -> None:
         """Forget recorded requests and counters (not in-flight requests nor queued faults)."""
@@ -409,6 +421,12 @@ class FakeInferenceServer:
     def peak_in_flight(self) -> int:
         with self._cond:
             return self._peak
+
+    @property
+    def peak_sequences(self) -> int:
+        """The most sequences decoded at once: a request's `n` on the servers that take it."""
+        with self._cond:
+            return self._peak_sequences
 
     @property
     def status_counts(self) -> Counter[int]:
@@ -480,15 +498,17 @@ class FakeInferenceServer:
             return
         path = urlsplit(h.path).path
         if path == "/v1/models":
-            owned_by = {"tgi": self.model_id, "llama-cpp": "me", "vllm": "vllm"}[self.kind]
-            card: dict[str, Any] = {"id": self.model_id, "object": "model", "owned_by": owned_by}
-            if self.kind == "llama-cpp":
+            owned_by = {"tgi": self.model_id, "llama-cpp": "me", "llama-server": "llamacpp", "vllm": "vllm"}
+            card: dict[str, Any] = {"id": self.model_id, "object": "model", "owned_by": owned_by[self.kind]}
+            if self.kind in ("llama-cpp", "llama-server"):
                 card["permissions"] = []
             else:
                 card["created"] = int(time.time())
             h.send_json(200, {"object": "list", "data": [card]})
         elif path == "/info" and self.kind == "tgi":
             h.send_json(200, self._info())
+        elif path == "/props" and self.kind == "llama-server":
+            h.send_json(200, {"total_slots": self.slots, "model_path": self.model_id})
         elif path == "/health" and self.kind != "llama-cpp":
             h.send_bytes(200, b"")
         elif path == "/metrics" and self.kind != "llama-cpp":
@@ -503,6 +523,15 @@ class FakeInferenceServer:
             return
         if path == "/v1/chat/completions":
             self._generation(h, path, raw, chat=True)
+        elif path == "/tokenize" and self.kind == "llama-server":
+            try:
+                content = json.loads(raw).get("content")
+            except (ValueError, AttributeError):
+                content = None
+            if not isinstance(content, str):
+                h.send_json(400, {"error": {"code": 400, "message": "content must be a string"}})
+            else:
+                h.send_json(200, {"tokens": list(range(len(_WORD.findall(content))))})
         elif path in ("/generate", "/") and self.kind == "tgi":
             self._generation(h, path, raw, chat=False)
         else:
@@ -562,6 +591,7 @@ class FakeInferenceServer:
             parsed = None
         body = parsed if isinstance(parsed, dict) else None
         messages, prompt = _extract_messages(body, chat=chat)
+        n = _choices(body) if chat and self.kind in NATIVE_N else 1
         started = 0.0
         with self._cond:
             request = FakeRequest(
@@ -582,6 +612,8 @@ class FakeInferenceServer:
             else:
                 self._in_flight += 1
                 self._peak = max(self._peak, self._in_flight)
+                self._sequences += n
+                self._peak_sequences = max(self._peak_sequences, self._sequences)
                 started = time.monotonic()
             self._cond.notify_all()
         if over:
@@ -592,7 +624,7 @@ class FakeInferenceServer:
             try:
                 limit = self._validate(body, messages, chat=chat)
             except _Invalid as invalid:
-                finished = self._finish(started)
+                finished = self._finish(started, n)
                 self._send_error(h, invalid.status, str(invalid), code=invalid.code)
                 return
             reply = self._next_reply(request)
@@ -605,31 +637,28 @@ class FakeInferenceServer:
                 raise _Drop
             # Leave the in-flight set before sending, so a client's next request is never refused
             # by a limit its previous, already-answered request still occupied.
-            finished = self._finish(started)
+            finished = self._finish(started, n)
             if reply.raw_body is not None:
                 self._send(h, reply.status, reply.raw_body)
             elif reply.status >= 400:
                 self._send_error(h, reply.status, reply.error)
             else:
-                # vLLM samples `n` choices per chat request (TGI and llama.cpp ignore `n`): the
-                # first is the reply drawn above, the others the responder's for later choices.
-                n = (body or {}).get("n") if chat and self.kind == "vllm" else None
-                extra = (
-                    [self._respond(replace(request, choice=i)) for i in range(1, n)]
-                    if isinstance(n, int) and not isinstance(n, bool) and n > 1
-                    else []
-                )
+                # vLLM and llama-server sample `n` choices per chat request (TGI and
+                # llama-cpp-python ignore `n`): the first is the reply drawn above, the others the
+                # responder's for later choices.
+                extra = [self._respond(replace(request, choice=i)) for i in range(1, n)]
                 self._send_success(h, reply, body or {}, messages, limit, chat=chat, extra=extra)
         finally:
             if not finished:
-                self._finish(started)
+                self._finish(started, n)
                 with self._cond:
                     self._unanswered += 1
 
-    def _finish(self, started: float) -> bool:
+    def _finish(self, started: float, n: int = 1) -> bool:
         """Leave the in-flight set; returns True for the caller's `finished` flag."""
         with self._cond:
             self._in_flight -= 1
+            self._sequences -= n
             self._intervals.append((started, time.monotonic()))
             self._cond.notify_all()
         return True
@@ -663,6 +692,9 @@ class FakeInferenceServer:
             limit = body.get("max_tokens", body.get("max_completion_tokens"))
             if body.get("stream") is True:
                 raise _Invalid("stream=true is not supported by the fake server")
+            if self.kind == "llama-server" and not 1 <= _choices(body) <= self.slots:
+                # llama-server's hard limit on n_cmpl (alias n): 1 .. its parallel slots.
+                raise _Invalid(f"n_cmpl must be between 1 and {self.slots}", status=400)
         else:
             params = body.get("parameters") or {}
             if not isinstance(body.get("inputs"), str) or not isinstance(params, dict):
@@ -737,7 +769,8 @@ class FakeInferenceServer:
         text, finish, generated = finished(reply)
         if chat:
             choices = [(text, finish, generated), *(finished(r) for r in extra)]
-            generated = sum(c[2] for c in choices)
+            # llama-server merges its n results into the first one and keeps that one's usage.
+            generated = generated if self.kind == "llama-server" else sum(c[2] for c in choices)
             prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
             fingerprint = f"{TGI_VERSION}-sha-fake" if self.kind == "tgi" else "fp_fake"
             payload: dict[str, Any] = {
@@ -776,6 +809,12 @@ class FakeInferenceServer:
                     ],
                 }
         self._send(h, 200, json.dumps(payload).encode())
+
+
+def _choices(body: dict[str, Any] | None) -> int:
+    """The `n` a chat request asks for (1 when absent or not an integer)."""
+    n = (body or {}).get("n", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) else 1
 
 
 def _content_text(content: Any) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from rstar.prompts import SOLUTION_SCHEMA
 from rstar.types import ChatMessage, ModelRequest
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
-from workers.client import ModelClient, probe_server, recorded_texts, stored_text
+from workers.client import InFlightLimit, ModelClient, probe_server, recorded_texts, stored_text
 from workers.errors import (
     MalformedReplyError,
     ModelTimeoutError,
@@ -36,6 +39,7 @@ ANSWER = json.dumps({"steps": ["2+2=4"], "final_answer": "4"})
     [
         ("tgi", {"type": "json", "value": SOLUTION_SCHEMA}),
         ("llama-cpp", {"type": "json_object", "schema": SOLUTION_SCHEMA}),
+        ("llama-server", {"type": "json_object", "schema": SOLUTION_SCHEMA}),
         ("vllm", {"type": "json_object"}),
     ],
 )
@@ -87,7 +91,7 @@ def test_probe_knows_llama_server_and_its_slots() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    assert (info.kind, info.model_id, info.max_concurrent_requests) == ("llama-cpp", "qwen", 8)
+    assert (info.kind, info.model_id, info.max_concurrent_requests) == ("llama-server", "qwen", 8)
 
 
 def test_bearer_token_is_sent_but_never_recorded() -> None:
@@ -190,6 +194,76 @@ def test_servers_that_ignore_n_get_n_requests_at_once_with_their_own_seeds(kind:
     assert reply.completion_tokens == sum(
         r["usage"]["completion_tokens"] for r in reply.response["responses"]
     )
+
+
+def test_llama_server_samples_n_in_one_request_and_counts_every_sequences_tokens() -> None:
+    """llama.cpp's server takes `n` and evaluates the prompt once; it reports the first choice's
+    usage only, so the client counts the others by the server's /tokenize (plus the end token a
+    choice ends on when the request has no stop string)."""
+    with FakeInferenceServer(_by_choice_and_seed, kind="llama-server", slots=8) as srv:
+        client = ModelClient(srv.url, timeout=5)
+        assert client.info.kind == "llama-server" and client.info.max_concurrent_requests == 8
+        reply = client.complete(SAMPLED)
+        assert srv.request_count == 1 and srv.peak_sequences == 3
+        sent = srv.requests[0].body
+    assert sent is not None and sent["n"] == 3 and sent["seed"] == 7 and sent["top_k"] == 40
+    assert reply.sequences == tuple(f"sample choice={i} seed=7" for i in range(3))
+    assert reply.requests == 1 and reply.request["n"] == 3 and "fan_out_seeds" not in reply.request
+    words = [len(t.split()) for t in reply.sequences]
+    assert reply.response["usage"]["completion_tokens"] == words[0]  # what llama-server says
+    assert reply.completion_tokens == words[0] + sum(w + 1 for w in words[1:])
+    assert recorded_texts(stored_text(reply), len(reply.sequences)) == reply.sequences
+
+
+def test_llama_server_gets_n_above_its_slots_in_requests_of_at_most_that_many() -> None:
+    """It refuses n above its slots (HTTP 400): n=5 on 2 slots goes out as 2 + 2 + 1, seeded as
+    one request's choices would be (base, base + 1, ...), and is recorded as one call."""
+    with FakeInferenceServer(_by_choice_and_seed, kind="llama-server", slots=2) as srv:
+        reply = ModelClient(srv.url, timeout=5).complete(replace(SAMPLED, n=5))
+        bodies = sorted((r.body or {} for r in srv.requests), key=lambda b: b["seed"])
+        assert srv.peak_sequences <= 2
+    assert [(b["seed"], b.get("n", 1)) for b in bodies] == [(7, 2), (9, 2), (11, 1)]
+    assert reply.sequences == tuple(
+        f"sample choice={c} seed={s}" for s, c in [(7, 0), (7, 1), (9, 0), (9, 1), (11, 0)]
+    )
+    assert reply.requests == 3 and reply.request["n"] == 5
+    # Told a wrong slot count (8 where it has 2), the client asks too much and is refused.
+    with (
+        FakeInferenceServer(_by_choice_and_seed, kind="llama-server", slots=2) as srv,
+        pytest.raises(RequestRejectedError, match="n_cmpl"),
+    ):
+        ModelClient(srv.url, timeout=5, kind="llama-server", max_in_flight=8).complete(replace(SAMPLED, n=5))
+
+
+def test_an_in_flight_limit_counts_slots_and_serves_first_come_first_served() -> None:
+    limit = InFlightLimit(4)
+    order: list[str] = []
+    first = limit.slot(3)
+    first.__enter__()
+
+    def take(name: str, weight: int) -> None:
+        with limit.slot(weight):
+            order.append(name)
+
+    big = threading.Thread(target=take, args=("big", 4))
+    big.start()
+    wait_for(lambda: len(limit._queue) == 1)
+    small = threading.Thread(target=take, args=("small", 1))
+    small.start()  # one slot is free, but the request before it waits for four
+    wait_for(lambda: len(limit._queue) == 2)
+    assert order == []
+    first.__exit__(None, None, None)
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"]
+    assert limit._used == 0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_one_failed_sample_fails_the_call_and_the_failure_counts_what_the_others_generated() -> None:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from base64 import b64encode
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -101,11 +102,16 @@ class ModelReply:
         return self.texts or (self.text,)
 
 
-# Servers whose chat route samples `n` choices per request; TGI ignores `n` and llama.cpp's
-# servers do not take it, so they get one request per sample, sent together.
-NATIVE_N: frozenset[ServerKind] = frozenset({"vllm", "openai"})
+# Servers whose chat route samples `n` choices per request, evaluating the shared prompt once.
+# llama.cpp's llama-server takes `n` (an alias of its `n_cmpl`) up to its slot count, giving the
+# i-th choice the seed base + i (tools/server/server-task.h, `add_child`): a larger n is split into
+# requests of at most that many. TGI ignores `n` and llama-cpp-python's server does not take it:
+# they get one request per sample, sent together, with the same seeds.
+NATIVE_N: frozenset[ServerKind] = frozenset({"vllm", "openai", "llama-server"})
 # Servers that take top_k on the chat route (TGI's Messages API has no such field).
-TAKES_TOP_K: frozenset[ServerKind] = frozenset({"vllm", "llama-cpp"})
+TAKES_TOP_K: frozenset[ServerKind] = frozenset({"vllm", "llama-cpp", "llama-server"})
+# Servers whose in-flight limit counts sequences (a request with n takes n slots), not requests.
+SLOTS_PER_SEQUENCE: frozenset[ServerKind] = frozenset({"llama-server"})
 
 
 MAX_SAMPLER_THREADS = 512
@@ -152,7 +158,7 @@ def response_format_for(kind: ServerKind, schema: dict[str, Any]) -> dict[str, A
     """Structured output in each server's dialect (see the brief: they differ and fail silently)."""
     if kind == "tgi":
         return {"type": "json", "value": schema}
-    if kind == "llama-cpp":
+    if kind in ("llama-cpp", "llama-server"):
         return {"type": "json_object", "schema": schema}
     if kind in ("vllm", "openai"):
         # huggingface_hub rewrites the `json_schema` form into TGI's; plain JSON mode passes through
@@ -239,9 +245,15 @@ def probe_server(base_url: str, *, token: str | None = None, timeout: float = PR
         first = entries[0] if entries and isinstance(entries[0], dict) else {}
         owner = str(first.get("owned_by", ""))
         # "me": llama-cpp-python's server; "llamacpp": llama.cpp's llama-server. Both take
-        # {"type": "json_object", "schema": S}.
+        # {"type": "json_object", "schema": S}; only llama-server takes `n`.
         kind: ServerKind = (
-            "vllm" if owner == "vllm" else "llama-cpp" if owner in ("me", "llamacpp") else "openai"
+            "vllm"
+            if owner == "vllm"
+            else "llama-cpp"
+            if owner == "me"
+            else "llama-server"
+            if owner == "llamacpp"
+            else "openai"
         )
         model_id = first.get("id")
         slots = _slots(session, base, headers) if owner == "llamacpp" else None
@@ -289,27 +301,42 @@ def server_info(base_url: str, *, kind: ServerKind = "auto", token: str | None =
 
 
 class InFlightLimit:
-    """At most `limit` requests in flight from this process to one endpoint (None: no limit).
+    """At most `limit` slots in flight from this process to one endpoint (None: no limit).
 
     TGI refuses at once with 429 beyond `--max-concurrent-requests`; a worker with more threads
     than its share of that limit would trip it all the time. Threads beyond the limit wait here
     with their step already claimed, so a freed slot is refilled without a broker round trip.
+    A request may take several slots (llama-server decodes each of a request's n sequences in a
+    slot of its own); waiters are served first come, first served, so a request that needs many
+    slots is not starved by a stream of single ones.
     """
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
-        self._semaphore = threading.BoundedSemaphore(limit) if limit else None
+        self._cond = threading.Condition()
+        self._used = 0
+        self._queue: deque[object] = deque()
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        if self._semaphore is None:
+    def slot(self, weight: int = 1) -> Iterator[None]:
+        if not self.limit:
             yield
             return
-        self._semaphore.acquire()
+        need = min(max(1, weight), self.limit)
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket or self._used + need > self.limit:
+                self._cond.wait()
+            self._queue.popleft()
+            self._used += need
+            self._cond.notify_all()  # the next in line may fit too
         try:
             yield
         finally:
-            self._semaphore.release()
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
 
 
 _limits: dict[str, InFlightLimit] = {}
@@ -435,18 +462,46 @@ class ModelClient:
             OverloadedError, UnavailableError, ModelTimeoutError, MalformedReplyError: retryable.
             RequestRejectedError: the server refused the request; retrying will not help.
         """
-        if request.n > 1 and self.info.kind not in NATIVE_N:
+        kind = self.info.kind
+        if request.n > 1 and kind not in NATIVE_N:
             return self._fan_out(request)
+        if kind in SLOTS_PER_SEQUENCE:
+            chunk = self._sequences_per_request()
+            if request.n > chunk:
+                return self._split(request, chunk)
+            with self.in_flight.slot(request.n):
+                return self._complete(request)
         with self.in_flight.slot():
             return self._complete(request)
+
+    def _sequences_per_request(self) -> int:
+        """The largest `n` one request may ask of a server that decodes each sequence in a slot
+        (llama-server refuses n above its slot count): its slots, or this process's share of them."""
+        known = [x for x in (self.info.max_concurrent_requests, self.in_flight.limit) if x]
+        return min(known) if known else MAX_SAMPLER_THREADS
+
+    def _split(self, request: ModelRequest, chunk: int) -> ModelReply:
+        """`n` samples from a server that takes at most `chunk` per request: requests of at most
+        `chunk` sent together, the i-th sequence seeded base + i as in one request (the server
+        seeds a request's choices base, base + 1, ...), recorded as one call of that many requests;
+        a failure is recorded like a fanned-out call's."""
+        seeds = fan_out_seeds(request)
+        parts = [
+            replace(request, n=min(chunk, request.n - start), seed=seeds[start])
+            for start in range(0, request.n, chunk)
+        ]
+        return self._gather(request, parts)
 
     def _fan_out(self, request: ModelRequest) -> ModelReply:
         """`n` samples from a server that does not take `n`: n requests at once, seeds base, base+1,
         ... (each in an in-flight slot of its own), recorded as one call of n requests. One failure
         fails the call (the step retries all n: a partial expansion would not be the tree's); the
         failure carries what the others generated, so that the audit trail counts them."""
-        singles = [replace(request, n=1, seed=seed) for seed in fan_out_seeds(request)]
-        futures = [self._sampler_pool().submit(self.complete, single) for single in singles]
+        return self._gather(request, [replace(request, n=1, seed=seed) for seed in fan_out_seeds(request)])
+
+    def _gather(self, request: ModelRequest, parts: list[ModelRequest]) -> ModelReply:
+        """The parts of a request sent together (each in its in-flight slots), as one reply."""
+        futures = [self._sampler_pool().submit(self.complete, part) for part in parts]
         replies: list[ModelReply] = []
         errors: list[ModelServerError] = []
         for future in futures:
@@ -455,15 +510,15 @@ class ModelClient:
             except ModelServerError as exc:
                 errors.append(exc)
         if errors:
-            raise self._fan_out_error(request, replies, errors)
+            raise self._fan_out_error(request, len(parts), replies, errors)
         first = replies[0]
-        texts = tuple(r.text for r in replies)
-        reasons = sorted({r.finish_reason for r in replies if r.finish_reason})
+        texts = tuple(t for r in replies for t in r.sequences)
+        reasons = sorted({x for r in replies if r.finish_reason for x in r.finish_reason.split(",")})
         return replace(
             first,
             text=texts[0],
             texts=texts,
-            requests=len(replies),
+            requests=sum(r.requests for r in replies),
             finish_reason=",".join(reasons)[:50] or None,
             prompt_tokens=_sum_or_none(r.prompt_tokens for r in replies),
             completion_tokens=_sum_or_none(r.completion_tokens for r in replies),
@@ -485,17 +540,17 @@ class ModelClient:
             return self._samplers
 
     def _fan_out_error(
-        self, request: ModelRequest, replies: list[ModelReply], errors: list[ModelServerError]
+        self, request: ModelRequest, parts: int, replies: list[ModelReply], errors: list[ModelServerError]
     ) -> ModelServerError:
-        """The failure of a fanned-out call: a permanent one if any (retrying cannot help), with
-        the whole call's request and what its n requests cost and returned."""
+        """The failure of a call sent in parts: a permanent one if any (retrying cannot help), with
+        the whole call's request and what its requests cost and returned."""
         error = next((e for e in errors if not isinstance(e, RetryableError)), errors[0])
         if len(errors) > 1:
-            error.message = f"{error.message} ({len(errors)} of {request.n} sampled requests failed)"
+            error.message = f"{error.message} ({len(errors)} of {parts} sampled requests failed)"
             error.args = (error.message,)
         error.request = self.build_payload(request)
-        error.requests = request.n
-        error.sequences = len(replies)
+        error.requests = parts
+        error.sequences = sum(len(r.sequences) for r in replies)
         error.prompt_tokens = _sum_or_none(r.prompt_tokens for r in replies)
         error.completion_tokens = _sum_or_none(r.completion_tokens for r in replies)
         error.response = {
@@ -549,7 +604,37 @@ class ModelClient:
             ) from exc
         _answering(self.base_url)
         reply = _reply_from(out, payload, elapsed(), self.base_url)
+        if info.kind in SLOTS_PER_SEQUENCE and len(reply.sequences) > 1:
+            reply = self._count_choices(reply, request)
         return replace(reply, server_kind=info.kind, model=reply.model or info.model_id)
+
+    def _count_choices(self, reply: ModelReply, request: ModelRequest) -> ModelReply:
+        """llama-server answers a request with `n` with the first choice's usage only (it merges
+        its sequences' results into one and keeps the first's `usage`): the others' tokens are
+        counted by its `/tokenize` of their text, plus the end-of-sequence token it counts when a
+        choice stopped without a stop string to blame. Uncounted (None) if that fails."""
+        if reply.completion_tokens is None:
+            return reply
+        session = get_session()
+        headers = auth_headers(self._url, self._token)
+        total = reply.completion_tokens
+        reasons = [r.get("finish_reason") for r in reply.response.get("choices") or []]
+        try:
+            for i, text in enumerate(reply.sequences[1:], 1):
+                done = session.post(
+                    f"{self.base_url}/tokenize",
+                    json={"content": text},
+                    headers=headers,
+                    timeout=PROBE_TIMEOUT,
+                )
+                tokens = done.json().get("tokens") if done.status_code == 200 else None
+                if not isinstance(tokens, list):
+                    return replace(reply, completion_tokens=None)
+                ended = i < len(reasons) and reasons[i] == "stop" and not request.stop
+                total += len(tokens) + (1 if ended else 0)
+        except (httpx2.HTTPError, ValueError, AttributeError):
+            return replace(reply, completion_tokens=None)
+        return replace(reply, completion_tokens=total)
 
 
 def _reply_from(out: Any, payload: dict[str, Any], latency: float, base_url: str) -> ModelReply:

@@ -12,7 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rstar.roster import ModelEntry, pair, parse_models_env
 
-ServerKind = Literal["auto", "tgi", "llama-cpp", "vllm", "openai", "plain"]
+# "llama-cpp": llama-cpp-python's server (one request at a time, no `n`); "llama-server": llama.cpp's
+# own server (parallel slots, `n` up to its slot count).
+ServerKind = Literal["auto", "tgi", "llama-cpp", "llama-server", "vllm", "openai", "plain"]
 
 
 def default_cache_dir() -> Path:
