@@ -107,6 +107,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="rstar suite: cot and rstar only (compare a new rstar with baselines measured before)",
     )
+    ap.add_argument(
+        "--rollouts-sweep",
+        default="",
+        help="rstar suite: more budgets, as rollout counts (e.g. 4,12): rstar at each, and"
+        " self-consistency at each one's generated tokens",
+    )
+    ap.add_argument(
+        "--ablations",
+        default="",
+        help="rstar suite: actions to remove one at a time, as the paper's Table 1 does (e.g. a1,a3,a5;"
+        " a3 removes A3 with A4)",
+    )
+    ap.add_argument(
+        "--no-mutual-consistency", action="store_true", help="rstar suite: skip mutual-consistency"
+    )
     return ap.parse_args(argv)
 
 
@@ -152,32 +167,53 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds the ExitStack: worker and servers are stopped
 
 
+def _rstar_params(text: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for kv in text.split(",") if kv.strip() for k, v in [kv.split("=", 1)]}
+
+
+def _as_args(params: dict[str, str]) -> list[str]:
+    return [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+
+
 def _rstar_suite(
     opts: argparse.Namespace, run: Any, common: list[str], mean_cost: Any, cot_job: int | None
 ) -> None:
-    """rstar at the machine's budget, then self-consistency at its cost, then mutual-consistency."""
-    params = [a for kv in opts.rstar_params.split(",") if kv.strip() for a in ("--param", kv.strip())]
-    done = run(Run("rstar", "rstar", ["--seed", str(opts.seed), "--param", f"temperature={opts.temperature}",
-                                      *params]))  # fmt: skip
-    seqs, tokens = mean_cost(done.job_id)
+    """rstar at each budget (the largest first: the smaller ones copy its calls, a search of r
+    rollouts being the first r of a longer one), its ablations at the main budget, then
+    self-consistency at each budget's generated tokens (the largest k first), then
+    mutual-consistency."""
+    base = {**_rstar_params(opts.rstar_params), "temperature": str(opts.temperature)}
+    seed = ["--seed", str(opts.seed)]
+    budgets = sorted(
+        {int(base.get("rollouts", 16)), *(int(r) for r in opts.rollouts_sweep.split(",") if r.strip())},
+        reverse=True,
+    )
+    costs: dict[int, tuple[float, float]] = {}
+    for rollouts in budgets:
+        params = {**base, "rollouts": str(rollouts)}
+        done = run(Run(f"rstar, {rollouts} rollouts", "rstar", [*seed, *_as_args(params)]))
+        costs[rollouts] = mean_cost(done.job_id)
+        _log(f"rstar, {rollouts} rollouts: {costs[rollouts][0]:.1f} sequences and {costs[rollouts][1]:.0f}"
+             " generated tokens per problem")  # fmt: skip
+    for action in [a.strip() for a in opts.ablations.split(",") if a.strip()]:
+        run(Run(f"rstar without {action.upper()}", "rstar", [*seed, *_as_args({**base, action: "false"})]))
     if opts.rstar_only:
-        _log(f"rstar: {seqs:.1f} sequences and {tokens:.0f} generated tokens per problem")
         return
     cot_tokens = mean_cost(cot_job)[1] or 1.0
-    ks = {}
-    if opts.sc_match in ("sequences", "both"):
-        ks[max(1, round(seqs))] = f"rstar's {seqs:.1f} sequences"
-    if opts.sc_match in ("tokens", "both"):
-        k = max(1, round(tokens / cot_tokens))
-        ks.setdefault(k, f"rstar's {tokens:.0f} generated tokens / cot's {cot_tokens:.0f}")
-    _log(
-        f"rstar: {seqs:.1f} sequences and {tokens:.0f} generated tokens per problem;"
-        f" self-consistency k = {sorted(ks)}"
-    )
-    # The largest k first: the smaller one copies all its samples from it.
+    ks: dict[int, str] = {}
+    for rollouts, (seqs, tokens) in costs.items():
+        if opts.sc_match in ("tokens", "both"):
+            ks.setdefault(
+                max(1, round(tokens / cot_tokens)), f"rstar's {tokens:.0f} tokens at {rollouts} rollouts"
+            )
+        if opts.sc_match in ("sequences", "both"):
+            ks.setdefault(max(1, round(seqs)), f"rstar's {seqs:.1f} sequences at {rollouts} rollouts")
+    _log(f"self-consistency k = {sorted(ks)} (cot: {cot_tokens:.0f} tokens per problem)")
+    # The largest k first: the smaller ones copy all their samples from it.
     for k, why in sorted(ks.items(), reverse=True):
         run(Run(f"self-consistency k={k} (= {why})", "self-consistency", [*common, "--samples", str(k)]))
-    run(Run("mutual-consistency", "mutual-consistency", [*common, "--max-rounds", str(opts.max_rounds)]))
+    if not opts.no_mutual_consistency:
+        run(Run("mutual-consistency", "mutual-consistency", [*common, "--max-rounds", str(opts.max_rounds)]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             # A request may wait behind the others on a busy CPU server.
             "RSTAR_REQUEST_TIMEOUT": "600",
             # Known, so no probe: a probe of a server busy with another request can time out.
-            "RSTAR_SERVER_KIND": "llama-cpp",
+            "RSTAR_SERVER_KIND": "llama-server" if opts.backend == "llama-server" else "llama-cpp",
             "RSTAR_MAX_IN_FLIGHT": str(in_flight),
         }
         queues = sorted({CONTROL_QUEUE, queue_for_endpoint(servers.url_a), queue_for_endpoint(servers.url_b)})

@@ -168,8 +168,8 @@ def mutual_reply(user: str, response_format: Any, max_tokens: int | None) -> tup
 
 # -- rstar's MCTS requests, scripted ---------------------------------------------------------
 
-_QUESTION_LINE = re.compile(r"^Question: (.*)$", re.M)
-_WRITE_ONLY = re.compile(r'Write only "(?:Step|Sub-question) (\d+):"')
+_QUESTION_LINE = re.compile(r"^Question(?: \d+)?: (.*)$", re.M)  # "Question 5:" since rstar-v4
+_WRITE_ONLY = re.compile(r'Write (?:only )?"(?:Step |Sub-question |Question 5\.|Answer 5\.)(\d+):"')
 
 
 def is_rstar_request(user: str, body: dict[str, Any]) -> bool:
@@ -200,13 +200,16 @@ def rstar_reply(user: str, seed: object, max_tokens: int | None) -> tuple[str, i
         tokens = 15 + salt % 26
         tail = f" The answer is: {answer}" if k >= 3 and salt % 2 else ""
         text = f"Step {k}: {_filler(tokens - 3, salt)}{tail}"
-    elif 'Write only "Sub-question' in user:
+    elif 'Write only "Sub-question' in user or 'Write "Question 5.' in user:
         tokens = 10 + salt % 16
-        lead = "Now we can answer the question:" if salt % 3 == 0 else "How many"
-        text = f"Sub-question {k}: {lead} {_filler(tokens - 4, salt)}?"
-    elif "Answer Sub-question" in user:
+        # rstar-v4's first sub-question is never the question itself.
+        lead = "Now we can answer the question:" if salt % 3 == 0 and k > 1 else "How many"
+        label = f"Sub-question {k}:" if "Sub-question" in user else f"Question 5.{k}:"
+        text = f"{label} {lead} {_filler(tokens - 4, salt)}?"
+    elif "Answer Sub-question" in user or 'Write "Answer 5.' in user:
         tokens = 30 + salt % 41
-        text = f"Answer {k}: {_filler(tokens - 4, salt)}. The answer is: {answer}"
+        label = f"Answer {k}:" if "Sub-question" in user else f"Answer 5.{k}:"
+        text = f"{label} {_filler(tokens - 4, salt)}. The answer is: {answer}"
     elif "Rewrite the question" in user:
         tokens = 40 + salt % 41
         text = f"Condition 1: {_filler(tokens - 4, salt)}. Question: {question}"

@@ -176,13 +176,16 @@ def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
     body = Text()
     for c in report.candidates:
         verdict = report.verdicts.get(c.node) if report.verdicts is not None else None
-        body.append(f"#{c.node} answers {c.answer} · reward {c.reward:.2f}", style="bold")
+        found = f" · found {c.freq} times" if c.freq > 1 else ""
+        body.append(f"#{c.node} answers {c.answer} · reward {c.reward:.2f}{found}", style="bold")
         if verdict is not None:
             state = "consistent" if verdict.consistent else "not consistent"
             body.append(f" · {verdict.agreeing} of {verdict.completions} completions agree: {state}")
         body.append("\n")
         for prefix, answer in report.completions.get(c.node, []):
             body.append(f"  cut after {_clip(prefix, 80)!r} → {answer}\n", style="dim")
+    if report.majority is not None:
+        body.append(f"generator @maj (before the discriminator): {report.majority}\n", style="dim")
     skipped = " (skipped: one answer holds nearly all candidates)" if report.verdicts is None else ""
     console.print(Panel(body, title=escape(f"discriminator · {len(report.candidates)} candidates{skipped}")))
 

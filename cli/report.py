@@ -40,6 +40,14 @@ ROUNDS_HEAD = (
     "job", "rounds used", "stopped early", "threshold met", "refinement wrong→right / right→wrong",
     "verdicts right", "mutually consistent (right)", "accuracy after round 1, 2, ...",
 )  # fmt: skip
+SEARCH_HEAD = (
+    "job", "right answer among the candidates", "generator @maj", "root A2 @maj",
+    "final choice (the job's answer)",
+)  # fmt: skip
+ACTION_HEAD = (
+    "job", "action", "generated tokens / problem", "share of tokens", "candidates right / found",
+    "final choices from it (right)",
+)  # fmt: skip
 PAIRED_HEAD = (
     "first", "second", "shared", "both right", "only first", "only second", "neither",
     "difference", "McNemar exact p",
@@ -58,6 +66,12 @@ DEFINITIONS = """\
 - mutually consistent: the peer, given the first part of a solution, finished it with the same
   answer; (right): how many of those answers are right.
 - accuracy after round r: the answer the strategy selects from rounds 1..r only.
+- search (rstar): candidates are the search's final answers, one per distinct trajectory (found:
+  how many, right: how many right), grouped by the action that ended the trajectory; tokens per
+  action are the generated tokens of its steps (the discriminator's completions apart); generator
+  @maj: the answer the candidates favour before the discriminator (the paper's "generator
+  @maj"); root A2 @maj: the majority vote of the root's A2 samples alone (the search's own
+  self-consistency); final choice: the job's answer.
 - paired: jobs compared on the problems they share (by item id); difference = first minus second;
   McNemar's exact test is a two-sided binomial test on the problems only one of them got right.
 """
@@ -124,6 +138,41 @@ def rounds_cells(s: JobSummary) -> list[str]:
         f"{cp.consistent}/{cp.completed} ({cp.consistent_right} right)" if cp else "-",
         ", ".join(_pct(a) for a in s.accuracy_by_round) or "-",
     ]
+
+
+def _of(right: int, judged: int) -> str:
+    return f"{_pct(right / judged) if judged else '-'} ({right}/{judged})"
+
+
+def search_cells(s: JobSummary) -> list[str]:
+    x = s.search
+    assert x is not None
+    return [
+        s.label,
+        _of(x.right_held, x.judged),
+        _of(x.majority_right, x.judged),
+        _of(x.root_a2_right, x.judged),
+        _of(x.chosen_right, x.judged),
+    ]
+
+
+def action_cells(s: JobSummary) -> list[list[str]]:
+    assert s.search is not None
+    return [
+        [
+            s.label,
+            a.action,
+            f"{a.generated_tokens_per_problem:.0f}",
+            _pct(a.token_share),
+            f"{a.candidates_right} / {a.candidates}" if a.candidates else "-",
+            f"{a.chosen} ({a.chosen_right})" if a.chosen else "-",
+        ]
+        for a in s.search.actions
+    ]
+
+
+def _searches(report: Report) -> list[JobSummary]:
+    return [s for s in report.jobs if s.search is not None]
 
 
 def paired_cells(report: Report) -> list[list[str]]:
@@ -198,6 +247,11 @@ def print_report(console: Console, report: Report) -> None:
     trees = [s for s in report.jobs if s.tree is not None]
     if trees:
         console.print(table("search trees", TREE_HEAD, [tree_cells(s) for s in trees]))
+    searches = _searches(report)
+    if searches:
+        console.print(table("search answers", SEARCH_HEAD, [search_cells(s) for s in searches]))
+        rows = [r for s in searches for r in action_cells(s)]
+        console.print(table("where a search's tokens went", ACTION_HEAD, rows))
     if report.comparisons:
         console.print(table("paired comparisons (same problems)", PAIRED_HEAD, paired_cells(report)))
     if any(s.models for s in report.jobs):
@@ -232,6 +286,11 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
     trees = [s for s in report.jobs if s.tree is not None]
     if trees:
         parts += ["", "## Search trees", "", _md_table(TREE_HEAD, [tree_cells(s) for s in trees])]
+    searches = _searches(report)
+    if searches:
+        parts += ["", "## Search answers", "", _md_table(SEARCH_HEAD, [search_cells(s) for s in searches])]
+        rows = [r for s in searches for r in action_cells(s)]
+        parts += ["", "## Where a search's tokens went", "", _md_table(ACTION_HEAD, rows)]
     if report.comparisons:
         parts += [
             "",
@@ -256,7 +315,7 @@ def _flat(s: JobSummary) -> dict[str, Any]:
     row: dict[str, Any] = {
         k: v
         for k, v in asdict(s).items()
-        if k not in ("params", "rounds", "reviews", "completions", "models", "agreement", "tree")
+        if k not in ("params", "rounds", "reviews", "completions", "models", "agreement", "tree", "search")
     }
     row["accuracy"] = round(s.accuracy, 4)
     row["ci_low"], row["ci_high"] = round(s.ci_low, 4), round(s.ci_high, 4)
@@ -265,6 +324,9 @@ def _flat(s: JobSummary) -> dict[str, Any]:
     row["accuracy_by_round"] = " ".join(f"{a:.4f}" for a in s.accuracy_by_round)
     tree = asdict(s.tree) if s.tree is not None else {}
     row.update({f"tree_{f.name}": tree.get(f.name, "") for f in fields(TreeStats)})
+    search = s.search
+    for name in ("judged", "right_held", "majority_right", "root_a2_right"):
+        row[f"search_{name}"] = getattr(search, name) if search is not None else ""
     for name, kind in (("reviews", ReviewStats), ("completions", CompletionStats)):
         stats = getattr(s, name)
         # Every column always, empty where it does not apply: the same header for every report.
@@ -327,6 +389,20 @@ def render_agreement_csv(report: Report) -> str:
     return out.getvalue()
 
 
+def render_actions_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["job_id", "job", "action", "generated_tokens_per_problem", "token_share", "candidates",
+                     "candidates_right", "chosen", "chosen_right"])  # fmt: skip
+    for s in _searches(report):
+        assert s.search is not None
+        for a in s.search.actions:
+            writer.writerow([s.job_id, s.label, a.action, round(a.generated_tokens_per_problem, 1),
+                             round(a.token_share, 4), a.candidates, a.candidates_right, a.chosen,
+                             a.chosen_right])  # fmt: skip
+    return out.getvalue()
+
+
 def render_paired_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -371,6 +447,41 @@ def plot_accuracy_vs_calls(report: Report, path: Path | BinaryIO) -> None:
     plt.close(fig)
 
 
+def plot_accuracy_vs_tokens(report: Report, path: Path | BinaryIO) -> None:
+    """Accuracy against generated tokens per problem, one point per job, the jobs of a strategy
+    joined in order of cost (a budget sweep reads as a curve; a search without one of its actions
+    is a series of its own)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    markers = {"mutual": "o", "mutual-consistency": "D", "self-consistency": "s", "cot": "^", "rstar": "*"}
+    series: dict[tuple[str, str], list[JobSummary]] = {}
+    for s in report.jobs:
+        off = [a.upper() for a in ("a1", "a3") if s.params.get(a) is False]
+        series.setdefault((s.strategy, f" without {', '.join(off)}" if off else ""), []).append(s)
+    for (strategy, without), jobs in series.items():
+        jobs = sorted(jobs, key=lambda j: j.generated_tokens_per_problem)
+        xs = [j.generated_tokens_per_problem for j in jobs]
+        ys = [100 * j.accuracy for j in jobs]
+        ax.plot(xs, ys, marker=markers.get(strategy, "x"), linestyle="-" if len(jobs) > 1 else "none",
+                label=strategy + without, markersize=8, fillstyle="none" if without else "full")  # fmt: skip
+        for j, x, y in zip(jobs, xs, ys, strict=True):
+            ax.annotate(str(j.job_id), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (mean, log scale)")
+    ax.set_ylabel("accuracy, %")
+    ax.set_title("Accuracy against generated tokens, one point per job (job ids as in the tables)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_accuracy_per_round(report: Report, path: Path | BinaryIO) -> bool:
     jobs = [s for s in report.jobs if s.accuracy_by_round]
     if not jobs:
@@ -398,11 +509,12 @@ def plot_accuracy_per_round(report: Report, path: Path | BinaryIO) -> bool:
 
 
 def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) -> list[Path]:
-    """report.md, summary.csv, problems.csv, paired.csv, models.csv, agreement.csv and the PNG
-    plots; returns the paths."""
+    """report.md, summary.csv, problems.csv, paired.csv, models.csv, agreement.csv, actions.csv
+    (searches) and the PNG plots; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = ["accuracy_vs_calls.png"]
+    plots = ["accuracy_vs_calls.png", "accuracy_vs_tokens.png"]
     plot_accuracy_vs_calls(report, out_dir / plots[0])
+    plot_accuracy_vs_tokens(report, out_dir / plots[1])
     if plot_accuracy_per_round(report, out_dir / "accuracy_per_round.png"):
         plots.append("accuracy_per_round.png")
     files = {
@@ -413,6 +525,8 @@ def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) 
         "models.csv": render_models_csv(report),
         "agreement.csv": render_agreement_csv(report),
     }
+    if _searches(report):
+        files["actions.csv"] = render_actions_csv(report)
     for name, text in files.items():
         (out_dir / name).write_text(text, encoding="utf-8")
     return [out_dir / n for n in [*files, *plots]]

@@ -4,34 +4,45 @@ states for its replay of the selection per round (the I/O half of a report)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.jobs import problem_results
-from db.models import Job, ModelCall, Output, Problem, Step
+from db.models import Job, ModelCall, Output, Problem, Selection, Step
 from db.state import load_state
 from rstar import roster
-from rstar.reports import JobRows, ProblemRow, Report, ReviewRow, SolutionRow, build_report, replay_rounds
-from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS, OutputView, ProblemState
-from rstar.strategies.mcts.tree import Tree
+from rstar.reports import (
+    JobRows,
+    ProblemRow,
+    Report,
+    ReviewRow,
+    SolutionRow,
+    build_report,
+    replay_rounds,
+    search_row,
+)
+from rstar.strategies import get_strategy
+from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS, ProblemState
 
 
 class UnknownJobError(LookupError):
     """A job id that is not in the database."""
 
 
-def load_job_rows(*, session: Session, job_ids: Sequence[int]) -> list[JobRows]:
+def load_job_rows(*, session: Session, job_ids: Sequence[int], searches: bool = True) -> list[JobRows]:
     """The rows of each job, in the order given (`answer_by_round` left empty: see
-    `rstar.reports.replay_rounds`).
+    `rstar.reports.replay_rounds`). `searches`: read each search's account from its strategy
+    (a state per problem; the plots do without).
 
     Raises:
         UnknownJobError: a job id is not in the database.
     """
-    return [_load_job(session, job_id) for job_id in job_ids]
+    return [_load_job(session, job_id, searches=searches) for job_id in job_ids]
 
 
-def _load_job(session: Session, job_id: int) -> JobRows:
+def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
     job = session.get(Job, job_id)
     if job is None:
         raise UnknownJobError(f"no job {job_id}")
@@ -55,31 +66,22 @@ def _load_job(session: Session, job_id: int) -> JobRows:
             Output.answer,
             Output.parent_id,
             Output.payload,
-            Output.seq,
-            Step.key,
         )
         .join(Problem, Problem.id == Output.problem_id)
-        .join(Step, Step.id == Output.step_id)
         .where(Problem.job_id == job_id)
     )
-    trees: dict[int, list[OutputView]] = {}
-    searching = job.strategy == "rstar"
-    for o in session.execute(outputs):
-        if searching:
-            trees.setdefault(o.problem_id, []).append(
-                OutputView(
-                    o.id,
-                    o.key,
-                    o.kind,
-                    o.model,
-                    o.round,
-                    o.parent_id,
-                    o.payload or {},
-                    o.answer,
-                    None,
-                    seq=o.seq,
-                )
-            )
+    strategy = get_strategy(job.strategy, job.params)
+    searching = callable(getattr(strategy, "report", None))
+    tokens_by_kind: dict[int, dict[str, int]] = {}
+    for problem_id, kind, tokens in session.execute(
+        select(ModelCall.problem_id, Step.kind, func.sum(ModelCall.completion_tokens))
+        .join(Step, Step.id == ModelCall.step_id)
+        .join(Problem, Problem.id == ModelCall.problem_id)
+        .where(Problem.job_id == job_id)
+        .group_by(ModelCall.problem_id, Step.kind)
+    ):
+        tokens_by_kind.setdefault(problem_id, {})[kind] = int(tokens or 0)
+    for o in session.execute(outputs) if not searching else ():
         if o.kind in SOLUTION_KINDS:
             solutions.setdefault(o.problem_id, []).append(
                 SolutionRow(o.id, o.round, o.model, o.kind, o.answer, o.parent_id)
@@ -90,9 +92,22 @@ def _load_job(session: Session, job_id: int) -> JobRows:
     results = {r.id: r for r in problem_results(session=session, job_id=job_id)}
     rows = []
     problems = session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)).all()
+    chosen = dict(
+        session.execute(
+            select(Selection.problem_id, Selection.output_id)
+            .join(Problem, Problem.id == Selection.problem_id)
+            .where(Problem.job_id == job_id)
+        ).all()
+    )
     for p in problems:
         res = results[p.item_id]
-        tree = Tree.of(p.question, {str(o.id): o for o in trees.get(p.id, [])}) if searching else None
+        search = tree = None
+        if searching and searches:
+            # The strategy's own account of the search: its tree, candidates and answers.
+            state = load_state(session=session, problem_id=p.id, question=p.question, models=job.models)
+            account = strategy.report(replace(state, outputs=dict(state.outputs)))  # type: ignore[attr-defined]
+            tree = account.tree
+            search = search_row(account, chosen.get(p.id)) if p.status == "answered" else None
         rows.append(
             ProblemRow(
                 item_id=p.item_id,
@@ -111,6 +126,8 @@ def _load_job(session: Session, job_id: int) -> JobRows:
                 model_seconds=round((latency.get(p.id) or 0.0) / 1000, 3),
                 solutions=tuple(sorted(solutions.get(p.id, []), key=lambda s: s.id)),
                 reviews=tuple(reviews.get(p.id, [])),
+                tokens_by_kind=tokens_by_kind.get(p.id, {}),
+                search=search,
             )
         )
     wall = None
@@ -153,7 +170,9 @@ def problem_states(*, session: Session, job_id: int) -> Mapping[str, ProblemStat
     return _ProblemStates(session, job_id)
 
 
-def load_report(*, session: Session, job_ids: Sequence[int], max_rounds_limit: int) -> Report:
+def load_report(
+    *, session: Session, job_ids: Sequence[int], max_rounds_limit: int, searches: bool = True
+) -> Report:
     """The report of these jobs (`rstar report`, the viewer's plots), read inside `session`.
 
     Raises:
@@ -164,6 +183,6 @@ def load_report(*, session: Session, job_ids: Sequence[int], max_rounds_limit: i
             replay_rounds(
                 job, problem_states(session=session, job_id=job.job_id), max_rounds_limit=max_rounds_limit
             )
-            for job in load_job_rows(session=session, job_ids=job_ids)
+            for job in load_job_rows(session=session, job_ids=job_ids, searches=searches)
         ]
     )

@@ -22,6 +22,12 @@ Definitions used throughout:
   answered.
 * paired comparison of two jobs, over the item ids they share: McNemar's exact test, a two-sided
   binomial test on the discordant pairs (b = only the first right, c = only the second right).
+* a search's actions (rstar): its share of the job's generated tokens (the discriminator's
+  completions one more "action"); its candidates, the search's final answers whose trajectory
+  it ended (each distinct trajectory once), and how many were right; the final choices that
+  came from it. Generator @maj: the answer the candidates favour before the discriminator (the
+  paper's "rStar (generator @maj)"); root A2 @maj: the root's A2 vote on its own, the search's
+  self-consistency; right answer held: problems where some candidate was right.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from rstar.strategies import ParamError, get_strategy
 from rstar.strategies.base import ProblemState
 
 __all__ = [
+    "ACTION_OF_KIND",
     "Z95",
+    "ActionStats",
+    "CandidateRow",
     "CompletionStats",
     "JobRows",
     "JobSummary",
@@ -48,6 +57,8 @@ __all__ = [
     "Report",
     "ReviewRow",
     "ReviewStats",
+    "SearchRow",
+    "SearchStats",
     "SolutionRow",
     "build_report",
     "is_correct",
@@ -57,6 +68,7 @@ __all__ = [
     "paired",
     "paired_counts",
     "replay_rounds",
+    "search_row",
     "state_up_to_round",
     "summarize",
     "wilson_interval",
@@ -109,6 +121,29 @@ class ProblemRow:
     reviews: tuple[ReviewRow, ...] = ()
     answer_by_round: tuple[str | None, ...] = ()
     """The answer selected had the strategy stopped after round 1, 2, ... (empty: not known)."""
+    tokens_by_kind: Mapping[str, int] = field(default_factory=dict)
+    """Generated tokens per step kind."""
+    search: SearchRow | None = None
+    """A search's candidates and answers (None: the strategy builds no tree)."""
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    kind: str
+    """The action that ended its trajectory (a node kind)."""
+    answer: str
+    freq: int = 1
+
+
+@dataclass(frozen=True)
+class SearchRow:
+    candidates: tuple[CandidateRow, ...]
+    chosen_kind: str | None
+    """The kind of the node the final choice took (None: no choice)."""
+    majority: str | None
+    """The generator's majority answer over the candidates (@maj)."""
+    root_a2: str | None
+    """The root A2 vote's answer."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +294,29 @@ class TreeStats:
 
 
 @dataclass(frozen=True)
+class ActionStats:
+    action: str
+    generated_tokens_per_problem: float
+    token_share: float
+    candidates: int
+    candidates_right: int
+    chosen: int
+    chosen_right: int
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """A searching strategy's candidates and answers (rstar), over the judged problems."""
+
+    judged: int
+    right_held: int
+    majority_right: int
+    root_a2_right: int
+    chosen_right: int
+    actions: tuple[ActionStats, ...]
+
+
+@dataclass(frozen=True)
 class JobSummary:
     job_id: int
     label: str
@@ -292,6 +350,7 @@ class JobSummary:
     agreement: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     """(model, model) -> (problems where both answered alike, problems where both answered)."""
     tree: TreeStats | None = None
+    search: SearchStats | None = None
 
     @property
     def accuracy(self) -> float:
@@ -466,6 +525,84 @@ def summarize(job: JobRows) -> JobSummary:
         models=model_stats,
         agreement=agreement,
         tree=_tree_stats(ps),
+        search=_search_stats(ps),
+    )
+
+
+def search_row(report: Any, chosen: int | None) -> SearchRow:
+    """A search's figures for the report, from its strategy's account of it (`report(state)` of
+    a searching strategy: its tree, candidates, majority and root A2) and the chosen node."""
+    nodes = report.tree.nodes
+    node = nodes.get(chosen) if chosen is not None else None
+    return SearchRow(
+        candidates=tuple(CandidateRow(str(nodes[c.node].kind), c.answer, c.freq) for c in report.candidates),
+        chosen_kind=str(node.kind) if node is not None and node.kind is not None else None,
+        majority=report.majority,
+        root_a2=report.root_a2.answer if report.root_a2 is not None else None,
+    )
+
+
+# A step kind's action in a search's report (rstar's node kinds; the discriminator's completions).
+ACTION_OF_KIND = {
+    "a1_step": "A1 one step",
+    "a2_answer": "A2 chain of thought",
+    "a3_question": "A3 sub-question",
+    "a3_answer": "A3 sub-question",
+    "a4_reanswer": "A4 re-answer",
+    "a5_rephrase": "A5 rephrase",
+    "rc_complete": "discriminator",
+}
+
+
+def _search_stats(problems: Sequence[ProblemRow]) -> SearchStats | None:
+    searched = [p for p in problems if p.search is not None]
+    if not searched:
+        return None
+    judged = [p for p in searched if p.reference_answer is not None]
+    tokens: Counter[str] = Counter()
+    for p in searched:
+        for kind, n in p.tokens_by_kind.items():
+            tokens[ACTION_OF_KIND.get(kind, kind)] += n
+    total = sum(tokens.values())
+    found: Counter[str] = Counter()
+    found_right: Counter[str] = Counter()
+    chosen: Counter[str] = Counter()
+    chosen_right: Counter[str] = Counter()
+    for p in judged:
+        assert p.search is not None
+        for c in p.search.candidates:
+            action = ACTION_OF_KIND.get(c.kind, c.kind)
+            found[action] += 1
+            found_right[action] += _right(c.answer, p.reference_answer)
+        if p.search.chosen_kind is not None:
+            action = ACTION_OF_KIND.get(p.search.chosen_kind, p.search.chosen_kind)
+            chosen[action] += 1
+            chosen_right[action] += is_correct(p)
+    order = list(dict.fromkeys(ACTION_OF_KIND.values()))
+    actions = tuple(
+        ActionStats(
+            action=a,
+            generated_tokens_per_problem=tokens[a] / len(searched),
+            token_share=tokens[a] / total if total else 0.0,
+            candidates=found[a],
+            candidates_right=found_right[a],
+            chosen=chosen[a],
+            chosen_right=chosen_right[a],
+        )
+        for a in [*order, *sorted(set(tokens) - set(order))]
+        if tokens[a] or found[a] or chosen[a]
+    )
+    return SearchStats(
+        judged=len(judged),
+        right_held=sum(
+            1
+            for p in judged
+            if p.search and any(_right(c.answer, p.reference_answer) for c in p.search.candidates)
+        ),
+        majority_right=sum(1 for p in judged if p.search and _right(p.search.majority, p.reference_answer)),
+        root_a2_right=sum(1 for p in judged if p.search and _right(p.search.root_a2, p.reference_answer)),
+        chosen_right=sum(1 for p in judged if is_correct(p)),
+        actions=actions,
     )
 
 

@@ -1,12 +1,14 @@
 """`--strategy rstar` end to end: real Celery workers, Redis, SQLite or PostgreSQL, and two fake
-servers that speak the real protocol: the generator A a vLLM look-alike (one request samples n
-choices), the discriminator B a TGI look-alike (which ignores `n`: the client sends one request per
-sample). Then a worker killed mid-search, and the search resumed by another, paying no node twice.
+servers that speak the real protocol: the generator A a llama.cpp llama-server or vLLM look-alike
+(one request samples n choices), the discriminator B a TGI look-alike (which ignores `n`: the
+client sends one request per sample). Then a worker killed mid-search, and the search resumed by
+another, paying no node twice.
 
 The scripted generator knows each answer. Its chains of thought and single steps are right; its
-answers to sub-questions are wrong (right + 1), and every sub-question it asks is the question
-itself, so A3 nodes are terminal and wrong. B's completions of cut trajectories are right: a wrong
-candidate is never mutually consistent, a right one always is, and the final answer is right.
+answers to sub-questions are wrong (right + 1), its first sub-question is an intermediate one and
+every later one is the question itself, so terminal A3 nodes are wrong; its re-answers (A4) are
+wrong too. B's completions of cut trajectories are right: a wrong candidate is never mutually
+consistent, a right one always is, and the final answer is right.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy import func, select
 from db.models import Job, ModelCall, Output, Problem, Selection, Step
 from db.session import session_scope
 from rstar.strategies.base import OutputView
+from rstar.strategies.mcts.prompts import split_question
 from rstar.strategies.mcts.tree import Tree
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.reliability.harness import FAST, slow
@@ -40,7 +43,10 @@ class MctsOracle:
     def __call__(self, request: FakeRequest) -> Reply | str:
         prompt = request.prompt
         right = next((a for q, a in self.answers.items() if q in prompt), None)
-        if right is None:
+        if right is None:  # A4 asks the question's context and the sub-question only
+            context = next((a for q, a in self.answers.items() if split_question(q)[0] in prompt), None)
+            if context is not None and "Solve this problem step by step" in prompt:
+                return f"Step 1: Counting it out.\nThe answer is \\boxed{{{int(context) + 1}}}"
             return Reply(status=422, error="unknown question")
         k = re.findall(r'Write only "(?:Step|Sub-question) (\d+):"', prompt)
         if 'Write only "Step' in prompt:
@@ -49,6 +55,15 @@ class MctsOracle:
             return f"Sub-question {k[0]}: Now we can answer the question: what is asked?"
         if "Answer Sub-question" in prompt:
             return f"Answer 1: Counting it out. The answer is: {int(right) + 1}"
+        asked = re.findall(r'Write "Question 5\.(\d+):" and the (first|next) sub-question', prompt)
+        if asked:
+            label = f"Question 5.{asked[0][0]}:"
+            if asked[0][1] == "first":
+                return f"{label} How many are there at the start?"
+            return f"{label} Now we can answer the question: what is asked?"
+        answering = re.findall(r'Write "Answer 5\.(\d+):"', prompt)
+        if answering:
+            return f"Answer 5.{answering[0]}: Counting it out. The answer is {int(right) + 1}."
         if "Rewrite the question" in prompt:
             question = next(q for q in self.answers if q in prompt)
             return f"Condition 1: {question}"
@@ -159,9 +174,12 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
 ) -> None:
     rows, refs, path = _problems(tmp_path, 4, offset=150)
     oracle = MctsOracle(rows)
-    with FakeInferenceServer(oracle, kind="vllm") as a, FakeInferenceServer(oracle, kind="tgi") as b:
+    with FakeInferenceServer(oracle, kind="llama-server") as a, FakeInferenceServer(oracle, kind="tgi") as b:
         env = service_env(sqlite_url, redis_url)
         job_id, served = _run_job(env, sqlite_url, path, a, b, tmp_path)
+        # llama-server got each expansion's samples in one request with n, never more than its slots.
+        sampled = [r.body for r in a.requests if r.body and r.body.get("n", 1) > 1]
+        assert sampled and a.peak_sequences <= a.slots
     _check_search(sqlite_url, job_id, refs)
     with session_scope(sqlite_url) as s:
         sent = s.scalar(select(func.sum(ModelCall.requests)))

@@ -231,7 +231,10 @@ def create_app(
                     return drawn_plots[key]
                 try:
                     report = load_report(
-                        session=s, job_ids=[job_id], max_rounds_limit=get_settings().max_rounds_limit
+                        session=s,
+                        job_ids=[job_id],
+                        max_rounds_limit=get_settings().max_rounds_limit,
+                        searches=False,  # the plots need no search's account
                     )
                 except UnknownJobError as exc:
                     raise HTTPException(404, str(exc)) from None

@@ -9,9 +9,11 @@ import pytest
 
 from rstar import strategies
 from rstar.reports import (
+    CandidateRow,
     JobRows,
     ProblemRow,
     ReviewRow,
+    SearchRow,
     SolutionRow,
     build_report,
     mcnemar_exact,
@@ -235,3 +237,38 @@ def test_replay_rounds_selects_as_after_each_earlier_round(monkeypatch: pytest.M
 def test_replay_rounds_leaves_a_job_of_an_unknown_strategy_alone() -> None:
     job = JobRows(1, "j", "gone", {}, (ProblemRow("p", "answered", "1", "1", rounds_used=2),))
     assert replay_rounds(job, {}, max_rounds_limit=10) is job
+
+
+def test_a_searchs_answers_and_where_its_tokens_went_by_hand() -> None:
+    def problem(item: str, final: str, ref: str, chosen: str, majority: str, root: str,
+                cands: list[tuple[str, str]], tokens: dict[str, int]) -> ProblemRow:  # fmt: skip
+        return ProblemRow(
+            item_id=item, status="answered", final_answer=final, reference_answer=ref,
+            tokens_by_kind=tokens,
+            search=SearchRow(tuple(CandidateRow(k, a) for k, a in cands), chosen, majority, root),
+        )  # fmt: skip
+
+    job = JobRows(
+        7, "rstar", "rstar", {}, (
+            problem("a", "5", "5", "a2_answer", "5", "5", [("a2_answer", "5"), ("a3_answer", "6")],
+                    {"a2_answer": 600, "a3_question": 20, "a3_answer": 80, "rc_complete": 300}),
+            problem("b", "6", "7", "a3_answer", "6", "7", [("a2_answer", "7"), ("a3_answer", "6"),
+                    ("a1_step", "7")], {"a2_answer": 700, "a1_step": 40, "a3_answer": 60}),
+            problem("c", "9", "8", "a2_answer", "9", "9", [("a2_answer", "9")], {"a2_answer": 200}),
+        ),
+    )  # fmt: skip
+    search = summarize(job).search
+    assert search is not None
+    assert (search.judged, search.right_held, search.majority_right, search.root_a2_right) == (3, 2, 1, 2)
+    assert search.chosen_right == 1
+    by = {a.action: a for a in search.actions}
+    assert list(by) == ["A1 one step", "A2 chain of thought", "A3 sub-question", "discriminator"]
+    total = 2000
+    a2, a3 = by["A2 chain of thought"], by["A3 sub-question"]
+    assert a2.generated_tokens_per_problem == pytest.approx(1500 / 3) and a2.token_share == 1500 / total
+    assert a3.token_share == 160 / total  # the sub-questions and their answers
+    assert (a2.candidates, a2.candidates_right, a2.chosen, a2.chosen_right) == (3, 2, 2, 1)
+    assert (a3.candidates, a3.candidates_right, a3.chosen, a3.chosen_right) == (2, 0, 1, 0)
+    assert by["A1 one step"].candidates_right == 1 and by["discriminator"].candidates == 0
+    # Jobs that build no tree have no search figures.
+    assert summarize(sc_job()).search is None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -10,10 +13,20 @@ from rstar import prompts as solve_prompts
 from rstar.strategies import ParamError, get_strategy
 from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_key
 from rstar.strategies.mcts import prompts as mcts_prompts
-from rstar.strategies.mcts.discriminator import Candidate, Verdict, choose, cut_prefixes
-from rstar.strategies.mcts.search import Stats, draw, replay, select_child, uct
+from rstar.strategies.mcts.discriminator import (
+    Candidate,
+    Verdict,
+    choose,
+    choose_weighted,
+    cut_prefixes,
+    cut_words,
+    generator_majority,
+    needed_v4,
+)
+from rstar.strategies.mcts.search import Rollout, SearchState, Stats, draw, replay, select_child, uct
 from rstar.strategies.mcts.strategy import RStarStrategy
 from rstar.strategies.mcts.tree import ROOT, Kind, Node, Tree, is_terminal_subquestion
+from tests.domain import rstar_replay
 from tests.domain.memory_driver import MemoryRun
 
 QUESTION = "Tom has 2 apples and buys 3 more. How many apples does he have now?"
@@ -225,8 +238,10 @@ def scripted(spec: StepSpec, request: object) -> list[str]:
     return [f"Step 1: 2 + 3 = 5\nThe answer is: {5 if i % 3 else 7}" for i in range(n)]
 
 
-def test_a_search_in_memory_runs_its_rollouts_and_every_request_extends_its_parents_prompt() -> None:
-    strategy = RStarStrategy({"rollouts": 6, "votes": 3, "last_votes": 6, "max_depth": 3})
+def test_a_v3_search_in_memory_runs_its_rollouts_and_every_request_extends_its_parents_prompt() -> None:
+    strategy = RStarStrategy(
+        {"rollouts": 6, "votes": 3, "last_votes": 6, "max_depth": 3, "prompt_version": "rstar-v3"}
+    )
     run = MemoryRun(strategy, QUESTION)
     selection = run.run(scripted)
     assert selection is not None and selection.rounds_used == 6
@@ -291,8 +306,8 @@ def test_problems_with_trees_of_the_same_shape_draw_their_own_branches() -> None
 def test_a_job_of_the_first_version_replays_with_the_draws_it_ran_with() -> None:
     params = {"rollouts": 3, "votes": 3, "last_votes": 4, "max_depth": 3}
     v1 = RStarStrategy({**params, "prompt_version": "rstar-v1"})
-    v2 = RStarStrategy(params)
-    assert v1.shared_draws and not v2.shared_draws and v2.params["prompt_version"] == "rstar-v3"
+    v2 = RStarStrategy({**params, "prompt_version": "rstar-v2"})
+    assert v1.shared_draws and not v2.shared_draws and v2.params["prompt_version"] == "rstar-v2"
     assert v1.params["prompt_version"] == "rstar-v1"  # a job keeps the version it ran with
     differs = 0
     for i in range(6):
@@ -304,8 +319,10 @@ def test_a_job_of_the_first_version_replays_with_the_draws_it_ran_with() -> None
     assert differs  # ...where today's draws would have gone elsewhere
 
 
-def test_a2_and_the_completions_reason_in_the_prose_of_cot_and_old_jobs_keep_the_step_form() -> None:
-    strategy = RStarStrategy({"rollouts": 6, "votes": 3, "last_votes": 6, "max_depth": 3})
+def test_v3s_a2_and_completions_reason_in_the_prose_of_cot_and_older_jobs_keep_the_step_form() -> None:
+    strategy = RStarStrategy(
+        {"rollouts": 6, "votes": 3, "last_votes": 6, "max_depth": 3, "prompt_version": "rstar-v3"}
+    )
     run = MemoryRun(strategy, QUESTION)
     assert run.run(scripted).answer == "5"  # type: ignore[union-attr]
     a2 = [(spec, r) for spec, r in run.requests if spec.kind == Kind.A2]
@@ -337,3 +354,224 @@ def test_a2_and_the_completions_reason_in_the_prose_of_cot_and_old_jobs_keep_the
     assert old[0].content == mcts_prompts.SYSTEM and "Solve it: write Step 1" in old[-1].content
     with pytest.raises(ParamError, match="cot_format"):
         RStarStrategy({"cot_format": "poetry"})
+
+
+# -- rstar-v4: the authors' candidates, choice, prompts; earlier versions replay exactly -----------
+
+
+def test_jobs_of_earlier_versions_replay_exactly_as_they_ran() -> None:
+    """Every request (its key, prompt digest, n, limits, seed), the candidates, the verdicts and
+    the selection of v1-v3 searches, recorded with the last v3 code (tests/domain/rstar_replay.py),
+    are what today's code does with those jobs' stored parameters."""
+    recorded = json.loads((Path(__file__).parents[1] / "data" / "rstar_replay_v1_v3.json").read_text())
+    assert set(recorded) == set(rstar_replay.VERSIONS)
+    for version, runs in recorded.items():
+        stored = runs[0]["params"]
+        assert stored["prompt_version"] == version and "a3" not in stored  # as such jobs hold them
+        now = json.loads(json.dumps(rstar_replay.record(version, stored)))
+        for then, today in zip(runs, now, strict=True):
+            assert today == then, version
+
+
+def _solution_tree() -> Tree:
+    """The root's A2 (5), a terminal sub-question answered 5, a sub-question that is not the
+    question (answered 3, and answered again by A4), an A1 step that states 5 and one that does
+    not, below which an A2 answers 6."""
+    return tree_of(
+        out(1, Kind.A2, "x0:a2", None, answer="5", share=0.8),
+        out(2, Kind.A3_QUESTION, "x0:a3q", None, subq="Now we can answer the question: how many?"),
+        out(3, Kind.A3_QUESTION, "x0:a3q", None, seq=1, subq="How many does he buy?"),
+        out(4, Kind.A3, "q0.q0:a3", 2, answer="5", share=0.5, text="2 + 3 = 5. The answer is 5."),
+        out(5, Kind.A3, "q0.q1:a3", 3, answer="3", share=1.0, text="He buys 3. The answer is 3."),
+        out(6, Kind.A1, "x0:a1", None, answer="5", text="2 + 3 = 5. The answer is 5."),
+        out(7, Kind.A1, "x0:a1", None, seq=1, text="He has 2 apples."),
+        out(8, Kind.A2, "x0.s1:a2", 7, answer="6", share=1.0),
+        out(9, Kind.A4, "x0.q1:a4", 5, answer="3", share=0.6, text="So 3."),
+    )
+
+
+def _ended(tree: Tree, *names: str) -> SearchState:
+    """A finished search whose rollouts ended at the named nodes."""
+    ids = [tree.by_name[n] for n in names]
+    return SearchState(Stats(), [Rollout(i + 1, (ROOT, node), 0.0) for i, node in enumerate(ids)], None)
+
+
+def test_the_candidates_are_every_solution_node_counted_once_more_per_rollout_that_ended_there() -> None:
+    tree = _solution_tree()
+    s = RStarStrategy({"max_depth": 2})
+    search = _ended(tree, "0.d0", "0.d0", "0.s1.d0", "0.q1.r0", "0.q1")
+    got = [(tree.nodes[c.node].name, c.answer, c.reward, c.freq) for c in s.candidates(tree, search)]
+    # Depth first, children in name order. The A1 step that states 5 is a solution (reward 0);
+    # the sub-question that is not the question, its A4 re-answer and the A1 step without an
+    # answer are not, even where a rollout ended at them (at the depth limit their answers are
+    # intermediate ones).
+    assert got == [
+        ("0.d0", "5", 0.8, 3),
+        ("0.q0", "5", 0.5, 1),
+        ("0.s0", "5", 0.0, 1),
+        ("0.s1.d0", "6", 1.0, 2),
+    ]
+    # Version 3 took each rollout's terminal node once, the depth limit included.
+    v3 = RStarStrategy({"max_depth": 2, "prompt_version": "rstar-v3"})
+    assert [tree.nodes[c.node].name for c in v3.candidates(tree, search)] == ["0.d0", "0.s1.d0", "0.q1.r0"]
+
+
+def test_the_authors_choice_among_candidates() -> None:
+    c = [
+        Candidate(1, "5", 0.8, 3),
+        Candidate(2, "6", 1.0, 2),
+        Candidate(3, "5", 0.0, 1),
+        Candidate(4, "7", 0.5, 1),
+    ]
+    # The generator's majority: summed reward x frequency over all 7 findings: 5 -> 2.4/7, 6 -> 2/7.
+    assert generator_majority(c) == "5"
+    assert choose_weighted(c, None, skipped_at=1.0).answer == "5"
+    # None consistent: the generator's majority.
+    none = {x.node: Verdict(x.node, 4, 1, needed_v4(4)) for x in c}
+    assert (choose_weighted(c, none).node, choose_weighted(c, none).answer) == (1, "5")
+    # One consistent: it wins, whatever the majority.
+    one = {**none, 4: Verdict(4, 4, 2, needed_v4(4))}
+    assert (choose_weighted(c, one).node, choose_weighted(c, one).answer) == (4, "7")
+    # Several: confidence among the consistent plus survival rate. Consistent: 2 (6, all of its
+    # 2 findings survive) and 3 (5, 1 of its 4 findings): 6 -> 2/3 + 1 = 1.67, 5 -> 0/3 + 0.25.
+    several = {**none, 2: Verdict(2, 4, 3, needed_v4(4)), 3: Verdict(3, 4, 2, needed_v4(4))}
+    choice = choose_weighted(c, several)
+    assert (choice.node, choice.answer) == (2, "6")
+    assert "2 of 4 candidates are mutually consistent" in choice.reason
+    # The authors' "mid" rule: completions // 2 agreeing, at least one.
+    assert [needed_v4(n) for n in (1, 2, 3, 4)] == [1, 1, 1, 2]
+
+
+def test_v4_cuts_a_trajectory_by_words_between_a_fifth_and_a_half() -> None:
+    text = " ".join(f"w{i}" for i in range(1, 21))
+    assert [len(p.split()) for p in cut_words(text, 4, 0.2, 0.5)] == [4, 6, 8, 10]
+    assert cut_words("one", 4, 0.2, 0.5) == []
+    tree = _solution_tree()
+    # The trajectory the discriminator cuts: intermediate answers without their "The answer is",
+    # then "Now we can answer the question:" and the text that ends it (rstar_utils.py).
+    assert (
+        tree.trace_text(tree.by_name["0.q0"]) == "Now we can answer the question: 2 + 3 = 5. The answer is 5."
+    )
+    assert tree.trace_text(tree.by_name["0.s1.d0"]) == "He has 2 apples. Now we can answer the question: t"
+
+
+def test_ablations_remove_their_actions() -> None:
+    root = Node(ROOT, None, None, 0)
+    assert RStarStrategy({"a1": False}).actions(root) == (Kind.A2, Kind.A3_QUESTION, Kind.A5)
+    assert RStarStrategy({"a3": False, "a5": False}).actions(root) == (Kind.A1, Kind.A2)
+    assert RStarStrategy({"a3": False}).actions(Node(1, Kind.A3, ROOT, 1)) == (Kind.A1, Kind.A2)
+
+
+def v4_scripted(spec: StepSpec, request: object) -> list[str]:
+    n = request.n  # type: ignore[attr-defined]
+    user = request.messages[-1].content  # type: ignore[attr-defined]
+    if spec.kind == Kind.A1:
+        return [f"Step 1: 2 + 3 = {5 + i}" for i in range(n)]
+    if spec.kind == Kind.A3_QUESTION:
+        k = re.findall(r'Write "Question 5\.(\d+):"', user)[0]
+        return [f"Question 5.{k}: How many does he buy?"] * n
+    if spec.kind == Kind.A3:
+        return ["Answer 5.1: He buys 3. The answer is 3."] * n
+    return [f"He has 2 + 3 = 5.\nThe answer is \\boxed{{{5 if i % 3 else 7}}}" for i in range(n)]
+
+
+def test_v4_requests_a2_with_hints_the_decomposition_and_a4_by_chain_of_thought() -> None:
+    strategy = RStarStrategy(
+        {"rollouts": 8, "votes": 3, "last_votes": 5, "max_depth": 3, "a5": False, "subquestions": 2}
+    )
+    assert strategy.params["prompt_version"] == "rstar-v4"
+    run = MemoryRun(strategy, QUESTION)
+    assert run.run(v4_scripted) is not None
+    tree = Tree.of(QUESTION, run.outputs)
+    a2 = [(spec, r) for spec, r in run.requests if spec.kind == Kind.A2]
+    # A2 samples last_votes wherever it is asked; at the root it is exactly cot's request.
+    assert {r.n for _, r in a2} == {5}
+    root = next(r for spec, r in a2 if spec.key == "x0:a2")
+    assert root.messages == solve_prompts.solve_messages(QUESTION, style="prose")
+    deeper = [(tree.node(spec.key[1:].split(":")[0]), r) for spec, r in a2 if spec.key != "x0:a2"]
+    assert deeper
+    for node, r in deeper:  # the trajectory as hints after the question, in cot's prompt
+        assert r.messages[0] == solve_prompts.solve_messages("", style="prose")[0]
+        user = r.messages[-1].content
+        assert QUESTION + "\n\nHint" in user
+        for q, a in tree.subquestion_pairs(node.id):
+            assert f"{q} {a}" in user
+        if tree.one_step_thoughts(node.id):
+            assert "Hint: " + " ".join(tree.one_step_thoughts(node.id)) in user
+    # The decomposition: numbered after the examples, one sub-question at a time.
+    a3q = [r for spec, r in run.requests if spec.kind == Kind.A3_QUESTION]
+    assert all(r.messages[0].content == mcts_prompts.DECOMPOSE_SYSTEM for r in a3q)
+    assert any(
+        "Question 5.1: How many does he buy?\nAnswer 5.1: He buys 3." in r.messages[-1].content for r in a3q
+    )
+    sub = [(spec, r) for spec, r in run.requests if spec.kind == Kind.A3]
+    assert sub and all(r.n == 3 and r.max_tokens == strategy.p.step_tokens for _, r in sub)  # not terminal
+    # A4 answers the last sub-question again by chain of thought, on the question's context.
+    a4 = [r for spec, r in run.requests if spec.kind == Kind.A4]
+    assert a4 and all(
+        r.messages
+        == solve_prompts.solve_messages(
+            "Tom has 2 apples and buys 3 more. How many does he buy?", style="prose"
+        )
+        for r in a4
+    )
+    assert mcts_prompts.split_question(QUESTION) == (
+        "Tom has 2 apples and buys 3 more.",
+        "How many apples does he have now?",
+    )
+
+
+def instruction_follower(spec: StepSpec, request: object) -> list[str]:
+    """A model that takes whatever way out the instruction offers (as Qwen2.5-0.5B took v3's offer
+    of "Now we can answer the question" 30 times in 30), else asks an intermediate sub-question."""
+    n = request.n  # type: ignore[attr-defined]
+    user = request.messages[-1].content  # type: ignore[attr-defined]
+    if spec.kind == Kind.A3_QUESTION:
+        label = re.findall(r'Write (?:only )?"((?:Sub-question \d+|Question 5\.\d+):)', user)[0]
+        if "Now we can answer the question" in user:
+            return [f"{label} Now we can answer the question: how many apples does he have now?"] * n
+        return [f"{label} How many apples does he buy?"] * n
+    return v4_scripted(spec, request)
+
+
+def test_the_first_sub_question_is_not_the_question_itself_unless_the_model_insists() -> None:
+    first = {}
+    for version in ("rstar-v3", "rstar-v4"):
+        strategy = RStarStrategy({"rollouts": 4, "votes": 3, "last_votes": 3, "max_depth": 3, "a5": False,
+                                  "prompt_version": version})  # fmt: skip
+        run = MemoryRun(strategy, QUESTION)
+        run.run(instruction_follower)
+        tree = Tree.of(QUESTION, run.outputs)
+        first[version] = [
+            is_terminal_subquestion(str(o.payload["subquestion"]), QUESTION)
+            for o in run.outputs.values()
+            if o.kind == Kind.A3_QUESTION and o.step_key == "x0:a3q"
+        ]
+        if version == "rstar-v4":  # the second sub-question may end it: a two-step decomposition
+            assert any(n.terminal_subquestion for n in tree.nodes.values())
+    assert first["rstar-v3"] and all(first["rstar-v3"])
+    assert first["rstar-v4"] and not any(first["rstar-v4"])
+
+
+def test_a_terminal_sub_question_is_answered_at_length_with_the_last_votes() -> None:
+    strategy = RStarStrategy({"votes": 3, "last_votes": 7, "max_depth": 3})
+    tree = tree_of(out(2, Kind.A3_QUESTION, "x0:a3q", None, subq="Now we can answer the question: how many?"))
+    state = ProblemState(QUESTION, ("A",), {}, {"x0:a3q": tree.subquestions["0.q0"]})
+    request = strategy.build_request(StepSpec("q0.q0:a3", Kind.A3, "A", 1), state)
+    assert (request.n, request.max_tokens) == (7, strategy.p.max_tokens)
+    assert "work it out with every calculation" in request.messages[-1].content
+
+
+def test_v4_budget_and_defaults_are_the_authors() -> None:
+    s = RStarStrategy()
+    assert (s.p.last_votes, s.p.votes, s.p.step_tokens, s.p.cut_low, s.p.cut_high) == (32, 10, 256, 0.2, 0.5)
+    assert s.p.skip_discriminator_at == 1.0 and s.p.completion_temperature is None
+    assert "16 rollouts of depth <= 5" in s.budget()
+    with pytest.raises(ParamError, match="prompt_version"):
+        RStarStrategy({"prompt_version": "rstar-v9"})
+    hot = RStarStrategy({"completion_temperature": 1.0})
+    tree = tree_of(
+        out(1, Kind.A2, "x0:a2", None, answer="5", share=0.8, text="He has 2 + 3 = 5 apples in all.")
+    )
+    state = ProblemState(QUESTION, ("A",), {}, {"x0:a2": tree.nodes[1].output})  # type: ignore[dict-item]
+    assert hot.build_request(StepSpec("d0.d0:c0", Kind.COMPLETE, "A", 2), state).temperature == 1.0

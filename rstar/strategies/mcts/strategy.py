@@ -2,22 +2,63 @@
 (Qi et al., 2024, arXiv 2408.06195).
 
 One expansion of a node is one step per action, sent together; each step samples its
-sequences at once (`ModelRequest.n`): A1 `a1_samples` next steps (each a child), A2 `votes`
-chains of thought (one child: the majority answer, valued by its share; `last_votes` at the
-depth limit and in the last rollout), A3 `subquestions` sub-questions, each then answered with
-`votes` samples (`last_votes` for the terminal one), A4 `votes` new answers to the last
-sub-question, A5 one rephrasing (root only, `a5=false` disables it). The search (search.py)
-replays the rollouts over the persisted tree to find the node to expand next; after the last
-rollout the discriminator model completes each candidate cut at `cuts` points
+sequences at once (`ModelRequest.n`): A1 `a1_samples` next steps (each a child), A2
+`last_votes` chains of thought (one child: the majority answer, valued by its share), A3
+`subquestions` sub-questions, each then answered with `votes` samples (`last_votes` for a
+terminal one), A4 `votes` new answers to the last sub-question, A5 one rephrasing (root only,
+`a5=false` disables it; `a1=false` and `a3=false` remove A1 and A3 with A4, for ablations). The
+search (search.py) replays the rollouts over the persisted tree to find the node to expand next;
+after the last rollout the discriminator model completes each candidate cut at `cuts` points
 (discriminator.py). Step keys name nodes by their path (tree.py): "x0:a1" (the root's A1
 children), "x0.s1:a2" (A2 from the root's second A1 step), "q0.q1:a3" (the answers to the root's
 second sub-question), "d0.s1.d0:c2" (that A2 candidate, cut 2).
+
+rstar-v4, the current version, follows the authors' code (microsoft/rStar, branch
+rStar-mutualreasoning) where it and the paper agree:
+- A2 samples `mcts_num_last_votes` wherever it is asked (run_src/MCTS_for_reasoning.py:145-149),
+  so the root's A2 is a self-consistency vote of `last_votes` samples; below the root its question
+  carries the trajectory as hints (:782, rstar_utils.py:541 `make_hint`). v1-v3 sampled `votes`
+  but `last_votes` at the depth limit and in the last rollout, and continued the trajectory.
+- A3 asks with the authors' decomposition prompt (prompts.py), a sub-question at
+  `step_tokens` and one line (:168-191), answered in a line (:223-230): `last_votes` samples for a
+  terminal sub-question, each one's own (the authors decide it by the last sub-question asked for
+  all of them, :223: a defect not copied), and a terminal answer may reason at `max_tokens`.
+- A4 re-answers the last sub-question by chain of thought on the question's context
+  (:299-314), `votes` samples.
+- A1 one step at `step_tokens` (256, :436).
+- The candidates are every valid solution node of the tree (an A2 answer, a terminal sub-answer,
+  an A1 step that states the answer: :960 `is_valid_solution_node`, rstar_utils.py:624
+  `find_valid_solution_nodes`) and each rollout's last node when it is one, counted by frequency
+  (:1054-1059 write both, do_discriminate.py:442-466 merges equal trajectories into a frequency).
+  A non-terminal node at the depth limit is no candidate: its answer is an intermediate one (the
+  authors count a depth-limit sub-answer as a final answer: not copied; the authors also stop at
+  an answering A1 step when collecting nodes, we keep the solution nodes below it too).
+- The discriminator cuts each candidate's text (rstar_utils.py:220 `concat_solution_trace`) by
+  words between `cut_low` 20% and `cut_high` 50% (:475 `mask_solution_trace`;
+  do_discriminate.py:356-357), needs completions // 2 to agree (:220), and chooses as the
+  authors do (discriminator.py, `choose_weighted`).
+Decided where they differ, or where the authors' setting does not carry over:
+- The discriminator is skipped only when every candidate gives the same answer
+  (`skip_discriminator_at` 1.0): then it cannot change the answer. The authors' 0.999 on a
+  reward-weighted confidence (do_discriminate.py:347, :505) skips in the same case and almost
+  never otherwise. v1-v3: 0.9 of the candidates.
+- A completion continues the cut text to its end in the prose of the solve prompt, at the
+  generator's temperature (`completion_temperature`, unset). The authors complete one line at
+  1.0 (:158-161), but their trajectories are one line of text, so their line is the whole rest;
+  and their discriminator was a stronger model than the generator (Phi-3-mini), where ours is
+  often the same small one, which derails more at 1.0.
+- No repetition penalty: the authors' vLLM wrapper adds 1.1 to every call (models/vLLM_API.py:41),
+  a setting no flag shows; cot and self-consistency send none, and rstar is compared with them.
+- `max_tokens` 512 (cot's) rather than the authors' 1024; `last_votes` 32 and `votes` 10 as
+  theirs (do_generate.py:120, :146).
+Jobs of earlier versions replay as they ran (`prompt_version` in their stored parameters).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,7 +81,18 @@ from rstar.strategies.base import (
     step_seed,
 )
 from rstar.strategies.mcts import prompts
-from rstar.strategies.mcts.discriminator import Candidate, Verdict, choose, confidences, cut_prefixes
+from rstar.strategies.mcts.discriminator import (
+    Candidate,
+    Choice,
+    Verdict,
+    choose,
+    choose_weighted,
+    confidences,
+    cut_prefixes,
+    cut_words,
+    generator_majority,
+    needed_v4,
+)
 from rstar.strategies.mcts.search import SearchState, replay
 from rstar.strategies.mcts.tree import (
     ACTIONS,
@@ -65,19 +117,30 @@ DEFAULTS: dict[str, Any] = {
     "votes": 10,
     "last_votes": 32,
     "subquestions": 3,
+    "a1": True,
+    "a3": True,
     "a5": True,
     "exploration": 2.0,
     "temperature": 0.8,
     "top_p": 0.95,
     "top_k": 40,
-    "max_tokens": 384,
-    "step_tokens": 128,
+    "max_tokens": 512,
+    "step_tokens": 256,
     "cuts": 4,
     "cut_low": 0.2,
-    "cut_high": 0.8,
-    "skip_discriminator_at": 0.9,
+    "cut_high": 0.5,
+    "skip_discriminator_at": 1.0,
+    "completion_temperature": None,
     "seed": 0,
     "cot_format": "prose",
+}
+# What a job of an earlier version ran with where its stored parameters say nothing (they hold
+# every parameter of their day; later ones get the value that keeps their behaviour).
+OLD_DEFAULTS: dict[str, Any] = {
+    "max_tokens": 384,
+    "step_tokens": 128,
+    "cut_high": 0.8,
+    "skip_discriminator_at": 0.9,
 }
 
 # Action -> the key's suffix ("x12.a1").
@@ -85,7 +148,9 @@ SUFFIX = {Kind.A1: "a1", Kind.A2: "a2", Kind.A3_QUESTION: "a3q", Kind.A4: "a4", 
 LAST = "a2L"
 """An A2 step sampling `last_votes` (depth limit, last rollout)."""
 _STEP_PREFIX = re.compile(r"^\s*(?:\**\s*)?step\s*\d+\s*[:.)]\s*", re.IGNORECASE)
-_SUBQ_PREFIX = re.compile(r"^\s*(?:\**\s*)?sub-?\s*question\s*\d+(?:\.\d+)?\s*[:.)]\s*", re.IGNORECASE)
+_SUBQ_PREFIX = re.compile(
+    r"^\s*(?:\**\s*)?(?:sub-?\s*)?question\s*\d+(?:\.\d+)?\s*[:.)]\s*", re.IGNORECASE
+)  # "Sub-question 2:" (v1-v3) or "Question 5.2:" (v4)
 _ANSWER_PREFIX = re.compile(r"^\s*(?:\**\s*)?answer\s*\d+(?:\.\d+)?\s*[:.)]\s*", re.IGNORECASE)
 _STATES_ANSWER = re.compile(r"\banswer\s+is\b", re.IGNORECASE)
 MAX_TEXT = 4000
@@ -102,6 +167,10 @@ class SearchReport:
     verdicts: dict[int, Verdict] | None
     completions: dict[int, list[tuple[str, str | None]]]
     """Candidate node -> (the prefix shown, the completion's answer) for each cut done."""
+    majority: str | None = None
+    """The generator's majority answer over the candidates (the paper's "generator @maj")."""
+    root_a2: Node | None = None
+    """The root's A2 node: the search's self-consistency vote."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +181,9 @@ class RStarParams:
     votes: int
     last_votes: int
     subquestions: int
+    a1: bool
+    a3: bool
+    """A3 (and with it A4, which re-answers A3's sub-questions)."""
     a5: bool
     exploration: float
     temperature: float
@@ -123,6 +195,8 @@ class RStarParams:
     cut_low: float
     cut_high: float
     skip_discriminator_at: float
+    completion_temperature: float | None
+    """The discriminator's sampling temperature; None: the generator's."""
     seed: int | None
     cot_format: str
     """How A2 and the completions reason: "prose" (the solve prompt's) or "steps" (few-shot)."""
@@ -141,9 +215,16 @@ class RStarStrategy:
     def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
         given = params or {}
         self.prompt_version = str(given.get("prompt_version") or prompts.PROMPT_VERSION)
-        old = self.prompt_version in ("rstar-v1", "rstar-v2")
-        # Jobs of the first versions reasoned in the few-shot step form: they replay as they ran.
-        p = {**DEFAULTS, **({"cot_format": "steps"} if old else {}), **given}
+        self.version = _version_number(self.prompt_version)
+        old = self.version < 4
+        p = {
+            **DEFAULTS,
+            **(OLD_DEFAULTS if old else {}),
+            # Jobs of the first versions reasoned in the few-shot step form: they replay as they ran.
+            **({"cot_format": "steps"} if self.version < 3 else {}),
+            **given,
+        }
+        completion_temperature = p.get("completion_temperature")
         self.p = RStarParams(
             rollouts=int_param(p, "rollouts", 16, low=1, high=512),
             max_depth=int_param(p, "max_depth", 5, low=1, high=20),
@@ -151,23 +232,28 @@ class RStarStrategy:
             votes=int_param(p, "votes", 10, low=1, high=128),
             last_votes=int_param(p, "last_votes", 32, low=1, high=128),
             subquestions=int_param(p, "subquestions", 3, low=1, high=16),
+            a1=bool_param(p, "a1", True),
+            a3=bool_param(p, "a3", True),
             a5=bool_param(p, "a5", True),
             exploration=float_param(p, "exploration", 2.0, low=0.0, high=100.0),
             temperature=float_param(p, "temperature", 0.8, low=0.0, high=2.0),
             top_p=float_param(p, "top_p", 0.95, low=0.01, high=1.0),
             top_k=int_param(p, "top_k", 40, low=1, high=1000),
-            max_tokens=int_param(p, "max_tokens", 384, low=16, high=32768),
-            step_tokens=int_param(p, "step_tokens", 128, low=8, high=4096),
+            max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
+            step_tokens=int_param(p, "step_tokens", 256, low=8, high=4096),
             cuts=int_param(p, "cuts", 4, low=1, high=16),
             cut_low=float_param(p, "cut_low", 0.2, low=0.0, high=1.0),
-            cut_high=float_param(p, "cut_high", 0.8, low=0.0, high=1.0),
-            skip_discriminator_at=float_param(p, "skip_discriminator_at", 0.9, low=0.0, high=1.0),
+            cut_high=float_param(p, "cut_high", 0.5, low=0.0, high=1.0),
+            skip_discriminator_at=float_param(p, "skip_discriminator_at", 1.0, low=0.0, high=1.0),
+            completion_temperature=None
+            if completion_temperature is None
+            else float_param(p, "completion_temperature", 1.0, low=0.0, high=2.0),
             seed=seed_param(p),
             cot_format=choice_param(p, "cot_format", "prose", choices=prompts.COT_FORMATS),
         )
         # Jobs of the first version drew every problem's branches from the job's seed alone: they
         # replay as they ran.
-        self.shared_draws = self.prompt_version == "rstar-v1"
+        self.shared_draws = self.version == 1
         if self.p.cut_low > self.p.cut_high:
             raise ParamError(f"cut_low ({self.p.cut_low}) must not be above cut_high ({self.p.cut_high})")
 
@@ -178,12 +264,15 @@ class RStarStrategy:
     def budget(self) -> str:
         """What one problem may cost at most, for `rstar submit` to say before anything runs."""
         p = self.p
-        per_node = 4 + p.subquestions  # A1, A2, A3's question, its answers, A4
-        seqs = p.a1_samples + p.last_votes + p.subquestions * (1 + p.last_votes) + p.votes
+        a2 = p.last_votes if self.version >= 4 else max(p.votes, p.last_votes)
+        a3 = p.subquestions * (1 + p.last_votes) if p.a3 else 0
+        per_node = 1 + (1 if p.a1 else 0) + ((2 + p.subquestions) if p.a3 else 0)  # A2, A1, A3 + A4
+        seqs = (p.a1_samples if p.a1 else 0) + a2 + a3 + (p.votes if p.a3 else 0)
         root = 1 if p.a5 else 0
         expansions = p.rollouts * p.max_depth
-        requests = expansions * per_node + root + p.rollouts * p.cuts
-        sequences = expansions * seqs + root + p.rollouts * p.cuts
+        completions = p.rollouts * p.max_depth * p.cuts if self.version >= 4 else p.rollouts * p.cuts
+        requests = expansions * per_node + root + completions
+        sequences = expansions * seqs + root + completions
         return (
             f"rstar: {p.rollouts} rollouts of depth <= {p.max_depth}: at most {requests} model calls"
             f" and {sequences} sampled sequences per problem (a rollout expands every node it"
@@ -218,7 +307,20 @@ class RStarStrategy:
         return 0.0
 
     def actions(self, node: Node) -> tuple[Kind, ...]:
-        return tuple(a for a in ACTIONS[node.kind] if a != Kind.A5 or self.p.a5)
+        off = {
+            Kind.A1: not self.p.a1,
+            Kind.A3_QUESTION: not self.p.a3,
+            Kind.A4: not self.p.a3,
+            Kind.A5: not self.p.a5,
+        }
+        return tuple(a for a in ACTIONS[node.kind] if not off.get(a, False))
+
+    def is_solution(self, node: Node) -> bool:
+        """A node whose answer answers the question (v4's candidates): an A2 answer, a terminal
+        sub-question's answer, an A1 step that states the answer (MCTS_for_reasoning.py:960)."""
+        if node.answer is None:
+            return False
+        return node.kind in (Kind.A2, Kind.A1) or node.terminal_subquestion
 
     def expansion_keys(
         self, tree: Tree, node: Node, state: ProblemState, *, last: bool
@@ -228,7 +330,7 @@ class RStarStrategy:
         keys = []
         for action in self.actions(node):
             suffix = SUFFIX[action]
-            if action == Kind.A2:
+            if action == Kind.A2 and self.version < 4:  # v4's A2 always samples last_votes
                 # Asked in an earlier rollout: as it was then.
                 done = [s for s in (SUFFIX[Kind.A2], LAST) if state.done(expand_key(node.name, s))]
                 suffix = done[0] if done else (LAST if last else suffix)
@@ -260,20 +362,34 @@ class RStarStrategy:
         return tree, result
 
     def candidates(self, tree: Tree, search: SearchState) -> list[Candidate]:
-        seen: set[int] = set()
-        out: list[Candidate] = []
-        for r in search.rollouts:
-            node = tree.nodes[r.path[-1]]
-            if node.id in seen or node.answer is None or not self.terminal(node):
-                continue
-            seen.add(node.id)
-            out.append(Candidate(node.id, node.answer, self.reward(node)))
-        return out
+        """v4: every solution node in the tree (depth first, children in name order), counted
+        once more for each rollout that ended at it. v1-v3: each rollout's terminal node, once."""
+        if self.version < 4:
+            seen: set[int] = set()
+            out: list[Candidate] = []
+            for r in search.rollouts:
+                node = tree.nodes[r.path[-1]]
+                if node.id in seen or node.answer is None or not self.terminal(node):
+                    continue
+                seen.add(node.id)
+                out.append(Candidate(node.id, node.answer, self.reward(node)))
+            return out
+        ended = Counter(r.path[-1] for r in search.rollouts)
+        found: list[Candidate] = []
+        todo = [tree.root.id]
+        while todo:
+            node = tree.nodes[todo.pop()]
+            if node.answer is not None and self.is_solution(node):
+                found.append(Candidate(node.id, node.answer, self.reward(node), 1 + ended[node.id]))
+            todo.extend(reversed(node.children))
+        return found
 
     def skips_discriminator(self, candidates: Sequence[Candidate]) -> bool:
         return not candidates or confidences(candidates)[0][1] >= self.p.skip_discriminator_at
 
     def prefixes(self, tree: Tree, node_id: int) -> list[str]:
+        if self.version >= 4:
+            return cut_words(tree.trace_text(node_id), self.p.cuts, self.p.cut_low, self.p.cut_high)
         return cut_prefixes(tree.reasoning(node_id), self.p.cuts, self.p.cut_low, self.p.cut_high)
 
     def completion_steps(
@@ -311,6 +427,8 @@ class RStarStrategy:
         }
         if what == "d":
             prefix = self.prefixes(tree, tree.by_name[name])[int(rest[1:])]
+            if p.completion_temperature is not None:
+                sample["temperature"] = p.completion_temperature
             return ModelRequest(
                 messages=prompts.complete(state.question, prefix, cot_format=p.cot_format),
                 max_tokens=p.max_tokens,
@@ -318,25 +436,11 @@ class RStarStrategy:
                 **sample,
             )
         if what == "q":
-            sq = tree.subquestions[name]
-            parent = tree.by_name[parent_name(name) or ROOT_NAME]
-            subq = str(sq.payload.get("subquestion") or "")
-            terminal = tree.nodes[parent].depth + 1 >= p.max_depth or is_terminal_subquestion(
-                subq, state.question
-            )
-            messages = prompts.subanswer(
-                tree.question_at(parent), tree.steps(parent), tree.counts(parent)[1] + 1, subq
-            )
-            return ModelRequest(
-                messages=messages,
-                max_tokens=p.step_tokens * 2,
-                n=p.last_votes if terminal else p.votes,
-                stop=("\nSub-question", "\n\n"),
-                **sample,
-            )
+            return self._subanswer_request(tree, name, state, sample)
         node = tree.node(name)
         question, steps = tree.question_at(node.id), tree.steps(node.id)
         k_steps, k_sub = tree.counts(node.id)
+        v4 = self.version >= 4
         if rest == SUFFIX[Kind.A1]:
             return ModelRequest(
                 messages=prompts.one_step(question, steps, k_steps + 1),
@@ -346,22 +450,35 @@ class RStarStrategy:
                 **sample,
             )
         if rest in (SUFFIX[Kind.A2], LAST):
+            if v4:
+                hints = prompts.hint(tree.subquestion_pairs(node.id), tree.one_step_thoughts(node.id))
+                messages = prompts.answer_with_hints(question, hints)
+            else:
+                messages = prompts.remaining_steps(question, steps, k_steps + 1, cot_format=p.cot_format)
             return ModelRequest(
-                messages=prompts.remaining_steps(question, steps, k_steps + 1, cot_format=p.cot_format),
+                messages=messages,
                 max_tokens=p.max_tokens,
-                n=p.last_votes if rest == LAST else p.votes,
+                n=p.last_votes if rest == LAST or v4 else p.votes,
                 stop=("\n\nQuestion", "\nQuestion:"),
                 **sample,
             )
         if rest == SUFFIX[Kind.A3_QUESTION]:
+            messages = (
+                prompts.decompose_next(question, tree.subquestion_pairs(node.id))
+                if v4
+                else prompts.next_subquestion(question, steps, k_sub + 1)
+            )
             return ModelRequest(
-                messages=prompts.next_subquestion(question, steps, k_sub + 1),
-                max_tokens=p.step_tokens,
-                n=p.subquestions,
-                stop=("\n",),
-                **sample,
+                messages=messages, max_tokens=p.step_tokens, n=p.subquestions, stop=("\n",), **sample
             )
         if rest == SUFFIX[Kind.A4]:
+            if v4:
+                return ModelRequest(
+                    messages=prompts.reanswer(question, node.subquestion or ""),
+                    max_tokens=p.max_tokens,
+                    n=p.votes,
+                    **sample,
+                )
             return ModelRequest(
                 messages=prompts.subanswer(question, steps[:-2], k_sub, node.subquestion or ""),
                 max_tokens=p.step_tokens * 2,
@@ -372,6 +489,41 @@ class RStarStrategy:
         if rest == SUFFIX[Kind.A5]:
             return ModelRequest(messages=prompts.rephrase(question), max_tokens=p.max_tokens, n=1, **sample)
         raise ValueError(f"rstar has no step {step.key!r}")
+
+    def _subanswer_request(
+        self, tree: Tree, name: str, state: ProblemState, sample: dict[str, Any]
+    ) -> ModelRequest:
+        """The answers to a sub-question A3 asked (its second half)."""
+        p = self.p
+        sq = tree.subquestions[name]
+        parent = tree.by_name[parent_name(name) or ROOT_NAME]
+        subq = str(sq.payload.get("subquestion") or "")
+        depth_limit = tree.nodes[parent].depth + 1 >= p.max_depth
+        if self.version >= 4:
+            # Only a sub-question that is the question itself is answered as the question (with
+            # `last_votes`, at `max_tokens`): at the depth limit an intermediate answer ends the
+            # rollout but is no solution.
+            terminal = is_terminal_subquestion(subq, state.question)
+            return ModelRequest(
+                messages=prompts.decompose_answer(
+                    tree.question_at(parent), tree.subquestion_pairs(parent), subq, terminal=terminal
+                ),
+                max_tokens=p.max_tokens if terminal else p.step_tokens,
+                n=p.last_votes if terminal else p.votes,
+                stop=("\n",),
+                **sample,
+            )
+        terminal = depth_limit or is_terminal_subquestion(subq, state.question)
+        messages = prompts.subanswer(
+            tree.question_at(parent), tree.steps(parent), tree.counts(parent)[1] + 1, subq
+        )
+        return ModelRequest(
+            messages=messages,
+            max_tokens=p.step_tokens * 2,
+            n=p.last_votes if terminal else p.votes,
+            stop=("\nSub-question", "\n\n"),
+            **sample,
+        )
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:
         return self.parse_samples(step, (text,))[0]
@@ -384,7 +536,8 @@ class RStarStrategy:
         if kind == Kind.A3_QUESTION:
             return [_subquestion(t) for t in texts]
         if kind in VOTE_KINDS:
-            return [_votes(texts, _ANSWER_PREFIX if kind != Kind.A2 else None)]
+            prose = kind == Kind.A2 or (kind == Kind.A4 and self.version >= 4)  # a chain of thought
+            return [_votes(texts, None if prose else _ANSWER_PREFIX)]
         if kind == Kind.A5:
             text = texts[0].strip()[:MAX_TEXT] if texts else ""
             return [ParsedOutput({"text": text}, parse_error=None if text else "empty rephrasing")]
@@ -402,13 +555,16 @@ class RStarStrategy:
 
     def select(self, state: ProblemState) -> Selection:
         tree, search = self.search(state)
+        choice = self.choose(tree, search, state)
+        return Selection(choice.node, choice.answer, choice.reason, len(search.rollouts))
+
+    def choose(self, tree: Tree, search: SearchState, state: ProblemState) -> Choice:
         candidates = self.candidates(tree, search)
-        rollouts = len(search.rollouts)
-        if self.skips_discriminator(candidates):
-            choice = choose(candidates, None, skipped_at=self.p.skip_discriminator_at)
-        else:
-            choice = choose(candidates, self.verdicts(tree, candidates, state))
-        return Selection(choice.node, choice.answer, choice.reason, rollouts)
+        skipped = self.skips_discriminator(candidates)
+        verdicts = None if skipped else self.verdicts(tree, candidates, state)
+        if self.version >= 4:
+            return choose_weighted(candidates, verdicts, skipped_at=self.p.skip_discriminator_at)
+        return choose(candidates, verdicts, skipped_at=self.p.skip_discriminator_at)
 
     def report(self, state: ProblemState) -> SearchReport:
         tree, search = self.search(state)
@@ -421,7 +577,13 @@ class RStarStrategy:
                     completions.setdefault(c.node, []).append((prefix, out.answer))
         skipped = not candidates or self.skips_discriminator(candidates)
         verdicts = None if skipped else self.verdicts(tree, candidates, state)
-        return SearchReport(tree, search, candidates, verdicts, completions)
+        majority = generator_majority(candidates) if self.version >= 4 else _share_majority(candidates)
+        return SearchReport(tree, search, candidates, verdicts, completions, majority, self.root_a2(tree))
+
+    def root_a2(self, tree: Tree) -> Node | None:
+        """The root's A2 node: the search's own self-consistency vote (None: not asked, or A5
+        below the root only)."""
+        return next((tree.nodes[c] for c in tree.root.children if tree.nodes[c].kind == Kind.A2), None)
 
     def verdicts(
         self, tree: Tree, candidates: Sequence[Candidate], state: ProblemState
@@ -433,8 +595,24 @@ class RStarStrategy:
                 for i in range(len(self.prefixes(tree, c.node)))
                 if (key := completion_key(tree.nodes[c.node].name, i)) in state.outputs
             ]
-            out[c.node] = Verdict(c.node, len(answers), sum(1 for a in answers if answers_equal(c.answer, a)))
+            agreeing = sum(1 for a in answers if answers_equal(c.answer, a))
+            needed = needed_v4(len(answers)) if self.version >= 4 else None
+            out[c.node] = Verdict(c.node, len(answers), agreeing, needed)
         return out
+
+
+def _version_number(prompt_version: str) -> int:
+    """4 for "rstar-v4"; a version this code does not know is refused."""
+    head, _, number = prompt_version.rpartition("-v")
+    if head != "rstar" or not number.isdigit() or not 1 <= int(number) <= 4:
+        raise ParamError(f"prompt_version must be rstar-v1 .. rstar-v4, got {prompt_version!r}")
+    return int(number)
+
+
+def _share_majority(candidates: Sequence[Candidate]) -> str | None:
+    """Versions 1-3: the answer most candidates give."""
+    ranked = confidences(candidates)
+    return ranked[0][0] if ranked else None
 
 
 def search_seed(seed: int | None, question: str) -> int:
@@ -454,7 +632,11 @@ def _one_step(text: str) -> ParsedOutput:
 
 
 def _subquestion(text: str) -> ParsedOutput:
+    """The sub-question on the reply's first line, up to its question mark: a small model often
+    answers it on the same line, and that answer is A3's second half to give."""
     subq = _clean(text.split("\n")[0] if text.strip() else "", _SUBQ_PREFIX)
+    if "?" in subq:
+        subq = subq[: subq.index("?") + 1]
     return ParsedOutput({"subquestion": subq}, parse_error=None if subq else "empty sub-question", text=text)
 
 

@@ -23,6 +23,8 @@ from typing import Any
 from rstar.strategies.base import OutputView
 from rstar.strategies.mcts import prompts
 
+_ANSWER_CUE = re.compile(r"\bthe answer is\b", re.IGNORECASE)
+
 ROOT = 0
 """The root's node id (the question; no output). Other nodes are their output's id."""
 
@@ -256,6 +258,44 @@ class Tree:
             sum(1 for n in path if n.kind == Kind.A1),
             sum(1 for n in path if n.kind == Kind.A3),
         )
+
+    def subquestion_pairs(self, node_id: int) -> list[tuple[str, str]]:
+        """The sub-questions answered on the node's trajectory, with their answers (an A4 node's
+        replacing its parent's): what the decomposition prompt and A2's hints show."""
+        pairs: list[tuple[str, str]] = []
+        for node in self.path(node_id)[1:]:
+            if node.kind == Kind.A3:
+                pairs.append((node.subquestion or "", node.text))
+            elif node.kind == Kind.A4 and pairs:
+                pairs[-1] = (pairs[-1][0], node.text)
+        return pairs
+
+    def one_step_thoughts(self, node_id: int) -> list[str]:
+        """The A1 steps on the node's trajectory (its own included when it is one)."""
+        return [n.text for n in self.path(node_id)[1:] if n.kind == Kind.A1]
+
+    def trace_text(self, node_id: int) -> str:
+        """The trajectory's reasoning as one text, as the authors' discriminator cuts it
+        (run_src/rstar_utils.py, `concat_solution_trace`): each intermediate sub-answer without
+        its "The answer is ...", the one-step thoughts, then "Now we can answer the question:"
+        and the text that ends the trajectory (an A2 answer, the terminal sub-answer)."""
+        path = self.path(node_id)[1:]
+        parts: list[str] = []
+        for i, node in enumerate(path):
+            last = i == len(path) - 1
+            if node.kind == Kind.A3 or node.kind == Kind.A4:
+                if node.kind == Kind.A4 and parts:
+                    parts.pop()  # the re-answer replaces its sub-question's answer
+                if last and node.terminal_subquestion:
+                    parts.append(f"Now we can answer the question: {node.text.strip()}")
+                else:
+                    parts.append(_ANSWER_CUE.split(node.text)[0].strip())
+            elif node.kind == Kind.A1:
+                parts.append(node.text.strip())
+            elif node.kind == Kind.A2:
+                lead = "Now we can answer the question: " if parts else ""
+                parts.append(lead + node.text.strip())
+        return " ".join(" ".join(p.split()) for p in parts if p.strip())
 
     def reasoning(self, node_id: int) -> list[str]:
         """The trajectory's reasoning as a list of steps, for the discriminator to cut."""
