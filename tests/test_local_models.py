@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -313,7 +314,7 @@ def test_llama_server_serves_both_roles_with_parallel_slots(tmp_path: Path) -> N
     ) as servers:
         assert servers.url_a == servers.url_b
         info = probe_server(servers.url_a)
-        assert (info.kind, info.max_concurrent_requests) == ("llama-cpp", 2)
+        assert (info.kind, info.max_concurrent_requests) == ("llama-server", 2)
         client = ModelClient(servers.url_a, timeout=120)
         request = ModelRequest(
             messages=(ChatMessage("user", "What is 2 + 3? Answer with a number."),),
@@ -323,9 +324,15 @@ def test_llama_server_serves_both_roles_with_parallel_slots(tmp_path: Path) -> N
         )
         with ThreadPoolExecutor(2) as pool:
             replies = list(pool.map(lambda _: client.complete(request), range(2)))
+        # Two samples in one request (`n`): one HTTP request, both sequences, both counted (the
+        # server reports the first choice's usage only; the client counts the other's).
+        sampled = client.complete(replace(request, temperature=0.8, n=2))
         process = servers.servers["A"].process
     assert all(r.text.strip() and 0 < (r.completion_tokens or 0) <= 12 for r in replies)
-    assert all(r.server_kind == "llama-cpp" for r in replies)
+    assert all(r.server_kind == "llama-server" for r in replies)
+    assert sampled.requests == 1 and len(sampled.sequences) == 2 and len(sampled.response["choices"]) == 2
+    first = sampled.response["usage"]["completion_tokens"]
+    assert sampled.completion_tokens is not None and first < sampled.completion_tokens <= 24
     assert process is not None and process.poll() is not None
     log = (tmp_path / "server-A.log").read_text(errors="replace")
     assert "--parallel 2" in log and "llama-server" in log
