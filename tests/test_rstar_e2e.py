@@ -13,6 +13,7 @@ consistent, a right one always is, and the final answer is right.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import re
@@ -197,6 +198,34 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     shown = rstar(["show", str(job_id), "q0"], env)
     assert shown.returncode == 0, shown.stderr
     assert "search tree" in shown.stdout and "visits" in shown.stdout
+    # The report says where the search's tokens went and what its candidates answered.
+    reported = rstar(["report", str(job_id), "-o", str(tmp_path / "report")], env)
+    assert reported.returncode == 0, reported.stderr
+    with (tmp_path / "report" / "actions.csv").open() as f:
+        actions = {r["action"]: r for r in csv.DictReader(f)}
+    with session_scope(sqlite_url) as s:
+        by_kind = dict(
+            s.execute(
+                select(Step.kind, func.sum(ModelCall.completion_tokens))
+                .join(ModelCall, ModelCall.step_id == Step.id)
+                .group_by(Step.kind)
+            ).all()
+        )
+    total = sum(by_kind.values())
+    assert float(actions["A2 chain of thought"]["token_share"]) == round(by_kind["a2_answer"] / total, 4)
+    assert float(actions["discriminator"]["token_share"]) == round(by_kind["rc_complete"] / total, 4)
+    # The oracle's chains of thought and stated steps are right, its sub-answers wrong; every final
+    # choice is right and came from one of them.
+    a2 = actions["A2 chain of thought"]
+    assert int(a2["candidates_right"]) == int(a2["candidates"]) > 0
+    assert (
+        int(actions["A3 sub-question"]["candidates_right"])
+        == 0
+        < int(actions["A3 sub-question"]["candidates"])
+    )
+    assert sum(int(r["chosen_right"]) for r in actions.values()) == len(refs)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Search answers" in markdown and "generator @maj" in markdown
 
 
 def test_a_fanned_out_expansion_that_fails_part_way_is_recorded_with_what_it_cost(
