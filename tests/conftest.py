@@ -1,11 +1,19 @@
 """Shared fixtures: a fresh database per test (SQLite, and PostgreSQL when it answers), a private
-Redis database, and settings pointed at them."""
+Redis, and settings pointed at them.
+
+The session starts a redis-server of its own on a free port (unless RSTAR_TEST_REDIS_URL names
+one) and the tests flush only its databases: the Redis on 6379 is the user's. A sentinel key
+written there before the tests must still be there after them, or the session fails.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -14,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from db import migrate
 from db.session import dispose_all
-from tests.support import flushed_redis, unavailable
+from tests.support import RedisServer, flushed_redis, unavailable
 from workers.celery_app import app as default_app
 from workers.celery_app import create_app
 from workers.settings import get_settings
@@ -23,6 +31,80 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RSTAR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("RSTAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+"""The tests' Redis database: the session's own redis-server once `pytest_configure` started it."""
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
+NO_REDIS = "redis://redis-server-is-not-installed:1/14"
+"""What the tests get when they cannot start a Redis of their own: nothing answers there."""
+SENTINEL = "rstar-tests:sentinel:" + uuid.uuid4().hex
+"""A key of the default Redis's databases the tests must leave alone (they might flush them)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's redis-server and point RSTAR_TEST_REDIS_URL (and the benchmark test's
+    database) at it, before the test modules read them; plant the sentinel in the default Redis."""
+    global REDIS_URL
+    if "RSTAR_TEST_REDIS_URL" not in os.environ:
+        if shutil.which("redis-server") is None:
+            # Never the user's Redis instead: the tests flush their databases.
+            REDIS_URL = os.environ["RSTAR_TEST_REDIS_URL"] = NO_REDIS
+        else:
+            server = RedisServer(Path(tempfile.mkdtemp(prefix="rstar-test-redis-"))).start()
+            config.stash[_REDIS_KEY] = server
+            base = server.url.rsplit("/", 1)[0]
+            REDIS_URL = os.environ["RSTAR_TEST_REDIS_URL"] = f"{base}/14"
+            os.environ.setdefault("RSTAR_TEST_BENCH_REDIS_URL", f"{base}/12")
+    config.stash[_SENTINELS_KEY] = _plant_sentinels()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_REDIS_KEY, None)
+    if server is not None:
+        server.stop()
+        shutil.rmtree(server.tmp, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    lost = _lost_sentinels(session.config.stash.get(_SENTINELS_KEY, []))
+    if lost:
+        session.config.get_terminal_writer().line(
+            f"error: the tests flushed the default Redis's database(s) {lost}: its data is the user's",
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_REDIS_KEY = pytest.StashKey["RedisServer"]()
+_SENTINELS_KEY = pytest.StashKey["list[int]"]()
+_WATCHED_DATABASES = (5, 12, 14)
+"""The default Redis's databases the tests used to flush (and the accuracy benchmark's)."""
+
+
+def _plant_sentinels() -> list[int]:
+    import redis
+
+    planted = []
+    for db in _WATCHED_DATABASES:
+        try:
+            with redis.Redis.from_url(f"{DEFAULT_REDIS}/{db}", socket_connect_timeout=1) as client:
+                client.set(SENTINEL, "1", ex=24 * 3600)
+            planted.append(db)
+        except redis.RedisError:
+            pass  # no default Redis: nothing of the user's to lose
+    return planted
+
+
+def _lost_sentinels(planted: list[int]) -> list[int]:
+    import redis
+
+    lost = []
+    for db in planted:
+        try:
+            with redis.Redis.from_url(f"{DEFAULT_REDIS}/{db}", socket_connect_timeout=1) as client:
+                if not client.delete(SENTINEL):
+                    lost.append(db)
+        except redis.RedisError:
+            pass
+    return lost
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from db import migrate
-from tests.reliability.harness import RedisServer
+from tests.support import RedisServer
 from workers.celery_app import app as default_app
 from workers.celery_app import create_app
 from workers.settings import get_settings

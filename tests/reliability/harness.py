@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -56,66 +54,7 @@ RESULTS_JSON = REPO / "docs" / "results" / "reliability.json"
 RESULTS_MD = REPO / "docs" / "results" / "reliability.md"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- services ------------------------------------------------------------------------------------
-
-
-class RedisServer:
-    """A private redis-server on its own port, without persistence: a restart loses every message."""
-
-    def __init__(self, tmp: Path, *, password: str | None = None) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.tmp),
-                "--logfile", str(self.tmp / "redis.log")]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._pong, timeout=10, interval=0.05, what=f"redis-server on port {self.port}")
-        return self
-
-    def _pong(self) -> bool:
-        import redis
-
-        try:
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class TcpProxy:

@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from db.models import ModelCall, utcnow
 from db.session import session_scope
 from tests.reliability.harness import (
-    RedisServer,
     assert_clean,
     audit,
     env_for,
@@ -25,7 +24,7 @@ from tests.reliability.harness import (
     submit,
     wait_finished,
 )
-from tests.support import celery_worker, rstar, wait_until
+from tests.support import RedisServer, celery_worker, rstar, wait_until
 
 
 def test_redis_restart_mid_job(postgres_url: str, tmp_path: Path) -> None:

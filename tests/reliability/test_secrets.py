@@ -28,16 +28,14 @@ from tasks.base import with_credentials
 from tests.fakeserver import FakeInferenceServer, Reply, basic_authorization
 from tests.reliability.harness import (
     FAST,
-    RedisServer,
     env_for,
-    free_port,
     gsm_job,
     queues_for,
     servers,
     submit,
     wait_finished,
 )
-from tests.support import REPO, celery_worker, rstar, service_env, wait_until
+from tests.support import REPO, RedisServer, celery_worker, free_port, rstar, service_env, wait_until
 from workers.celery_app import queue_for_endpoint
 from workers.client import ModelClient, auth_headers
 from workers.redact import same_endpoint, url_credentials, without_userinfo
