@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -14,7 +13,13 @@ from cli.render import make_console
 from db.exports import load_export
 from db.reports import UnknownJobError
 from db.session import session_scope
-from rstar.exports import PROBLEM_FIELDS, TRAJECTORY_FIELDS, problem_records, trajectory_records
+from rstar.exports import (
+    PROBLEM_FIELDS,
+    TRAJECTORY_FIELDS,
+    SpreadsheetCsv,
+    problem_records,
+    trajectory_records,
+)
 from workers.settings import get_settings
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -39,7 +44,7 @@ def write_records(
             for r in records:
                 out.write(json.dumps(r, ensure_ascii=False) + "\n")
         else:
-            writer = csv.DictWriter(out, fieldnames=list(fields))
+            writer = SpreadsheetCsv(out, fieldnames=fields, lineterminator="\r\n")  # csv's own default
             writer.writeheader()
             writer.writerows(records)
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -17,6 +16,7 @@ from cli.render import make_console
 from db import migrate
 from db.reports import UnknownJobError, load_report
 from db.session import session_scope
+from rstar.exports import SpreadsheetCsv
 from rstar.reports import (
     CompletionStats,
     JobSummary,
@@ -341,7 +341,7 @@ def render_summary_csv(report: Report) -> str:
     for r in rows:
         columns += [k for k in r if k not in columns]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer = SpreadsheetCsv(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -349,7 +349,7 @@ def render_summary_csv(report: Report) -> str:
 
 def render_problems_csv(report: Report) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SpreadsheetCsv(out)
     writer.writerow(
         ["job_id", "job", "strategy", "item_id", "status", "final_answer", "reference_answer", "correct",
          "rounds_used", "model_calls", "prompt_tokens", "completion_tokens", "wall_time_s", "model_seconds"]
@@ -366,7 +366,7 @@ def render_problems_csv(report: Report) -> str:
 
 def render_models_csv(report: Report) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SpreadsheetCsv(out)
     writer.writerow(
         ["job_id", "job", "model", "answered", "right", "judged", "accuracy", "outputs", "outputs_right"]
     )
@@ -381,7 +381,7 @@ def render_models_csv(report: Report) -> str:
 
 def render_agreement_csv(report: Report) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SpreadsheetCsv(out)
     writer.writerow(["job_id", "model", "other", "agree", "both_answered"])
     for s in report.jobs:
         for (x, y), (agree, both) in s.agreement.items():
@@ -391,7 +391,7 @@ def render_agreement_csv(report: Report) -> str:
 
 def render_actions_csv(report: Report) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SpreadsheetCsv(out)
     writer.writerow(["job_id", "job", "action", "generated_tokens_per_problem", "token_share", "candidates",
                      "candidates_right", "chosen", "chosen_right"])  # fmt: skip
     for s in _searches(report):
@@ -405,7 +405,7 @@ def render_actions_csv(report: Report) -> str:
 
 def render_paired_csv(report: Report) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SpreadsheetCsv(out)
     writer.writerow(["first", "second", "shared", "both_right", "only_first", "only_second", "neither",
                      "difference", "mcnemar_exact_p"])  # fmt: skip
     for c in report.comparisons:

