@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 
-from cli.render import make_console
+from cli.render import make_console, print_error
 from db import migrate
 from db.jobs import problem_results, status_counts
 from db.models import TERMINAL_PROBLEM_STATES, CallOutcome, ModelCall, Problem
@@ -38,7 +38,7 @@ YES_NO = {True: "yes", False: "no", None: "-"}
 def _fail(message: str, code: int = 1) -> typer.Exit:
     # Escaped: a server's log tail has brackets Rich would read as markup. Not wrapped: the first
     # line is the cause, whole.
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_error(console, message)
     return typer.Exit(code)
 
 
@@ -139,7 +139,9 @@ def demo_command(
     migrate.upgrade(database_url)
     logs = Path(tempfile.mkdtemp(prefix="rstar-demo-"))
     names = model_file.name + (f" (A) and {model_b_file.name} (B)" if model_b_file else "")
-    console.print(f"[bold]rstar demo[/]: model {names}, database {database_url}, logs in {logs}")
+    console.print(
+        Text.assemble(("rstar demo", "bold"), f": model {names}, database {database_url}, logs in {logs}")
+    )
 
     with ExitStack() as stack:
         try:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.render import make_console
+from cli.render import SafeText, make_console, print_error
 from db.exports import load_export
 from db.reports import UnknownJobError
 from db.session import session_scope
@@ -69,19 +69,19 @@ def export_command(
     """One row per problem (question, reference, answer, correct, model, strategy, calls, tokens),
     or with --trajectories one per solution: the shape a fine-tuning set needs."""
     if format not in FORMATS:
-        err.print(f"[bold red]error:[/] --format must be one of {', '.join(FORMATS)}, not {format!r}")
+        print_error(err, f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
         raise typer.Exit(2)
     if format == "parquet" and output is None:
-        err.print("[bold red]error:[/] --format parquet writes a file: pass -o FILE")
+        print_error(err, "--format parquet writes a file: pass -o FILE")
         raise typer.Exit(2)
     if verified_only and not trajectories:
-        err.print("[bold red]error:[/] --verified-only applies to --trajectories")
+        print_error(err, "--verified-only applies to --trajectories")
         raise typer.Exit(2)
     with session_scope(get_settings().database_url) as session:
         try:
             found, problems = load_export(session=session, job_id=job)
         except UnknownJobError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            print_error(err, exc)
             raise typer.Exit(2) from None
         strategy = found.strategy
     if trajectories:
@@ -91,4 +91,4 @@ def export_command(
         records, fields = problem_records(job, strategy, problems), PROBLEM_FIELDS
     write_records(records, fields, format, output)
     if output:
-        err.print(f"{len(records)} records written to {output}")
+        err.print(SafeText(f"{len(records)} records written to {output}"))

@@ -19,7 +19,7 @@ from rich.text import Text
 from cli.demo import demo_command
 from cli.export import export_command, write_records
 from cli.local import models_app, serve_local_command
-from cli.render import make_console, print_trail
+from cli.render import SafeText, make_console, print_error, print_trail, shown_title
 from cli.report import report_command
 from cli.ui import ui_command
 from db import audit, migrate
@@ -48,7 +48,7 @@ err = make_console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(err, message)
     return typer.Exit(code)
 
 
@@ -317,7 +317,7 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
         reached = rounds_reached(session=session, job_id=job_id) if rollouts else []
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
-    table = Table(title=f"job {job_id} ({name}, {strategy}; models {models}): {job_status}", show_header=True)
+    table = Table(title=shown_title(f"job {job_id} ({name}, {strategy}; models {models}): {job_status}"))
     for state in ("pending", "running", "answered", "failed", "cancelled"):
         table.add_column(state, justify="right")
     table.add_row(*(str(counts.get(s, 0)) for s in ("pending", "running", "answered", "failed", "cancelled")))
@@ -376,7 +376,7 @@ def results(
         rows = [asdict(r) for r in problem_results(session=session, job_id=job)]
     write_records(rows, tuple(ProblemResult.__dataclass_fields__), format, output)
     if output:
-        err.print(f"{len(rows)} records written to {output}")
+        err.print(SafeText(f"{len(rows)} records written to {output}"))
 
 
 # -- show --------------------------------------------------------------------------------------

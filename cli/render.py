@@ -1,12 +1,15 @@
-"""Rich rendering of an audit trail for `rstar show`."""
+"""Rich rendering of an audit trail for `rstar show`, and the one way the commands show stored or
+typed text: never as Rich markup (a job named "[/]" is a name), never with its control
+characters live (a model's ESC sequences must not colour, erase or retitle an auditor's terminal).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 from rich.tree import Tree as RichTree
@@ -26,12 +29,45 @@ TITLES = {
 }
 
 
+# C0 controls but tab and newline, DEL, and the C1 controls (0x9b is a one-byte CSI).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(value: object) -> str:
+    """Stored or typed text as a reader may see it: each control character written as a visible
+    escape (ESC as `\\x1b`), tabs and newlines kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+class SafeText(Text):
+    """A Rich Text whose appended strings are shown with `visible` (and, like all Text, never
+    parsed as markup)."""
+
+    def __init__(self, text: str = "", *args: Any, **kwargs: Any) -> None:
+        super().__init__(visible(text), *args, **kwargs)
+
+    def append(self, text: Any, style: Any = None) -> SafeText:
+        super().append(visible(text) if isinstance(text, str) else text, style)
+        return self
+
+
+def shown_title(text: object) -> Text:
+    """A panel's or table's title: as Text, which Rich does not read as markup; controls visible."""
+    return Text(visible(text))
+
+
+def print_error(console: Console, message: object) -> None:
+    """ "error: ..." in red, the message shown as it is (it often holds what the user typed)."""
+    console.print(Text.assemble(("error: ", "bold red"), visible(message)), highlight=False, soft_wrap=True)
+
+
 def make_console(*, stderr: bool = False) -> Console:
     """A Rich console; piped to a file or a CI log it is 160 columns wide instead of Rich's 80,
-    so result tables are not squeezed (COLUMNS still wins when set)."""
-    console = Console(stderr=stderr)
+    so result tables are not squeezed (COLUMNS still wins when set). It reads no markup: what the
+    commands print holds names, paths and URLs users typed, and styles are given as Text."""
+    console = Console(stderr=stderr, markup=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, width=160)
+        console = Console(stderr=stderr, width=160, markup=False)
     return console
 
 
@@ -39,13 +75,14 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
     """The problem, then its steps (a search: its tree and the discriminator's completions; with
     `with_calls`, its steps and calls too), then the selection."""
     p = trail.problem
-    head = Text()
+    head = SafeText()
     head.append(f"problem {p.item_id} (line {p.line}) — {p.status}\n", style="bold")
     roster = ", ".join(f"{m['name']} {m['url']}" for m in trail.job.models)
     head.append(f"job {trail.job.id} ({trail.job.strategy}) · models: {roster}\n", style="dim")
     head.append(p.question + "\n")
     head.append(
-        f"reference answer: {p.reference_answer}   final answer: {p.final_answer}   rounds: {p.rounds_used}"
+        f"reference answer: {_known(p.reference_answer)}   final answer: {_known(p.final_answer)}"
+        f"   rounds: {_known(p.rounds_used)}"
     )
     if p.reference_answer is not None and p.status == "answered":
         # The same judgement as `rstar results` and `rstar report`.
@@ -63,8 +100,8 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
         by = f"{chosen.model}'s {chosen.kind} #{chosen.id}" if chosen is not None else "no output"
         console.print(
             Panel(
-                Text(f"answer: {trail.selection.answer}\n{trail.selection.reason}"),
-                title=f"selection ({by})",
+                SafeText(f"answer: {trail.selection.answer}\n{trail.selection.reason}"),
+                title=shown_title(f"selection ({by})"),
                 border_style="green",
             )
         )
@@ -83,12 +120,12 @@ def _print_step(console: Console, st: StepTrail, *, with_calls: bool) -> None:
     title = f"round {s.round} · {who}{what} · {s.status} · step {s.key}"
     if st.output is not None:
         title += f" · output #{st.output.id}"
-    body = Text()
+    body = SafeText()
     if st.output is not None:
         _print_output(body, st.output)
     if s.error:
         body.append(f"\nerror: {s.error}", style="red")
-    console.print(Panel(body, title=escape(title)))
+    console.print(Panel(body, title=shown_title(title)))
     if with_calls:
         for call in st.calls:
             _print_call(console, call, s.model)
@@ -117,11 +154,12 @@ def _print_output(body: Text, out: Output) -> None:
 
 
 def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
-    text = Text()
+    text = SafeText()
     latency = f"{call.latency_ms:.0f} ms" if call.latency_ms is not None else "?"
     text.append(
-        f"attempt {call.attempt} · model {model} · {call.outcome} · {call.endpoint} · served {call.model} · "
-        f"tokens {call.prompt_tokens}+{call.completion_tokens} · {latency} · finish {call.finish_reason}\n",
+        f"attempt {call.attempt} · model {model} · {call.outcome} · {call.endpoint}"
+        f" · served {_known(call.model)} · tokens {_known(call.prompt_tokens)} prompt,"
+        f" {_known(call.completion_tokens)} generated · {latency} · finish {_known(call.finish_reason)}\n",
         style="dim",
     )
     if call.error:
@@ -146,7 +184,7 @@ def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
 
     def label(node: Any) -> Text:
         n, q = stats.n(node.id), stats.q(node.id)
-        t = Text()
+        t = SafeText()
         mark = "★ " if node.id == chosen else ("• " if node.id in on_path else "")
         name = "question" if node.kind is None else f"#{node.id} {NODE_TITLES.get(node.kind, node.kind)}"
         t.append(mark + name, style="bold green" if node.id in on_path else "bold")
@@ -170,10 +208,10 @@ def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
 
     add(root, tree.root.id)
     title = f"search tree · {done} rollout(s) done · {len(tree.nodes) - 1} nodes"
-    console.print(Panel(root, title=escape(title)))
+    console.print(Panel(root, title=shown_title(title)))
     if not report.candidates:
         return
-    body = Text()
+    body = SafeText()
     for c in report.candidates:
         verdict = report.verdicts.get(c.node) if report.verdicts is not None else None
         found = f" · found {c.freq} times" if c.freq > 1 else ""
@@ -187,7 +225,14 @@ def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
     if report.majority is not None:
         body.append(f"generator @maj (before the discriminator): {report.majority}\n", style="dim")
     skipped = " (skipped: one answer holds nearly all candidates)" if report.verdicts is None else ""
-    console.print(Panel(body, title=escape(f"discriminator · {len(report.candidates)} candidates{skipped}")))
+    console.print(
+        Panel(body, title=shown_title(f"discriminator · {len(report.candidates)} candidates{skipped}"))
+    )
+
+
+def _known(value: object) -> str:
+    """A stored value, or "-" where none is known (not Python's "None")."""
+    return "-" if value is None else str(value)
 
 
 def _clip(text: str, limit: int = 160) -> str:

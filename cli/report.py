@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.render import make_console
+from cli.render import SafeText, make_console, print_error, visible
 from db import migrate
 from db.reports import UnknownJobError, load_report
 from db.session import session_scope
@@ -308,7 +308,7 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
     if plots:
         parts += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     parts += ["", "## Definitions", "", DEFINITIONS]
-    return "\n".join(parts)
+    return visible("\n".join(parts))  # job names and ids come from users: no live controls
 
 
 def _flat(s: JobSummary) -> dict[str, Any]:
@@ -429,7 +429,12 @@ def plot_accuracy_vs_calls(report: Report, path: Path | BinaryIO) -> None:
         y = 100 * s.accuracy
         err = [[y - 100 * s.ci_low], [100 * s.ci_high - y]]
         ax.errorbar(
-            s.sequences_per_problem, y, yerr=err, fmt=markers.get(s.strategy, "x"), capsize=4, label=s.label
+            s.sequences_per_problem,
+            y,
+            yerr=err,
+            fmt=markers.get(s.strategy, "x"),
+            capsize=4,
+            label=visible(s.label),
         )
         # The job id only: the legend names it, and full labels of jobs at equal cost overlap.
         ax.annotate(
@@ -470,8 +475,10 @@ def plot_accuracy_vs_tokens(report: Report, path: Path | BinaryIO) -> None:
                 label=strategy + without, markersize=8, fillstyle="none" if without else "full")  # fmt: skip
         for j, x, y in zip(jobs, xs, ys, strict=True):
             ax.annotate(str(j.job_id), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("generated tokens per problem (mean, log scale)")
+    logarithmic = all(s.generated_tokens_per_problem > 0 for s in report.jobs)  # none yet: linear
+    if logarithmic:
+        ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem (mean" + (", log scale)" if logarithmic else ")"))
     ax.set_ylabel("accuracy, %")
     ax.set_title("Accuracy against generated tokens, one point per job (job ids as in the tables)")
     ax.set_ylim(0, 100)
@@ -494,7 +501,7 @@ def plot_accuracy_per_round(report: Report, path: Path | BinaryIO) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for s in jobs:
         rounds = list(range(1, len(s.accuracy_by_round) + 1))
-        ax.plot(rounds, [100 * a for a in s.accuracy_by_round], marker="o", label=s.label)
+        ax.plot(rounds, [100 * a for a in s.accuracy_by_round], marker="o", label=visible(s.label))
     ax.set_xlabel("stopped after round")
     ax.set_ylabel("accuracy, %")
     ax.set_xticks(range(1, max(len(s.accuracy_by_round) for s in jobs) + 1))
@@ -561,7 +568,7 @@ def report_command(
         migrate.ensure_current(url)
         generate_report(url, jobs, output)
     except (UnknownJobError, migrate.SchemaOutOfDateError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(err, exc)
         raise typer.Exit(2) from None
     if output is not None:
-        err.print(f"report written to {output}/report.md (with CSV and PNG files)")
+        err.print(SafeText(f"report written to {output}/report.md (with CSV and PNG files)"))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.render import make_console
+from cli.render import make_console, print_error
 from db import migrate
 from workers.settings import get_settings
 
@@ -47,17 +47,17 @@ def ui_command(
     err = make_console(stderr=True)
     token = token or os.environ.get("RSTAR_UI_TOKEN") or None
     if not _loopback(host) and token is None:
-        err.print(
-            f"[bold red]error:[/] --host {host} is reachable from other machines: give --token "
-            "(or RSTAR_UI_TOKEN), or bind 127.0.0.1",
-            highlight=False,
+        print_error(
+            err,
+            f"--host {host} is reachable from other machines: give --token (or RSTAR_UI_TOKEN), or bind"
+            " 127.0.0.1",
         )
         raise typer.Exit(2)
     url = get_settings().database_url
     try:
         migrate.ensure_current(url)
     except migrate.SchemaOutOfDateError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(err, exc)
         raise typer.Exit(2) from None
     shown = f"[{host}]" if ":" in host else host
     auth = "token required" if token else "no token"

@@ -32,9 +32,16 @@ class ModelEntry:
 
 def check_url(url: str, *, what: str) -> str:
     url = url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL", ...
+        raise RosterError(f"{what}: {url!r} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RosterError(f"{what}: {url!r} is not an http(s) URL with a host")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # A model's queue is named by its URL: a worker started with the plain URL would never
+        # serve the steps of `http://gpu:8000/?x` or `http://gpu:8000/#x`.
+        raise RosterError(f"{what}: {url!r} has a query or a fragment: give the server's URL without them")
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
