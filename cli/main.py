@@ -180,7 +180,8 @@ def submit(
     except BrokerUnavailableError as exc:
         raise fail(str(exc), code=1) from None
     err.print(
-        f"job {done.job_id}: {done.problems} problems enqueued on {', '.join(done.queues)} "
+        f"job {done.job_id}: {done.problems} problem{'s' if done.problems != 1 else ''} enqueued on"
+        f" {', '.join(done.queues)} "
         f"(models {', '.join(done.models)})"
     )
     if done.unused:

@@ -47,7 +47,8 @@ class InputError(ValueError):
 
     def __str__(self) -> str:
         count = len(self.problems)
-        header = f"the input file has {count} problem{'s' if count != 1 else ''}:"
+        # "problem" would read as a math problem: these are mistakes in the file.
+        header = f"the input file has {count} error{'s' if count != 1 else ''}:"
         return "\n".join([header, *(f"  {p}" for p in self.problems)])
 
 

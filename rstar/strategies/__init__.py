@@ -34,7 +34,8 @@ def get_strategy(name: str, params: Mapping[str, Any] | None = None, **kwargs: A
     strategy: Strategy = cls(params, **kwargs)
     unknown = sorted(set(params or {}) - set(strategy.params))
     if unknown:
-        raise ParamError(f"strategy {name!r} takes no {', '.join(unknown)}")
+        known = ", ".join(sorted(k for k in strategy.params if k != "prompt_version"))
+        raise ParamError(f"strategy {name!r} takes no {', '.join(unknown)}; it takes {known}")
     return strategy
 
 

@@ -188,7 +188,7 @@ def test_parse_problems_reports_every_problem_in_file_order() -> None:
         InputProblem(5, "id", "must be a string or an integer, not a boolean"),
     ]
     assert str(error) == (
-        "the input file has 6 problems:\n"
+        "the input file has 6 errors:\n"
         "  line 2, field 'question': missing or empty\n"
         "  line 3: not valid JSON: Expecting value at column 1\n"
         "  line 4, field 'answer': must be a string or a number, not an array\n"
@@ -214,7 +214,7 @@ def test_input_error_is_a_value_error_and_pickles() -> None:
     assert (
         str(copy)
         == str(error)
-        == ("the input file has 1 problem:\n  line 0: no problems: the file is empty or has only blank lines")
+        == ("the input file has 1 error:\n  line 0: no problems: the file is empty or has only blank lines")
     )
 
 
