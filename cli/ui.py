@@ -22,6 +22,18 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def viewer_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """The Host names the viewer answers to: the address it is bound to, the loopback names when
+    that is loopback, and the names the user adds (a name resolved by another site to 127.0.0.1,
+    DNS rebinding, is none of them). None (any) when bound to every address: a token guards it."""
+    if host in ("0.0.0.0", "::", "") and not extra:
+        return None
+    names = [host, f"[{host}]"] if ":" in host else [host]
+    if _loopback(host):
+        names += ["127.0.0.1", "localhost", "::1", "[::1]"]
+    return list(dict.fromkeys([*names, *extra]))
+
+
 def ui_command(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8600,
     host: Annotated[
@@ -38,6 +50,14 @@ def ui_command(
     allow_control: Annotated[
         bool, typer.Option(help="Show cancel and resume buttons (they write to the database and the broker).")
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another name the viewer may be reached by (repeatable): it answers only requests"
+            " naming the address it is bound to (and localhost on loopback) or one of these.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """A read-only web view of jobs, problems, model calls and search trees."""
     import uvicorn
@@ -65,8 +85,9 @@ def ui_command(
     err.print(
         f"rstar ui on http://{shown}:{port}/ ({mode}, {auth}) for {migrate.redact_url(url)}", highlight=False
     )
+    hosts = viewer_hosts(host, allowed_host or [])
     uvicorn.run(
-        create_app(database_url=url, allow_control=allow_control, token=token),
+        create_app(database_url=url, allow_control=allow_control, token=token, allowed_hosts=hosts),
         host=host,
         port=port,
         log_level="info",

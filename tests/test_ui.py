@@ -449,6 +449,28 @@ def test_another_host_needs_a_token_which_never_shows(jobs_db: tuple[str, int, i
     assert token not in log
 
 
+def test_a_loopback_viewer_answers_only_its_own_names_and_control_only_from_its_pages(
+    jobs_db: tuple[str, int, int], tmp_path: Path
+) -> None:
+    """DNS rebinding: a site whose name resolves to 127.0.0.1 gets nothing from the viewer (its
+    requests name that site's host), and a control request from another origin is refused."""
+    v = Viewer(jobs_db[0], tmp_path / "rebind.log", "--allow-control", "--allowed-host", "box.lan")
+    try:
+        v.wait_ready()
+        own = f"127.0.0.1:{v.port}"
+        hosts = {h: httpx.get(v.url + "/", headers={"Host": h}).status_code
+                 for h in (own, f"localhost:{v.port}", "box.lan", f"evil.example:{v.port}")}  # fmt: skip
+        assert hosts == {own: 200, f"localhost:{v.port}": 200, "box.lan": 200, f"evil.example:{v.port}": 400}
+        press = {"HX-Request": "true", "Host": own}
+        # The origin is checked before anything is done (job 999 does not exist: 404 once allowed).
+        foreign = httpx.post(v.url + "/jobs/999/cancel", headers={**press, "Origin": "http://evil.example"})
+        missing = httpx.post(v.url + "/jobs/999/cancel", headers=press)
+        own_page = httpx.post(v.url + "/jobs/999/cancel", headers={**press, "Origin": v.url})
+        assert (foreign.status_code, missing.status_code, own_page.status_code) == (403, 403, 404)
+    finally:
+        v.stop()
+
+
 def test_filters_sorting_and_pages_agree_with_the_results(jobs_db: tuple[str, int, int]) -> None:
     from fastapi.testclient import TestClient
 

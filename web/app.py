@@ -16,11 +16,11 @@ import json
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from db import audit, browse
 from db.audit import ProblemTrail, StepTrail
@@ -114,16 +115,25 @@ def _int_or_none(value: str | None, name: str) -> int | None:
 
 
 def create_app(
-    *, database_url: str | None = None, allow_control: bool = False, token: str | None = None
+    *,
+    database_url: str | None = None,
+    allow_control: bool = False,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The viewer on `database_url` (default: the settings'). With `token`, every request must
-    carry it, as the password of HTTP basic auth or as a bearer token."""
+    carry it, as the password of HTTP basic auth or as a bearer token. With `allowed_hosts`, a
+    request must name one of them in its Host header, and a control request's Origin must be one
+    of them: a page of another site that resolves its own name to 127.0.0.1 (DNS rebinding) gets
+    nothing, and cannot press the buttons."""
     url = database_url or get_settings().database_url
     templates = _templates()
     drawn_plots: OrderedDict[tuple[int, str, Any], bytes | None] = OrderedDict()
     drawing = threading.Lock()
     app = FastAPI(title="rstar viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -258,6 +268,10 @@ def create_app(
             raise HTTPException(403, "this viewer is read-only (start it with --allow-control)")
         if request.headers.get("hx-request") != "true":
             raise HTTPException(403, "control requests come from the viewer's buttons only")
+        if allowed_hosts is not None and urlsplit(request.headers.get("origin") or "").hostname not in {
+            h.strip("[]") for h in allowed_hosts
+        }:
+            raise HTTPException(403, "control requests come from the viewer's own pages only")
         if action not in ("cancel", "resume"):
             raise HTTPException(404, f"no action {action!r}")
 
