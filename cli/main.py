@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -24,7 +26,7 @@ from cli.report import report_command
 from cli.ui import ui_command
 from db import audit, migrate
 from db.jobs import ProblemResult, problem_results, rounds_reached, status_counts
-from db.models import TERMINAL_PROBLEM_STATES, Job
+from db.models import TERMINAL_PROBLEM_STATES, Job, utcnow
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
 from rstar.roster import ModelEntry, RosterError, check_url, pair, parse_model_spec
@@ -313,6 +315,7 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
         job = _job_or_fail(session, job_id)
         counts = status_counts(session=session, job_id=job_id)
         job_status, name, strategy = job.status, job.name, job.strategy
+        elapsed = ((job.finished_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
         models = ", ".join(f"{m['name']} {m['url']}" for m in job.models)
         rollouts = (job.params or {}).get("rollouts") if strategy == "rstar" else None
         reached = rounds_reached(session=session, job_id=job_id) if rollouts else []
@@ -322,7 +325,9 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
     for state in ("pending", "running", "answered", "failed", "cancelled"):
         table.add_column(state, justify="right")
     table.add_row(*(str(counts.get(s, 0)) for s in ("pending", "running", "answered", "failed", "cancelled")))
-    progress = Progress(TextColumn("done"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # The job's own time since submit (a Progress made per view would always say 0:00:00).
+    clock = f"{int(elapsed) // 3600}:{int(elapsed) // 60 % 60:02d}:{int(elapsed) % 60:02d}"
+    progress = Progress(TextColumn("done"), BarColumn(), MofNCompleteColumn(), TextColumn(clock))
     progress.add_task("", total=total or 1, completed=finished)
     grid = Table.grid()
     grid.add_row(table)
@@ -352,11 +357,30 @@ def status(
     if not watch:
         console.print(view)
         return
+    if not console.is_terminal:
+        # A pipe or a log has no screen to redraw: a new view whenever the counts move.
+        console.print(view)
+        last = _counts_line(view)
+        while not done:
+            time.sleep(interval)
+            view, done = _status_view(job)
+            if _counts_line(view) != last or done:
+                console.print(view)
+                last = _counts_line(view)
+        return
     with Live(view, console=console, refresh_per_second=4) as live:
         while not done:
             time.sleep(interval)
             view, done = _status_view(job)
             live.update(view)
+
+
+def _counts_line(view: Table) -> str:
+    """The view's text without its clock: what changed since the last one printed."""
+    capture = Console(width=200, markup=False)
+    with capture.capture() as text:
+        capture.print(view)
+    return re.sub(r"\d+:\d\d:\d\d", "", text.get())
 
 
 # -- results -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Python's "None"; and URLs that would strand a job refused at submit."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from db.models import Job, Output, Problem, Step
 from db.session import session_scope
+from tests.support import REPO
 from workers.settings import get_settings
 
 ESC = "\x1b"
@@ -98,3 +100,27 @@ def test_control_characters_from_a_question_and_a_model_are_shown_escaped(cli: s
     assert code == 0, out
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert ESC not in markdown and "run\\x1b[2J" in markdown
+
+
+def test_status_watch_in_a_pipe_shows_the_job_as_it_moves_with_its_age(
+    cli: str, tmp_path: Path, redis_url: str
+) -> None:
+    import subprocess
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from tests.support import service_env
+
+    code, out = run("submit", str(_problems(tmp_path)), "--model-a", "http://127.0.0.1:1")
+    assert code == 0, out
+    with session_scope(cli) as s:
+        job_id = s.scalar(select(Job.id))
+        s.execute(update(Job).values(created_at=utcnow() - timedelta(hours=1, minutes=2)))
+    env = {**service_env(cli, redis_url), "RSTAR_CHECK_MODELS": "false"}
+    args = [sys.executable, "-m", "cli.main", "status", str(job_id), "--watch", "--interval", "0.2"]
+    # The job never finishes (no worker): --watch runs until it is stopped, and shows it meanwhile.
+    with pytest.raises(subprocess.TimeoutExpired) as stopped:
+        subprocess.run(args, env=env, cwd=REPO, capture_output=True, timeout=15)
+    shown = (stopped.value.stdout or b"").decode()
+    assert f"job {job_id} (" in shown and "pending" in shown
+    assert " 1:02:" in shown  # its age since submit, not 0:00:00
