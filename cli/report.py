@@ -489,6 +489,20 @@ def plot_accuracy_vs_tokens(report: Report, path: Path | BinaryIO) -> None:
     plt.close(fig)
 
 
+def plot_message(message: str, path: Path | BinaryIO) -> None:
+    """A plot's place when there is nothing to plot yet: the reason, as a small image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 1.2), dpi=120)
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="0.35")
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_accuracy_per_round(report: Report, path: Path | BinaryIO) -> bool:
     jobs = [s for s in report.jobs if s.accuracy_by_round]
     if not jobs:

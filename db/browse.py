@@ -58,14 +58,16 @@ class JobOverview:
     finished_at: datetime | None
     problems: int
     done: int
-    """Problems in a terminal state (answered, failed, cancelled)."""
+    """Problems answered or failed (a cancelled one is not done: the bar shows work done)."""
     right: int
     judged: int
-    """Problems with a reference: accuracy is right / judged (failed and unanswered count wrong)."""
+    """Finished problems with a reference: accuracy is right / judged (failed, unanswered and
+    cancelled count wrong); a running job's accuracy is so far, over the problems it finished."""
     model_calls: int
     requests: int
     sequences: int
     tokens: int
+    cancelled: int = 0
 
     @classmethod
     def of(cls, job: Job, **counts: int) -> JobOverview:
@@ -113,9 +115,12 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
         counts.setdefault(job_id, Counter())[status] = n
     right: Counter[int] = Counter()
     judged: Counter[int] = Counter()
+    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
     for job_id, status, answer, ref in session.execute(
         select(Problem.job_id, Problem.status, Problem.final_answer, Problem.reference_answer).where(
-            Problem.job_id.in_(ids), Problem.reference_answer.is_not(None)
+            Problem.job_id.in_(ids),
+            Problem.reference_answer.is_not(None),
+            Problem.status.in_(terminal),
         )
     ):
         judged[job_id] += 1
@@ -136,7 +141,6 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
             .group_by(Problem.job_id)
         )
     }
-    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
     out = []
     for j in found:
         c = counts.get(j.id, Counter())
@@ -145,7 +149,8 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
             JobOverview.of(
                 j,
                 problems=sum(c.values()),
-                done=sum(n for s, n in c.items() if s in terminal),
+                done=sum(n for s, n in c.items() if s in terminal and s != ProblemStatus.CANCELLED),
+                cancelled=c[ProblemStatus.CANCELLED],
                 right=right[j.id],
                 judged=judged[j.id],
                 model_calls=calls,
@@ -189,11 +194,12 @@ def job_view(*, session: Session, job_id: int, **listing: Any) -> tuple[JobOverv
         return None
     results = problem_results(session=session, job_id=job_id)
     terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
-    judged = [r for r in results if r.reference_answer is not None]
+    judged = [r for r in results if r.reference_answer is not None and r.status in terminal]
     overview = JobOverview.of(
         job,
         problems=len(results),
-        done=sum(r.status in terminal for r in results),
+        done=sum(r.status in terminal and r.status != ProblemStatus.CANCELLED for r in results),
+        cancelled=sum(r.status == ProblemStatus.CANCELLED for r in results),
         right=sum(bool(r.correct) for r in judged),
         judged=len(judged),
         model_calls=sum(r.model_calls for r in results),

@@ -501,3 +501,47 @@ def test_filters_sorting_and_pages_agree_with_the_results(jobs_db: tuple[str, in
     assert client.get("/jobs/3/problems/nope").status_code == 404
     plot = client.get("/jobs/3/plots/accuracy.png")
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
+
+
+def test_a_running_or_cancelled_job_is_stated_as_it_is(tmp_path: Path) -> None:
+    """The release's finished jobs, made into one running with nothing finished yet and one
+    cancelled with nothing answered: no accuracy before anything finished, no full bar for
+    cancelled work, no broken image, no "running" step under a cancelled problem."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine, text
+
+    from db import migrate
+    from web.app import create_app
+
+    path = tmp_path / "jobs.sqlite"
+    shutil.copy(RELEASE_DB, path)
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'active', finished_at = NULL WHERE id IN (3, 5)"))
+        conn.execute(text("UPDATE problems SET status = 'running', final_answer = NULL WHERE job_id = 3"))
+        conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE id = 5"))
+        conn.execute(text("UPDATE problems SET status = 'cancelled', final_answer = NULL WHERE job_id = 5"))
+        conn.execute(
+            text(
+                "UPDATE steps SET status = 'running'"
+                " WHERE problem_id IN (SELECT id FROM problems WHERE job_id = 5)"
+            )
+        )
+    engine.dispose()
+    client = TestClient(create_app(database_url=url))
+    running = client.get("/jobs/3").text
+    assert "0/6 problems done" in running and "accuracy so far –" in running and "0.0%" not in running
+    cancelled = client.get("/jobs/5").text
+    assert "0/6 problems done (6 cancelled)" in cancelled and 'value="0"' in cancelled
+    # Its plots are images, whatever the job has done so far.
+    for plot in ("/jobs/3/plots/rounds.png", "/jobs/3/plots/accuracy.png"):
+        response = client.get(plot)
+        assert response.status_code == 200 and response.content.startswith(b"\x89PNG"), plot
+    with session_scope(url) as s:
+        item = s.scalar(select(Problem.item_id).where(Problem.job_id == 5).limit(1))
+    page = client.get(f"/jobs/5/problems/{item}").text
+    assert ">cancelled</span>" in page and "status-running" not in page

@@ -227,13 +227,13 @@ def create_app(
 
     @app.get("/jobs/{job_id}/plots/{name}.png")
     async def job_plot(job_id: int, name: str) -> Response:
-        from cli.report import plot_accuracy_per_round, plot_accuracy_vs_calls
+        from cli.report import plot_accuracy_per_round, plot_accuracy_vs_calls, plot_message
 
         plots = {"accuracy": plot_accuracy_vs_calls, "rounds": plot_accuracy_per_round}
         if name not in plots:
             raise HTTPException(404, f"no plot {name!r}")
 
-        def draw() -> bytes | None:
+        def draw() -> bytes:
             with read_scope(url) as s:
                 finished = s.scalar(select(Job.finished_at).where(Job.id == job_id))
                 key = (job_id, name, finished)
@@ -250,7 +250,10 @@ def create_app(
                     raise HTTPException(404, str(exc)) from None
             out = io.BytesIO()
             with drawing:  # pyplot keeps global state: one figure at a time
-                png = out.getvalue() if plots[name](report, out) is not False else None
+                if plots[name](report, out) is False:  # a page's image is never a broken one
+                    out = io.BytesIO()
+                    plot_message("No problem of this job has used more than one round yet.", out)
+                png = out.getvalue()
             if finished is not None:
                 drawn_plots[key] = png
                 while len(drawn_plots) > PLOT_CACHE:
@@ -258,8 +261,6 @@ def create_app(
             return png
 
         png = await run_in_threadpool(draw)
-        if png is None:
-            raise HTTPException(404, "this job has no rounds to plot")
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.post("/jobs/{job_id}/{action}", response_class=HTMLResponse)
