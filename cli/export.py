@@ -11,6 +11,7 @@ import typer
 
 from cli.render import SafeText, make_console, print_error
 from db.exports import load_export
+from db.models import MAX_ROW_ID
 from db.reports import UnknownJobError
 from db.session import session_scope
 from rstar.exports import (
@@ -53,7 +54,7 @@ def write_records(
 
 
 def export_command(
-    job: Annotated[int, typer.Argument(help="Job id.")],
+    job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)],
     format: Annotated[str, typer.Option("--format", "-f", help="jsonl, csv or parquet.")] = "jsonl",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File (default: stdout; parquet needs one).")

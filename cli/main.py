@@ -26,7 +26,7 @@ from cli.report import report_command
 from cli.ui import ui_command
 from db import audit, migrate
 from db.jobs import ProblemResult, problem_results, rounds_reached, status_counts
-from db.models import TERMINAL_PROBLEM_STATES, Job, utcnow
+from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, utcnow
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
 from rstar.roster import ModelEntry, RosterError, check_url, pair, parse_model_spec
@@ -54,6 +54,14 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _read_capped(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit` (a device or a pipe need not end:
+    the read stops there)."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def _job_or_fail(session: Any, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -77,7 +85,9 @@ def submit(
     name: Annotated[str | None, typer.Option(help="A name for the job (default: the file name).")] = None,
     resume_from: Annotated[
         int | None,
-        typer.Option(help="Reuse the replies recorded in this job for identical model requests."),
+        typer.Option(
+            help="Reuse the replies recorded in this job for identical model requests.", min=1, max=MAX_ROW_ID
+        ),
     ] = None,
     model: Annotated[
         list[str] | None,
@@ -130,9 +140,14 @@ def submit(
     except RosterError as exc:
         raise fail(f"{exc}; nothing was submitted") from None
     try:
-        data = file.read_bytes()
+        data = _read_capped(file, settings.max_input_bytes)
     except OSError as exc:
         raise fail(f"cannot read {file}: {exc.strerror}") from None
+    if data is None:
+        raise fail(
+            f"{file}: nothing was submitted: it is larger than {settings.max_input_bytes:,} bytes"
+            " (RSTAR_MAX_INPUT_BYTES); split it into several jobs"
+        )
     try:
         problems = parse_problems(
             data,
@@ -347,7 +362,7 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
 
 @app.command()
 def status(
-    job: Annotated[int, typer.Argument(help="Job id.")],
+    job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)],
     watch: Annotated[bool, typer.Option(help="Follow live until the job finishes.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
 ) -> None:
@@ -388,7 +403,7 @@ def _counts_line(view: Table) -> str:
 
 @app.command()
 def results(
-    job: Annotated[int, typer.Argument(help="Job id.")],
+    job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)],
     format: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.")] = "jsonl",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default: stdout).")] = None,
 ) -> None:
@@ -409,7 +424,7 @@ def results(
 
 @app.command()
 def show(
-    job: Annotated[int, typer.Argument(help="Job id.")],
+    job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)],
     item: Annotated[str, typer.Argument(help="Problem id (the input's `id`, or its line number).")],
     calls: Annotated[bool, typer.Option(help="Include every model call's prompt and response.")] = True,
 ) -> None:
@@ -432,7 +447,7 @@ def show(
 
 
 @app.command()
-def cancel(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+def cancel(job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)]) -> None:
     """Stop a job: workers skip its steps from now on; calls in flight finish and are recorded."""
     from db.recovery import cancel_job
 
@@ -447,7 +462,7 @@ def cancel(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 
 
 @app.command()
-def resume(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+def resume(job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)]) -> None:
     """Continue a cancelled or stuck job: re-send its queued steps and those of dead workers."""
     from tasks.recovery import resume_job
 
@@ -462,7 +477,7 @@ def resume(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 
 
 @app.command()
-def retry(job: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+def retry(job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW_ID)]) -> None:
     """Re-run the job's failed problems only, from their failed steps (recorded calls are kept)."""
     from db.recovery import retry_failed
     from tasks.recovery import recover

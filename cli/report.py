@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cli.render import SafeText, make_console, print_error, visible
 from db import migrate
+from db.models import MAX_ROW_ID
 from db.reports import UnknownJobError, load_report
 from db.session import session_scope
 from rstar.exports import SpreadsheetCsv
@@ -569,7 +570,10 @@ def generate_report(
 
 
 def report_command(
-    jobs: Annotated[list[int], typer.Argument(help="Job ids; jobs on the same problems are compared.")],
+    jobs: Annotated[
+        list[int],
+        typer.Argument(help="Job ids; jobs on the same problems are compared.", min=1, max=MAX_ROW_ID),
+    ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write report.md, CSVs and PNG plots here.")
     ] = None,

@@ -22,6 +22,10 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+MAX_ROW_ID = 2**63 - 1
+"""The largest id a row can have (SQLite's and PostgreSQL's 64-bit integers): an id typed above
+it is refused where it is read, not handed to the driver to overflow."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)

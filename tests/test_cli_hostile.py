@@ -124,3 +124,48 @@ def test_status_watch_in_a_pipe_shows_the_job_as_it_moves_with_its_age(
     shown = (stopped.value.stdout or b"").decode()
     assert f"job {job_id} (" in shown and "pending" in shown
     assert " 1:02:" in shown  # its age since submit, not 0:00:00
+
+
+HUGE = str(2**63)
+"""One more than a database row id can be: the driver overflows on it."""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", HUGE), ("show", HUGE, "1"), ("results", HUGE), ("cancel", HUGE), ("resume", HUGE),
+        ("retry", HUGE), ("report", HUGE), ("export", HUGE), ("status", "-1"), ("show", "[/]", "1"),
+        ("submit", "/dev/null", "--resume-from", HUGE),
+    ],
+)  # fmt: skip
+def test_every_command_refuses_ids_no_row_can_have_without_a_traceback(
+    cli: str, args: tuple[str, ...]
+) -> None:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+
+
+def test_an_input_without_end_is_refused_before_it_fills_the_memory(
+    cli: str, settings_env: pytest.MonkeyPatch
+) -> None:
+    settings_env.setenv("RSTAR_MAX_INPUT_BYTES", "100000")
+    get_settings.cache_clear()
+    code, out = run("submit", "/dev/zero", "--model-a", "http://127.0.0.1:1")
+    assert code == 2 and "larger than 100,000 bytes" in out and "nothing was submitted" in out
+
+
+def test_every_viewer_route_answers_huge_ids_and_garbage_with_a_page_not_a_500(cli: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    client = TestClient(create_app(database_url=cli, allow_control=True), raise_server_exceptions=False)
+    for path in (f"/jobs/{HUGE}", f"/jobs/{HUGE}/progress", f"/jobs/{HUGE}/plots/accuracy.png",
+                 f"/jobs/{HUGE}/problems/x", f"/compare?a={HUGE}&b=1", "/compare?a=[/]&b=1",
+                 "/jobs/-1", f"/jobs/1/problems/{'%1b[2J' * 3}", "/?sort=[/]&order=%00"):  # fmt: skip
+        response = client.get(path)
+        assert response.status_code in (200, 400, 404, 422), (path, response.status_code)
+    pressed = client.post(f"/jobs/{HUGE}/cancel", headers={"HX-Request": "true"})
+    assert pressed.status_code == 404

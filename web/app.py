@@ -33,7 +33,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from db import audit, browse
 from db.audit import ProblemTrail, StepTrail
-from db.models import Job, JobStatus
+from db.models import MAX_ROW_ID, Job, JobStatus
 from db.reports import UnknownJobError, load_report
 from db.session import read_scope, session_scope
 from rstar import roster
@@ -114,6 +114,13 @@ def _int_or_none(value: str | None, name: str) -> int | None:
         raise HTTPException(400, f"{name} must be a whole number, not {value!r}") from None
 
 
+def _job_id(value: int | None) -> int | None:
+    """A job id from a URL, or 404 when no row can have it (above 2**63 it would overflow)."""
+    if value is not None and not 0 < value <= MAX_ROW_ID:
+        raise HTTPException(404, f"no job {value}")
+    return value
+
+
 def create_app(
     *,
     database_url: str | None = None,
@@ -172,6 +179,7 @@ def create_app(
     # -- one job -----------------------------------------------------------------------------
 
     def job_context(request: Request, job_id: int) -> dict[str, Any]:
+        _job_id(job_id)
         q = request.query_params
         outcome = q.get("outcome") or None
         if outcome is not None and outcome not in browse.OUTCOMES:
@@ -216,6 +224,8 @@ def create_app(
 
     @app.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
     async def job_progress(request: Request, job_id: int) -> HTMLResponse:
+        _job_id(job_id)
+
         def load() -> dict[str, Any]:
             with read_scope(url) as s:
                 found = browse.job_overviews(session=s, job_ids=[job_id])
@@ -227,6 +237,7 @@ def create_app(
 
     @app.get("/jobs/{job_id}/plots/{name}.png")
     async def job_plot(job_id: int, name: str) -> Response:
+        _job_id(job_id)
         from cli.report import plot_accuracy_per_round, plot_accuracy_vs_calls, plot_message
 
         plots = {"accuracy": plot_accuracy_vs_calls, "rounds": plot_accuracy_per_round}
@@ -265,6 +276,7 @@ def create_app(
 
     @app.post("/jobs/{job_id}/{action}", response_class=HTMLResponse)
     async def control(request: Request, job_id: int, action: str) -> HTMLResponse:
+        _job_id(job_id)
         if not allow_control:
             raise HTTPException(403, "this viewer is read-only (start it with --allow-control)")
         if request.headers.get("hx-request") != "true":
@@ -297,6 +309,8 @@ def create_app(
 
     @app.get("/jobs/{job_id}/problems/{item_id:path}", response_class=HTMLResponse)
     async def problem_page(request: Request, job_id: int, item_id: str) -> HTMLResponse:
+        _job_id(job_id)
+
         def load() -> dict[str, Any]:
             with read_scope(url) as s:
                 trail = audit.problem_trail(session=s, job_id=job_id, item_id=item_id)
@@ -329,8 +343,8 @@ def create_app(
 
     @app.get("/compare", response_class=HTMLResponse)
     async def compare_page(request: Request) -> HTMLResponse:
-        first = _int_or_none(request.query_params.get("a"), "a")
-        second = _int_or_none(request.query_params.get("b"), "b")
+        first = _job_id(_int_or_none(request.query_params.get("a"), "a"))
+        second = _job_id(_int_or_none(request.query_params.get("b"), "b"))
         if first is None or second is None:
             raise HTTPException(400, "compare needs two jobs: ?a=JOB&b=JOB")
 

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Limits on what a job may ask for.
     max_question_chars: int = Field(default=20_000, gt=0)
     max_problems_per_job: int = Field(default=100_000, gt=0)
+    # An input file larger than this is refused before it is read whole (`rstar submit /dev/zero`
+    # would read until the memory runs out).
+    max_input_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     max_rounds_limit: int = Field(default=10, gt=0)
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
