@@ -132,7 +132,7 @@ def submit(
     ] = None,
 ) -> None:
     """Validate FILE, create the job and its problems in one transaction, and enqueue the work."""
-    from tasks.submit import BrokerUnavailableError, ResumeFromError, submit_job
+    from tasks.submit import BrokerUnavailableError, ResumeFromError, SendError, submit_job
 
     settings = get_settings()
     try:
@@ -189,7 +189,11 @@ def submit(
             problems=problems,
             resume_from=resume_from,
             check_models=settings.check_models if check_models is None else check_models,
+            # The id first, on stdout: an interrupted submit still leaves the user its job.
+            on_stored=lambda job_id: print(job_id, flush=True),
         )
+    except SendError as exc:
+        raise fail(str(exc), code=1) from None
     except (ParamError, migrate.SchemaOutOfDateError, ResumeFromError) as exc:
         raise fail(str(exc)) from None
     except RosterError as exc:
@@ -208,7 +212,6 @@ def submit(
             "the credentials in the endpoint URLs were not stored: give them to the workers "
             "(`rstar worker --endpoint URL`, or RSTAR_MODELS)"
         )
-    print(done.job_id)
 
 
 def _roster(

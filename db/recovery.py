@@ -31,16 +31,33 @@ def _active(job_id: int | None) -> list[object]:
     return where
 
 
-def queued_steps(*, session: Session, job_id: int | None = None) -> list[tuple[Step, Job]]:
-    """Queued steps of open problems of active jobs (all jobs, or one)."""
+def queued_steps(
+    *, session: Session, job_id: int | None = None, queued_before: datetime | None = None
+) -> list[tuple[Step, Job]]:
+    """Queued steps of open problems of active jobs (all jobs, or one); with `queued_before`, only
+    those unchanged since then."""
+    where = [Step.status == StepStatus.QUEUED, *_active(job_id)]
+    if queued_before is not None:
+        where.append(Step.updated_at < queued_before)
     rows = session.execute(
         select(Step, Job)
         .join(Problem, Problem.id == Step.problem_id)
         .join(Job, Job.id == Problem.job_id)
-        .where(Step.status == StepStatus.QUEUED, *_active(job_id))
+        .where(*where)
         .order_by(Step.id)
     ).all()
     return [(step, job) for step, job in rows]
+
+
+def touch_queued(*, session: Session, step_ids: list[int]) -> None:
+    """Mark queued steps as just sent again (their `updated_at`), so that a sweep waits a whole
+    grace again before it sends them once more."""
+    if step_ids:
+        session.execute(
+            update(Step)
+            .where(Step.id.in_(step_ids), Step.status == StepStatus.QUEUED)
+            .values(updated_at=utcnow())
+        )
 
 
 def reclaim_expired(

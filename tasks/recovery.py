@@ -11,7 +11,12 @@ commit of new steps and their enqueue. Every worker process runs a sweep every
   leases, tasks/leases.py) and re-sends them, once this process has reached the database for a
   whole lease period (after an outage every holder gets the chance to renew first);
 - moves on open problems with no queued or running step (a crash came between a step's output
-  and the dispatch of the next steps), and closes jobs whose last problem finished in a crash.
+  and the dispatch of the next steps), and closes jobs whose last problem finished in a crash;
+- re-sends queued steps that have waited `requeue_grace` seconds while their queue in the broker
+  is empty: their message is not coming (a submit killed while it sent its messages, a worker
+  killed holding messages it had reserved, which Redis gives back only after the visibility
+  timeout). A step still waiting in a queue that has messages is left alone: a long queue is no
+  lost message. Each is sent once per grace at most.
 
 `rstar resume JOB` runs the same recovery for one job, and re-sends all its queued steps.
 A duplicate message costs one claim query: the step is already running or done, and is skipped.
@@ -23,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import redis
@@ -58,6 +63,30 @@ def mark_broker_epoch(settings: Settings) -> None:
         client.set(EPOCH_KEY, str(time.time()), nx=True)
     finally:
         client.close()
+
+
+# kombu's Redis transport keeps a queue's messages in a list per priority: the queue's name for
+# the default priority, the name with a separator and the priority for the others.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITIES = (0, 3, 6, 9)
+
+
+def queue_length(client: redis.Redis, queue: str) -> int:
+    names = [queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITIES]
+    return sum(int(client.llen(n)) for n in names)
+
+
+def orphans(client: redis.Redis, settings: Settings) -> list[Dispatch]:
+    """Queued steps that waited `requeue_grace` with their queue empty, marked as sent again."""
+    cutoff = utcnow() - timedelta(seconds=settings.requeue_grace)
+    with session_scope(settings.database_url) as session:
+        waiting = [
+            dispatch_for(step, job) for step, job in q.queued_steps(session=session, queued_before=cutoff)
+        ]
+        empty = {queue for queue in {d.queue for d in waiting} if queue_length(client, queue) == 0}
+        found = [d for d in waiting if d.queue in empty]
+        q.touch_queued(session=session, step_ids=[d.step_id for d in found])
+    return found
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,10 @@ class Sweeper:
                 self._db_ok_since = started
             if client is not None and lost:
                 client.set(EPOCH_KEY, str(time.time()), nx=True)
+            elif client is not None:
+                stranded = orphans(client, settings)
+                enqueue(stranded)
+                done = replace(done, resent=done.resent + len(stranded))
         finally:
             if client is not None:
                 client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,18 @@ class BrokerUnavailableError(RuntimeError):
 
 class ResumeFromError(ValueError):
     """`--resume-from` names a job that does not exist."""
+
+
+class SendError(RuntimeError):
+    """The job is stored but not all its first messages went out: the recovery sweep sends them."""
+
+    def __init__(self, job_id: int, reason: str) -> None:
+        super().__init__(
+            f"job {job_id} is stored, but sending its steps failed ({reason}); a worker's recovery"
+            " sweep sends them once their queue is empty (RSTAR_REQUEUE_GRACE), or run"
+            f" `rstar resume {job_id}`"
+        )
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -83,9 +96,12 @@ def submit_job(
     problems: list[ProblemInput],
     resume_from: int | None = None,
     check_models: bool = True,
+    on_stored: Callable[[int], None] | None = None,
 ) -> Submitted:
     """Validate the parameters and the roster, check the schema, broker and model servers, store
-    the job, enqueue its first steps.
+    the job, enqueue its first steps. `on_stored(job_id)` is called once the job is stored, before
+    its messages are sent (minutes for a large file): a submit interrupted then leaves a job whose
+    steps the workers' recovery sweep sends (tasks/recovery.py), and the user has its id.
 
     Raises:
         ParamError: a strategy parameter is out of range, or the roster is too short for it.
@@ -121,6 +137,13 @@ def submit_job(
             job.resume_from_id = resume_from
         dispatches = [dispatch_for(step, job) for step in steps]
         job_id = job.id
-    enqueue(dispatches)
+    if on_stored is not None:
+        on_stored(job_id)
+    try:
+        enqueue(dispatches)
+    except Exception as exc:  # the broker went away mid-way (kombu's errors, OSError, ...)
+        raise SendError(
+            job_id, scrub(f"{type(exc).__name__}: {exc}", url_password(settings.broker_url))
+        ) from exc
     unused = tuple(m.name for m in models if m.name not in used)
     return Submitted(job_id, len(problems), tuple(sorted({d.queue for d in dispatches})), used, unused)

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # it). Default: long enough for the longest task plus its retry delay.
     visibility_timeout: int | None = Field(default=None, gt=0)
     recovery_interval: float = Field(default=30.0, gt=0, description="seconds between recovery sweeps")
+    # A queued step that has waited this long while its queue in the broker is empty has no message
+    # (a submit killed while sending, a worker killed holding it): the sweep sends it again.
+    requeue_grace: float = Field(default=180.0, gt=0, description="seconds, see tasks/recovery.py")
     # How long a worker holding a model's reply keeps trying to record it while the database is
     # unreachable, before giving up (the call would then be paid again).
     db_outage_grace: float = Field(default=300.0, ge=0)

@@ -168,3 +168,74 @@ def test_lost_connection_tells_an_outage_from_a_refused_statement() -> None:
     assert lost_connection(DataError("SELECT 1", {}, cause, connection_invalidated=True))
     assert not lost_connection(IntegrityError("INSERT", {}, cause))
     assert not lost_connection(DataError("INSERT", {}, cause))
+
+
+def _queue(step: Step) -> str:
+    from tasks.dispatch import dispatch_for
+
+    with session_scope(get_settings().database_url) as s:
+        job = s.scalar(select(Job))
+        return dispatch_for(step, job).queue
+
+
+def test_a_queued_step_whose_message_is_gone_is_sent_again_once_its_queue_is_empty(job) -> None:  # type: ignore[no-untyped-def]
+    """A worker killed holding reserved messages, or a submit killed while sending: the steps stay
+    queued with no message anywhere. The sweep sends them again once they have waited the grace
+    with their queue empty; a step waiting in a queue that still holds messages is left alone."""
+    import redis
+
+    from tasks.recovery import LOCK_KEY, Sweeper, queue_length
+
+    db_url, _ = job
+    steps = _steps(db_url)
+    a, b = steps["r1.generate.A"], steps["r1.generate.B"]
+    client = redis.Redis.from_url(get_settings().broker_url)
+    qa, qb = _queue(a), _queue(b)  # A and B are served from two endpoints: two queues
+    assert queue_length(client, qa) == queue_length(client, qb) == 1
+    sweeper = Sweeper()
+
+    def sweep() -> object:
+        client.delete(LOCK_KEY)  # a sweep per recovery interval: these are three intervals
+        return sweeper.sweep()
+
+    with session_scope(db_url) as s:  # they have waited long...
+        s.execute(update(Step).values(updated_at=utcnow() - timedelta(hours=1)))
+    assert not sweep()  # ...but their queues hold their messages: no duplicates
+    assert queue_length(client, qa) == queue_length(client, qb) == 1
+    client.delete(qa, qb)  # the messages are gone (reserved by a worker that was killed)
+    with session_scope(db_url) as s:
+        s.execute(update(Step).where(Step.id == b.id).values(updated_at=utcnow()))  # b: just queued
+    done = sweep()
+    assert done is not None and done.resent == 1
+    assert (queue_length(client, qa), queue_length(client, qb)) == (1, 0)
+    assert json.loads(client.lindex(qa, 0))["headers"]["argsrepr"] == f"[{a.id}]"
+    # Sent again means waiting again: the next sweep, within the grace, sends nothing more.
+    client.delete(qa)
+    assert not sweep()
+    client.close()
+
+
+def test_a_submit_that_fails_to_send_has_stored_its_job_and_said_its_id(app_env: Celery) -> None:
+    """The job id comes out before the messages go (minutes for a large file); a submit whose
+    sending fails leaves a job the sweep completes, and says so."""
+    from unittest import mock
+
+    from tasks import submit as submitting
+
+    rows = gsm8k_rows(3)
+    data = "".join(json.dumps({"question": r["question"]}) + "\n" for r in rows).encode()
+    told: list[int] = []
+    with (
+        mock.patch.object(submitting, "enqueue", side_effect=ConnectionError("broker gone")),
+        pytest.raises(
+            submitting.SendError, match=r"job \d+ is stored, but sending its steps failed"
+        ) as failed,
+    ):
+        submit_job(
+            settings=get_settings(), name="cut", strategy_name="cot", params={},
+            models=[ModelEntry("A", "http://127.0.0.1:9")], source=None, problems=parse_problems(data),
+            check_models=False, on_stored=told.append,
+        )  # fmt: skip
+    assert told == [failed.value.job_id]
+    with session_scope(get_settings().database_url) as s:
+        assert len(list(s.scalars(select(Step).where(Step.status == "queued")))) == 3
