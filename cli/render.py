@@ -158,8 +158,8 @@ def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
     latency = f"{call.latency_ms:.0f} ms" if call.latency_ms is not None else "?"
     text.append(
         f"attempt {call.attempt} · model {model} · {call.outcome} · {call.endpoint}"
-        f" · served {_known(call.model)} · tokens {_known(call.prompt_tokens)} prompt,"
-        f" {_known(call.completion_tokens)} generated · {latency} · finish {_known(call.finish_reason)}\n",
+        f" · served {_known(call.model)} · {_tokens(call)} · {latency}"
+        f" · finish {_known(call.finish_reason)}\n",
         style="dim",
     )
     if call.error:
@@ -228,6 +228,14 @@ def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
     console.print(
         Panel(body, title=shown_title(f"discriminator · {len(report.candidates)} candidates{skipped}"))
     )
+
+
+def _tokens(call: ModelCall) -> str:
+    """Tokens as every release printed them ("tokens PROMPT+GENERATED"); "tokens unknown" for a call
+    that has none (a failed call; the server did not say)."""
+    if call.prompt_tokens is None and call.completion_tokens is None:
+        return "tokens unknown"
+    return f"tokens {_known(call.prompt_tokens)}+{_known(call.completion_tokens)}"
 
 
 def _known(value: object) -> str:

@@ -117,8 +117,14 @@ def _panels(text: str) -> tuple[list[str], list[str]]:
 CALL_LINE = re.compile(r"^attempt (\d+) · (?:model \S+ · )?(\S+) · (\S+) · (?:served )?(.*)$")
 
 
+UNKNOWN = re.compile(r"(?:(?<=: )|(?<=· )|(?<=served )|(?<=finish ))None\b")
+
+
 def _normal(line: str) -> str:
-    """A model call's first line without what this release adds (its roster name, "served")."""
+    """A model call's first line without what this release adds (its roster name, "served"), and
+    an unknown value as this release prints it: "-" where the release printed Python's None, and
+    "tokens unknown" for its "tokens None+None" (a deliberate change: issue 25, item 16)."""
+    line = UNKNOWN.sub("-", line.replace("tokens None+None", "tokens unknown"))
     m = CALL_LINE.match(line)
     return f"attempt {m[1]} · {m[2]} · {m[3]} · {m[4]}" if m else line
 
