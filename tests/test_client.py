@@ -14,7 +14,14 @@ import pytest
 from rstar.prompts import SOLUTION_SCHEMA
 from rstar.types import ChatMessage, ModelRequest
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
-from workers.client import InFlightLimit, ModelClient, probe_server, recorded_texts, stored_text
+from workers.client import (
+    InFlightLimit,
+    ModelClient,
+    in_flight_share,
+    probe_server,
+    recorded_texts,
+    stored_text,
+)
 from workers.errors import (
     MalformedReplyError,
     ModelTimeoutError,
@@ -92,6 +99,15 @@ def test_probe_knows_llama_server_and_its_slots() -> None:
         server.shutdown()
         server.server_close()
     assert (info.kind, info.model_id, info.max_concurrent_requests) == ("llama-server", "qwen", 8)
+
+
+def test_a_llama_cpp_python_server_is_sized_as_one_request_at_a_time() -> None:
+    """It serves one request at a time: a worker that assumed 32 in flight saw most time out."""
+    with FakeInferenceServer(kind="llama-cpp") as srv:
+        info = probe_server(srv.url)
+        share = in_flight_share(srv.url, max_in_flight=None, share=1)
+    assert (info.kind, info.max_concurrent_requests) == ("llama-cpp", 1)
+    assert share.slots == 1 and "one request at a time" in share.source
 
 
 def test_bearer_token_is_sent_but_never_recorded() -> None:

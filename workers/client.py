@@ -256,7 +256,9 @@ def probe_server(base_url: str, *, token: str | None = None, timeout: float = PR
             else "openai"
         )
         model_id = first.get("id")
-        slots = _slots(session, base, headers) if owner == "llamacpp" else None
+        # llama-cpp-python's server decodes one request at a time (a lock around its model): more in
+        # flight only wait there, and time out (32 assumed, the README's local path timed out).
+        slots = _slots(session, base, headers) if owner == "llamacpp" else 1 if owner == "me" else None
         _answering(base)
         return ServerInfo(kind, str(model_id) if model_id is not None else None, slots)
     except (httpx2.HTTPError, ValueError, AttributeError) as exc:
@@ -362,7 +364,10 @@ def in_flight_share(
     server_max = info.max_concurrent_requests
     if not server_max:
         return InFlightShare(None, f"{info.kind} server reports no limit")
-    what = "TGI max_concurrent_requests" if info.kind == "tgi" else "llama-server slots"
+    what = {
+        "tgi": "TGI max_concurrent_requests",
+        "llama-cpp": "llama-cpp-python, one request at a time:",
+    }.get(info.kind, "llama-server slots")
     split = f" / {share} workers" if share > 1 else ""
     return InFlightShare(max(1, server_max // max(1, share)), f"{what} {server_max}{split}")
 
