@@ -73,7 +73,7 @@ build_wheel() {
         # --no-cache-dir: pip's own wheel cache is keyed by the sdist alone, not by CMAKE_ARGS, and
         # would hand back a build made with other CPU features.
         if ! CMAKE_ARGS="$args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-            "${PIP[@]}" wheel --quiet --no-deps --no-cache-dir "$sdist" -w "$build_dir" >&2; then
+            llama_with_ticker llama-cpp-python "${PIP[@]}" wheel --quiet --no-deps --no-cache-dir "$sdist" -w "$build_dir" >&2; then
             rm -rf "$build_dir"
             flock -u 9
             return 1

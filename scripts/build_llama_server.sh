@@ -79,7 +79,7 @@ build_into() {
         $args >&2
     say "building llama-server with $JOBS jobs"
     start=$SECONDS
-    cmake --build "$work/build" --target llama-server --config Release -j "$JOBS" >&2
+    llama_with_ticker llama-server cmake --build "$work/build" --target llama-server --config Release -j "$JOBS" >&2
     say "compiled in $((SECONDS - start)) s"
     built="$work/build/bin/llama-server"
     [[ -x "$built" ]] || die "the build produced no $built"

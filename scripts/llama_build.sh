@@ -186,3 +186,22 @@ llama_run_check() {
     cat "$dir/last-check.log" >&2
     return "$status"
 }
+
+# llama_with_ticker WHAT COMMAND...: run COMMAND, and while it runs say "WHAT: still building, N s"
+# every LLAMA_TICK_SECONDS (default 30): a compile is silent for many minutes on two cores, and a
+# new user took the silence for a hang. Returns COMMAND's status.
+llama_with_ticker() {
+    local what=$1 start ticker rc=0
+    shift
+    start=$(date +%s)
+    (
+        while sleep "${LLAMA_TICK_SECONDS:-30}"; do
+            say "$what: still building, $(($(date +%s) - start)) s so far"
+        done
+    ) &
+    ticker=$!
+    "$@" || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
+    return "$rc"
+}

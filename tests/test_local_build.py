@@ -121,6 +121,24 @@ def crashing_program(tmp_path: Path, name: str, before: str = "") -> Path:
     return path
 
 
+def test_a_long_build_says_it_is_still_building_and_keeps_its_status(tmp_path: Path) -> None:
+    """A compile is silent for many minutes (25 on a busy machine): a line with the elapsed time
+    while it runs, none after it ends, and the command's own exit status."""
+    script = (
+        f'say() {{ echo "bootstrap: $*"; }}; source "{LIB}"; '
+        "llama_with_ticker llama-cpp-python bash -c 'sleep 2.5; exit 7'; echo \"status $?\"; sleep 2.5"
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], env={**os.environ, "LLAMA_TICK_SECONDS": "1"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "status 7", lines  # the command's status, and no tick after it ended
+    assert lines[0].startswith("bootstrap: llama-cpp-python: still building, ")
+    assert lines[0].endswith(" s so far")
+    assert all("still building" in line for line in lines[:-1])
+
+
 def test_the_wheel_check_reports_a_crash(tmp_path: Path) -> None:
     fake_python = crashing_program(tmp_path, "python")
     result = check_wheel(tmp_path / "model.gguf", python=str(fake_python), timeout=30)
