@@ -6,9 +6,11 @@ line number, so a user fixes the file in one go.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -23,6 +25,8 @@ MAX_ID_CHARS = 200
 """Ids become database keys and file names in reports; anything longer is a mistake."""
 
 _BOM = b"\xef\xbb\xbf"
+FIELDS = ("question", "answer", "id")
+"""Every field a line may have: a misspelt one ("anwser") would drop the reference unnoticed."""
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
@@ -71,6 +75,8 @@ def _type_name(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     if isinstance(value, int | float) and not isinstance(value, bool):
         return "a number"
+    if isinstance(value, dict):
+        return "an object"
     return names.get(type(value), type(value).__name__)
 
 
@@ -142,6 +148,35 @@ def _check_answer(obj: dict[str, Any], line: int, out: _Collector) -> tuple[bool
     return True, value if value.strip() else None
 
 
+class _Pairs(dict[str, Any]):
+    """A JSON object that remembers the keys it was given more than once (json.loads keeps the last
+    value and says nothing: a second "answer" would silently replace the first)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated = [k for k, count in Counter(k for k, _ in pairs).items() if count > 1]
+
+
+def _check_fields(obj: dict[str, Any], line: int, out: _Collector) -> bool:
+    """False after reporting a key given twice or a field this format does not have."""
+    ok = True
+    for key in getattr(obj, "repeated", ()):
+        out.add(line, _shown(key), "given more than once")
+        ok = False
+    for key in obj:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key.strip().strip("\ufeff").lower(), FIELDS, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            out.add(line, _shown(key), f"unknown field (a line has {', '.join(FIELDS)}){hint}")
+            ok = False
+    return ok
+
+
+def _shown(key: str) -> str:
+    """A field name as the error shows it: invisible characters (a BOM, a control) escaped."""
+    return key if key.isprintable() and "\ufeff" not in key else ascii(key)[1:-1]
+
+
 _INVALID = object()
 """_decode_line's result for a line already reported: None would be the JSON null."""
 
@@ -161,7 +196,7 @@ def _decode_line(raw: bytes, line: int, max_line_bytes: int, out: _Collector) ->
         out.add(line, None, f"invalid UTF-8 at byte {exc.start + 1}")
         return _INVALID
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_Pairs)
     except json.JSONDecodeError as exc:
         out.add(line, None, f"not valid JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
@@ -182,7 +217,8 @@ def parse_problems(
 
     Each non-blank line is a JSON object with a non-empty string "question", an optional "id"
     (string or integer; defaults to the line number) and an optional "answer" (string or number:
-    the reference, e.g. GSM8K's worked answer ending in "#### 72").
+    the reference, e.g. GSM8K's worked answer ending in "#### 72"), and nothing else: a key given
+    twice or any other field is refused (with the field it resembles).
     """
     out = _Collector()
     problems: list[ProblemInput] = []
@@ -205,6 +241,7 @@ def parse_problems(
             if not isinstance(obj, dict):
                 out.add(line, None, f"must be a JSON object, not {_type_name(obj)}")
                 continue
+            fields_ok = _check_fields(obj, line, out)
             question = _check_question(obj, line, max_question_chars, out)
             item_id = _check_id(obj, line, out)
             answer_ok, reference = _check_answer(obj, line, out)
@@ -215,7 +252,7 @@ def parse_problems(
                     )
                     continue
                 first_line_of[item_id] = line
-            if question is None or item_id is None or not answer_ok:
+            if question is None or item_id is None or not answer_ok or not fields_ok:
                 continue
             problems.append(
                 ProblemInput(

@@ -29,7 +29,7 @@ def test_parse_problems_happy_path() -> None:
         b"   \t \r\n"
         b'{"id": 70, "question": "Q two", "answer": 0.5}\r\n'
         b'{"question": "Q three"}\n'
-        b'{"question": "Q four", "answer": 1200, "id": null, "extra": [1, 2]}\n'
+        b'{"question": "Q four", "answer": 1200, "id": null}\n'
         b'{"question": "Q five", "answer": "$1,000", "id": " padded "}'  # no trailing newline
     )
     assert parse_problems(data) == [
@@ -124,6 +124,21 @@ def test_parse_problems_limits_are_inclusive() -> None:
         (b'{"question": "q", "answer": NaN}', 1, "answer", "must be a finite number"),
         (b'{"question": "q", "answer": Infinity}', 1, "answer", "must be a finite number"),
         (b'{"question": "q", "answer": "a\\u0000"}', 1, "answer", "contains a NUL character"),
+        # A misspelt or unknown field would be dropped unnoticed (the reference with it).
+        (
+            b'{"question": "q", "anwser": "4"}',
+            1,
+            "anwser",
+            "unknown field (a line has question, answer, id); did you mean 'answer'?",
+        ),
+        (b'{"question": "q", "notes": "x"}', 1, "notes", "unknown field (a line has question, answer, id)"),
+        (  # a BOM inside a key (a file pasted together from others)
+            b'{"question": "q", "\xef\xbb\xbfanswer": "4"}',
+            1,
+            "\\ufeffanswer",
+            "unknown field (a line has question, answer, id); did you mean 'answer'?",
+        ),
+        (b'{"question": "q", "answer": "4", "answer": "5"}', 1, "answer", "given more than once"),
         (
             b'{"question": "a", "id": "x"}\n{"question": "b", "id": "y"}\n{"question": "c", "id": "x"}',
             3,
