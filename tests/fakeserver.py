@@ -777,7 +777,9 @@ class FakeInferenceServer:
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": self.model_id,
+                # llama-cpp-python answers with the model name the request gave (its "model"
+                # field), whatever alias it serves; the others with their own.
+                "model": body.get("model") if self.kind == "llama-cpp" else self.model_id,
                 "system_fingerprint": fingerprint,
                 "choices": [
                     {

@@ -110,6 +110,15 @@ def test_a_llama_cpp_python_server_is_sized_as_one_request_at_a_time() -> None:
     assert share.slots == 1 and "one request at a time" in share.source
 
 
+def test_the_served_model_is_the_one_the_server_lists_not_dummy() -> None:
+    """llama-cpp-python echoes the request's model name: the demo's calls recorded "dummy"."""
+    with FakeInferenceServer(lambda r: ANSWER, kind="llama-cpp", model_id="smollm2-135m") as srv:
+        reply = ModelClient(srv.url, timeout=5).complete(REQUEST)
+        [sent] = srv.requests
+    assert reply.model == "smollm2-135m" == sent.body["model"]
+    assert "model" not in reply.request  # the recorded request is the question's, not the server's
+
+
 def test_bearer_token_is_sent_but_never_recorded() -> None:
     with FakeInferenceServer(lambda r: ANSWER) as srv:
         reply = ModelClient(srv.url, timeout=5, token="s3cret-token").complete(REQUEST)

@@ -578,6 +578,10 @@ class ModelClient:
 
         try:
             out = self._client.chat_completion(
+                # The name the server lists: huggingface_hub would send "dummy", which vLLM refuses
+                # and llama-cpp-python echoes back as the served model. Not part of the recorded
+                # request (it names the server, not the question; --resume-from matches requests).
+                model=info.model_id,
                 messages=payload["messages"],
                 temperature=payload["temperature"],
                 max_tokens=payload["max_tokens"],
