@@ -30,7 +30,7 @@ from localmodels.servers import LocalServerError, LocalServerSet, free_port, ser
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.settings import get_settings
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "gsm8k_sample.jsonl"
+SAMPLE = Path(__file__).resolve().parent / "data" / "gsm8k_sample.jsonl"  # package data: in the wheel too
 console = make_console()
 YES_NO = {True: "yes", False: "no", None: "-"}
 

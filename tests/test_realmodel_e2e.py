@@ -50,4 +50,4 @@ def test_demo_solves_three_problems_with_real_models(redis_url: str, tmp_path: P
         done_steps = s.scalars(select(Step).where(Step.status == "done", Step.kind != "select")).all()
         outputs = len(s.scalars(select(Output)).all())
         assert outputs == len(done_steps)  # every finished model step left its solution or review
-    assert (REPO / "data" / "gsm8k_sample.jsonl").exists()
+    assert (REPO / "cli" / "data" / "gsm8k_sample.jsonl").exists()
