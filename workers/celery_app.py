@@ -16,7 +16,7 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 from db.session import limit_sessions
-from workers import redis_transport
+from workers import redis_transport, shutdown  # noqa: F401  shutdown: Ctrl-C (on worker_ready)
 from workers.redact import without_userinfo
 from workers.settings import Settings, get_settings
 

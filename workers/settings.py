@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # A queued step that has waited this long while its queue in the broker is empty has no message
     # (a submit killed while sending, a worker killed holding it): the sweep sends it again.
     requeue_grace: float = Field(default=180.0, gt=0, description="seconds, see tasks/recovery.py")
+    # Ctrl-C on a worker: how long the calls in flight get before it leaves them to the recovery
+    # sweep (workers/shutdown.py).
+    shutdown_grace: float = Field(default=5.0, ge=0, description="seconds, see workers/shutdown.py")
     # How long a worker holding a model's reply keeps trying to record it while the database is
     # unreachable, before giving up (the call would then be paid again).
     db_outage_grace: float = Field(default=300.0, ge=0)
