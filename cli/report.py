@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, Group
 from rich.table import Table
 
 from cli.render import SafeText, make_console, print_error, visible
@@ -232,14 +233,53 @@ def _multi_round(report: Report) -> list[JobSummary]:
 # -- Rich ------------------------------------------------------------------------------------------
 
 
-def print_report(console: Console, report: Report) -> None:
-    def table(title: str, head: Sequence[str], rows: list[list[str]]) -> Table:
+def _widths(head: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list[int] | None:
+    """Column widths (text only) for a table of `width` columns in all that break no word, or
+    None when there are none: a column narrower than its longest word folds it ("unanswere d"),
+    which Rich does to any column when the table is too wide."""
+    columns = list(zip(head, *rows, strict=True))
+    least = [max((cell_len(w) for c in col for w in c.split()), default=1) for col in columns]
+    widths = [
+        max(max((cell_len(line) for line in c.splitlines()), default=0), 1)
+        for c in ("\n".join(col) for col in columns)
+    ]
+    room = width - (3 * len(columns) + 1)  # a border left of each column and at the end, padding 1 + 1
+    if sum(least) > room:
+        return None
+    while sum(widths) > room:  # narrow the widest column that still can
+        i = max(range(len(widths)), key=lambda j: (widths[j] > least[j], widths[j]))
+        widths[i] -= 1
+    return widths
+
+
+def fitted_tables(title: str, head: Sequence[str], rows: list[list[str]], width: int) -> list[Table]:
+    """The table as it is when its words fit `width` columns; else turned, the fields down the
+    side and a column per row; else one turned table per row (folded only if even that is too
+    wide)."""
+
+    def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, fold: bool = False) -> Table | None:
+        widths = _widths(head, rows, width)
+        if widths is None and not fold:
+            return None
         t = Table(title=title)
-        for h in head:
-            t.add_column(h, overflow="fold")
+        for i, h in enumerate(head):
+            t.add_column(h, width=widths[i] if widths else None, overflow="fold")
         for r in rows:
             t.add_row(*r)
         return t
+
+    def turned(rows: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+        return [head[0], *(r[0] for r in rows)], [[h, *(r[i] for r in rows)] for i, h in enumerate(head) if i]
+
+    whole = table(head, rows) or table(*turned(rows))
+    if whole is not None:
+        return [whole]
+    return [table(*turned([r])) or table(*turned([r]), fold=True) for r in rows]  # type: ignore[misc]
+
+
+def print_report(console: Console, report: Report) -> None:
+    def table(title: str, head: Sequence[str], rows: list[list[str]]) -> Group:
+        return Group(*fitted_tables(title, head, rows, console.width))
 
     console.print(table("accuracy and cost per job", SUMMARY_HEAD, [summary_cells(s) for s in report.jobs]))
     multi = _multi_round(report)

@@ -21,13 +21,12 @@ def test_unknown_job_is_a_usage_error(sqlite_url: str, settings_env: pytest.Monk
     assert result.exit_code == 2 and "no job 999" in result.stderr
 
 
-def test_report_of_a_cot_job_by_hand(
-    sqlite_url: str, settings_env: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def _hand_job(sqlite_url: str) -> int:
+    """A finished cot job of three problems written straight to the tables: "$1,000.00" equals
+    the reference 1000; "7" does not equal 8; one failed."""
     from db import migrate
 
     migrate.upgrade(sqlite_url)
-    settings_env.setenv("RSTAR_DATABASE_URL", sqlite_url)
     now = utcnow()
     with session_scope(sqlite_url) as s:
         job = Job(
@@ -91,7 +90,14 @@ def test_report_of_a_cot_job_by_hand(
                         answer=final,
                     )
                 )
-        job_id = job.id
+        return job.id
+
+
+def test_report_of_a_cot_job_by_hand(
+    sqlite_url: str, settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings_env.setenv("RSTAR_DATABASE_URL", sqlite_url)
+    job_id = _hand_job(sqlite_url)
     out = tmp_path / "r"
     result = CliRunner().invoke(app, ["report", str(job_id), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -102,3 +108,27 @@ def test_report_of_a_cot_job_by_hand(
     assert float(got["calls_per_problem"]) == 1.0 and float(got["generated_tokens_per_problem"]) == 40 / 3
     assert float(got["model_s_per_problem"]) == 0.5
     assert "33.3% (1/3)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120, 250])
+def test_tables_break_no_word_at_any_terminal_width(
+    sqlite_url: str, settings_env: pytest.MonkeyPatch, columns: int
+) -> None:
+    """Rich folds a column narrower than its words: at 80 columns the summary's headers read
+    "unanswere d". Every word of every heading and cell is printed whole, and no line is wider
+    than the terminal."""
+    from cli.report import SUMMARY_HEAD, summary_cells
+    from db.reports import load_report
+    from db.session import session_scope
+
+    settings_env.setenv("RSTAR_DATABASE_URL", sqlite_url)
+    job_id = _hand_job(sqlite_url)
+    result = CliRunner().invoke(app, ["report", str(job_id)], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    words = set(result.stdout.replace("│", " ").replace("┃", " ").split())
+    with session_scope(sqlite_url) as s:
+        cells = summary_cells(load_report(session=s, job_ids=[job_id], max_rounds_limit=10).jobs[0])
+    expected = {w for text in (*SUMMARY_HEAD, *cells) for w in text.split()}
+    assert expected <= words, sorted(expected - words)
