@@ -146,6 +146,12 @@ def output_writer(strategy: Strategy, spec: StepSpec) -> OutputWriter:
 def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
     settings = get_settings()
     url = settings.database_url
+    if keeper.holds(step_id):
+        # Redis gave back this task's message (its visibility timeout ran out, e.g. while the
+        # database was down) and a thread of this process still works on the step, holding a
+        # paid reply it has not recorded yet: leave the step to it rather than call again.
+        logger.info("step %d: a run in this process holds it; this delivery leaves it to that run", step_id)
+        return "skipped"
     lease = timedelta(seconds=settings.lease_seconds)  # renewed by tasks.leases while we work
     request: ModelRequest | None = None
     with autocommit_scope(url) as session:
@@ -166,9 +172,20 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
         advance_and_enqueue(claim)  # a crash may have come after the output, before the dispatch
         return "skipped"
     _run.claimed = True
+    # Held until the reply is recorded, not only while the call runs: a lease renewed while the
+    # recording waits out a database outage is one no other run takes over when it is back.
+    with keeper.hold(claim.step_id, task.request.id or ""):
+        return _call_and_record(
+            task, claim, attempt=claim.attempts + 1, request=request, write_output=write_output
+        )
+
+
+def _call_and_record(
+    task: StepTask, claim: Claim, *, attempt: int, request: ModelRequest | None, write_output: OutputWriter
+) -> str:
+    settings = get_settings()
     assert claim.endpoint is not None and claim.model is not None
     reply: ModelReply | None = None
-    attempt = claim.attempts + 1
     endpoint = ""  # of a new reply: the client's URL
     if request is None:
         assert claim.recorded is not None
@@ -177,21 +194,20 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
     else:
         client = client_for(claim.endpoint, settings)
         endpoint = client.base_url
-        with keeper.hold(claim.step_id, task.request.id or ""):
+        try:
+            reused = reuse_recorded(claim, attempt, request, client, settings)
+            reply = None if reused else client.complete(request)
+        except ModelServerError as exc:
             try:
-                reused = reuse_recorded(claim, attempt, request, client, settings)
-                reply = None if reused else client.complete(request)
-            except ModelServerError as exc:
-                try:
-                    return _handle_call_error(task, claim, attempt, exc, settings)
-                except IntegrityError:  # another run of this step recorded this attempt first
-                    logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
-                    return "skipped"
-            if reused:
-                call_id, texts = reused
-            else:
-                assert reply is not None
-                call_id, texts = None, reply.sequences
+                return _handle_call_error(task, claim, attempt, exc, settings)
+            except IntegrityError:  # another run of this step recorded this attempt first
+                logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
+                return "skipped"
+        if reused:
+            call_id, texts = reused
+        else:
+            assert reply is not None
+            call_id, texts = None, reply.sequences
     try:
         outcome = _record_and_plan(
             claim,
@@ -206,7 +222,7 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
     except IntegrityError:
         # Another run of this step got there first: it recorded this attempt (and will write the
         # output), or it already wrote the output (then make sure its dispatch happened).
-        with session_scope(url) as session:
+        with session_scope(settings.database_url) as session:
             done = step_is_done(session=session, step_id=claim.step_id)
             recorded = reply is not None and attempt_recorded(
                 session=session, step_id=claim.step_id, attempt=attempt

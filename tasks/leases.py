@@ -53,6 +53,11 @@ class LeaseKeeper:
                 else:
                     self._held.pop(key, None)
 
+    def holds(self, step_id: int) -> bool:
+        """Whether a run in this process works on the step (under any task id)."""
+        with self._lock:
+            return any(held == step_id for held, _ in self._held)
+
     def held(self) -> list[tuple[int, str]]:
         with self._lock:
             return list(self._held)

@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, update
 
 from db import recovery as q
 from db.claims import claim_step
-from db.models import Job, Problem, Step, utcnow
+from db.models import Job, ModelCall, Problem, Step, utcnow
 from db.session import session_scope
 from rstar.inputs import parse_problems
 from rstar.roster import ModelEntry
@@ -102,6 +102,27 @@ def test_lease_keeper_renews_what_it_holds(job) -> None:  # type: ignore[no-unty
     )
     with keeper.hold(step.id, "someone-else"):  # a lease taken over by another run is not renewed
         assert keeper.renew() == 0
+
+
+def test_a_redelivered_message_leaves_the_step_to_the_run_in_this_process_that_holds_it(job) -> None:  # type: ignore[no-untyped-def]
+    """Redis gives an unacknowledged message back after its visibility timeout, e.g. while the
+    database is down and the run that called the model waits to record the paid reply; its lease,
+    unrenewed meanwhile, has lapsed. The second delivery (same task id, same process) took the
+    step and called the model again: one reply paid twice (the database outage fault test, on a
+    loaded machine). It now leaves the step to the run that holds it."""
+    from tasks.leases import keeper
+
+    db_url, _ = job
+    step = _steps(db_url)["r1.generate.A"]
+    assert not isinstance(_claim(db_url, step.id, "t1"), int)
+    with session_scope(db_url) as s:
+        s.execute(update(Step).where(Step.id == step.id).values(lease_until=utcnow() - timedelta(seconds=1)))
+    with keeper.hold(step.id, "t1"):  # the first delivery's run, still holding its reply
+        assert generate.apply(args=[step.id], task_id="t1").get() == "skipped"
+    with session_scope(db_url) as s:
+        assert s.scalars(select(ModelCall)).all() == []  # no second call
+        again = s.get(Step, step.id)
+        assert again is not None and (again.status, again.task_id) == ("running", "t1")
 
 
 def test_recover_reclaims_expired_leases_and_moves_stalled_problems(job) -> None:  # type: ignore[no-untyped-def]
