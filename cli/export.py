@@ -27,10 +27,17 @@ FORMATS = ("jsonl", "csv", "parquet")
 err = make_console(stderr=True)
 
 
+def _flat(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+
+
 def write_records(
     records: list[dict[str, Any]], fields: tuple[str, ...], fmt: str, output: Path | None
 ) -> None:
-    """Records as JSONL or CSV (to `output`, or standard output) or Parquet (a file: it is binary)."""
+    """Records as JSONL or CSV (to `output`, or standard output) or Parquet (a file: it is binary).
+    In CSV and Parquet a value that is an object or a list (a problem's "meta") is its JSON text."""
+    if fmt != "jsonl":
+        records = [{k: _flat(v) for k, v in r.items()} for r in records]
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

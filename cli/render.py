@@ -5,6 +5,7 @@ characters live (a model's ESC sequences must not colour, erase or retitle an au
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -87,6 +88,8 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
     if p.reference_answer is not None and p.status == "answered":
         # The same judgement as `rstar results` and `rstar report`.
         head.append(f"   correct: {'yes' if judge(p.status, p.final_answer, p.reference_answer) else 'no'}")
+    if p.meta is not None:
+        head.append(f"\nmeta: {json.dumps(p.meta, ensure_ascii=False)}", style="dim")
     if p.error:
         head.append(f"\nerror: {p.error}", style="red")
     console.print(Panel(head, title="problem"))

@@ -77,6 +77,7 @@ def load_export(*, session: Session, job_id: int) -> tuple[Job, list[ProblemExpo
                 prompt_tokens=res.prompt_tokens,
                 completion_tokens=res.completion_tokens,
                 solutions=tuple(solutions.get(p.id, ())),
+                meta=p.meta,
             )
         )
     return job, problems

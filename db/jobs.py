@@ -63,6 +63,7 @@ def create_job(
             question=p.question,
             reference=p.reference,
             reference_answer=p.reference_answer,
+            meta=p.meta,
             status=ProblemStatus.PENDING,
         )
         for p in problems
@@ -154,6 +155,8 @@ class ProblemResult:
     """HTTP requests sent (a call that fanned its samples out counts each)."""
     sequences: int = 0
     """Sequences generated (a call that sampled n counts n)."""
+    meta: dict[str, Any] | None = None
+    """The input line's "meta" object."""
 
 
 def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
@@ -194,6 +197,7 @@ def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
                 question=p.question,
                 final_answer=p.final_answer,
                 reference_answer=p.reference_answer,
+                meta=p.meta,
                 correct=correct,
                 rounds_used=p.rounds_used,
                 model=chosen_by.get(p.id),

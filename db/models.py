@@ -99,6 +99,8 @@ class Problem(Base):
     question: Mapped[str] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(Text)
     reference_answer: Mapped[str | None] = mapped_column(String(500))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The input line's "meta" object, as given (None: it had none)."""
     status: Mapped[str] = mapped_column(String(20), default=ProblemStatus.PENDING, index=True)
     final_answer: Mapped[str | None] = mapped_column(String(500))
     rounds_used: Mapped[int | None] = mapped_column(Integer)

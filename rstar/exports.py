@@ -26,11 +26,11 @@ from rstar.reports import judge
 
 PROBLEM_FIELDS = (
     "job_id", "strategy", "item_id", "question", "reference", "answer", "correct", "status", "model",
-    "rounds_used", "model_calls", "prompt_tokens", "completion_tokens",
+    "rounds_used", "model_calls", "prompt_tokens", "completion_tokens", "meta",
 )  # fmt: skip
 TRAJECTORY_FIELDS = (
     "job_id", "strategy", "item_id", "question", "reference", "output_id", "step_key", "model", "kind",
-    "round", "parent_id", "text", "reply", "answer", "selected", "mutually_consistent", "correct",
+    "round", "parent_id", "text", "reply", "answer", "selected", "mutually_consistent", "correct", "meta",
 )  # fmt: skip
 
 
@@ -66,6 +66,7 @@ class ProblemExport:
     prompt_tokens: int
     completion_tokens: int
     solutions: tuple[SolutionOut, ...] = ()
+    meta: dict[str, Any] | None = None
 
 
 def _problem(job_id: int, strategy: str, p: ProblemExport) -> dict[str, Any]:
@@ -76,6 +77,7 @@ def _problem(job_id: int, strategy: str, p: ProblemExport) -> dict[str, Any]:
         "item_id": p.item_id,
         "question": p.question,
         "reference": p.reference,
+        "meta": p.meta,
     }
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -25,8 +26,11 @@ MAX_ID_CHARS = 200
 """Ids become database keys and file names in reports; anything longer is a mistake."""
 
 _BOM = b"\xef\xbb\xbf"
-FIELDS = ("question", "answer", "id")
-"""Every field a line may have: a misspelt one ("anwser") would drop the reference unnoticed."""
+FIELDS = ("question", "answer", "id", "meta")
+"""Every field a line may have: a misspelt one ("anwser") would drop the reference unnoticed.
+Anything else a user wants kept goes inside "meta", where it is declared as kept."""
+MAX_META_CHARS = 10000
+"""Of a line's "meta" written as compact JSON: a problem's labels, not a second payload."""
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
@@ -148,6 +152,42 @@ def _check_answer(obj: dict[str, Any], line: int, out: _Collector) -> tuple[bool
     return True, value if value.strip() else None
 
 
+def _check_meta(obj: dict[str, Any], line: int, out: _Collector) -> tuple[bool, dict[str, Any] | None]:
+    """(ok, the "meta" object as plain JSON values); absent or null is fine: no metadata."""
+    value = obj.get("meta")
+    if value is None:
+        return True, None
+    if not isinstance(value, dict):
+        out.add(line, "meta", f"must be an object, not {_type_name(value)}")
+        return False, None
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_META_CHARS:
+        out.add(line, "meta", f"too long: {len(text)} characters as JSON, the limit is {MAX_META_CHARS}")
+        return False, None
+    if reason := _unstorable(_strings_of(value)):
+        out.add(line, "meta", reason)
+        return False, None
+    return True, json.loads(text)  # plain dicts: the hook's duplicate bookkeeping is not stored
+
+
+def _strings_of(obj: dict[str, Any]) -> str:
+    """Every key and string inside a JSON object, joined, for _unstorable (PostgreSQL refuses a
+    NUL inside JSON too)."""
+
+    def walk(v: Any) -> Iterator[str]:
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                yield k
+                yield from walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from walk(x)
+
+    return "\n".join(walk(obj))
+
+
 class _Pairs(dict[str, Any]):
     """A JSON object that remembers the keys it was given more than once (json.loads keeps the last
     value and says nothing: a second "answer" would silently replace the first)."""
@@ -167,7 +207,12 @@ def _check_fields(obj: dict[str, Any], line: int, out: _Collector) -> bool:
         if key not in FIELDS:
             close = difflib.get_close_matches(key.strip().strip("\ufeff").lower(), FIELDS, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            out.add(line, _shown(key), f"unknown field (a line has {', '.join(FIELDS)}){hint}")
+            out.add(
+                line,
+                _shown(key),
+                f"unknown field (a line has {', '.join(FIELDS)}; put other fields to keep inside"
+                f' "meta"){hint}',
+            )
             ok = False
     return ok
 
@@ -217,8 +262,9 @@ def parse_problems(
 
     Each non-blank line is a JSON object with a non-empty string "question", an optional "id"
     (string or integer; defaults to the line number) and an optional "answer" (string or number:
-    the reference, e.g. GSM8K's worked answer ending in "#### 72"), and nothing else: a key given
-    twice or any other field is refused (with the field it resembles).
+    the reference, e.g. GSM8K's worked answer ending in "#### 72"), an optional "meta" (an object,
+    kept with the problem as given), and nothing else: a key given twice or any other field is
+    refused (with the field it resembles).
     """
     out = _Collector()
     problems: list[ProblemInput] = []
@@ -245,6 +291,7 @@ def parse_problems(
             question = _check_question(obj, line, max_question_chars, out)
             item_id = _check_id(obj, line, out)
             answer_ok, reference = _check_answer(obj, line, out)
+            meta_ok, meta = _check_meta(obj, line, out)
             if item_id is not None:
                 if item_id in first_line_of:
                     out.add(
@@ -252,7 +299,7 @@ def parse_problems(
                     )
                     continue
                 first_line_of[item_id] = line
-            if question is None or item_id is None or not answer_ok or not fields_ok:
+            if question is None or item_id is None or not (answer_ok and meta_ok and fields_ok):
                 continue
             problems.append(
                 ProblemInput(
@@ -261,6 +308,7 @@ def parse_problems(
                     question=question,
                     reference=reference,
                     reference_answer=extract_reference(reference),
+                    meta=meta,
                 )
             )
     except _TooMany:

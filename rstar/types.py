@@ -93,6 +93,8 @@ class ProblemInput:
     """The reference answer as given (GSM8K's full worked answer is kept)."""
     reference_answer: str | None
     """The normalised reference final answer."""
+    meta: dict[str, Any] | None = None
+    """The line's "meta" object, kept as given (a data set's own fields: level, subject, source)."""
 
 
 @dataclass(frozen=True)

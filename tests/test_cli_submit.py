@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -192,3 +194,29 @@ def test_the_roster_is_stored_in_order_and_a_longer_one_is_cut_to_what_the_strat
             )
         ]
         assert keys[:3] == ["s1.generate.C", "s2.generate.A", "s3.generate.C"]
+
+
+def test_declared_metadata_is_kept_and_given_back(app_env: object, migrated: str, tmp_path: Path) -> None:
+    """A line's "meta" (a data set's own fields) is stored with its problem; `results` and `export`
+    give it back (an object in JSONL, its JSON text in CSV) and `show` prints it."""
+    meta = {"level": 5, "subject": "Algebra", "note": "=1+1"}
+    lines = [json.dumps({"id": "m", "question": "What is 2 + 3?", "answer": "5", "meta": meta}), GOOD]
+    (tmp_path / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["submit", "--no-check-models", str(tmp_path / "meta.jsonl"), "--model-a", "http://x:1"]
+    )
+    assert result.exit_code == 0, result.output
+    job = result.stdout.split()[0]
+    with session_scope(migrated) as s:
+        assert [p.meta for p in s.scalars(select(Problem).order_by(Problem.line))] == [meta, None]
+
+    rows = [json.loads(line) for line in runner.invoke(app, ["results", job]).stdout.splitlines()]
+    assert [r["meta"] for r in rows] == [meta, None]
+    exported = [json.loads(line) for line in runner.invoke(app, ["export", job]).stdout.splitlines()]
+    assert [r["meta"] for r in exported] == [meta, None]
+    for command in (["results", job, "--format", "csv"], ["export", job, "--format", "csv"]):
+        table = list(csv.DictReader(io.StringIO(runner.invoke(app, command).stdout)))
+        assert [r["meta"] for r in table] == [json.dumps(meta), ""], command
+    shown = runner.invoke(app, ["show", job, "m"], env={"COLUMNS": "200"}).stdout
+    assert 'meta: {"level": 5, "subject": "Algebra", "note": "=1+1"}' in shown

@@ -21,6 +21,9 @@ def _refusal(data: bytes, **limits: int) -> InputError:
 # --- accepted files ------------------------------------------------------------------------------
 
 
+UNKNOWN = 'unknown field (a line has question, answer, id, meta; put other fields to keep inside "meta")'
+
+
 def test_parse_problems_happy_path() -> None:
     data = (
         b'{"id": "gsm-1", "question": "  Natalia sold clips.  ", '
@@ -59,6 +62,18 @@ def test_parse_problems_answers(answer: str, reference: str | None, reference_an
     data = b'{"question": "q", "answer": ' + answer.encode() + b"}"
     [problem] = parse_problems(data)
     assert (problem.reference, problem.reference_answer) == (reference, reference_answer)
+
+
+def test_parse_problems_keeps_declared_metadata() -> None:
+    """Fields a data set has beyond question and answer (MATH's level and subject) are kept when
+    the line declares them under "meta"; a line without one has none."""
+    data = (
+        b'{"question": "q1", "answer": "4", "meta": {"level": 5, "subject": "Algebra", "tags": ["x"]}}\n'
+        b'{"question": "q2", "meta": null}\n{"question": "q3"}'
+    )
+    got = parse_problems(data)
+    assert [p.meta for p in got] == [{"level": 5, "subject": "Algebra", "tags": ["x"]}, None, None]
+    assert type(got[0].meta) is dict  # plain JSON values, as stored
 
 
 def test_parse_problems_accepts_a_utf8_bom_and_unicode() -> None:
@@ -129,14 +144,29 @@ def test_parse_problems_limits_are_inclusive() -> None:
             b'{"question": "q", "anwser": "4"}',
             1,
             "anwser",
-            "unknown field (a line has question, answer, id); did you mean 'answer'?",
+            UNKNOWN + "; did you mean 'answer'?",
         ),
-        (b'{"question": "q", "notes": "x"}', 1, "notes", "unknown field (a line has question, answer, id)"),
+        (
+            b'{"question": "q", "notes": "x"}',
+            1,
+            "notes",
+            UNKNOWN,
+        ),
+        (b'{"question": "q", "meta": "level 5"}', 1, "meta", "must be an object, not a string"),
+        (b'{"question": "q", "meta": [1]}', 1, "meta", "must be an object, not an array"),
+        (b'{"question": "q", "meta": {"a": "b\\u0000"}}', 1, "meta", "contains a NUL character"),
+        (b'{"question": "q", "meta": {"b\\u0000": 1}}', 1, "meta", "contains a NUL character"),
+        (
+            b'{"question": "q", "meta": {"a": "' + b"x" * 10000 + b'"}}',
+            1,
+            "meta",
+            "too long: 10008 characters as JSON, the limit is 10000",
+        ),
         (  # a BOM inside a key (a file pasted together from others)
             b'{"question": "q", "\xef\xbb\xbfanswer": "4"}',
             1,
             "\\ufeffanswer",
-            "unknown field (a line has question, answer, id); did you mean 'answer'?",
+            UNKNOWN + "; did you mean 'answer'?",
         ),
         (b'{"question": "q", "answer": "4", "answer": "5"}', 1, "answer", "given more than once"),
         (
