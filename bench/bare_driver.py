@@ -22,8 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import set_async_client_factory
+from huggingface_hub.utils._http import (
+    async_hf_request_event_hook,
+    async_hf_response_event_hook,
+    default_async_client_factory,
+)
 
 from rstar.strategies import get_strategy
 from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_views
@@ -43,6 +50,8 @@ class BareResult:
     """CPU seconds of this process while driving (the asyncio client's cost)."""
     started_at: float = 0.0
     """time.monotonic() when the first request could go out."""
+    peak_in_flight: dict[str, int] = field(default_factory=dict)
+    """Per endpoint URL, the most requests it had in flight at once (at most the concurrency)."""
 
 
 @dataclass
@@ -57,10 +66,24 @@ class _Problem:
         return ProblemState(self.question, self.models, dict(self.steps), dict(self.outputs))
 
 
+def _uncapped_async_client() -> httpx2.AsyncClient:
+    """The library's AsyncClient without its pool limit: it allows 100 connections, so at a
+    concurrency above 100 the rest waited in the pool, unseen, and the yardstick was capped (the
+    ratios above 1.0 published at 128). The semaphores alone bound what is in flight."""
+    return httpx2.AsyncClient(
+        event_hooks={"request": [async_hf_request_event_hook], "response": [async_hf_response_event_hook]},
+        follow_redirects=True,
+        timeout=None,
+        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+    )
+
+
 class _Endpoint:
     def __init__(self, url: str, concurrency: int, timeout: float) -> None:
         self.url = url
         self.semaphore = asyncio.Semaphore(concurrency)
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.client = AsyncInferenceClient(base_url=url, timeout=timeout)
         # Only for the payload: the same body (structured-output dialect included) the system sends.
         self.payloads = ModelClient(url)
@@ -103,6 +126,8 @@ class BareDriver:
         delay = 0.05
         while True:
             async with endpoint.semaphore:
+                endpoint.in_flight += 1
+                endpoint.peak_in_flight = max(endpoint.peak_in_flight, endpoint.in_flight)
                 try:
                     out = await endpoint.client.chat_completion(
                         messages=payload["messages"],
@@ -120,6 +145,8 @@ class BareDriver:
                     if exc.response is None or exc.response.status_code != 429:
                         raise
                     self.retries_429 += 1
+                finally:
+                    endpoint.in_flight -= 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -155,6 +182,13 @@ class BareDriver:
                 running.pop(key).result()
 
     async def run(self, questions: Sequence[str]) -> BareResult:
+        set_async_client_factory(_uncapped_async_client)
+        try:
+            return await self._run(questions)
+        finally:
+            set_async_client_factory(default_async_client_factory)
+
+    async def _run(self, questions: Sequence[str]) -> BareResult:
         for url in set(self.urls.values()):
             self._endpoints[url] = _Endpoint(url, self.concurrency, self.timeout)
             self._endpoints[url].payloads.info  # probe /info before the clock starts  # noqa: B018
@@ -174,6 +208,7 @@ class BareDriver:
             rounds={i: r for i, (_, r) in enumerate(results)},
             cpu_s=cpu,
             started_at=t0,
+            peak_in_flight={e.url: e.peak_in_flight for e in self._endpoints.values()},
         )
 
 

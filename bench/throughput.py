@@ -696,8 +696,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             bare = run_bare_once(questions, cfg, endpoints, args.concurrency, tmp, args.strategy, params)
             log(
                 f"  makespan {bare.makespan_s:.1f} s, {bare.calls} calls, "
-                f"mean in-flight {bare.mean_in_flight:.1f}"
+                f"mean in-flight {bare.mean_in_flight:.1f}, peak {bare.peak_in_flight}"
             )
+            if bare.peak_in_flight < min(args.concurrency, cfg.max_concurrent_requests):
+                # The yardstick must fill what it is compared at, or the ratio flatters the system.
+                log(f"  WARNING: the bare driver never had its {args.concurrency} requests in flight")
             bare_by_endpoints[endpoints] = bare
         bare = bare_by_endpoints[endpoints]
         # Each worker gets its share of every server's limit (RSTAR_WORKERS_PER_ENDPOINT) and a

@@ -20,6 +20,7 @@ from bench import throughput
 from bench.bare_driver import run_bare
 from bench.simulator import SimConfig, SimulatorProcess, agree_round, right_answer
 from tests.conftest import REDIS_URL
+from tests.fakeserver import FakeInferenceServer, FakeRequest
 
 # The benchmark flushes its Redis database and refuses one that another client uses: not the
 # test-suite's own database, whose fixture holds a connection.
@@ -73,6 +74,30 @@ def test_bare_driver_follows_the_scripted_rounds() -> None:
     # Four calls a round: both solve (or refine), both review.
     assert result.calls == stats["ok"] == sum(4 * agree_round(q) for q in questions)
     assert stats["rejected_429"] == 0 and stats["peak_in_flight"] <= 8
+
+
+def test_bare_driver_keeps_its_whole_concurrency_in_flight_past_a_hundred() -> None:
+    """The yardstick must reach the limit it is given: its HTTP client allowed 100 connections,
+    so at 150 the other 50 waited in the pool and the server never saw them. Every reply is held
+    until 150 requests are at the server (or 30 s have passed: then the peak says how many came)."""
+    n = 150
+    holder: list[FakeInferenceServer] = []
+    gate = threading.Event()
+
+    def respond(request: FakeRequest) -> str:
+        if holder[0].in_flight >= n:
+            gate.set()
+        gate.wait(30)
+        return "The answer is 4."
+
+    with FakeInferenceServer(respond) as server:
+        holder.append(server)
+        result = run_bare(
+            [f"What is {i} + 4 - {i}?" for i in range(n)], {"A": server.url}, concurrency=n, strategy="cot"
+        )
+        assert server.peak_in_flight == n
+    assert result.peak_in_flight == {server.url: n}
+    assert result.calls == n and set(result.answers.values()) == {"4"}
 
 
 def test_bare_driver_runs_rstar_searches_against_the_simulator_in_the_papers_shape() -> None:
