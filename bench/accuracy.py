@@ -400,7 +400,32 @@ def main(argv: list[str] | None = None) -> None:
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "problems.jsonl").write_bytes(problems.read_bytes())
     generate_report(db_url, job_ids, opts.out, preamble=preamble)
+    for r in runs:
+        if r.strategy == "rstar" and r.job_id is not None:
+            path = opts.out / f"paths-{r.job_id}.jsonl"
+            write_paths(db_url, r.job_id, path)
+            _log(f"{path.name}: the search's candidate paths (python -m bench.search_trail {path.name})")
     _log(f"report written to {opts.out}")
+
+
+PATH_FIELDS = (
+    "item_id", "output_id", "step_key", "kind", "answer", "selected", "mutually_consistent", "correct",
+)  # fmt: skip
+"""What a candidate path says without its text: enough to study another choice rule offline."""
+
+
+def write_paths(db_url: str, job_id: int, path: Path) -> None:
+    """The job's candidate paths as `rstar export --trajectories` gives them, less the texts."""
+    from db.exports import load_export
+    from db.session import session_scope
+    from rstar.exports import trajectory_records
+
+    with session_scope(db_url) as session:
+        job, problems = load_export(session=session, job_id=job_id)
+        records = trajectory_records(job_id, job.strategy, problems)
+    with path.open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps({k: record[k] for k in PATH_FIELDS}, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

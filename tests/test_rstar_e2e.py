@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from bench.accuracy import PATH_FIELDS, write_paths
 from db.models import Job, ModelCall, Output, Problem, Selection, Step
 from db.session import session_scope
 from rstar.strategies.base import OutputView
@@ -193,6 +194,10 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     assert sum(p["selected"] for p in paths) == len(refs)
     assert all(p["mutually_consistent"] is not False and p["correct"] for p in paths if p["selected"])
     assert any(p["mutually_consistent"] is False and not p["correct"] for p in paths)
+    # The accuracy benchmark keeps the same paths without their texts, for study offline.
+    write_paths(sqlite_url, job_id, tmp_path / "paths.jsonl")
+    kept = [json.loads(line) for line in (tmp_path / "paths.jsonl").read_text().splitlines()]
+    assert kept == [{k: p[k] for k in PATH_FIELDS} for p in paths]
     verified = rstar(["export", str(job_id), "--trajectories", "--verified-only"], env)
     assert all(json.loads(line)["correct"] for line in verified.stdout.splitlines())
     shown = rstar(["show", str(job_id), "q0"], env)
