@@ -233,6 +233,31 @@ def _by(css: str) -> tuple[str, str]:
     return By.CSS_SELECTOR, css
 
 
+def _text(browser: Any, css: str) -> str:
+    """An element's text, or "" while it is not there: htmx replaces the polled fragments every
+    2 s, and an element found just before a swap is stale when read (seen on a loaded machine)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return str(browser.find_element(*_by(css)).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def _click(browser: Any, css: str) -> None:
+    """Click the element, found afresh if a swap made the one found stale."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked() -> bool:
+        try:
+            browser.find_element(*_by(css)).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait_until(clicked, timeout=60, what=f"a click on {css}")
+
+
 def _console_errors(driver: Any) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
 
@@ -386,32 +411,28 @@ def test_a_running_job_updates_in_place_and_is_cancelled_and_resumed_from_the_pa
 
         # Live: cancelled from the command line, the open page shows it without a reload.
         browser.execute_script("window.__same_page = true")
-        assert browser.find_element(*_by("#progress .status")).text == "active"
+        assert _text(browser, "#progress .status") == "active"
         assert rstar(["cancel", str(job)], env).returncode == 0
         wait_until(
-            lambda: browser.find_element(*_by("#progress .status")).text == "cancelled",
-            timeout=15,
+            lambda: _text(browser, "#progress .status") == "cancelled",
+            timeout=60,
             what="the page to show the cancellation",
         )
         assert browser.execute_script("return window.__same_page") is True
 
         # Control: resume, then cancel, with the page's buttons.
         browser.get(f"{control.url}/jobs/{job}")
-        browser.find_element(*_by("button.control")).click()
-        wait_until(lambda: _job_status(db_url, job) == "active", timeout=15, what="resume")
-        wait_until(
-            lambda: browser.find_element(*_by("#progress .status")).text == "active",
-            timeout=15,
-            what="the page",
-        )
+        _click(browser, "button.control")
+        wait_until(lambda: _job_status(db_url, job) == "active", timeout=60, what="resume")
+        wait_until(lambda: _text(browser, "#progress .status") == "active", timeout=60, what="the page")
         browser.save_screenshot(str(shots / "control.png"))
-        browser.find_element(*_by("button.control")).click()
+        _click(browser, "button.control")
         browser.switch_to.alert.accept()  # "Cancel job N?"
-        wait_until(lambda: _job_status(db_url, job) == "cancelled", timeout=15, what="cancel")
+        wait_until(lambda: _job_status(db_url, job) == "cancelled", timeout=60, what="cancel")
         # The jobs table has the same buttons.
         browser.get(control.url + "/")
-        browser.find_element(*_by(f'tr.job-row[data-job="{job}"] button.control')).click()
-        wait_until(lambda: _job_status(db_url, job) == "active", timeout=15, what="resume from the table")
+        _click(browser, f'tr.job-row[data-job="{job}"] button.control')
+        wait_until(lambda: _job_status(db_url, job) == "active", timeout=60, what="resume from the table")
     finally:
         readonly.stop()
         control.stop()
