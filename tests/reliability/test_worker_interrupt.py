@@ -79,7 +79,9 @@ def test_ctrl_c_leaves_within_the_grace_and_another_worker_answers_what_it_left(
     )
 
 
-def test_a_second_ctrl_c_leaves_at_once_and_quietly(postgres_url: str, redis_url: str, tmp_path: Path) -> None:
+def test_a_second_ctrl_c_leaves_at_once_and_quietly(
+    postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
     job = gsm_job(tmp_path, 2)
     with servers(slow(job.oracle_a, SLOW_REPLY), slow(job.oracle_b, SLOW_REPLY)) as (a, b):
         env = env_for(
