@@ -43,9 +43,7 @@ def test_ctrl_c_leaves_within_the_grace_and_another_worker_answers_what_it_left(
 ) -> None:
     job = gsm_job(tmp_path, 4)
     with servers(slow(job.oracle_a, SLOW_REPLY), slow(job.oracle_b, SLOW_REPLY)) as (a, b):
-        env = env_for(
-            postgres_url, redis_url, a, b, RSTAR_REQUEST_TIMEOUT="300", RSTAR_SHUTDOWN_GRACE="2"
-        )
+        env = env_for(postgres_url, redis_url, a, b, RSTAR_REQUEST_TIMEOUT="300", RSTAR_SHUTDOWN_GRACE="2")
         assert rstar(["db", "upgrade"], env).returncode == 0
         job_id = submit(env, job.path)
         log = tmp_path / "interrupted.log"
@@ -84,9 +82,7 @@ def test_a_second_ctrl_c_leaves_at_once_and_quietly(
 ) -> None:
     job = gsm_job(tmp_path, 2)
     with servers(slow(job.oracle_a, SLOW_REPLY), slow(job.oracle_b, SLOW_REPLY)) as (a, b):
-        env = env_for(
-            postgres_url, redis_url, a, b, RSTAR_REQUEST_TIMEOUT="300", RSTAR_SHUTDOWN_GRACE="120"
-        )
+        env = env_for(postgres_url, redis_url, a, b, RSTAR_REQUEST_TIMEOUT="300", RSTAR_SHUTDOWN_GRACE="120")
         assert rstar(["db", "upgrade"], env).returncode == 0
         submit(env, job.path)
         log = tmp_path / "worker.log"
