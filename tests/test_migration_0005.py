@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -51,6 +52,35 @@ def _rows(url: str, table: str) -> list[dict[str, object]]:
     return rows
 
 
+def assert_rows_kept(url: str, before: dict[str, list[dict[str, object]]]) -> None:
+    """Every row and every value of `before` as it was; new columns may stand beside them."""
+    for table, rows in before.items():
+        after = _rows(url, table)
+        assert [{k: r[k] for k in old} for r, old in zip(after, rows, strict=True)] == rows, table
+
+
+def assert_prints_as_released(
+    golden: Path, jobs: list[dict[str, Any]], tmp_path: Path
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """`rstar results` (both formats), `show` of every problem and `report`'s tables print what the
+    release printed for its jobs (`golden/`; later releases may add fields and columns). Returns
+    what `results` printed now, by (job stem, format), for checks of the new fields."""
+    printed = {}
+    for job in jobs:
+        stem = f"{job['id']}-{job['name']}"
+        for fmt in ("jsonl", "csv"):
+            old = _records((golden / f"results-{stem}.{fmt}").read_text(), fmt)
+            new = _records(_run("results", str(job["id"]), "--format", fmt), fmt)
+            assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, (stem, fmt)
+            printed[stem, fmt] = new
+        for item in job["problems"]:
+            assert_same_show(golden / f"show-{stem}-{item}.txt", job["id"], item)
+    out = tmp_path / "report"
+    _run("report", *(str(j["id"]) for j in jobs), "-o", str(out))
+    assert_same_tables((golden / "report.md").read_text(), (out / "report.md").read_text())
+    return printed
+
+
 def test_upgrade_keeps_every_row_counts_old_calls_and_prints_what_the_release_printed(
     release_db: str, tmp_path: Path
 ) -> None:
@@ -58,29 +88,15 @@ def test_upgrade_keeps_every_row_counts_old_calls_and_prints_what_the_release_pr
     before = {t: _rows(url, t) for t in TABLES}
     migrate.upgrade(url, "0005")
     assert migrate.current_revision(url) == "0005"
-    for table in TABLES:
-        after = _rows(url, table)
-        # Every row and every value as it was; the new columns beside them.
-        assert [{k: r[k] for k in old} for r, old in zip(after, before[table], strict=True)] == before[table]
+    assert_rows_kept(url, before)
     calls = _rows(url, "model_calls")
     assert all(c["requests"] == 1 and c["sequences"] == (1 if c["outcome"] == "ok" else 0) for c in calls)
     assert any(c["outcome"] != "ok" for c in calls)
     assert all(o["seq"] == 0 for o in _rows(url, "outputs"))
 
     migrate.upgrade(url)  # what today's code prints needs today's schema
-    for job in JOBS:
-        stem = f"{job['id']}-{job['name']}"
-        for fmt in ("jsonl", "csv"):
-            old = _records((GOLDEN / f"results-{stem}.{fmt}").read_text(), fmt)
-            new = _records(_run("results", str(job["id"]), "--format", fmt), fmt)
-            assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, (stem, fmt)
-            assert all(str(r["requests"]) == str(r["model_calls"]) for r in new)  # one request per call
-        for item in job["problems"]:
-            assert_same_show(GOLDEN / f"show-{stem}-{item}.txt", job["id"], item)
-
-    out = tmp_path / "report"
-    _run("report", *(str(j["id"]) for j in JOBS), "-o", str(out))
-    assert_same_tables((GOLDEN / "report.md").read_text(), (out / "report.md").read_text())
+    for new in assert_prints_as_released(GOLDEN, JOBS, tmp_path).values():
+        assert all(str(r["requests"]) == str(r["model_calls"]) for r in new)  # one request per call
 
     # The analyst views count requests and sequences apart.
     engine = sa.create_engine(url)

@@ -16,14 +16,8 @@ import sqlalchemy as sa
 
 from db import migrate
 from db.session import dispose_all
-from tests.test_migration_0003 import (
-    _records,
-    _run,
-    assert_same_show,
-    assert_same_tables,
-    open_release_db,
-)
-from tests.test_migration_0005 import _rows
+from tests.test_migration_0003 import open_release_db
+from tests.test_migration_0005 import _rows, assert_prints_as_released, assert_rows_kept
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release_0005"
 GOLDEN = RELEASE / "golden"
@@ -45,26 +39,12 @@ def test_upgrade_keeps_every_row_and_prints_what_the_release_printed(release_db:
     before = {t: _rows(url, t) for t in TABLES}
     migrate.upgrade(url, "0006")
     assert migrate.current_revision(url) == "0006"
-    for table in TABLES:
-        after = _rows(url, table)
-        # Every row and every value as it was; the new column beside them.
-        assert [{k: r[k] for k in old} for r, old in zip(after, before[table], strict=True)] == before[table]
+    assert_rows_kept(url, before)
     assert [p["meta"] for p in _rows(url, "problems")] == [None] * len(before["problems"])
 
     migrate.upgrade(url)
-    for job in JOBS:
-        stem = f"{job['id']}-{job['name']}"
-        for fmt in ("jsonl", "csv"):
-            old = _records((GOLDEN / f"results-{stem}.{fmt}").read_text(), fmt)
-            new = _records(_run("results", str(job["id"]), "--format", fmt), fmt)
-            assert [{k: r[k] for k in o} for r, o in zip(new, old, strict=True)] == old, (stem, fmt)
-            assert all(r["meta"] in (None, "") for r in new)
-        for item in job["problems"]:
-            assert_same_show(GOLDEN / f"show-{stem}-{item}.txt", job["id"], item)
-
-    out = tmp_path / "report"
-    _run("report", *(str(j["id"]) for j in JOBS), "-o", str(out))
-    assert_same_tables((GOLDEN / "report.md").read_text(), (out / "report.md").read_text())
+    for new in assert_prints_as_released(GOLDEN, JOBS, tmp_path).values():
+        assert all(r["meta"] in (None, "") for r in new)
 
 
 def test_downgrade_to_0005_is_lossless_and_refused_once_a_problem_has_metadata(release_db: str) -> None:
