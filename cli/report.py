@@ -257,24 +257,29 @@ def fitted_tables(title: str, head: Sequence[str], rows: list[list[str]], width:
     side and a column per row; else one turned table per row (folded only if even that is too
     wide)."""
 
-    def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, fold: bool = False) -> Table | None:
-        widths = _widths(head, rows, width)
-        if widths is None and not fold:
-            return None
+    def table(head: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[int | None]) -> Table:
         t = Table(title=title)
-        for i, h in enumerate(head):
-            t.add_column(h, width=widths[i] if widths else None, overflow="fold")
+        for h, w in zip(head, widths, strict=True):
+            t.add_column(h, width=w, overflow="fold")
         for r in rows:
             t.add_row(*r)
         return t
 
+    def fitted(head: Sequence[str], rows: Sequence[Sequence[str]]) -> Table | None:
+        widths = _widths(head, rows, width)
+        return None if widths is None else table(head, rows, widths)
+
     def turned(rows: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
         return [head[0], *(r[0] for r in rows)], [[h, *(r[i] for r in rows)] for i, h in enumerate(head) if i]
 
-    whole = table(head, rows) or table(*turned(rows))
+    whole = fitted(head, rows) or fitted(*turned(rows))
     if whole is not None:
         return [whole]
-    return [table(*turned([r])) or table(*turned([r]), fold=True) for r in rows]  # type: ignore[misc]
+    out = []
+    for r in rows:
+        one_head, one_rows = turned([r])
+        out.append(fitted(one_head, one_rows) or table(one_head, one_rows, [None] * len(one_head)))
+    return out
 
 
 def print_report(console: Console, report: Report) -> None:
