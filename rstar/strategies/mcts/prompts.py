@@ -35,8 +35,10 @@ from collections.abc import Sequence
 from rstar import prompts as solve_prompts
 from rstar.types import ChatMessage
 
-PROMPT_VERSION = "rstar-v4"
-"""v4: the authors' candidate set, A3 decomposition prompt, A2 with hints, A4 as a
+PROMPT_VERSION = "rstar-v5"
+"""v5: a terminal sub-question is answered by chain of thought with the sub-answers as hints
+(A2's request), not in one line.
+v4: the authors' candidate set, A3 decomposition prompt, A2 with hints, A4 as a
 chain-of-thought re-answer, and the discriminator's cut by words (see the strategy's docstring).
 v3: A2's chains of thought and the discriminator's completions are written in the prose of the
 project's solve prompt (`cot_format=prose`), the form cot's and self-consistency's answers come
