@@ -579,8 +579,12 @@ def test_v5_answers_the_question_itself_by_chain_of_thought_with_the_sub_answers
     terminal = strategy.build_request(StepSpec("q0.q0.q0:a3", Kind.A3, "A", 2), state)
     a2 = strategy.build_request(StepSpec("x0.q0:a2", Kind.A2, "A", 2), state)
     assert (terminal.n, terminal.max_tokens, terminal.stop) == (7, strategy.p.max_tokens, a2.stop)
-    assert terminal.messages == a2.messages == solve_prompts.solve_messages(
-        f"{QUESTION}\n\nHint 1: How many does he buy? He buys 3. The answer is 3.", style="prose"
+    assert (
+        terminal.messages
+        == a2.messages
+        == solve_prompts.solve_messages(
+            f"{QUESTION}\n\nHint 1: How many does he buy? He buys 3. The answer is 3.", style="prose"
+        )
     )
     # An intermediate sub-question is still answered in one line of the decomposition.
     middle = strategy.build_request(StepSpec("q0.q0:a3", Kind.A3, "A", 1), state)
