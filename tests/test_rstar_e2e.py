@@ -69,6 +69,9 @@ class MctsOracle:
         if "Rewrite the question" in prompt:
             question = next(q for q in self.answers if q in prompt)
             return f"Condition 1: {question}"
+        if "Solve this problem step by step" in prompt and "\nHint 1:" in prompt:
+            # Misled by the decomposition's wrong sub-answer, as a small model is.
+            return f"Step 1: Use the hint.\nThe answer is: {int(right) + 1}"
         if "Solve this problem step by step" in prompt or "Beginning of the solution" in prompt:
             return f"Step 1: Work it out.\nStep 2: Check it.\nStep 3: The answer is: {right}"
         return Reply(status=422, error="unknown instruction")
@@ -219,10 +222,11 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     total = sum(by_kind.values())
     assert float(actions["A2 chain of thought"]["token_share"]) == round(by_kind["a2_answer"] / total, 4)
     assert float(actions["discriminator"]["token_share"]) == round(by_kind["rc_complete"] / total, 4)
-    # The oracle's chains of thought and stated steps are right, its sub-answers wrong; every final
-    # choice is right and came from one of them.
+    # The oracle's chains of thought and stated steps are right, its sub-answers wrong, and so are
+    # the chains of thought given a wrong sub-answer as a hint (A2 below an A3 node, and since v5
+    # the terminal sub-question's answer); every final choice is right and came from a right one.
     a2 = actions["A2 chain of thought"]
-    assert int(a2["candidates_right"]) == int(a2["candidates"]) > 0
+    assert 0 < int(a2["candidates_right"]) < int(a2["candidates"])
     assert (
         int(actions["A3 sub-question"]["candidates_right"])
         == 0
