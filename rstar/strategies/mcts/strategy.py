@@ -114,7 +114,7 @@ from rstar.strategies.mcts.tree import (
     parse_key,
     subanswer_key,
 )
-from rstar.types import ModelRequest, ParsedOutput
+from rstar.types import ChatMessage, ModelRequest, ParsedOutput
 
 DEFAULTS: dict[str, Any] = {
     "rollouts": 16,
@@ -459,8 +459,7 @@ class RStarStrategy:
             )
         if rest in (SUFFIX[Kind.A2], LAST):
             if v4:
-                hints = prompts.hint(tree.subquestion_pairs(node.id), tree.one_step_thoughts(node.id))
-                messages = prompts.answer_with_hints(question, hints)
+                messages = self._answer_with_hints(tree, node.id)
             else:
                 messages = prompts.remaining_steps(question, steps, k_steps + 1, cot_format=p.cot_format)
             return ModelRequest(
@@ -498,6 +497,13 @@ class RStarStrategy:
             return ModelRequest(messages=prompts.rephrase(question), max_tokens=p.max_tokens, n=1, **sample)
         raise ValueError(f"rstar has no step {step.key!r}")
 
+    @staticmethod
+    def _answer_with_hints(tree: Tree, node_id: int) -> tuple[ChatMessage, ...]:
+        """v4's A2 at a node: cot's request, the node's trajectory as hints (and since v5 the
+        answer to a terminal sub-question asked below it)."""
+        hints = prompts.hint(tree.subquestion_pairs(node_id), tree.one_step_thoughts(node_id))
+        return prompts.answer_with_hints(tree.question_at(node_id), hints)
+
     def _subanswer_request(
         self, tree: Tree, name: str, state: ProblemState, sample: dict[str, Any]
     ) -> ModelRequest:
@@ -517,9 +523,8 @@ class RStarStrategy:
                 # as hints (A2's request at the parent). The authors' one-line answer (:228-237)
                 # was right 1 time in 49 with a 0.5B model in v4's benchmark, yet was chosen in
                 # 15 problems (docs/results/accuracy/rstar, v4).
-                hints = prompts.hint(tree.subquestion_pairs(parent), tree.one_step_thoughts(parent))
                 return ModelRequest(
-                    messages=prompts.answer_with_hints(tree.question_at(parent), hints),
+                    messages=self._answer_with_hints(tree, parent),
                     max_tokens=p.max_tokens,
                     n=p.last_votes,
                     stop=A2_STOP,
