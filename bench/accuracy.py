@@ -178,15 +178,15 @@ def _as_args(params: dict[str, str]) -> list[str]:
 def _rstar_suite(
     opts: argparse.Namespace, run: Any, common: list[str], mean_cost: Any, cot_job: int | None
 ) -> None:
-    """rstar at each budget (the largest first: the smaller ones copy its calls, a search of r
-    rollouts being the first r of a longer one), its ablations at the main budget, then
-    self-consistency at each budget's generated tokens (the largest k first), then
-    mutual-consistency."""
+    """rstar at each budget (the smallest first: a search of r rollouts is the first r of a longer
+    one, so a larger budget copies the smaller one's calls and pays only for its further rollouts,
+    and the main budget's figure is in the database long before the sweep ends), its ablations at
+    the main budget, then self-consistency at each budget's generated tokens (the largest k first),
+    then mutual-consistency."""
     base = {**_rstar_params(opts.rstar_params), "temperature": str(opts.temperature)}
     seed = ["--seed", str(opts.seed)]
     budgets = sorted(
-        {int(base.get("rollouts", 16)), *(int(r) for r in opts.rollouts_sweep.split(",") if r.strip())},
-        reverse=True,
+        {int(base.get("rollouts", 16)), *(int(r) for r in opts.rollouts_sweep.split(",") if r.strip())}
     )
     costs: dict[int, tuple[float, float]] = {}
     for rollouts in budgets:
