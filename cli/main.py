@@ -29,7 +29,7 @@ from db.jobs import ProblemResult, problem_results, rounds_reached, status_count
 from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, utcnow
 from db.session import session_scope
 from rstar.inputs import InputError, parse_problems
-from rstar.roster import ModelEntry, RosterError, check_url, pair, parse_model_spec
+from rstar.roster import ModelEntry, RosterError, check_url, describe, pair, parse_model_spec
 from rstar.strategies import STRATEGIES, ParamError, get_strategy
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.redact import url_credentials
@@ -207,7 +207,7 @@ def submit(
     )
     if done.unused:
         err.print(f"strategy {strategy} uses {len(done.models)} model(s); not used: {', '.join(done.unused)}")
-    if any(url_credentials(m.url) for m in models):
+    if any(url_credentials(u) for m in models for u in m.urls):
         err.print(
             "the credentials in the endpoint URLs were not stored: give them to the workers "
             "(`rstar worker --endpoint URL`, or RSTAR_MODELS)"
@@ -239,7 +239,10 @@ def worker(
     ctx: typer.Context,
     endpoint: Annotated[
         list[str] | None,
-        typer.Option(help="Serve this endpoint's queue (repeatable); default: the models of RSTAR_MODELS."),
+        typer.Option(
+            help="Serve this endpoint's queue and call it (repeatable; give every replica of a model,"
+            " its first URL included); default: every server of RSTAR_MODELS."
+        ),
     ] = None,
     concurrency: Annotated[
         int | None,
@@ -256,7 +259,7 @@ def worker(
     """
     settings = get_settings()
     try:
-        endpoints = endpoint or [m.url for m in settings.roster()]
+        endpoints = endpoint or [u for m in settings.roster() for u in m.urls]
     except RosterError as exc:  # a malformed RSTAR_MODELS is refused, not skipped
         raise fail(str(exc)) from None
     if not endpoints:
@@ -334,7 +337,7 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
         counts = status_counts(session=session, job_id=job_id)
         job_status, name, strategy = job.status, job.name, job.strategy
         elapsed = ((job.finished_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
-        models = ", ".join(f"{m['name']} {m['url']}" for m in job.models)
+        models = ", ".join(describe(m) for m in job.models)
         rollouts = (job.params or {}).get("rollouts") if strategy == "rstar" else None
         reached = rounds_reached(session=session, job_id=job_id) if rollouts else []
     total = sum(counts.values())

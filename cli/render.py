@@ -18,6 +18,7 @@ from rich.tree import Tree as RichTree
 from db.audit import ProblemTrail, StepTrail
 from db.models import ModelCall, Output
 from rstar.reports import judge
+from rstar.roster import describe
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
 from rstar.strategies.mcts.tree import NODE_TITLES
 
@@ -78,7 +79,7 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
     p = trail.problem
     head = SafeText()
     head.append(f"problem {p.item_id} (line {p.line}) — {p.status}\n", style="bold")
-    roster = ", ".join(f"{m['name']} {m['url']}" for m in trail.job.models)
+    roster = ", ".join(describe(m) for m in trail.job.models)
     head.append(f"job {trail.job.id} ({trail.job.strategy}) · models: {roster}\n", style="dim")
     head.append(p.question + "\n")
     head.append(

@@ -206,6 +206,22 @@ def models_cells(report: Report) -> list[list[str]]:
     ]  # fmt: skip
 
 
+ENDPOINTS_HEAD = (
+    "job", "model", "endpoint", "calls", "failed", "requests", "sequences", "generated tokens",
+    "mean latency",
+)  # fmt: skip
+
+
+def endpoints_cells(report: Report) -> list[list[str]]:
+    """Per job whose roster has replicas: each server's share of each model's calls."""
+    return [
+        [f"{job.job_id} {job.name}", e.model, e.endpoint, str(e.calls), str(e.failed), str(e.requests),
+         str(e.sequences), str(e.completion_tokens), f"{e.mean_latency_ms / 1000:.2f} s"]
+        for job in report.rows
+        for e in job.endpoints
+    ]  # fmt: skip
+
+
 def _agreement_cell(s: JobSummary, x: str, y: str) -> str:
     if x == y:
         return "-"
@@ -304,6 +320,8 @@ def print_report(console: Console, report: Report) -> None:
         console.print(table("accuracy per model", MODELS_HEAD, models_cells(report)))
     for title, head, rows in agreement_tables(report):
         console.print(table(title, head, rows))
+    if any(j.endpoints for j in report.rows):
+        console.print(table("calls per endpoint (replicas)", ENDPOINTS_HEAD, endpoints_cells(report)))
 
 
 # -- Markdown and CSV ------------------------------------------------------------------------------
@@ -351,6 +369,13 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
         parts += ["", "## Answer agreement between models", ""]
         for title, head, rows in agreement:
             parts += [f"{title} (both answered alike / both answered):", "", _md_table(head, rows), ""]
+    if any(j.endpoints for j in report.rows):
+        parts += [
+            "",
+            "## Calls per endpoint (replicas)",
+            "",
+            _md_table(ENDPOINTS_HEAD, endpoints_cells(report)),
+        ]
     if plots:
         parts += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     parts += ["", "## Definitions", "", DEFINITIONS]
@@ -421,6 +446,22 @@ def render_models_csv(report: Report) -> str:
             writer.writerow(
                 [s.job_id, s.label, m.name, m.answered, m.right, m.judged, round(m.accuracy, 4), m.outputs,
                  m.outputs_right]
+            )  # fmt: skip
+    return out.getvalue()
+
+
+def render_endpoints_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = SpreadsheetCsv(out)
+    writer.writerow(
+        ["job_id", "job", "model", "endpoint", "calls", "failed", "requests", "sequences",
+         "completion_tokens", "mean_latency_ms"]
+    )  # fmt: skip
+    for job in report.rows:
+        for e in job.endpoints:
+            writer.writerow(
+                [job.job_id, job.name, e.model, e.endpoint, e.calls, e.failed, e.requests, e.sequences,
+                 e.completion_tokens, e.mean_latency_ms]
             )  # fmt: skip
     return out.getvalue()
 
@@ -577,7 +618,7 @@ def plot_accuracy_per_round(report: Report, path: Path | BinaryIO) -> bool:
 
 def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) -> list[Path]:
     """report.md, summary.csv, problems.csv, paired.csv, models.csv, agreement.csv, actions.csv
-    (searches) and the PNG plots; returns the paths."""
+    (searches), endpoints.csv (replicas) and the PNG plots; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = ["accuracy_vs_calls.png", "accuracy_vs_tokens.png"]
     plot_accuracy_vs_calls(report, out_dir / plots[0])
@@ -594,6 +635,8 @@ def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) 
     }
     if _searches(report):
         files["actions.csv"] = render_actions_csv(report)
+    if any(j.endpoints for j in report.rows):
+        files["endpoints.csv"] = render_endpoints_csv(report)
     for name, text in files.items():
         (out_dir / name).write_text(text, encoding="utf-8")
     return [out_dir / n for n in [*files, *plots]]

@@ -48,7 +48,7 @@ class Claim:
     round: int
     attempts: int
     endpoint: str | None
-    """That model's URL (without credentials)."""
+    """That model's URL (without credentials): its first replica's, which names it in request hashes."""
     strategy: str
     params: dict[str, Any]
     state: ProblemState
@@ -60,6 +60,10 @@ class Claim:
     """Attempts made before the current retry budget (see `Step.retry_base`)."""
     resume_from: int | None = None
     """The job whose identical recorded calls this job reuses (`submit --resume-from`)."""
+    replicas: tuple[str, ...] = ()
+    """Every server of the model, `endpoint` first (rstar/roster.py)."""
+    prefer: str | None = None
+    """The replica that served the parent output: filled in by the task (workers/replicas.py)."""
 
 
 # claim_step's statements, prebuilt (it runs once per model step).
@@ -222,6 +226,7 @@ def claim_step(
         recorded=recorded,
         retry_base=taken.retry_base,
         resume_from=row.resume_from_id,
+        replicas=roster.urls_of(row.models, row.model),
     )
 
 

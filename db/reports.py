@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.jobs import problem_results
-from db.models import Job, ModelCall, Output, Problem, Selection, Step
+from db.models import CallOutcome, Job, ModelCall, Output, Problem, Selection, Step
 from db.state import load_state
 from rstar import roster
 from rstar.reports import (
+    EndpointRow,
     JobRows,
     ProblemRow,
     Report,
@@ -133,8 +134,52 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
     wall = None
     if job.finished_at is not None and job.created_at is not None:
         wall = round((job.finished_at - job.created_at).total_seconds(), 3)
+    replicated = any(len(roster.urls_of(job.models, name)) > 1 for name in roster.names(job.models))
     return JobRows(
-        job.id, job.name, job.strategy, dict(job.params), tuple(rows), wall, roster.names(job.models)
+        job.id,
+        job.name,
+        job.strategy,
+        dict(job.params),
+        tuple(rows),
+        wall,
+        roster.names(job.models),
+        _endpoints(session, job_id) if replicated else (),
+    )
+
+
+def _endpoints(session: Session, job_id: int) -> tuple[EndpointRow, ...]:
+    """Calls, tokens and latency per model and server of the job (the replicas' shares)."""
+    ok = ModelCall.outcome == CallOutcome.OK
+    sent = ModelCall.reused_from_id.is_(None)
+    rows = session.execute(
+        select(
+            Step.model,
+            ModelCall.endpoint,
+            func.count(),
+            func.sum(case((ok, 0), else_=1)),
+            func.sum(func.coalesce(ModelCall.requests, 1)),
+            func.sum(func.coalesce(ModelCall.sequences, 0)),
+            func.sum(func.coalesce(ModelCall.completion_tokens, 0)),
+            func.avg(case((sent, ModelCall.latency_ms), else_=None)),
+        )
+        .join(Step, Step.id == ModelCall.step_id)
+        .join(Problem, Problem.id == ModelCall.problem_id)
+        .where(Problem.job_id == job_id)
+        .group_by(Step.model, ModelCall.endpoint)
+        .order_by(Step.model, ModelCall.endpoint)
+    ).all()
+    return tuple(
+        EndpointRow(
+            model=str(model),
+            endpoint=str(endpoint),
+            calls=int(calls),
+            failed=int(failed or 0),
+            requests=int(requests or 0),
+            sequences=int(sequences or 0),
+            completion_tokens=int(tokens or 0),
+            mean_latency_ms=round(float(latency or 0.0), 1),
+        )
+        for model, endpoint, calls, failed, requests, sequences, tokens, latency in rows
     )
 
 

@@ -147,6 +147,22 @@ class SearchRow:
 
 
 @dataclass(frozen=True)
+class EndpointRow:
+    """The calls one server answered for one model of a job: a replica's share of the work."""
+
+    model: str
+    endpoint: str
+    calls: int
+    failed: int
+    """Calls that did not return a reply (the server refused, failed, or did not answer)."""
+    requests: int
+    sequences: int
+    completion_tokens: int
+    mean_latency_ms: float
+    """Over the calls sent (copies of recorded calls, which take 0 ms, left out)."""
+
+
+@dataclass(frozen=True)
 class JobRows:
     job_id: int
     name: str
@@ -157,6 +173,8 @@ class JobRows:
     """From submission to the last problem's end."""
     models: tuple[str, ...] = ()
     """The job's roster names, in order."""
+    endpoints: tuple[EndpointRow, ...] = ()
+    """Per model and server, where a model of the job has replicas (empty otherwise)."""
 
     @property
     def label(self) -> str:

@@ -1,14 +1,20 @@
-"""A job's model roster: named models, each an endpoint, in the order the strategy uses them.
+"""A job's model roster: named models, each served by one endpoint or several replicas, in the
+order the strategy uses them.
 
-`rstar submit --model NAME=URL` (repeatable), `--model-a URL` / `--model-b URL` (shorthand for
-A=URL, B=URL) and `RSTAR_MODELS="A=url,B=url,C=url"` all end here. Names appear in step keys
+`rstar submit --model NAME=URL[,URL...]` (repeatable), `--model-a URL` / `--model-b URL` (shorthand
+for A=URL, B=URL) and `RSTAR_MODELS="A=url,B=url,C=url"` all end here. Names appear in step keys
 ("r1.review.C"), so they are short words: a letter, then letters, digits, `_` or `-`.
+
+Replicas are one model on several servers (`--model A=http://gpu1:8000,http://gpu2:8000`; in
+RSTAR_MODELS a URL without a name continues the model before it). The first URL is the model's
+`url`: it names the model in the audit trail's request hashes, so a reply is reused whichever
+replica served it; `tasks/replicas.py` picks the replica of each step.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,9 +31,22 @@ class RosterError(ValueError):
 class ModelEntry:
     name: str
     url: str
+    more_urls: tuple[str, ...] = ()
+    """The replicas after the first."""
 
-    def as_json(self) -> dict[str, str]:
-        return {"name": self.name, "url": self.url}
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.more_urls)
+
+    def as_json(self) -> dict[str, Any]:
+        stored: dict[str, Any] = {"name": self.name, "url": self.url}
+        if self.more_urls:
+            stored["replicas"] = list(self.urls)
+        return stored
+
+    def with_urls(self, change: Callable[[str], str]) -> ModelEntry:
+        """The entry with every URL changed (credentials taken out, say)."""
+        return ModelEntry(self.name, change(self.url), tuple(change(u) for u in self.more_urls))
 
 
 def check_url(url: str, *, what: str) -> str:
@@ -50,8 +69,8 @@ def check_url(url: str, *, what: str) -> str:
 
 
 def parse_model_spec(spec: str, *, what: str = "--model") -> ModelEntry:
-    """`NAME=URL` as given on the command line or in RSTAR_MODELS."""
-    name, sep, url = spec.partition("=")
+    """`NAME=URL[,URL...]` as given on the command line: several URLs are replicas of the model."""
+    name, sep, urls = spec.partition("=")
     name = name.strip()
     if not sep:
         raise RosterError(f"{what} {spec!r}: expected NAME=URL")
@@ -59,12 +78,33 @@ def parse_model_spec(spec: str, *, what: str = "--model") -> ModelEntry:
         raise RosterError(
             f"{what} {spec!r}: the name must be a letter, then up to 31 letters, digits, _ or -"
         )
-    return ModelEntry(name, check_url(url, what=f"{what} {name}"))
+    given = [u for u in urls.split(",") if u.strip()] or [urls]
+    checked = [check_url(u, what=f"{what} {name}") for u in given]
+    return replicas_of(name, checked, what=f"{what} {name}")
+
+
+def replicas_of(name: str, urls: Sequence[str], *, what: str) -> ModelEntry:
+    seen: set[str] = set()
+    for url in urls:
+        key = url.rstrip("/")
+        if key in seen:
+            raise RosterError(f"{what}: {url!r} is given twice")
+        seen.add(key)
+    return ModelEntry(name, urls[0], tuple(urls[1:]))
 
 
 def parse_models_env(value: str) -> list[ModelEntry]:
-    """RSTAR_MODELS: comma-separated NAME=URL pairs."""
-    return [parse_model_spec(part, what="RSTAR_MODELS") for part in value.split(",") if part.strip()]
+    """RSTAR_MODELS: comma-separated NAME=URL pairs; a URL without a name is one more replica of
+    the model before it ("A=http://gpu1:8000,http://gpu2:8000,B=http://gpu3:8000")."""
+    specs: list[str] = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        if "=" in part or not specs:
+            specs.append(part)
+        else:
+            specs[-1] += "," + part
+    return [parse_model_spec(spec, what="RSTAR_MODELS") for spec in specs]
 
 
 def pair(url_a: str, url_b: str | None, *, what_a: str, what_b: str) -> list[ModelEntry]:
@@ -77,7 +117,8 @@ def pair(url_a: str, url_b: str | None, *, what_a: str, what_b: str) -> list[Mod
 
 
 def build_roster(entries: Iterable[ModelEntry]) -> tuple[ModelEntry, ...]:
-    """The roster in the order given; a name given twice is refused."""
+    """The roster in the order given; a name given twice is refused. Two models may share a server
+    (the discriminator on one of the generator's replicas): a queue is a server's, not a model's."""
     roster: list[ModelEntry] = []
     for entry in entries:
         if any(e.name == entry.name for e in roster):
@@ -98,8 +139,24 @@ def names(models: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
 
 
 def url_of(models: Sequence[Mapping[str, Any]], name: str | None) -> str | None:
-    """The endpoint of model `name` in a stored roster; None for a step with no model."""
+    """The endpoint of model `name` in a stored roster (its first replica); None for a step with no
+    model."""
     for m in models:
         if m["name"] == name:
             return str(m["url"])
     return None
+
+
+def urls_of(models: Sequence[Mapping[str, Any]], name: str | None) -> tuple[str, ...]:
+    """Every replica of model `name` in a stored roster, the first one first; () for no model."""
+    for m in models:
+        if m["name"] == name:
+            return tuple(str(u) for u in m.get("replicas") or [m["url"]])
+    return ()
+
+
+def describe(m: Mapping[str, Any]) -> str:
+    """A stored roster entry as `status` and `show` print it: "A http://gpu1:8000 (+1 replica)"."""
+    more = len(m.get("replicas") or [m["url"]]) - 1
+    extra = f" (+{more} replica{'s' if more > 1 else ''})" if more else ""
+    return f"{m['name']} {m['url']}{extra}"

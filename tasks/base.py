@@ -14,17 +14,19 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from datetime import timedelta
 
 from celery import Task
 from celery.utils.log import get_task_logger
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from db.calls import NewCall, attempt_recorded, new_call, record_call
 from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
-from db.models import CallOutcome
+from db.models import CallOutcome, ModelCall, Output
 from db.outputs import save_outputs
 from db.session import autocommit_scope, session_scope
 from rstar.strategies import get_strategy
@@ -33,8 +35,17 @@ from rstar.types import ModelRequest
 from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
-from workers.client import ModelClient, ModelReply, endpoint_down, recorded_texts, stored_text, truncate
-from workers.errors import ModelServerError, RetryableError
+from workers import replicas
+from workers.client import (
+    ModelClient,
+    ModelReply,
+    endpoint_down,
+    mark_not_answering,
+    recorded_texts,
+    stored_text,
+    truncate,
+)
+from workers.errors import ModelServerError, RetryableError, UnavailableError
 from workers.redact import same_endpoint
 from workers.settings import Settings, get_settings
 
@@ -163,6 +174,8 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
             strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
             spec = StepSpec(claim.key, claim.kind, claim.model, claim.round)
             claim = replace(claim, parent_id=strategy.parent(spec, claim.state))
+            if len(claim.replicas) > 1 and claim.parent_id is not None:
+                claim = replace(claim, prefer=served_by(session, claim.parent_id))
             write_output = output_writer(strategy, spec)
             if claim.recorded is None:
                 request = strategy.build_request(spec, claim.state)
@@ -192,17 +205,20 @@ def _call_and_record(
         call_id = claim.recorded.id
         texts = recorded_texts(claim.recorded.response_text, claim.recorded.sequences)
     else:
-        client = client_for(claim.endpoint, settings)
-        endpoint = client.base_url
-        try:
-            reused = reuse_recorded(claim, attempt, request, client, settings)
-            reply = None if reused else client.complete(request)
-        except ModelServerError as exc:
+        with replica_for(claim, request, settings) as url:
+            client = client_for(url, settings)
+            endpoint = client.base_url
             try:
-                return _handle_call_error(task, claim, attempt, exc, settings)
-            except IntegrityError:  # another run of this step recorded this attempt first
-                logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
-                return "skipped"
+                reused = reuse_recorded(claim, attempt, request, client, settings)
+                reply = None if reused else client.complete(request)
+            except ModelServerError as exc:
+                if isinstance(exc, UnavailableError) and exc.http_status == 503:
+                    mark_not_answering(endpoint, exc)  # unhealthy: its replicas take its work
+                try:
+                    return _handle_call_error(task, claim, attempt, exc, settings, endpoint=endpoint)
+                except IntegrityError:  # another run of this step recorded this attempt first
+                    logger.info("step %s: attempt %d already recorded by another run", claim.key, attempt)
+                    return "skipped"
         if reused:
             call_id, texts = reused
         else:
@@ -287,6 +303,35 @@ def _record_and_plan(
             raise
 
 
+def served_by(session: Session, output_id: int) -> str | None:
+    """The endpoint whose call produced the output (None for a copied or model-less one)."""
+    return session.scalar(
+        select(ModelCall.endpoint)
+        .join(Output, Output.model_call_id == ModelCall.id)
+        .where(Output.id == output_id)
+    )
+
+
+def replica_for(claim: Claim, request: ModelRequest, settings: Settings) -> AbstractContextManager[str]:
+    """The server this call goes to: the model's one endpoint, or the replica `workers.replicas`
+    picks, counted busy with the call's sequences while the block runs."""
+    if len(claim.replicas) < 2:
+        return nullcontext(claim.endpoint or "")
+    return replicas.chooser.replica(
+        claim.replicas,
+        prefer=claim.prefer,
+        limit_of=lambda url: client_for(url, settings).in_flight.limit,
+        weight=request.n,
+        down_seconds=settings.replica_down_seconds,
+    )
+
+
+def other_replica_up(claim: Claim, endpoint: str) -> bool:
+    """Whether a replica of the step's model other than `endpoint` is answering, as far as this
+    process knows: then a step that failed there retries at once, on it."""
+    return any(not same_endpoint(u, endpoint) and not endpoint_down(u) for u in claim.replicas)
+
+
 def _new_call(claim: Claim, attempt: int, endpoint: str, reply: ModelReply) -> NewCall:
     return new_call(
         step_id=claim.step_id,
@@ -303,14 +348,14 @@ def _new_call(claim: Claim, attempt: int, endpoint: str, reply: ModelReply) -> N
         completion_tokens=reply.completion_tokens,
         latency_ms=reply.latency_ms,
         outcome=CallOutcome.OK,
-        request_hash=request_hash(endpoint, reply.request),
+        request_hash=request_hash(claim.endpoint or endpoint, reply.request),
         requests=reply.requests,
         sequences=len(reply.sequences),
     )
 
 
 def _handle_call_error(
-    task: StepTask, claim: Claim, attempt: int, exc: ModelServerError, settings: Settings
+    task: StepTask, claim: Claim, attempt: int, exc: ModelServerError, settings: Settings, *, endpoint: str
 ) -> str:
     retryable = isinstance(exc, RetryableError)
     with session_scope(settings.database_url) as session:
@@ -318,7 +363,7 @@ def _handle_call_error(
             step_id=claim.step_id,
             problem_id=claim.problem_id,
             attempt=attempt,
-            endpoint=claim.endpoint or "",
+            endpoint=endpoint,
             server_kind=None,
             model=None,
             request=exc.request or {},
@@ -331,7 +376,7 @@ def _handle_call_error(
             outcome=CallOutcome.RETRYABLE_ERROR if retryable else CallOutcome.PERMANENT_ERROR,
             http_status=exc.http_status,
             error=f"{type(exc).__name__}: {exc.message}",
-            request_hash=request_hash(claim.endpoint or "", exc.request) if exc.request else None,
+            request_hash=request_hash(claim.endpoint or endpoint, exc.request) if exc.request else None,
             requests=exc.requests,
             sequences=exc.sequences,
         )
@@ -345,9 +390,11 @@ def _handle_call_error(
             fail_step(session=session, step_id=claim.step_id, error=why)
             retryable = False
     if retryable:
-        delay = backoff_delay(tried - 1, settings)
+        # Where another replica answers, at once: the retry goes there (workers/replicas.py).
+        down = endpoint_down(endpoint)
+        delay = 0.0 if down and other_replica_up(claim, endpoint) else backoff_delay(tried - 1, settings)
         # An endpoint that is not answering was reported once (workers.client): not once per step.
-        level = logging.DEBUG if endpoint_down(claim.endpoint or "") else logging.INFO
+        level = logging.DEBUG if down else logging.INFO
         logger.log(
             level, "step %s attempt %d failed (%s); retry in %.1f s", claim.key, attempt, exc.message, delay
         )

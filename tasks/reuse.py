@@ -58,7 +58,8 @@ def reuse_recorded(
     if claim.resume_from is None:
         return None
     payload = client.build_payload(request)
-    digest = request_hash(client.base_url, payload)
+    # The model's first URL, whichever replica would serve the call (rstar/roster.py).
+    digest = request_hash(claim.endpoint or client.base_url, payload)
     with session_scope(settings.database_url) as session:
         old = session.scalar(
             select(ModelCall)

@@ -54,7 +54,8 @@ class Submitted:
 
 
 def check_roster(models: list[ModelEntry] | tuple[ModelEntry, ...], settings: Settings) -> None:
-    """Refuse a model whose server does not answer HTTP (each URL asked once).
+    """Refuse a model no server of which answers HTTP (each URL asked once): a replica that is
+    down takes no work until it answers (workers/replicas.py), but a model needs one that does.
 
     Raises:
         RosterError: naming the model, its URL (without credentials) and why.
@@ -62,11 +63,14 @@ def check_roster(models: list[ModelEntry] | tuple[ModelEntry, ...], settings: Se
     token = settings.api_token.get_secret_value() if settings.api_token else None
     asked: dict[str, str | None] = {}
     for m in models:
-        bare = without_userinfo(m.url)
-        if bare not in asked:
-            asked[bare] = unreachable(m.url, token=token)
-        if (why := asked[bare]) is not None:
-            raise RosterError(f"model {m.name} at {bare} does not answer: {scrub(why, url_password(m.url))}")
+        for url in m.urls:
+            bare = without_userinfo(url)
+            if bare not in asked:
+                asked[bare] = unreachable(url, token=token)
+        if all(asked[without_userinfo(u)] is not None for u in m.urls):
+            why = scrub(asked[without_userinfo(m.url)] or "", *(url_password(u) for u in m.urls))
+            more = f" (nor its {len(m.urls) - 1} other replica(s))" if m.more_urls else ""
+            raise RosterError(f"model {m.name} at {without_userinfo(m.url)} does not answer{more}: {why}")
 
 
 def check_broker(settings: Settings) -> None:
@@ -126,7 +130,7 @@ def submit_job(
             strategy=strategy_name,
             params=strategy.params,
             # Credentials in a URL are not stored: the workers hold them (tasks.base.client_for).
-            models=[ModelEntry(m.name, without_userinfo(m.url)).as_json() for m in roster],
+            models=[m.with_urls(without_userinfo).as_json() for m in roster],
             source=source,
             problems=problems,
             first_steps=first,

@@ -180,9 +180,10 @@ _info_cache: dict[str, ServerInfo] = {}
 _info_lock = threading.Lock()
 
 # Endpoints this process found not answering (connection refused, no route...) and said so in its
-# log: a server that is down for good fails every step sent to it, and one warning tells the
-# operator more than a line per step. Forgotten when the endpoint answers again.
-_down: set[str] = set()
+# log, with when they last failed: a server that is down for good fails every step sent to it, and
+# one warning tells the operator more than a line per step; a model's other replicas take its work
+# meanwhile (workers/replicas.py). Forgotten when the endpoint answers again.
+_down: dict[str, float] = {}
 _down_lock = threading.Lock()
 
 
@@ -200,18 +201,29 @@ def endpoint_down(base_url: str) -> bool:
     return base_url.rstrip("/") in _down
 
 
+def down_since(base_url: str) -> float | None:
+    """When (time.monotonic) the endpoint last failed to answer, while it is reported down."""
+    return _down.get(without_userinfo(base_url).rstrip("/"))
+
+
 def _not_answering(base_url: str, exc: Exception) -> None:
-    base = base_url.rstrip("/")
+    base = without_userinfo(base_url).rstrip("/")
     with _down_lock:
-        if base in _down:
-            return
-        _down.add(base)
+        known = base in _down
+        _down[base] = time.monotonic()
+    if known:
+        return
     logger.warning(
         "endpoint %s is not answering (%s: %s); steps for it will retry with backoff",
         base,
         type(exc).__name__,
         exc,
     )
+
+
+def mark_not_answering(base_url: str, exc: Exception) -> None:
+    """Report the endpoint down (or still down): a call to it failed before the server answered."""
+    _not_answering(base_url, exc)
 
 
 def _answering(base_url: str) -> None:
@@ -221,7 +233,7 @@ def _answering(base_url: str) -> None:
     with _down_lock:
         if base not in _down:
             return
-        _down.discard(base)
+        del _down[base]
     logger.info("endpoint %s answers again", base)
 
 

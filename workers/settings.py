@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # itself a quarter more threads than that: the extra threads do the database work around calls.
     max_in_flight: int | None = Field(default=None, ge=1)
     workers_per_endpoint: int = Field(default=1, ge=1, description="worker processes sharing an endpoint")
+    # A replica of a model (rstar/roster.py) that stopped answering gets no calls from this process
+    # for this long; then one call tries it again (workers/replicas.py).
+    replica_down_seconds: float = Field(default=10.0, gt=0, description="seconds, see workers/replicas.py")
     # Database sessions one process runs at a time; its other threads wait their turn (SQLite: one,
     # always). Two spent less CPU per model call than no limit, one or four (docs/throughput.md).
     db_sessions: int = Field(default=2, ge=1)
