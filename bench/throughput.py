@@ -404,7 +404,11 @@ def run_system_once(
     timeout: float,
     strategy: str = "mutual",
     params: dict[str, Any] | None = None,
+    replicas: bool = False,
 ) -> RunResult:
+    """One job through `workers` worker processes on `endpoints` simulated servers: model A on
+    the first and B on the last, or with `replicas` A on all of them (one model, many GPUs) and B
+    on the first."""
     from celery import current_app
 
     from db import migrate
@@ -419,7 +423,13 @@ def run_system_once(
         _flush_redis(redis_url)
         urls = _role_urls(sims)
         env = _worker_env(db_url, redis_url, worker_env)
-        env.update({"RSTAR_MODEL_A_URL": urls["A"], "RSTAR_MODEL_B_URL": urls["B"]})
+        if replicas:
+            fleet = ModelEntry("A", sims[0].url, tuple(s.url for s in sims[1:]))
+            roster = [fleet, ModelEntry("B", sims[0].url)]
+            env["RSTAR_MODELS"] = ",".join(f"{m.name}=" + ",".join(m.urls) for m in roster)
+        else:
+            roster = [ModelEntry(name, url) for name, url in urls.items()]
+            env.update({"RSTAR_MODEL_A_URL": urls["A"], "RSTAR_MODEL_B_URL": urls["B"]})
         data = "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions))
         problems = parse_problems(data.encode())
         settings = Settings(database_url=db_url, broker_url=redis_url)
@@ -427,7 +437,8 @@ def run_system_once(
         app = create_app(settings)
         app.set_current()
         try:
-            with worker_processes(workers, list(urls.values()), threads, env, tmp) as procs:
+            served = [s.url for s in sims] if replicas else list(urls.values())
+            with worker_processes(workers, served, threads, env, tmp) as procs:
                 window = CpuWindow()
                 window.open(redis_url)
                 sim_cpu0 = sum(s.cpu_seconds() for s in sims)
@@ -441,7 +452,7 @@ def run_system_once(
                     name="bench",
                     strategy_name=strategy,
                     params=dict(params or {}),
-                    models=[ModelEntry(name, url) for name, url in urls.items()],
+                    models=roster,
                     source=None,
                     problems=problems,
                 )

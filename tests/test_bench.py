@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import throughput
+from bench import fleet, throughput
 from bench.bare_driver import run_bare
 from bench.simulator import SimConfig, SimulatorProcess, agree_round, right_answer
 from tests.conftest import REDIS_URL
@@ -25,6 +25,8 @@ from tests.fakeserver import FakeInferenceServer, FakeRequest
 # The benchmark flushes its Redis database and refuses one that another client uses: not the
 # test-suite's own database, whose fixture holds a connection.
 BENCH_REDIS_URL = os.environ.get("RSTAR_TEST_BENCH_REDIS_URL", REDIS_URL.rsplit("/", 1)[0] + "/12")
+# A database of its own: the throughput test's workers may still hold connections to theirs.
+FLEET_REDIS_URL = BENCH_REDIS_URL.rsplit("/", 1)[0] + "/11"
 
 
 def _chat(url: str) -> int:
@@ -144,6 +146,40 @@ def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
     assert system["worker_peak_rss_mb"] > 0 and system["rows_written"] > 0
     assert "| 1 | 1 | sqlite |" in (tmp_path / "tiny.md").read_text()
     assert (tmp_path / "tiny.png").stat().st_size > 0
+
+
+def test_window_mean_weighs_each_value_by_how_long_it_held() -> None:
+    series = [(0.0, 0), (1.0, 4), (3.0, 2), (4.0, 0)]
+    assert fleet.window_mean(series, 0.0, 4.0) == (4 * 2 + 2 * 1) / 4
+    assert fleet.window_mean(series, 1.0, 3.0) == 4.0  # the middle only
+    assert fleet.window_mean(series, 2.0, 6.0) == (4 * 1 + 2 * 1) / 4  # 0 after the last point
+
+
+def test_fleet_benchmark_runs_one_rstar_job_on_two_replicas(tmp_path: Path) -> None:
+    """`python -m bench.fleet`: A on both simulated servers, B on the first; every problem answered,
+    both servers used, no 429."""
+    client = redis.Redis.from_url(FLEET_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis does not answer at {FLEET_REDIS_URL}")
+        pytest.skip(f"Redis does not answer at {FLEET_REDIS_URL}")
+    finally:
+        client.close()
+    code = fleet.main(
+        [
+            "--replicas", "2", "--problems", "4", "--server-limit", "6", "--time-scale", "0.02",
+            "--param", "rollouts=2", "--param", "max_depth=2", "--database", "sqlite",
+            "--redis-url", FLEET_REDIS_URL, "--out", str(tmp_path), "--name", "tiny", "--timeout", "300",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    (run,) = json.loads((tmp_path / "tiny.json").read_text())["runs"]
+    assert run["answered"] == 4 and run["rejected_429"] == 0
+    assert [s["limit"] for s in run["servers"]] == [6, 6]
+    assert all(s["mean_in_flight"] > 0 for s in run["servers"]), run["servers"]
+    assert "| 2 | 2 | A |" in (tmp_path / "tiny.md").read_text()
 
 
 def test_step_cost_counts_cpu_and_statements_per_call() -> None:

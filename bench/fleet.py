@@ -1,0 +1,199 @@
+"""Fleet benchmark: one rstar job on one model served by many simulated GPUs. Is every one full?
+
+    python -m bench.fleet --replicas 2,4,8 --problems 128 --server-limit 32 --time-scale 1.0
+
+For each replica count R: R fresh simulated servers (`bench.simulator`, each admitting
+`--server-limit` requests at once), the generator A on all of them (`--model A=URL1,...,URLR`) and
+the discriminator B on the first, one rstar job at the strategy's defaults (the paper's budget
+unless `--param` says otherwise) through `rstar worker` processes as a user starts them (sized by
+the worker from the servers' limits; `--workers 2` shares the fleet with
+RSTAR_WORKERS_PER_ENDPOINT=2) on a fresh database and a private Redis database (flushed).
+
+Reported per server: requests, mean in flight over the middle 80% of the run (from 10% to 90% of
+the makespan; the ramp-up and the last problems' tail left out) and that mean over the server's
+limit. The issue's bar is 90% of each server's limit. Written to `docs/results/throughput/`
+(fleet-<database>.md and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.simulator import SimConfig
+from bench.throughput import (
+    DEFAULT_PG_ADMIN,
+    DEFAULT_REDIS,
+    GSM8K,
+    RESULTS_DIR,
+    RunResult,
+    check_private_redis,
+    load_questions,
+    log,
+    run_system_once,
+)
+
+BAR = 0.90
+
+
+def window_mean(series: Sequence[tuple[float, int]], start: float, end: float) -> float:
+    """The time-weighted mean of a step series [(t, value), ...] (each value holds until the next
+    point) over [start, end]."""
+    if end <= start or not series:
+        return 0.0
+    area = 0.0
+    for (t, value), (t_next, _) in zip(series, [*series[1:], (max(end, series[-1][0]), 0)], strict=True):
+        lo, hi = max(t, start), min(t_next, end)
+        if hi > lo:
+            area += value * (hi - lo)
+    return area / (end - start)
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    server: int
+    role: str
+    mean_in_flight: float
+    limit: int
+
+    @property
+    def fill(self) -> float:
+        return self.mean_in_flight / self.limit if self.limit else 0.0
+
+
+def server_rows(result: RunResult, limit: int, *, middle: float = 0.8) -> list[ServerRow]:
+    """Each server's mean in flight over the middle `middle` of the run (times from the servers'
+    reset, just before the submit)."""
+    margin = (1.0 - middle) / 2 * result.makespan_s
+    start, end = margin, result.makespan_s - margin
+    return [
+        ServerRow(i + 1, "A, B" if i == 0 else "A", window_mean(series, start, end), limit)
+        for i, series in enumerate(result.series)
+    ]
+
+
+def markdown(command: str, runs: list[tuple[int, RunResult, list[ServerRow]]], cfg: SimConfig) -> str:
+    lines = [
+        "# One rstar job on a fleet of replicas",
+        "",
+        "Produced by:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Simulated servers admit {cfg.max_concurrent_requests} requests each (time scale "
+        f"{cfg.time_scale}); the generator A runs on every server, the discriminator B on server 1. "
+        f"Mean in flight is over the middle 80% of each run; the bar is {BAR:.0%} of each server's limit.",
+        "",
+        "| replicas | problems | answered | makespan | calls | sequences | 429s | worker threads |"
+        " worker CPU per sequence | lowest fill | every server >= 90% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for replicas, r, rows in runs:
+        lowest = min(row.fill for row in rows)
+        lines.append(
+            f"| {replicas} | {r.problems} | {r.answered} | {r.makespan_s:.1f} s | {r.calls} | {r.sequences} |"
+            f" {r.rejected_429} | {r.threads_per_worker} | {r.cpu_ms_per_sequence:.2f} ms | {lowest:.1%} |"
+            f" {'yes' if lowest >= BAR else 'no'} |"
+        )
+    lines += ["", "Per server:", "", "| replicas | server | models | mean in flight | limit | fill |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for replicas, _, rows in runs:
+        for row in rows:
+            lines.append(
+                f"| {replicas} | {row.server} | {row.role} | {row.mean_in_flight:.1f} | {row.limit} |"
+                f" {row.fill:.1%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replicas", default="2,4,8", help="replica counts to run, e.g. 2,4,8")
+    parser.add_argument("--problems", type=int, default=128)
+    parser.add_argument("--server-limit", type=int, default=32, help="requests each simulated server admits")
+    parser.add_argument("--time-scale", type=float, default=SimConfig.time_scale)
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="an rstar parameter (JSON value)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the fleet")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="postgres")
+    parser.add_argument("--questions", type=Path, default=GSM8K, help="JSONL with a `question` per line")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help="a private Redis database; it is flushed")
+    parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--name", default=None, help="file name stem (default fleet-<database>)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return run(args, argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    cfg = SimConfig(max_concurrent_requests=args.server_limit, time_scale=args.time_scale)
+    questions = load_questions(args.problems, args.questions)
+    params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
+    check_private_redis(args.redis_url)
+    tmp = Path(tempfile.mkdtemp(prefix="rstar-fleet-"))
+    runs: list[tuple[int, RunResult, list[ServerRow]]] = []
+    for replicas in [int(r) for r in args.replicas.split(",") if r.strip()]:
+        size = f"{replicas} replicas x {args.server_limit} slots"
+        log(f"{size}, {args.problems} problems, workers {args.workers}")
+        (tmp / f"r{replicas}").mkdir()
+        result = run_system_once(
+            questions,
+            cfg,
+            endpoints=replicas,
+            workers=args.workers,
+            threads=None,  # as a user starts it: sized from every replica's limit
+            database=args.database,
+            redis_url=args.redis_url,
+            pg_admin=args.postgres_admin_url,
+            tmp=tmp / f"r{replicas}",
+            worker_env={"RSTAR_WORKERS_PER_ENDPOINT": str(args.workers)},
+            timeout=args.timeout,
+            strategy="rstar",
+            params=params,
+            replicas=True,
+        )
+        rows = server_rows(result, cfg.max_concurrent_requests)
+        fills = ", ".join(f"{row.fill:.0%}" for row in rows)
+        done = f"{result.answered}/{result.problems} answered"
+        log(f"  makespan {result.makespan_s:.1f} s, {done}, fill {fills}")
+        runs.append((replicas, result, rows))
+    shutil.rmtree(tmp, ignore_errors=True)
+    command = "python -m bench.fleet " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    name = args.name or f"fleet-{args.database}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = markdown(command, runs, cfg)
+    (args.out / f"{name}.md").write_text(text)
+    raw = [
+        {"replicas": n, "makespan_s": r.makespan_s, "answered": r.answered, "calls": r.calls,
+         "sequences": r.sequences, "rejected_429": r.rejected_429, "threads": r.threads_per_worker,
+         "cpu_ms_per_sequence": r.cpu_ms_per_sequence,
+         "servers": [{"server": x.server, "mean_in_flight": x.mean_in_flight, "limit": x.limit}
+                     for x in rows]}
+        for n, r, rows in runs
+    ]  # fmt: skip
+    (args.out / f"{name}.json").write_text(json.dumps({"command": command, "runs": raw}, indent=1) + "\n")
+    print(text)
+    log(f"wrote {args.out / name}.md and .json")
+    return 0 if all(r.answered == r.problems for _, r, _ in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
