@@ -314,8 +314,8 @@ def served_by(session: Session, output_id: int) -> str | None:
 
 def replica_for(claim: Claim, request: ModelRequest, settings: Settings) -> AbstractContextManager[str]:
     """The server this call goes to: the model's one endpoint, or the replica `workers.replicas`
-    picks, counted busy with the call's sequences while the block runs."""
-    if len(claim.replicas) < 2:
+    picks; counted busy with the call's sequences while the block runs."""
+    if not claim.replicas:  # a job of a release that did not store the roster's replicas
         return nullcontext(claim.endpoint or "")
     return replicas.chooser.replica(
         claim.replicas,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -88,6 +89,18 @@ def test_concurrent_calls_spread_over_the_replicas_by_their_shares() -> None:
     for t in threads:
         t.join()
     assert all(chooser.busy(u) == 0 for u in limits)
+
+
+def test_a_model_alone_on_a_replicas_server_counts_in_the_choice() -> None:
+    """B's calls to A's first server fill it: A's next call goes to the second."""
+    chooser = ReplicaChooser()
+    limits = {"http://a": 4, "http://b": 4}
+    pick = partial(chooser.replica, prefer=None, limit_of=limits.__getitem__, down_seconds=10)
+    with pick(["http://a"], weight=3) as b_server:
+        assert b_server == "http://a" and chooser.busy("http://a") == 3
+        with pick(list(limits), weight=1) as a_server:
+            assert a_server == "http://b"
+    assert chooser.busy("http://a") == chooser.busy("http://b") == 0
 
 
 # -- a job on four replicas, one of which dies ------------------------------------------------------

@@ -73,6 +73,17 @@ class ReplicaChooser:
         """Choose a replica of `urls` and count `weight` slots on it (the call's sequences: what a
         llama-server decodes in slots, or TGI gets as requests) until the block ends. `limit_of(url)`
         is this process's share of its slots, asked only of replicas that are up."""
+        if len(urls) == 1:
+            # Counted all the same: a model alone on a server that is another's replica (the
+            # discriminator on the generator's first GPU) takes slots the choice must see.
+            with self._lock:
+                self._busy[urls[0]] += weight
+            try:
+                yield urls[0]
+            finally:
+                with self._lock:
+                    self._busy[urls[0]] -= weight
+            return
         now = time.monotonic()
         with self._lock:
             candidates = []
