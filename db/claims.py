@@ -7,7 +7,7 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from db.models import (
     StepStatus,
     utcnow,
 )
-from db.state import load_state
+from db.state import OutputCache, load_state
 from rstar import roster
 from rstar.strategies.base import ProblemState
 
@@ -64,6 +64,8 @@ class Claim:
     """Every server of the model, `endpoint` first (rstar/roster.py)."""
     prefer: str | None = None
     """The replica that served the parent output: filled in by the task (workers/replicas.py)."""
+    outputs: OutputCache = field(default_factory=OutputCache)
+    """The outputs `state` read, for the plan after the call to read only the rest."""
 
 
 # claim_step's statements, prebuilt (it runs once per model step).
@@ -208,6 +210,7 @@ def claim_step(
     if row.problem_status == ProblemStatus.PENDING:
         conn.execute(_START_PROBLEM, {"problem_id": row.problem_id, "now": now})
     recorded = session.get(ModelCall, row.recorded_id) if row.recorded_id is not None else None
+    cache = OutputCache()
     return Claim(
         step_id=step_id,
         problem_id=row.problem_id,
@@ -221,8 +224,9 @@ def claim_step(
         strategy=row.strategy,
         params=dict(row.params),
         state=load_state(
-            session=session, problem_id=row.problem_id, question=row.question, models=row.models
+            session=session, problem_id=row.problem_id, question=row.question, models=row.models, cache=cache
         ),
+        outputs=cache,
         recorded=recorded,
         retry_base=taken.retry_base,
         resume_from=row.resume_from_id,

@@ -280,7 +280,9 @@ def _record_and_plan(
                     assert call_id is not None
                     call = call_id
                 write_output(session, claim, texts, call)
-                return plan_next(session, claim.problem_id, settings.max_rounds_limit)
+                # A fork: this transaction's own outputs, read by the plan, may yet roll back.
+                cache = claim.outputs.fork()
+                return plan_next(session, claim.problem_id, settings.max_rounds_limit, cache=cache)
         except DBAPIError as exc:
             if reply is None or not lost_connection(exc) or time.monotonic() + pause > deadline:
                 raise

@@ -23,7 +23,7 @@ from db.jobs import fail_problem, maybe_finish_job
 from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
 from db.outputs import save_selection
 from db.session import session_scope
-from db.state import STATE_STEPS, load_state
+from db.state import STATE_STEPS, OutputCache, load_state
 from rstar import roster
 from rstar.strategies import get_strategy
 from rstar.strategies.base import SELECT_KEY
@@ -105,9 +105,11 @@ _LOCK_PROBLEM = (
 _STEPS_WITH_ERROR = STATE_STEPS.add_columns(Step.__table__.c.error)
 
 
-def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[Dispatch] | int:
+def plan_next(
+    session: Session, problem_id: int, max_rounds_limit: int, *, cache: OutputCache | None = None
+) -> list[Dispatch] | int:
     """Within the caller's transaction: the dispatches to send once it commits, or the job id when
-    this problem just ended (answered, or failed)."""
+    this problem just ended (answered, or failed). `cache`: the outputs the step's claim read."""
     conn = session.connection()
     problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
     if problem is None or problem.problem_status in TERMINAL_PROBLEM_STATES:
@@ -122,7 +124,12 @@ def plan_next(session: Session, problem_id: int, max_rounds_limit: int) -> list[
         return job.job_id
     strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
     state = load_state(
-        session=session, problem_id=problem_id, question=problem.question, models=job.models, steps=steps
+        session=session,
+        problem_id=problem_id,
+        question=problem.question,
+        models=job.models,
+        steps=steps,
+        cache=cache,
     )
     plan = strategy.plan(state)
     existing = {s.key: s for s in steps}

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from db.jobs import create_job
 from db.models import Output, Problem, Step
 from db.session import session_scope
-from db.state import load_state
+from db.state import OutputCache, load_state
 from rstar.types import ProblemInput
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -125,3 +125,64 @@ def test_views_render_as_load_state_did(migrated: str) -> None:
         "r2.refine.A": "(empty reply)",
         "r2.review.B": "(empty review)",
     }
+
+
+def test_a_state_read_with_an_earlier_reads_outputs_equals_a_fresh_read(migrated: str) -> None:
+    """`OutputCache`: a second read asks only for the steps the first did not see done, and gives
+    the same outputs in the same order as a read from scratch; what a read saw of a transaction
+    that rolled back (read through a fork) is not kept."""
+    models = [{"name": "A", "url": "http://a"}]
+    with session_scope(migrated) as s:
+        job, _ = create_job(
+            session=s, name="cache", strategy="mutual", params={}, models=models, source=None,
+            problems=[ProblemInput("p1", 1, QUESTION, None, None)], first_steps=(),
+        )  # fmt: skip
+        problem_id = s.scalar(select(Problem.id).where(Problem.job_id == job.id))
+
+    def add(key: str, status: str = "done", answers: tuple[str, ...] = ("7",)) -> None:
+        with session_scope(migrated) as s:
+            step = Step(problem_id=problem_id, key=key, kind="generate", model="A", round=1, status=status)
+            s.add(step)
+            s.flush()
+            for seq, answer in enumerate(answers if status == "done" else ()):
+                s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate",
+                             seq=seq, text=answer, payload={}, answer=answer))  # fmt: skip
+
+    def read(cache: OutputCache | None) -> list[tuple[str, int, str | None]]:
+        with session_scope(migrated) as s:
+            state = load_state(
+                session=s, problem_id=problem_id, question=QUESTION, models=models, cache=cache
+            )
+            return [(k, o.id, o.answer) for k, o in state.outputs.items()]
+
+    add("r1.generate.A", answers=("7", "8"))
+    add("r1.generate.B", status="running")
+    cache = OutputCache()
+    first = read(cache)
+    assert [a for _, _, a in first] == ["7", "8"]
+    add("r1.generate.C", answers=("9",))
+    with session_scope(migrated) as s:  # B finishes
+        step = s.scalar(select(Step).where(Step.problem_id == problem_id, Step.key == "r1.generate.B"))
+        assert step is not None
+        step.status = "done"
+        s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate", seq=0,
+                     text="6", payload={}, answer="6"))  # fmt: skip
+    assert read(cache) == read(None)
+    assert [a for _, _, a in read(cache)] == ["7", "8", "9", "6"]
+
+    # A read inside a transaction that writes and then rolls back, through a fork.
+    fork = cache.fork()
+    with session_scope(migrated) as s:
+        step = Step(
+            problem_id=problem_id, key="r1.generate.D", kind="generate", model="A", round=1, status="done"
+        )
+        s.add(step)
+        s.flush()
+        s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate", seq=0,
+                     text="5", payload={}, answer="5"))  # fmt: skip
+        s.flush()
+        state = load_state(session=s, problem_id=problem_id, question=QUESTION, models=models, cache=fork)
+        assert [o.answer for o in state.outputs.values()][-1] == "5"
+        s.rollback()
+    assert step.id in fork.by_step and step.id not in cache.by_step
+    assert read(cache) == read(None)
