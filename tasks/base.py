@@ -175,7 +175,9 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
             spec = StepSpec(claim.key, claim.kind, claim.model, claim.round)
             claim = replace(claim, parent_id=strategy.parent(spec, claim.state))
             if len(claim.replicas) > 1 and claim.parent_id is not None:
-                claim = replace(claim, prefer=served_by(session, claim.parent_id))
+                served = served_by(session, claim.parent_id)
+                prefer = next((u for u in claim.replicas if served and same_endpoint(u, served)), None)
+                claim = replace(claim, prefer=prefer)
             write_output = output_writer(strategy, spec)
             if claim.recorded is None:
                 request = strategy.build_request(spec, claim.state)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from db.models import CallOutcome, Job, ModelCall, Problem
+from db.models import CallOutcome, Job, ModelCall, Output, Problem
 from db.session import session_scope
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.support import (
@@ -203,3 +203,52 @@ def test_a_replica_killed_mid_job_loses_nothing_and_rejoins(
     finally:
         for s in [*servers, *([reborn] if reborn else [])]:
             s.stop()
+
+
+def test_an_rstar_search_on_two_replicas_keeps_each_branch_on_its_parents_server(
+    sqlite_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """With free slots everywhere, a node is expanded on the replica that produced it (the prefix
+    cache holds its prompt there): every generator call whose parent came from a generator call is
+    served by that call's server; the searches' roots spread over both replicas."""
+    from tests.test_rstar_e2e import PARAMS, MctsOracle
+
+    rows = gsm8k_rows(6, offset=150)
+    items = [{"id": f"q{j}", "question": r["question"], "answer": r["answer"]} for j, r in enumerate(rows)]
+    path = write_jsonl(tmp_path / "p.jsonl", items)
+    oracle = MctsOracle(rows)
+    with (
+        FakeInferenceServer(oracle, kind="llama-server", slots=64) as a1,
+        FakeInferenceServer(oracle, kind="llama-server", slots=64) as a2,
+        FakeInferenceServer(oracle, kind="tgi") as b,
+    ):
+        env = service_env(sqlite_url, redis_url)
+        assert rstar(["db", "upgrade"], env).returncode == 0
+        args = [
+            "submit",
+            str(path),
+            "--strategy",
+            "rstar",
+            "--model",
+            f"A={a1.url},{a2.url}",
+            "--model",
+            f"B={b.url}",
+        ]
+        sub = rstar([*args, *(a for p in PARAMS for a in ("--param", p))], env)
+        assert sub.returncode == 0, sub.stderr
+        job_id = int(sub.stdout.strip())
+        queues = [CONTROL_QUEUE, *(queue_for_endpoint(s.url) for s in (a1, a2, b))]
+        with celery_worker(env, queues, concurrency=16):
+            wait_until(lambda: _finished(sqlite_url, job_id), timeout=180, what="the rstar job")
+        assert a1.request_count > 0 and a2.request_count > 0
+    with session_scope(sqlite_url) as s:
+        query = select(Output.id, ModelCall.endpoint).join(ModelCall, ModelCall.id == Output.model_call_id)
+        served = {output_id: endpoint for output_id, endpoint in s.execute(query)}
+        pairs = [
+            (served[o.id], served[o.parent_id])
+            for o in s.scalars(select(Output).where(Output.model == "A", Output.parent_id.is_not(None)))
+            if o.parent_id in served and served[o.parent_id] in (a1.url, a2.url)
+        ]
+        statuses = Counter(p.status for p in s.scalars(select(Problem).where(Problem.job_id == job_id)))
+    assert statuses == {"answered": 6}
+    assert pairs and all(mine == parents for mine, parents in pairs), Counter(pairs)
