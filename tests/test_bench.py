@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import fleet, throughput
+from bench import fleet, throughput, tokens_plot
 from bench.bare_driver import run_bare
 from bench.simulator import SimConfig, SimulatorProcess, agree_round, right_answer
 from tests.conftest import REDIS_URL
@@ -180,6 +180,25 @@ def test_fleet_benchmark_runs_one_rstar_job_on_two_replicas(tmp_path: Path) -> N
     assert [s["limit"] for s in run["servers"]] == [6, 6]
     assert all(s["mean_in_flight"] > 0 for s in run["servers"]), run["servers"]
     assert "| 2 | 2 | A |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_tokens_plot_draws_every_job_of_every_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    head = "job_id,label,strategy,accuracy,ci_low,ci_high,generated_tokens_per_problem\n"
+    for run, rows in {
+        "a": ["1,1 cot (greedy),cot,0.4,0.3,0.5,260", '2,"2 rstar, 3 rollouts",rstar,0.36,0.2,0.5,4000'],
+        "b": ["1,1 self-consistency k=14 (= rstar's tokens),self-consistency,0.46,0.3,0.6,3500"],
+    }.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "summary.csv").write_text(head + "\n".join(rows) + "\n")
+    points = tokens_plot.read_points([("v5", tmp_path / "a"), ("sc", tmp_path / "b")])
+    assert [(p.run, p.label, p.tokens) for p in points] == [
+        ("v5", "cot", 260.0), ("v5", "rstar, 3 rollouts", 4000.0), ("sc", "self-consistency k=14", 3500.0)
+    ]  # fmt: skip
+    out = tmp_path / "plot.png"
+    assert tokens_plot.main([f"v5={tmp_path / 'a'}", str(tmp_path / "b"), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert tokens_plot.main([str(tmp_path), "-o", str(out)]) == 2
+    assert "no summary.csv" in capsys.readouterr().err
 
 
 def test_step_cost_counts_cpu_and_statements_per_call() -> None:
