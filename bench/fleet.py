@@ -38,23 +38,11 @@ from bench.throughput import (
     check_private_redis,
     load_questions,
     log,
+    middle_means,
     run_system_once,
 )
 
 BAR = 0.90
-
-
-def window_mean(series: Sequence[tuple[float, int]], start: float, end: float) -> float:
-    """The time-weighted mean of a step series [(t, value), ...] (each value holds until the next
-    point) over [start, end]."""
-    if end <= start or not series:
-        return 0.0
-    area = 0.0
-    for (t, value), (t_next, _) in zip(series, [*series[1:], (max(end, series[-1][0]), 0)], strict=True):
-        lo, hi = max(t, start), min(t_next, end)
-        if hi > lo:
-            area += value * (hi - lo)
-    return area / (end - start)
 
 
 @dataclass(frozen=True)
@@ -69,15 +57,10 @@ class ServerRow:
         return self.mean_in_flight / self.limit if self.limit else 0.0
 
 
-def server_rows(result: RunResult, limit: int, *, middle: float = 0.8) -> list[ServerRow]:
-    """Each server's mean in flight over the middle `middle` of the run (times from the servers'
-    reset, just before the submit)."""
-    margin = (1.0 - middle) / 2 * result.makespan_s
-    start, end = margin, result.makespan_s - margin
-    return [
-        ServerRow(i + 1, "A, B" if i == 0 else "A", window_mean(series, start, end), limit)
-        for i, series in enumerate(result.series)
-    ]
+def server_rows(result: RunResult, limit: int) -> list[ServerRow]:
+    """Each server's mean in flight over the middle 80% of the run; A on all, B on the first."""
+    means = middle_means(result)
+    return [ServerRow(i + 1, "A, B" if i == 0 else "A", mean, limit) for i, mean in enumerate(means)]
 
 
 def markdown(command: str, runs: list[tuple[int, RunResult, list[ServerRow]]], cfg: SimConfig) -> str:

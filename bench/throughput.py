@@ -510,7 +510,27 @@ def run_system_once(
 # -- reporting ---------------------------------------------------------------------------------
 
 
-def _fmt_row(bare: RunResult, system: RunResult) -> str:
+def window_mean(series: Sequence[tuple[float, int]], start: float, end: float) -> float:
+    """The time-weighted mean of a step series [(t, value), ...] (each value holds until the next
+    point) over [start, end]."""
+    if end <= start or not series:
+        return 0.0
+    area = 0.0
+    for (t, value), (t_next, _) in zip(series, [*series[1:], (max(end, series[-1][0]), 0)], strict=True):
+        lo, hi = max(t, start), min(t_next, end)
+        if hi > lo:
+            area += value * (hi - lo)
+    return area / (end - start)
+
+
+def middle_means(result: RunResult, *, middle: float = 0.8) -> list[float]:
+    """Each server's mean in flight over the middle `middle` of the run (the ramp-up and the last
+    problems' tail left out; times from the servers' reset, at the start of the run)."""
+    margin = (1.0 - middle) / 2 * result.makespan_s
+    return [window_mean(s, margin, result.makespan_s - margin) for s in result.series]
+
+
+def _fmt_row(bare: RunResult, system: RunResult, limit: int) -> str:
     ratio = bare.makespan_s / system.makespan_s if system.makespan_s else 0.0
     seq_multiple = system.cpu_ms_per_sequence / max(bare.cpu_ms_per_sequence, 1e-9)
     cells = [
@@ -523,6 +543,9 @@ def _fmt_row(bare: RunResult, system: RunResult) -> str:
         f"{system.makespan_s:.1f}",
         f"**{ratio:.3f}**",
         f"{system.mean_in_flight:.1f} / {bare.mean_in_flight:.1f}",
+        " ".join(f"{m / limit:.0%}" for m in middle_means(system))
+        + " / "
+        + " ".join(f"{m / limit:.0%}" for m in middle_means(bare)),
         f"{system.rejected_429} / {bare.rejected_429}",
         f"{system.cpu_ms_per_call:.2f} ({system.cpu_ms_per_call / max(bare.cpu_ms_per_call, 1e-9):.1f}x "
         f"the bare driver's {bare.cpu_ms_per_call:.2f})",
@@ -541,11 +564,12 @@ def _fmt_row(bare: RunResult, system: RunResult) -> str:
 TABLE_HEADER = (
     "| endpoints | workers | database | threads/worker | model calls (system / bare) | bare makespan s "
     "| system makespan s | throughput ratio (system / bare) | mean in-flight per server (system / bare) "
+    "| each server's mean in flight over the middle 80% of the run / its limit (system / bare) "
     "| 429s (system / bare) | orchestration CPU ms per call (multiple of the bare driver's) "
     "| CPU ms per generated sequence (multiple of the bare driver's) "
     "| submit (wall, CPU) | worker peak RSS MB "
     "| DB rows written / s | machine CPU busy (system / bare) | simulator / Redis CPU s (system run) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -569,7 +593,7 @@ def markdown(
         "(simulators, workers, Redis and the database all share them).",
         "",
         TABLE_HEADER,
-        *(_fmt_row(b, s) for b, s in pairs),
+        *(_fmt_row(b, s, cfg.max_concurrent_requests) for b, s in pairs),
         "",
         "- Throughput ratio = bare makespan / system makespan (system throughput / bare throughput); the "
         "system's makespan runs from the start of `submit` to the last problem's answer.",
@@ -695,6 +719,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
     pairs: list[tuple[RunResult, RunResult]] = []
     bare_by_endpoints: dict[int, RunResult] = {}
+    underfilled: list[int] = []
     check_private_redis(args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
     log(f"logs and the SQLite files go to {tmp} (removed after a successful run unless --keep-logs)")
@@ -711,7 +736,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             )
             if bare.peak_in_flight < min(args.concurrency, cfg.max_concurrent_requests):
                 # The yardstick must fill what it is compared at, or the ratio flatters the system.
-                log(f"  WARNING: the bare driver never had its {args.concurrency} requests in flight")
+                log(f"  the bare driver never had its {args.concurrency} requests in flight")
+                underfilled.append(endpoints)
             bare_by_endpoints[endpoints] = bare
         bare = bare_by_endpoints[endpoints]
         # Each worker gets its share of every server's limit (RSTAR_WORKERS_PER_ENDPOINT) and a
@@ -757,6 +783,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     (args.out / f"{name}.json").write_text(json.dumps({"command": command, "runs": raw}, indent=1) + "\n")
     print(text)
     log(f"wrote {args.out / name}.md, .png, .json")
+    if underfilled:
+        print(
+            f"error: the bare driver never reached its concurrency ({args.concurrency} in flight) with"
+            f" {', '.join(map(str, underfilled))} endpoint(s): its makespan is no yardstick (more problems?)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

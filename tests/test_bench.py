@@ -150,9 +150,9 @@ def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
 
 def test_window_mean_weighs_each_value_by_how_long_it_held() -> None:
     series = [(0.0, 0), (1.0, 4), (3.0, 2), (4.0, 0)]
-    assert fleet.window_mean(series, 0.0, 4.0) == (4 * 2 + 2 * 1) / 4
-    assert fleet.window_mean(series, 1.0, 3.0) == 4.0  # the middle only
-    assert fleet.window_mean(series, 2.0, 6.0) == (4 * 1 + 2 * 1) / 4  # 0 after the last point
+    assert throughput.window_mean(series, 0.0, 4.0) == (4 * 2 + 2 * 1) / 4
+    assert throughput.window_mean(series, 1.0, 3.0) == 4.0  # the middle only
+    assert throughput.window_mean(series, 2.0, 6.0) == (4 * 1 + 2 * 1) / 4  # 0 after the last point
 
 
 def test_fleet_benchmark_runs_one_rstar_job_on_two_replicas(tmp_path: Path) -> None:
