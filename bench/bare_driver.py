@@ -8,7 +8,8 @@ semaphore per endpoint (the concurrency), parses the reply with the same parsers
 calls `select()`. A request for n samples to a server that ignores `n` (TGI, the simulator) goes
 out as n requests at once with the seeds the client uses (`workers.client.fan_out_seeds`), each
 under the semaphore. All problems start at once; the semaphores decide what is in flight, first
-come first served, like the system's queues.
+come first served, like the system's queues. A model given several URLs (replicas) sends each call
+to the one with the fewest calls in flight or waiting, as the worker does (workers/replicas.py).
 
 The views below carry the same fields `db.state.load_state` reads (the views render them for the
 next prompt), so both drivers send identical prompts.
@@ -84,6 +85,7 @@ class _Endpoint:
         self.semaphore = asyncio.Semaphore(concurrency)
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.load = 0  # calls sent to it, in flight or waiting for its semaphore
         self.client = AsyncInferenceClient(base_url=url, timeout=timeout)
         # Only for the payload: the same body (structured-output dialect included) the system sends.
         self.payloads = ModelClient(url)
@@ -92,15 +94,17 @@ class _Endpoint:
 class BareDriver:
     def __init__(
         self,
-        urls: Mapping[str, str],
+        urls: Mapping[str, str | Sequence[str]],
         *,
         concurrency: int,
         params: Mapping[str, Any] | None = None,
         timeout: float = 120.0,
         strategy: str = "mutual",
     ) -> None:
+        """`urls`: each model's server, or its replicas (`concurrency` is per server)."""
         self.strategy = get_strategy(strategy, params)
-        self.urls = dict(urls)
+        self.replicas = {m: (u,) if isinstance(u, str) else tuple(u) for m, u in urls.items()}
+        self.urls = {m: u[0] for m, u in self.replicas.items()}
         self.concurrency = concurrency
         self.timeout = timeout
         self.calls = 0
@@ -121,8 +125,18 @@ class BareDriver:
         singles = [{**payload, "seed": seed} for seed in seeds]
         return list(await asyncio.gather(*(self._call(model, p) for p in singles)))
 
+    def _pick(self, model: str) -> _Endpoint:
+        return min((self._endpoints[u] for u in self.replicas[model]), key=lambda e: e.load)
+
     async def _call(self, model: str, payload: dict[str, Any]) -> str:
-        endpoint = self._endpoints[self.urls[model]]
+        endpoint = self._pick(model)
+        endpoint.load += 1
+        try:
+            return await self._call_on(endpoint, payload)
+        finally:
+            endpoint.load -= 1
+
+    async def _call_on(self, endpoint: _Endpoint, payload: dict[str, Any]) -> str:
         delay = 0.05
         while True:
             async with endpoint.semaphore:
@@ -189,7 +203,7 @@ class BareDriver:
             set_async_client_factory(default_async_client_factory)
 
     async def _run(self, questions: Sequence[str]) -> BareResult:
-        for url in set(self.urls.values()):
+        for url in {u for urls in self.replicas.values() for u in urls}:
             self._endpoints[url] = _Endpoint(url, self.concurrency, self.timeout)
             self._endpoints[url].payloads.info  # probe /info before the clock starts  # noqa: B018
         problems = [_Problem(i, q, tuple(self.urls)) for i, q in enumerate(questions)]
@@ -214,7 +228,7 @@ class BareDriver:
 
 def run_bare(
     questions: Sequence[str],
-    urls: Mapping[str, str],
+    urls: Mapping[str, str | Sequence[str]],
     *,
     concurrency: int,
     params: Mapping[str, Any] | None = None,

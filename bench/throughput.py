@@ -3,6 +3,7 @@
     python -m bench.throughput --problems 500 --concurrency 64                 # one configuration
     python -m bench.throughput --problems 500 --concurrency 64 --matrix        # 1|2 endpoints x 1|2 workers
     python -m bench.throughput --problems 500 --concurrency 64 --matrix --database postgres
+    python -m bench.throughput --strategy rstar --endpoints 8 --replicas --concurrency 128  # 8 GPUs
 
 Both drivers run a strategy's calls (mutual by default; `--strategy rstar --param rollouts=4 ...`
 for the MCTS-shaped mode: many samples per expansion, short steps, long completions) for the
@@ -183,6 +184,11 @@ def _role_urls(sims: Sequence[SimulatorProcess]) -> dict[str, str]:
     return {"A": sims[0].url, "B": sims[-1].url}
 
 
+def _replica_urls(sims: Sequence[SimulatorProcess]) -> dict[str, str | list[str]]:
+    """One model on every server, the other on the first (`--replicas`)."""
+    return {"A": [s.url for s in sims], "B": sims[0].url}
+
+
 def run_bare_once(
     questions: list[str],
     cfg: SimConfig,
@@ -191,6 +197,7 @@ def run_bare_once(
     tmp: Path,
     strategy: str = "mutual",
     params: dict[str, Any] | None = None,
+    replicas: bool = False,
 ) -> RunResult:
     with simulators(cfg, endpoints, tmp) as sims:
         window = CpuWindow()
@@ -198,7 +205,8 @@ def run_bare_once(
         sim_cpu0 = sum(s.cpu_seconds() for s in sims)
         for s in sims:
             s.reset()
-        res = run_bare(questions, _role_urls(sims), concurrency=concurrency, strategy=strategy, params=params)
+        urls = _replica_urls(sims) if replicas else _role_urls(sims)
+        res = run_bare(questions, urls, concurrency=concurrency, strategy=strategy, params=params)
         window.close(DEFAULT_REDIS)
         totals, series = _sim_totals(sims)
         sim_cpu = sum(s.cpu_seconds() for s in sims) - sim_cpu0
@@ -679,7 +687,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a strategy parameter (VALUE in JSON), repeatable; e.g. --param rollouts=4",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="in-flight requests per endpoint")
-    parser.add_argument("--endpoints", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--endpoints", type=int, default=1, help="simulated servers (default 1)")
+    parser.add_argument(
+        "--replicas",
+        action="store_true",
+        help="model A on every endpoint (one model, many GPUs) and B on the first; default: A on the"
+        " first, B on the last",
+    )
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1, help="worker processes")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--matrix", action="store_true", help="run 1|2 endpoints x 1|2 worker processes")
@@ -729,7 +743,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 f"bare driver: {args.problems} problems, {endpoints} endpoint(s), "
                 f"concurrency {args.concurrency}"
             )
-            bare = run_bare_once(questions, cfg, endpoints, args.concurrency, tmp, args.strategy, params)
+            bare = run_bare_once(
+                questions, cfg, endpoints, args.concurrency, tmp, args.strategy, params, args.replicas
+            )
             log(
                 f"  makespan {bare.makespan_s:.1f} s, {bare.calls} calls, "
                 f"mean in-flight {bare.mean_in_flight:.1f}, peak {bare.peak_in_flight}"
@@ -759,6 +775,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             timeout=args.timeout,
             strategy=args.strategy,
             params=params,
+            replicas=args.replicas,
         )
         ratio = bare.makespan_s / system.makespan_s
         log(
@@ -772,9 +789,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if not args.keep_logs:
         shutil.rmtree(tmp, ignore_errors=True)
     command = "python -m bench.throughput " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    name = args.name or (
-        f"matrix-{args.database}" if args.matrix else f"e{args.endpoints}-w{args.workers}-{args.database}"
-    )
+    layout = f"{'r' if args.replicas else 'e'}{args.endpoints}-w{args.workers}"
+    name = args.name or (f"matrix-{args.database}" if args.matrix else f"{layout}-{args.database}")
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(pairs, command, cfg, args.concurrency, args.strategy)
     (args.out / f"{name}.md").write_text(text + f"\n![in-flight requests over time]({name}.png)\n")

@@ -102,6 +102,30 @@ def test_bare_driver_keeps_its_whole_concurrency_in_flight_past_a_hundred() -> N
     assert result.calls == n and set(result.answers.values()) == {"4"}
 
 
+def test_bare_driver_fills_every_replica_of_a_model() -> None:
+    """A model on two servers: 40 cot calls at concurrency 10 per server put 10 in flight at each
+    (every reply is held until 20 are out, or 30 s have passed)."""
+    holders: list[FakeInferenceServer] = []
+    gate = threading.Event()
+
+    def respond(request: FakeRequest) -> str:
+        if sum(h.in_flight for h in holders) >= 20:
+            gate.set()
+        gate.wait(30)
+        return "The answer is 4."
+
+    with FakeInferenceServer(respond) as one, FakeInferenceServer(respond) as two:
+        holders += [one, two]
+        result = run_bare(
+            [f"What is {i} + 4 - {i}?" for i in range(40)],
+            {"A": [one.url, two.url]},
+            concurrency=10,
+            strategy="cot",
+        )
+        assert one.peak_in_flight == two.peak_in_flight == 10
+    assert result.calls == 40 and one.request_count + two.request_count == 40
+
+
 def test_bare_driver_runs_rstar_searches_against_the_simulator_in_the_papers_shape() -> None:
     questions = [
         f"Tom has {i} apples and buys {i + 2} more. How many apples does he have now?" for i in range(3)
