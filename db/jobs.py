@@ -8,11 +8,13 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -31,6 +33,25 @@ from rstar.reports import judge
 from rstar.strategies.base import StepSpec
 from rstar.types import ProblemInput
 
+CREATE_BATCH = 1000
+"""Problems inserted per statement by `create_job`."""
+
+
+@dataclass(frozen=True)
+class NewStep:
+    """A step `create_job` made: what its dispatch needs (tasks/dispatch.py)."""
+
+    id: int
+    problem_id: int
+    model: str | None
+
+
+_problems_t, _steps_t = Problem.__table__, Step.__table__
+_INSERT_PROBLEMS = insert(_problems_t).returning(_problems_t.c.id, sort_by_parameter_order=True)
+_INSERT_STEPS = insert(_steps_t).returning(
+    _steps_t.c.id, _steps_t.c.problem_id, _steps_t.c.model, sort_by_parameter_order=True
+)
+
 
 def create_job(
     *,
@@ -38,13 +59,18 @@ def create_job(
     name: str,
     strategy: str,
     params: dict[str, Any],
-    models: list[dict[str, str]],
+    models: list[dict[str, Any]],
     source: str | None,
-    problems: list[ProblemInput],
+    problems: Iterable[ProblemInput],
     first_steps: tuple[StepSpec, ...],
-) -> tuple[Job, list[Step]]:
+) -> tuple[Job, list[NewStep]]:
     """The job (`models`: its roster, [{"name", "url"}, ...]), its problems and each problem's
-    first steps, flushed in the caller's transaction."""
+    first steps, written in the caller's transaction.
+
+    Problems and steps go in as plain rows, `CREATE_BATCH` problems a statement (with their ids
+    returned in order), not as ORM objects: a session held every object of a 100,000-problem file
+    until the commit (about 19 KB a problem).
+    """
     job = Job(
         name=name,
         strategy=strategy,
@@ -55,29 +81,38 @@ def create_job(
     )
     session.add(job)
     session.flush()
-    rows = [
-        Problem(
-            job_id=job.id,
-            item_id=p.item_id,
-            line=p.line,
-            question=p.question,
-            reference=p.reference,
-            reference_answer=p.reference_answer,
-            meta=p.meta,
-            status=ProblemStatus.PENDING,
-        )
-        for p in problems
-    ]
-    session.add_all(rows)
-    session.flush()
-    steps = [
-        Step(problem_id=prob.id, key=spec.key, kind=str(spec.kind), model=spec.model, round=spec.round)
-        for prob in rows
-        for spec in first_steps
-    ]
-    session.add_all(steps)
-    session.flush()
-    return job, steps
+    conn = session.connection()
+    made: list[NewStep] = []
+    given = iter(problems)
+    while batch := list(islice(given, CREATE_BATCH)):
+        ids = conn.execute(_INSERT_PROBLEMS, [_problem_row(job.id, p) for p in batch]).scalars().all()
+        rows = [_step_row(problem_id, spec) for problem_id in ids for spec in first_steps]
+        if rows:
+            made += [NewStep(r.id, r.problem_id, r.model) for r in conn.execute(_INSERT_STEPS, rows)]
+    return job, made
+
+
+def _problem_row(job_id: int, p: ProblemInput) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "item_id": p.item_id,
+        "line": p.line,
+        "question": p.question,
+        "reference": p.reference,
+        "reference_answer": p.reference_answer,
+        "meta": p.meta,
+        "status": ProblemStatus.PENDING,
+    }
+
+
+def _step_row(problem_id: int, spec: StepSpec) -> dict[str, Any]:
+    return {
+        "problem_id": problem_id,
+        "key": spec.key,
+        "kind": str(spec.kind),
+        "model": spec.model,
+        "round": spec.round,
+    }
 
 
 def status_counts(*, session: Session, job_id: int) -> Counter[str]:
