@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from cli import problems_file
 from cli.demo import demo_command
 from cli.export import export_command, write_records
 from cli.local import models_app, serve_local_command
@@ -28,7 +30,7 @@ from db import audit, migrate
 from db.jobs import ProblemResult, problem_results, rounds_reached, status_counts
 from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, utcnow
 from db.session import session_scope
-from rstar.inputs import InputError, parse_problems
+from rstar.inputs import InputError, ProblemReader
 from rstar.roster import ModelEntry, RosterError, check_url, describe, pair, parse_model_spec
 from rstar.strategies import STRATEGIES, ParamError, get_strategy
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
@@ -52,14 +54,6 @@ err = make_console(stderr=True)
 def fail(message: str, code: int = 2) -> typer.Exit:
     print_error(err, message)
     return typer.Exit(code)
-
-
-def _read_capped(path: Path, limit: int) -> bytes | None:
-    """The file's bytes, or None when it holds more than `limit` (a device or a pipe need not end:
-    the read stops there)."""
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    return data if len(data) <= limit else None
 
 
 def _job_or_fail(session: Any, job_id: int) -> Job:
@@ -139,79 +133,89 @@ def submit(
         models = _roster(model or [], model_a, model_b, settings)
     except RosterError as exc:
         raise fail(f"{exc}; nothing was submitted") from None
-    try:
-        data = _read_capped(file, settings.max_input_bytes)
-    except OSError as exc:
-        raise fail(f"cannot read {file}: {exc.strerror}") from None
-    if data is None:
-        raise fail(
-            f"{file}: nothing was submitted: it is larger than {settings.max_input_bytes:,} bytes"
-            " (RSTAR_MAX_INPUT_BYTES); split it into several jobs"
-        )
-    try:
-        problems = parse_problems(
-            data,
-            max_question_chars=settings.max_question_chars,
-            max_problems=settings.max_problems_per_job,
-        )
-    except InputError as exc:
-        raise fail(f"{file}: nothing was submitted.\n{exc}") from None
-    given = {
-        "max_rounds": max_rounds,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "samples": samples,
-        "solution_format": solution_format,
+    limits = {
+        "max_question_chars": settings.max_question_chars,
+        "max_problems": settings.max_problems_per_job,
     }
-    params = {k: v for k, v in given.items() if v is not None}
-    for item in param or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--param {item!r}: expected NAME=VALUE")
+    max_bytes = settings.max_input_bytes
+    with ExitStack() as stack:
         try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw  # a bare word is a string
-    if hasattr(STRATEGIES.get(strategy), "budget"):  # what a problem may cost, before anything runs
+            path = stack.enter_context(problems_file.readable_twice(file, max_bytes=max_bytes))
+            count = problems_file.check(path, ProblemReader(**limits), max_bytes=max_bytes)
+        except OSError as exc:
+            raise fail(f"cannot read {file}: {exc.strerror}") from None
+        except problems_file.TooLarge:
+            raise fail(
+                f"{file}: nothing was submitted: it is larger than {max_bytes:,} bytes"
+                " (RSTAR_MAX_INPUT_BYTES); split it into several jobs"
+            ) from None
+        except InputError as exc:
+            raise fail(f"{file}: nothing was submitted.\n{exc}") from None
+        # Read again while the job's transaction inserts them; the database's unique key on
+        # (job, id) stands in for the first pass's check of repeated ids.
+        again = ProblemReader(check_duplicates=False, **limits)
+        problems = problems_file.read_again(path, again, max_bytes=max_bytes, expected=count)
+        given = {
+            "max_rounds": max_rounds,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "seed": seed,
+            "samples": samples,
+            "solution_format": solution_format,
+        }
+        params = {k: v for k, v in given.items() if v is not None}
+        for item in param or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise fail(f"--param {item!r}: expected NAME=VALUE")
+            try:
+                params[key.strip()] = json.loads(raw)
+            except json.JSONDecodeError:
+                params[key.strip()] = raw  # a bare word is a string
+        if hasattr(STRATEGIES.get(strategy), "budget"):  # what a problem may cost, before anything runs
+            try:
+                budget = get_strategy(strategy, params).budget()  # type: ignore[attr-defined]
+                err.print(budget, markup=False, highlight=False, soft_wrap=True)
+            except ParamError as exc:
+                raise fail(str(exc)) from None
         try:
-            err.print(get_strategy(strategy, params).budget(), markup=False, highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
-        except ParamError as exc:
+            done = submit_job(
+                settings=settings,
+                name=name or file.stem,
+                strategy_name=strategy,
+                params=params,
+                models=models,
+                source=str(file),
+                problems=problems,
+                resume_from=resume_from,
+                check_models=settings.check_models if check_models is None else check_models,
+                # The id first, on stdout: an interrupted submit still leaves the user its job.
+                on_stored=lambda job_id: print(job_id, flush=True),
+            )
+        except SendError as exc:
+            raise fail(str(exc), code=1) from None
+        except (ParamError, migrate.SchemaOutOfDateError, ResumeFromError) as exc:
             raise fail(str(exc)) from None
-    try:
-        done = submit_job(
-            settings=settings,
-            name=name or file.stem,
-            strategy_name=strategy,
-            params=params,
-            models=models,
-            source=str(file),
-            problems=problems,
-            resume_from=resume_from,
-            check_models=settings.check_models if check_models is None else check_models,
-            # The id first, on stdout: an interrupted submit still leaves the user its job.
-            on_stored=lambda job_id: print(job_id, flush=True),
-        )
-    except SendError as exc:
-        raise fail(str(exc), code=1) from None
-    except (ParamError, migrate.SchemaOutOfDateError, ResumeFromError) as exc:
-        raise fail(str(exc)) from None
-    except RosterError as exc:
-        raise fail(f"{exc}; nothing was submitted") from None
-    except BrokerUnavailableError as exc:
-        raise fail(str(exc), code=1) from None
-    err.print(
-        f"job {done.job_id}: {done.problems} problem{'s' if done.problems != 1 else ''} enqueued on"
-        f" {', '.join(done.queues)} "
-        f"(models {', '.join(done.models)})"
-    )
-    if done.unused:
-        err.print(f"strategy {strategy} uses {len(done.models)} model(s); not used: {', '.join(done.unused)}")
-    if any(url_credentials(u) for m in models for u in m.urls):
+        except RosterError as exc:
+            raise fail(f"{exc}; nothing was submitted") from None
+        except BrokerUnavailableError as exc:
+            raise fail(str(exc), code=1) from None
+        except problems_file.FileChanged as exc:
+            raise fail(f"{file}: nothing was submitted: it changed while being submitted ({exc})") from None
         err.print(
-            "the credentials in the endpoint URLs were not stored: give them to the workers "
-            "(`rstar worker --endpoint URL`, or RSTAR_MODELS)"
+            f"job {done.job_id}: {done.problems} problem{'s' if done.problems != 1 else ''} enqueued on"
+            f" {', '.join(done.queues)} "
+            f"(models {', '.join(done.models)})"
         )
+        if done.unused:
+            err.print(
+                f"strategy {strategy} uses {len(done.models)} model(s); not used: {', '.join(done.unused)}"
+            )
+        if any(url_credentials(u) for m in models for u in m.urls):
+            err.print(
+                "the credentials in the endpoint URLs were not stored: give them to the workers "
+                "(`rstar worker --endpoint URL`, or RSTAR_MODELS)"
+            )
 
 
 def _roster(

@@ -27,6 +27,7 @@ from db.models import (
     ProblemStatus,
     Selection,
     Step,
+    StepStatus,
     utcnow,
 )
 from rstar.reports import judge
@@ -37,20 +38,9 @@ CREATE_BATCH = 1000
 """Problems inserted per statement by `create_job`."""
 
 
-@dataclass(frozen=True)
-class NewStep:
-    """A step `create_job` made: what its dispatch needs (tasks/dispatch.py)."""
-
-    id: int
-    problem_id: int
-    model: str | None
-
-
 _problems_t, _steps_t = Problem.__table__, Step.__table__
 _INSERT_PROBLEMS = insert(_problems_t).returning(_problems_t.c.id, sort_by_parameter_order=True)
-_INSERT_STEPS = insert(_steps_t).returning(
-    _steps_t.c.id, _steps_t.c.problem_id, _steps_t.c.model, sort_by_parameter_order=True
-)
+_INSERT_STEPS = insert(_steps_t)
 
 
 def create_job(
@@ -63,13 +53,13 @@ def create_job(
     source: str | None,
     problems: Iterable[ProblemInput],
     first_steps: tuple[StepSpec, ...],
-) -> tuple[Job, list[NewStep]]:
+) -> tuple[Job, int]:
     """The job (`models`: its roster, [{"name", "url"}, ...]), its problems and each problem's
-    first steps, written in the caller's transaction.
+    first steps, written in the caller's transaction; returns the job and its number of problems.
 
-    Problems and steps go in as plain rows, `CREATE_BATCH` problems a statement (with their ids
-    returned in order), not as ORM objects: a session held every object of a 100,000-problem file
-    until the commit (about 19 KB a problem).
+    Problems and steps go in as plain rows, `CREATE_BATCH` problems a statement (their ids returned
+    in order), from an iterable read as it goes: a session held every object of a 100,000-problem
+    file until the commit (about 19 KB a problem). `queued_steps` reads the steps back.
     """
     job = Job(
         name=name,
@@ -82,14 +72,37 @@ def create_job(
     session.add(job)
     session.flush()
     conn = session.connection()
-    made: list[NewStep] = []
+    count = 0
     given = iter(problems)
     while batch := list(islice(given, CREATE_BATCH)):
         ids = conn.execute(_INSERT_PROBLEMS, [_problem_row(job.id, p) for p in batch]).scalars().all()
         rows = [_step_row(problem_id, spec) for problem_id in ids for spec in first_steps]
         if rows:
-            made += [NewStep(r.id, r.problem_id, r.model) for r in conn.execute(_INSERT_STEPS, rows)]
-    return job, made
+            conn.execute(_INSERT_STEPS, rows)
+        count += len(ids)
+    return job, count
+
+
+@dataclass(frozen=True)
+class QueuedStep:
+    """What a queued step's dispatch needs (tasks/dispatch.py)."""
+
+    id: int
+    problem_id: int
+    model: str | None
+
+
+def queued_steps(*, session: Session, job_id: int, after: int = 0, limit: int = 5000) -> list[QueuedStep]:
+    """The job's queued steps with ids above `after`, in id order, at most `limit`: page through
+    them with the last id (a million problems' first steps are never all in memory)."""
+    rows = session.execute(
+        select(Step.id, Step.problem_id, Step.model)
+        .join(Problem, Problem.id == Step.problem_id)
+        .where(Problem.job_id == job_id, Step.status == StepStatus.QUEUED, Step.id > after)
+        .order_by(Step.id)
+        .limit(limit)
+    ).all()
+    return [QueuedStep(r.id, r.problem_id, r.model) for r in rows]
 
 
 def _problem_row(job_id: int, p: ProblemInput) -> dict[str, Any]:

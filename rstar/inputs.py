@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,7 +19,15 @@ from typing import Any
 from rstar.answers import extract_reference
 from rstar.types import ProblemInput
 
-__all__ = ["MAX_ID_CHARS", "MAX_REPORTED_PROBLEMS", "InputError", "InputProblem", "parse_problems"]
+__all__ = [
+    "MAX_ID_CHARS",
+    "MAX_REPORTED_PROBLEMS",
+    "InputError",
+    "InputProblem",
+    "Overlong",
+    "ProblemReader",
+    "parse_problems",
+]
 
 MAX_REPORTED_PROBLEMS = 50
 MAX_ID_CHARS = 200
@@ -251,6 +259,114 @@ def _decode_line(raw: bytes, line: int, max_line_bytes: int, out: _Collector) ->
     return _INVALID
 
 
+@dataclass(frozen=True)
+class Overlong:
+    """A line longer than the limit, as a streaming reader of a file gives it: its length, not
+    its bytes (which may not end)."""
+
+    length: int
+
+
+class ProblemReader:
+    """Validates a file's lines as they come, so a file of any size is checked in bounded memory.
+
+    `read(lines)` yields each valid problem while no error has been found (after the first error
+    nothing would be kept, so nothing more is yielded) and goes on checking every line; `check()`
+    then raises the InputError listing everything wrong, as `parse_problems` does. A line is the
+    bytes between two newlines, without them, or an `Overlong`. With `check_duplicates=False` a
+    repeated id is left to the database's unique key (a second pass over a file already checked).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_line_bytes: int = 65536,
+        max_question_chars: int = 20000,
+        max_problems: int = 100000,
+        check_duplicates: bool = True,
+    ) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_question_chars = max_question_chars
+        self.max_problems = max_problems
+        self._duplicates: dict[str, int] | None = {} if check_duplicates else None
+        self._out = _Collector()
+        self.count = 0
+        """Non-blank lines seen."""
+        self.valid = 0
+        """Problems that passed."""
+
+    @property
+    def errors(self) -> list[InputProblem]:
+        return self._out.problems
+
+    def read(self, lines: Iterable[bytes | Overlong]) -> Iterator[ProblemInput]:
+        out = self._out
+        try:
+            for index, raw in enumerate(lines):
+                line = index + 1
+                if isinstance(raw, Overlong):
+                    self.count += 1
+                    out.add(
+                        line, None, f"line too long: {raw.length} bytes, the limit is {self.max_line_bytes}"
+                    )
+                    continue
+                if index == 0 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM) :]
+                if not raw.strip():
+                    continue
+                self.count += 1
+                if self.count > self.max_problems:
+                    out.add(line, None, f"more than {self.max_problems} problems; split the file")
+                    break
+                problem = self._problem(raw, line)
+                if problem is not None:
+                    self.valid += 1
+                    if not out.problems:
+                        yield problem
+        except _TooMany:
+            pass
+
+    def _problem(self, raw: bytes, line: int) -> ProblemInput | None:
+        out = self._out
+        obj = _decode_line(raw, line, self.max_line_bytes, out)
+        if obj is _INVALID:
+            return None
+        if not isinstance(obj, dict):
+            out.add(line, None, f"must be a JSON object, not {_type_name(obj)}")
+            return None
+        fields_ok = _check_fields(obj, line, out)
+        question = _check_question(obj, line, self.max_question_chars, out)
+        item_id = _check_id(obj, line, out)
+        answer_ok, reference = _check_answer(obj, line, out)
+        meta_ok, meta = _check_meta(obj, line, out)
+        if item_id is not None and self._duplicates is not None:
+            if item_id in self._duplicates:
+                out.add(
+                    line, "id", f"duplicate id {item_id!r}, first used on line {self._duplicates[item_id]}"
+                )
+                return None
+            self._duplicates[item_id] = line
+        if question is None or item_id is None or not (answer_ok and meta_ok and fields_ok):
+            return None
+        return ProblemInput(
+            item_id=item_id,
+            line=line,
+            question=question,
+            reference=reference,
+            reference_answer=extract_reference(reference),
+            meta=meta,
+        )
+
+    def check(self) -> None:
+        """Raises InputError when the file had anything wrong, or no problems at all."""
+        if not self._out.problems and not self.valid:
+            self._out.problems.append(
+                InputProblem(0, None, "no problems: the file is empty or has only blank lines")
+            )
+        if self._out.problems:
+            raise InputError(self._out.problems)
+
+
 def parse_problems(
     data: bytes,
     *,
@@ -266,55 +382,9 @@ def parse_problems(
     kept with the problem as given), and nothing else: a key given twice or any other field is
     refused (with the field it resembles).
     """
-    out = _Collector()
-    problems: list[ProblemInput] = []
-    first_line_of: dict[str, int] = {}
-    count = 0
-    try:
-        for index, raw in enumerate(data.split(b"\n")):
-            line = index + 1
-            if index == 0 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
-            if not raw.strip():
-                continue
-            count += 1
-            if count > max_problems:
-                out.add(line, None, f"more than {max_problems} problems; split the file")
-                break
-            obj = _decode_line(raw, line, max_line_bytes, out)
-            if obj is _INVALID:
-                continue
-            if not isinstance(obj, dict):
-                out.add(line, None, f"must be a JSON object, not {_type_name(obj)}")
-                continue
-            fields_ok = _check_fields(obj, line, out)
-            question = _check_question(obj, line, max_question_chars, out)
-            item_id = _check_id(obj, line, out)
-            answer_ok, reference = _check_answer(obj, line, out)
-            meta_ok, meta = _check_meta(obj, line, out)
-            if item_id is not None:
-                if item_id in first_line_of:
-                    out.add(
-                        line, "id", f"duplicate id {item_id!r}, first used on line {first_line_of[item_id]}"
-                    )
-                    continue
-                first_line_of[item_id] = line
-            if question is None or item_id is None or not (answer_ok and meta_ok and fields_ok):
-                continue
-            problems.append(
-                ProblemInput(
-                    item_id=item_id,
-                    line=line,
-                    question=question,
-                    reference=reference,
-                    reference_answer=extract_reference(reference),
-                    meta=meta,
-                )
-            )
-    except _TooMany:
-        pass
-    if not out.problems and not problems:
-        out.add(0, None, "no problems: the file is empty or has only blank lines")
-    if out.problems:
-        raise InputError(out.problems)
+    reader = ProblemReader(
+        max_line_bytes=max_line_bytes, max_question_chars=max_question_chars, max_problems=max_problems
+    )
+    problems = list(reader.read(data.split(b"\n")))
+    reader.check()
     return problems

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from celery import current_app
 
-from db.jobs import create_job
+from db.jobs import QueuedStep, create_job, queued_steps
 from db.migrate import ensure_current, redact_url
 from db.models import Job
 from db.session import session_scope
@@ -97,7 +98,7 @@ def submit_job(
     params: dict[str, Any],
     models: list[ModelEntry] | tuple[ModelEntry, ...],
     source: str | None,
-    problems: list[ProblemInput],
+    problems: Iterable[ProblemInput],
     resume_from: int | None = None,
     check_models: bool = True,
     on_stored: Callable[[int], None] | None = None,
@@ -106,6 +107,8 @@ def submit_job(
     the job, enqueue its first steps. `on_stored(job_id)` is called once the job is stored, before
     its messages are sent (minutes for a large file): a submit interrupted then leaves a job whose
     steps the workers' recovery sweep sends (tasks/recovery.py), and the user has its id.
+    `problems` is read once, inside the job's transaction: an exception it raises (a file that
+    changed since it was checked) rolls everything back.
 
     Raises:
         ParamError: a strategy parameter is out of range, or the roster is too short for it.
@@ -124,7 +127,7 @@ def submit_job(
     check_broker(settings)
     first = strategy.plan(ProblemState.empty(used)).steps
     with session_scope(settings.database_url) as session:
-        job, steps = create_job(
+        job, count = create_job(
             session=session,
             name=name,
             strategy=strategy_name,
@@ -139,15 +142,26 @@ def submit_job(
             if session.get(Job, resume_from) is None:
                 raise ResumeFromError(f"--resume-from {resume_from}: there is no job {resume_from}")
             job.resume_from_id = resume_from
-        dispatches = [dispatch_for(step, job) for step in steps]
-        job_id = job.id
+        job_id, stored = job.id, SimpleNamespace(models=list(job.models))
     if on_stored is not None:
         on_stored(job_id)
+    queues: set[str] = set()
+    after = 0
     try:
-        enqueue(dispatches)
+        # Page by page from the database: a million problems' steps are never all in memory.
+        while page := _queued(settings, job_id, after):
+            dispatches = [dispatch_for(step, stored) for step in page]
+            enqueue(dispatches)
+            queues.update(d.queue for d in dispatches)
+            after = page[-1].id
     except Exception as exc:  # the broker went away mid-way (kombu's errors, OSError, ...)
         raise SendError(
             job_id, scrub(f"{type(exc).__name__}: {exc}", url_password(settings.broker_url))
         ) from exc
     unused = tuple(m.name for m in models if m.name not in used)
-    return Submitted(job_id, len(problems), tuple(sorted({d.queue for d in dispatches})), used, unused)
+    return Submitted(job_id, count, tuple(sorted(queues)), used, unused)
+
+
+def _queued(settings: Settings, job_id: int, after: int) -> list[QueuedStep]:
+    with session_scope(settings.database_url) as session:
+        return queued_steps(session=session, job_id=job_id, after=after)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from cli import problems_file
 from cli.main import app
 from db.models import Job, Problem, Step
 from db.session import session_scope
+from rstar.inputs import Overlong, ProblemReader
+from rstar.roster import ModelEntry
+from tests.support import REPO, service_env
 
 GOOD = json.dumps({"question": "What is 2 + 3?", "answer": "#### 5"})
 
@@ -220,3 +226,62 @@ def test_declared_metadata_is_kept_and_given_back(app_env: object, migrated: str
         assert [r["meta"] for r in table] == [json.dumps(meta), ""], command
     shown = runner.invoke(app, ["show", job, "m"], env={"COLUMNS": "200"}).stdout
     assert 'meta: {"level": 5, "subject": "Algebra", "note": "=1+1"}' in shown
+
+
+# -- a file read in bounded memory, twice ---------------------------------------------------------
+
+
+def test_file_lines_report_a_long_line_by_its_length_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"question": "a?"}\r\n' + b"x" * 100 + b"\n\n" + b"y" * 10 + b"\n" + b"last")
+    lines = list(problems_file.file_lines(path, max_bytes=1000, max_line_bytes=20))
+    assert lines == [b'{"question": "a?"}\r', Overlong(100), b"", b"y" * 10, b"last"]
+    with pytest.raises(problems_file.TooLarge):
+        list(problems_file.file_lines(path, max_bytes=50, max_line_bytes=20))
+    endless = tmp_path / "endless"
+    endless.write_bytes(b"0" * 200_000)  # no newline at all: read in chunks until the byte limit
+    with pytest.raises(problems_file.TooLarge):
+        list(problems_file.file_lines(endless, max_bytes=100_000, max_line_bytes=100))
+
+
+def test_a_file_changed_between_the_two_passes_is_refused_and_nothing_is_written(
+    app_env: object, migrated: str, tmp_path: Path
+) -> None:
+    from tasks.submit import submit_job
+    from workers.settings import get_settings
+
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"id": i, "question": f"What is {i} + 1?"}) for i in range(2500)) + "\n"
+    )
+    count = problems_file.check(path, ProblemReader(), max_bytes=10**8)
+    assert count == 2500
+    with path.open("a") as f:  # one more line after the check
+        f.write(json.dumps({"question": "And 2 + 2?"}) + "\n")
+    again = problems_file.read_again(
+        path, ProblemReader(check_duplicates=False), max_bytes=10**8, expected=count
+    )
+    with pytest.raises(problems_file.FileChanged, match="2501 problems"):
+        submit_job(
+            settings=get_settings(), name="x", strategy_name="cot", params={}, source=str(path),
+            models=[ModelEntry("A", "http://127.0.0.1:9")], problems=again, check_models=False,
+        )  # fmt: skip
+    with session_scope(migrated) as s:
+        for model in (Job, Problem, Step):
+            assert s.scalar(select(func.count()).select_from(model)) == 0  # the batches written rolled back
+
+
+def test_a_pipe_is_submitted_whole(migrated: str, redis_url: str) -> None:
+    """/dev/stdin cannot be read twice: it is copied on the first pass."""
+    data = "\n".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + 1?"}) for i in range(1200)) + "\n"
+    args = ["submit", "/dev/stdin", "--no-check-models", "--model-a", "http://x:1", "--strategy", "cot"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], input=data, env=service_env(migrated, redis_url),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with session_scope(migrated) as s:
+        assert s.scalar(select(func.count()).select_from(Problem)) == 1200
+        assert s.scalar(select(func.count()).select_from(Step)) == 1200
+        lines = s.scalars(select(Problem.line).order_by(Problem.id)).all()
+    assert lines == list(range(1, 1201))

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from cli.demo import _check_outcome
 from db.calls import new_call, record_call
-from db.jobs import create_job
+from db.jobs import create_job, queued_steps
 from db.models import CallOutcome, Job, ModelCall
 from db.session import session_scope
 from localmodels.servers import (
@@ -252,12 +252,13 @@ def test_demo_outcome_fails_when_no_call_succeeded_or_a_server_died(
     migrated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with session_scope(migrated) as s:
-        job, (step,) = create_job(
+        job, _ = create_job(
             session=s, name="demo", strategy="mutual", params={},
             models=[{"name": "A", "url": "http://a"}, {"name": "B", "url": "http://b"}],
             source=None, problems=[ProblemInput("p1", 1, "What is 2 + 3?", "5", "5")],
             first_steps=(StepSpec("r1.generate.A", StepKind.GENERATE, "A", 1),),
         )  # fmt: skip
+        (step,) = queued_steps(session=s, job_id=job.id)
         job_id, step_id, problem_id = job.id, step.id, step.problem_id
 
     def record(attempt: int, outcome: CallOutcome) -> None:
