@@ -46,6 +46,11 @@ def test_the_parents_replica_is_preferred_while_it_has_a_free_slot() -> None:
     assert choose(full, prefer="a", now=100.0, down_seconds=10).url == "b"
 
 
+def test_a_server_without_a_limit_is_preferred_only_while_it_is_not_fuller_than_the_fallback() -> None:
+    assert choose([_r("a", 31, None), _r("b", 0, None)], prefer="a", now=0.0, down_seconds=10).url == "a"
+    assert choose([_r("a", 32, None), _r("b", 0, None)], prefer="a", now=0.0, down_seconds=10).url == "b"
+
+
 def test_without_a_preference_the_least_used_share_wins() -> None:
     # b has more calls but a larger share: 2/8 used against a's 2/4.
     replicas = [_r("a", 2, 4), _r("b", 2, 8), _r("c", 3, 4)]

@@ -46,8 +46,10 @@ def choose(replicas: Sequence[Replica], *, prefer: str | None, now: float, down_
     up = [r for r in replicas if r.down_since is None or now - r.down_since >= down_seconds]
     if not up:
         return min(replicas, key=lambda r: r.down_since or 0.0)
+    # A server that does not say its limit (vLLM, SGLang) is counted as FALLBACK_SLOTS wide, as the
+    # worker's pool is: else every branch would stay on its root's replica however full it got.
     for r in up:
-        if r.url == prefer and (r.limit is None or r.busy < r.limit):
+        if r.url == prefer and r.busy < (r.limit or FALLBACK_SLOTS):
             return r
     return min(up, key=lambda r: r.busy / (r.limit or FALLBACK_SLOTS))
 
