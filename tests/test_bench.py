@@ -143,16 +143,21 @@ def test_bare_driver_runs_rstar_searches_against_the_simulator_in_the_papers_sha
         assert result.answers[i] in {str(right_answer(q)), str(right_answer(q) + 1)}, (q, result.answers[i])
 
 
-def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
-    client = redis.Redis.from_url(BENCH_REDIS_URL)
+def require_redis(url: str) -> None:
+    """Skip without Redis there (fail in CI, where it must be)."""
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.ConnectionError:
         if os.environ.get("CI"):
-            pytest.fail(f"Redis does not answer at {BENCH_REDIS_URL}")
-        pytest.skip(f"Redis does not answer at {BENCH_REDIS_URL}")
+            pytest.fail(f"Redis does not answer at {url}")
+        pytest.skip(f"Redis does not answer at {url}")
     finally:
         client.close()
+
+
+def test_benchmark_runs_end_to_end_on_five_problems(tmp_path: Path) -> None:
+    require_redis(BENCH_REDIS_URL)
     code = throughput.main(
         [
             "--problems", "5", "--concurrency", "4", "--time-scale", "0.02", "--database", "sqlite",
@@ -182,15 +187,7 @@ def test_window_mean_weighs_each_value_by_how_long_it_held() -> None:
 def test_fleet_benchmark_runs_one_rstar_job_on_two_replicas(tmp_path: Path) -> None:
     """`python -m bench.fleet`: A on both simulated servers, B on the first; every problem answered,
     both servers used, no 429."""
-    client = redis.Redis.from_url(FLEET_REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis does not answer at {FLEET_REDIS_URL}")
-        pytest.skip(f"Redis does not answer at {FLEET_REDIS_URL}")
-    finally:
-        client.close()
+    require_redis(FLEET_REDIS_URL)
     code = fleet.main(
         [
             "--replicas", "2", "--problems", "4", "--server-limit", "6", "--time-scale", "0.02",
