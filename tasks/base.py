@@ -308,7 +308,8 @@ def _record_and_plan(
 
 
 def served_by(session: Session, output_id: int) -> str | None:
-    """The endpoint whose call produced the output (None for a copied or model-less one)."""
+    """The endpoint whose call produced the output (a copied call names the original's; None for
+    an output no call produced)."""
     return session.scalar(
         select(ModelCall.endpoint)
         .join(Output, Output.model_call_id == ModelCall.id)
@@ -319,7 +320,7 @@ def served_by(session: Session, output_id: int) -> str | None:
 def replica_for(claim: Claim, request: ModelRequest, settings: Settings) -> AbstractContextManager[str]:
     """The server this call goes to: the model's one endpoint, or the replica `workers.replicas`
     picks; counted busy with the call's sequences while the block runs."""
-    if not claim.replicas:  # a job of a release that did not store the roster's replicas
+    if not claim.replicas:  # no model of that name in the roster: nothing to choose from
         return nullcontext(claim.endpoint or "")
     return replicas.chooser.replica(
         claim.replicas,
