@@ -420,11 +420,9 @@ def write_paths(db_url: str, job_id: int, path: Path) -> None:
     from db.session import session_scope
     from rstar.exports import trajectory_records
 
-    with session_scope(db_url) as session:
+    with session_scope(db_url) as session, path.open("w", encoding="utf-8") as out:
         job, problems = load_export(session=session, job_id=job_id)
-        records = trajectory_records(job_id, job.strategy, problems)
-    with path.open("w", encoding="utf-8") as out:
-        for record in records:
+        for record in trajectory_records(job_id, job.strategy, problems):
             out.write(json.dumps({k: record[k] for k in PATH_FIELDS}, ensure_ascii=False) + "\n")
 
 

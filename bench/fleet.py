@@ -1,6 +1,7 @@
 """Fleet benchmark: one rstar job on one model served by many simulated GPUs. Is every one full?
 
     python -m bench.fleet --replicas 2,4,8 --problems 128 --server-limit 32 --time-scale 1.0
+    python -m bench.fleet --replicas 2,4,8 --problems-per-replica 16 --time-scale 0.2
 
 For each replica count R: R fresh simulated servers (`bench.simulator`, each admitting
 `--server-limit` requests at once), the generator A on all of them (`--model A=URL1,...,URLR`) and
@@ -105,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--replicas", default="2,4,8", help="replica counts to run, e.g. 2,4,8")
     parser.add_argument("--problems", type=int, default=128)
+    parser.add_argument(
+        "--problems-per-replica",
+        type=int,
+        default=None,
+        help="problems per replica instead of --problems: the same work per server at every fleet size",
+    )
     parser.add_argument("--server-limit", type=int, default=32, help="requests each simulated server admits")
     parser.add_argument("--time-scale", type=float, default=SimConfig.time_scale)
     parser.add_argument(
@@ -128,14 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     cfg = SimConfig(max_concurrent_requests=args.server_limit, time_scale=args.time_scale)
-    questions = load_questions(args.problems, args.questions)
+    counts = [int(r) for r in args.replicas.split(",") if r.strip()]
+    most = args.problems_per_replica * max(counts) if args.problems_per_replica else args.problems
+    every_question = load_questions(most, args.questions)
     params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
     check_private_redis(args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="rstar-fleet-"))
     runs: list[tuple[int, RunResult, list[ServerRow]]] = []
-    for replicas in [int(r) for r in args.replicas.split(",") if r.strip()]:
+    for replicas in counts:
+        problems = args.problems_per_replica * replicas if args.problems_per_replica else args.problems
+        questions = every_question[:problems]
         size = f"{replicas} replicas x {args.server_limit} slots"
-        log(f"{size}, {args.problems} problems, workers {args.workers}")
+        log(f"{size}, {problems} problems, workers {args.workers}")
         (tmp / f"r{replicas}").mkdir()
         result = run_system_once(
             questions,

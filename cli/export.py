@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,32 +33,39 @@ def _flat(value: Any) -> Any:
 
 
 def write_records(
-    records: list[dict[str, Any]], fields: tuple[str, ...], fmt: str, output: Path | None
-) -> None:
-    """Records as JSONL or CSV (to `output`, or standard output) or Parquet (a file: it is binary).
-    In CSV and Parquet a value that is an object or a list (a problem's "meta") is its JSON text."""
+    records: Iterable[dict[str, Any]], fields: tuple[str, ...], fmt: str, output: Path | None
+) -> int:
+    """Records as JSONL or CSV (to `output`, or standard output), written as they come, or Parquet
+    (a file: it is binary; one table, so held whole). In CSV and Parquet a value that is an object
+    or a list (a problem's "meta") is its JSON text. Returns how many were written."""
     if fmt != "jsonl":
-        records = [{k: _flat(v) for k, v in r.items()} for r in records]
+        records = ({k: _flat(v) for k, v in r.items()} for r in records)
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         assert output is not None
-        columns = {f: [r[f] for r in records] for f in fields}
+        held = list(records)
+        columns = {f: [r[f] for r in held] for f in fields}
         pq.write_table(pa.table(columns), output)
-        return
+        return len(held)
+    written = 0
     out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
     try:
         if fmt == "jsonl":
             for r in records:
                 out.write(json.dumps(r, ensure_ascii=False) + "\n")
+                written += 1
         else:
             writer = SpreadsheetCsv(out, fieldnames=fields, lineterminator="\r\n")  # csv's own default
             writer.writeheader()
-            writer.writerows(records)
+            for r in records:
+                writer.writerow(r)
+                written += 1
     finally:
         if output:
             out.close()
+    return written
 
 
 def export_command(
@@ -92,11 +100,12 @@ def export_command(
             print_error(err, exc)
             raise typer.Exit(2) from None
         strategy = found.strategy
-    if trajectories:
-        records = trajectory_records(job, strategy, problems, verified_only=verified_only)
-        fields = TRAJECTORY_FIELDS
-    else:
-        records, fields = problem_records(job, strategy, problems), PROBLEM_FIELDS
-    write_records(records, fields, format, output)
+        if trajectories:
+            records = trajectory_records(job, strategy, problems, verified_only=verified_only)
+            fields = TRAJECTORY_FIELDS
+        else:
+            records, fields = problem_records(job, strategy, problems), PROBLEM_FIELDS
+        # Streamed: the problems are read in batches as the records are written.
+        written = write_records(records, fields, format, output)
     if output:
-        err.print(SafeText(f"{len(records)} records written to {output}"))
+        err.print(SafeText(f"{written} records written to {output}"))

@@ -27,7 +27,7 @@ from cli.render import SafeText, make_console, print_error, print_trail, shown_t
 from cli.report import report_command
 from cli.ui import ui_command
 from db import audit, migrate
-from db.jobs import ProblemResult, problem_results, rounds_reached, status_counts
+from db.jobs import ProblemResult, iter_problem_results, rollout_progress, status_counts
 from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, utcnow
 from db.session import session_scope
 from rstar.inputs import InputError, ProblemReader
@@ -343,7 +343,7 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
         elapsed = ((job.finished_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
         models = ", ".join(describe(m) for m in job.models)
         rollouts = (job.params or {}).get("rollouts") if strategy == "rstar" else None
-        reached = rounds_reached(session=session, job_id=job_id) if rollouts else []
+        rolled = rollout_progress(session=session, job_id=job_id, rollouts=rollouts) if rollouts else None
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
     table = Table(title=shown_title(f"job {job_id} ({name}, {strategy}; models {models}): {job_status}"))
@@ -357,14 +357,11 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
     grid = Table.grid()
     grid.add_row(table)
     grid.add_row(progress.get_renderable())
-    if rollouts and reached:
-        # A search in rollout r has r - 1 done; past the last it is in the discriminator.
-        done_per = [rollouts if st == "answered" else min(rollouts, max(0, r - 1)) for st, r in reached]
-        judging = sum(1 for st, r in reached if r > rollouts and st != "answered")
+    if rolled is not None:
         grid.add_row(
             Text(
-                f"rollouts done per problem: mean {sum(done_per) / len(done_per):.1f} of {rollouts}"
-                f" (min {min(done_per)}, max {max(done_per)}); {judging} in the discriminator"
+                f"rollouts done per problem: mean {rolled.mean:.1f} of {rollouts}"
+                f" (min {rolled.least}, max {rolled.most}); {rolled.judging} in the discriminator"
             )
         )
     return grid, total > 0 and finished == total
@@ -423,10 +420,11 @@ def results(
     _ensure_schema()
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
-        rows = [asdict(r) for r in problem_results(session=session, job_id=job)]
-    write_records(rows, tuple(ProblemResult.__dataclass_fields__), format, output)
+        # Streamed: a batch of problems at a time from the database to the file.
+        rows = (asdict(r) for r in iter_problem_results(session=session, job_id=job))
+        written = write_records(rows, tuple(ProblemResult.__dataclass_fields__), format, output)
     if output:
-        err.print(SafeText(f"{len(rows)} records written to {output}"))
+        err.print(SafeText(f"{written} records written to {output}"))
 
 
 # -- show --------------------------------------------------------------------------------------

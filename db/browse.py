@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.jobs import ProblemResult, problem_results
-from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Problem, ProblemStatus
+from db.jobs import ProblemResult, iter_problem_results, problem_results
+from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Output, Problem, ProblemStatus, Selection
 from rstar import roster
 from rstar.reports import PairedComparison, judge, paired_counts, wilson_interval
 
@@ -99,52 +99,52 @@ class JobOverview:
 
 
 def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> list[JobOverview]:
-    """Every job (or those named), newest first, with its progress, accuracy and cost: three
-    grouped queries whatever the number of jobs."""
+    """Every job (or those named), newest first, with its progress, accuracy and cost, from the
+    tallies finished problems keep (migration 0007) plus the calls of open ones: a handful of
+    grouped queries whatever the number of jobs and problems."""
     jobs = select(Job).order_by(Job.id.desc())
     if job_ids is not None:
         jobs = jobs.where(Job.id.in_(job_ids))
     found = list(session.scalars(jobs))
     ids = [j.id for j in found]
+    terminal = [s.value for s in TERMINAL_PROBLEM_STATES]
     counts: dict[int, Counter[str]] = {}
-    for job_id, status, n in session.execute(
-        select(Problem.job_id, Problem.status, func.count())
+    judged: Counter[int] = Counter()
+    right: Counter[int] = Counter()
+    for job_id, status, n, with_reference, correct in session.execute(
+        select(
+            Problem.job_id,
+            Problem.status,
+            func.count(),
+            func.count(Problem.reference_answer),
+            func.count(case((Problem.correct.is_(True), 1))),
+        )
         .where(Problem.job_id.in_(ids))
         .group_by(Problem.job_id, Problem.status)
     ):
         counts.setdefault(job_id, Counter())[status] = n
-    right: Counter[int] = Counter()
-    judged: Counter[int] = Counter()
-    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
-    for job_id, status, answer, ref in session.execute(
-        select(Problem.job_id, Problem.status, Problem.final_answer, Problem.reference_answer).where(
-            Problem.job_id.in_(ids),
-            Problem.reference_answer.is_not(None),
-            Problem.status.in_(terminal),
-        )
+        if status in terminal:
+            judged[job_id] += with_reference
+            right[job_id] += correct
+    cost: dict[int, list[int]] = {}
+    for job_id, *sums in session.execute(
+        select(Problem.job_id, *(func.sum(getattr(Problem, c)) for c in _TALLIED))
+        .where(Problem.job_id.in_(ids), Problem.calls.is_not(None))
+        .group_by(Problem.job_id)
     ):
-        judged[job_id] += 1
-        right[job_id] += judge(status, answer, ref)
-    cost = {
-        job_id: (n, rq or 0, sq or 0, (pt or 0) + (ct or 0))
-        for job_id, n, rq, sq, pt, ct in session.execute(
-            select(
-                Problem.job_id,
-                func.count(),
-                func.sum(ModelCall.requests),
-                func.sum(ModelCall.sequences),
-                func.sum(ModelCall.prompt_tokens),
-                func.sum(ModelCall.completion_tokens),
-            )
-            .join(Problem, Problem.id == ModelCall.problem_id)
-            .where(Problem.job_id.in_(ids))
-            .group_by(Problem.job_id)
-        )
-    }
+        cost[job_id] = [x or 0 for x in sums]
+    for job_id, *sums in session.execute(
+        select(Problem.job_id, func.count(), *(func.sum(getattr(ModelCall, c)) for c in _TALLIED[1:]))
+        .join(Problem, Problem.id == ModelCall.problem_id)
+        .where(Problem.job_id.in_(ids), Problem.calls.is_(None))
+        .group_by(Problem.job_id)
+    ):
+        total = cost.setdefault(job_id, [0] * len(_TALLIED))
+        cost[job_id] = [a + (b or 0) for a, b in zip(total, sums, strict=True)]
     out = []
     for j in found:
         c = counts.get(j.id, Counter())
-        calls, requests, sequences, tokens = cost.get(j.id, (0, 0, 0, 0))
+        calls, requests, sequences, prompt, completion = cost.get(j.id, [0] * len(_TALLIED))
         out.append(
             JobOverview.of(
                 j,
@@ -156,10 +156,14 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
                 model_calls=calls,
                 requests=requests,
                 sequences=sequences,
-                tokens=tokens,
+                tokens=prompt + completion,
             )
         )
     return out
+
+
+_TALLIED = ("calls", "requests", "sequences", "prompt_tokens", "completion_tokens")
+"""Problem columns (model_calls' for the sums but `calls`, a count), in the order summed."""
 
 
 @dataclass(frozen=True)
@@ -187,34 +191,58 @@ class ProblemPage:
 
 
 def job_view(*, session: Session, job_id: int, **listing: Any) -> tuple[JobOverview, ProblemPage] | None:
-    """A job's overview and one page of its problems (`problem_page`'s filters), from one read of
-    its results; None when there is no such job."""
-    job = session.get(Job, job_id)
-    if job is None:
+    """A job's overview and one page of its problems (`problem_page`'s filters); None when there
+    is no such job."""
+    found = job_overviews(session=session, job_ids=[job_id])
+    if not found:
         return None
-    results = problem_results(session=session, job_id=job_id)
-    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
-    judged = [r for r in results if r.reference_answer is not None and r.status in terminal]
-    overview = JobOverview.of(
-        job,
-        problems=len(results),
-        done=sum(r.status in terminal and r.status != ProblemStatus.CANCELLED for r in results),
-        cancelled=sum(r.status == ProblemStatus.CANCELLED for r in results),
-        right=sum(bool(r.correct) for r in judged),
-        judged=len(judged),
-        model_calls=sum(r.model_calls for r in results),
-        requests=sum(r.requests for r in results),
-        sequences=sum(r.sequences for r in results),
-        tokens=sum(r.prompt_tokens + r.completion_tokens for r in results),
+    return found[0], problem_page(session=session, job_id=job_id, **listing)
+
+
+def _outcome() -> Any:
+    """`outcome_of` in SQL, over the stored judgement."""
+    return case(
+        (Problem.status == ProblemStatus.FAILED.value, "failed"),
+        (Problem.status != ProblemStatus.ANSWERED.value, "open"),
+        (Problem.final_answer.is_(None), "unanswered"),
+        (Problem.reference_answer.is_(None), "no reference"),
+        (Problem.correct.is_(True), "correct"),
+        else_="wrong",
     )
-    return overview, problem_page(session=session, job_id=job_id, results=results, **listing)
+
+
+def _live(column: str) -> Any:
+    """A problem's tally as a sort key: stored once finished, counted from its calls while open."""
+    calls = ModelCall.__table__
+    if column == "calls":
+        counted = select(func.count()).where(calls.c.problem_id == Problem.id)
+    else:
+        counted = select(func.coalesce(func.sum(calls.c[column]), 0)).where(calls.c.problem_id == Problem.id)
+    return case((Problem.calls.is_(None), counted.scalar_subquery()), else_=getattr(Problem, column))
+
+
+def _sort_key(session: Session, sort: str) -> Any:
+    if sort == "calls":
+        return _live("calls")
+    if sort == "sequences":
+        return _live("sequences")
+    if sort == "tokens":
+        return _live("prompt_tokens") + _live("completion_tokens")
+    if sort == "rounds":
+        return func.coalesce(Problem.rounds_used, -1)
+    if sort == "time":
+        if session.get_bind().dialect.name == "sqlite":
+            seconds = (func.julianday(Problem.finished_at) - func.julianday(Problem.started_at)) * 86400.0
+        else:
+            seconds = func.extract("epoch", Problem.finished_at - Problem.started_at)
+        return func.coalesce(seconds, -1.0)
+    return Problem.line
 
 
 def problem_page(
     *,
     session: Session,
     job_id: int,
-    results: list[ProblemResult],
     outcome: str | None = None,
     model: str | None = None,
     rounds: int | None = None,
@@ -223,30 +251,54 @@ def problem_page(
     page: int = 1,
     per_page: int = 50,
 ) -> ProblemPage:
-    """One page of a job's problems, from their `results`. `outcome` is one of OUTCOMES, `model`
-    the roster name whose output was selected, `rounds` the rounds used; `sort` a key of SORTS."""
-    lines = dict(session.execute(select(Problem.item_id, Problem.line).where(Problem.job_id == job_id)).all())
-    rows = [ProblemRow(r, lines[r.id], outcome_of(r)) for r in results]
-    outcomes = Counter(r.outcome for r in rows)
-    models = tuple(sorted({r.result.model for r in rows if r.result.model}))
-    rounds_seen = tuple(sorted({r.result.rounds_used for r in rows if r.result.rounds_used is not None}))
-    kept = [
-        r
-        for r in rows
-        if (outcome is None or r.outcome == outcome)
-        and (model is None or r.result.model == model)
-        and (rounds is None or r.result.rounds_used == rounds)
-    ]
-    kept.sort(key=SORTS.get(sort, SORTS["line"]), reverse=descending)
-    pages = max(1, -(-len(kept) // per_page))
+    """One page of a job's problems, filtered and sorted in SQL: only the page's rows are read
+    whole. `outcome` is one of OUTCOMES, `model` the roster name whose output was selected,
+    `rounds` the rounds used; `sort` a key of SORTS (ties in input order)."""
+    outcome_expr = _outcome().label("outcome")
+    of_job = Problem.job_id == job_id
+    outcomes = Counter(
+        dict(session.execute(select(outcome_expr, func.count()).where(of_job).group_by(outcome_expr)).all())
+    )
+    chosen_by = (
+        select(Output.model)
+        .join(Selection, Selection.output_id == Output.id)
+        .where(Selection.problem_id == Problem.id)
+        .scalar_subquery()
+    )
+    query = select(Problem.id, Problem.item_id, Problem.line, outcome_expr).where(of_job)
+    if outcome is not None:
+        query = query.where(_outcome() == outcome)
+    if model is not None:
+        query = query.where(chosen_by == model)
+    if rounds is not None:
+        query = query.where(Problem.rounds_used == rounds)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)
+    key = _sort_key(session, sort)
+    ordered = query.order_by(key.desc() if descending else key, Problem.line)
+    picked = session.execute(ordered.offset((page - 1) * per_page).limit(per_page)).all()
+    results = {
+        r.id: r
+        for r in iter_problem_results(session=session, job_id=job_id, problem_ids=[row.id for row in picked])
+    }
+    rows = [ProblemRow(results[r.item_id], r.line, r.outcome) for r in picked]
+    rounds_seen = tuple(
+        session.scalars(
+            select(Problem.rounds_used)
+            .where(of_job, Problem.rounds_used.is_not(None))
+            .distinct()
+            .order_by(Problem.rounds_used)
+        )
+    )
+    job = session.get(Job, job_id)
     return ProblemPage(
-        rows=kept[(page - 1) * per_page : page * per_page],
-        total=len(kept),
+        rows=rows,
+        total=total,
         page=page,
         pages=pages,
         outcomes=outcomes,
-        models=models,
+        models=tuple(sorted(roster.names(job.models))) if job is not None else (),
         rounds=rounds_seen,
     )
 

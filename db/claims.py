@@ -85,6 +85,7 @@ PROBLEM_AND_JOB = (
     _pt.c.id.label("problem_id"),
     _pt.c.status.label("problem_status"),
     _pt.c.question,
+    _pt.c.reference_answer,
     _jt.c.id.label("job_id"),
     _jt.c.status.label("job_status"),
     _jt.c.strategy,

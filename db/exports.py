@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import problem_search
-from db.jobs import problem_results
+from db.jobs import iter_problem_results
 from db.models import Job, Output, Problem, Selection, Step
 from db.reports import UnknownJobError
 from rstar.exports import ProblemExport, SolutionOut
 from rstar.strategies.base import SOLUTION_KINDS
 
+EXPORT_BATCH = 500
+"""Problems read per round of queries (their solutions and search trees held meanwhile)."""
 
-def load_export(*, session: Session, job_id: int) -> tuple[Job, list[ProblemExport]]:
-    """The job and its problems in input order, each with its solution outputs by id.
+
+def load_export(*, session: Session, job_id: int) -> tuple[Job, Iterator[ProblemExport]]:
+    """The job, and its problems in input order, each with its solution outputs by id, read a
+    batch of problems at a time as the caller consumes them (in the caller's transaction): an
+    export streams whatever the job's size.
 
     Raises:
         UnknownJobError: no such job.
@@ -24,16 +30,33 @@ def load_export(*, session: Session, job_id: int) -> tuple[Job, list[ProblemExpo
     job = session.get(Job, job_id)
     if job is None:
         raise UnknownJobError(f"no job {job_id}")
-    in_job = Problem.job_id == job_id
+    return job, _problems(session, job)
+
+
+def _problems(session: Session, job: Job) -> Iterator[ProblemExport]:
+    after = 0
+    while problems := list(
+        session.scalars(
+            select(Problem)
+            .where(Problem.job_id == job.id, Problem.id > after)
+            .order_by(Problem.id)
+            .limit(EXPORT_BATCH)
+        )
+    ):
+        ids = [p.id for p in problems]
+        yield from _batch(session, job, problems, ids)
+        after = ids[-1]
+
+
+def _batch(session: Session, job: Job, problems: list[Problem], ids: list[int]) -> Iterator[ProblemExport]:
     solutions: dict[int, list[SolutionOut]] = {}
     rows = session.execute(
         select(
             Output.problem_id, Output.id, Step.key, Output.model, Output.kind, Output.round, Output.parent_id,
             Output.payload, Output.answer, Output.text,
         )
-        .join(Problem, Problem.id == Output.problem_id)
         .join(Step, Step.id == Output.step_id)
-        .where(in_job, Output.kind.in_(SOLUTION_KINDS))
+        .where(Output.problem_id.in_(ids), Output.kind.in_(SOLUTION_KINDS))
         .order_by(Output.id)
     )  # fmt: skip
     for r in rows:
@@ -52,35 +75,29 @@ def load_export(*, session: Session, job_id: int) -> tuple[Job, list[ProblemExpo
         )
     chosen = dict(
         session.execute(
-            select(Selection.problem_id, Selection.output_id)
-            .join(Problem, Problem.id == Selection.problem_id)
-            .where(in_job)
+            select(Selection.problem_id, Selection.output_id).where(Selection.problem_id.in_(ids))
         ).all()
     )
-    results = {r.id: r for r in problem_results(session=session, job_id=job_id)}
-    problems = []
-    for p in session.scalars(select(Problem).where(in_job).order_by(Problem.id)):
+    results = {r.id: r for r in iter_problem_results(session=session, job_id=job.id, problem_ids=ids)}
+    for p in problems:
         res = results[p.item_id]
         report = problem_search(session=session, job=job, problem=p)
         if report is not None:  # a search: its candidate paths are its solutions
             solutions[p.id] = search_paths(report)
-        problems.append(
-            ProblemExport(
-                item_id=p.item_id,
-                question=p.question,
-                reference=p.reference_answer,
-                answer=p.final_answer,
-                status=p.status,
-                rounds_used=p.rounds_used,
-                chosen_output_id=chosen.get(p.id),
-                model_calls=res.model_calls,
-                prompt_tokens=res.prompt_tokens,
-                completion_tokens=res.completion_tokens,
-                solutions=tuple(solutions.get(p.id, ())),
-                meta=p.meta,
-            )
+        yield ProblemExport(
+            item_id=p.item_id,
+            question=p.question,
+            reference=p.reference_answer,
+            answer=p.final_answer,
+            status=p.status,
+            rounds_used=p.rounds_used,
+            chosen_output_id=chosen.get(p.id),
+            model_calls=res.model_calls,
+            prompt_tokens=res.prompt_tokens,
+            completion_tokens=res.completion_tokens,
+            solutions=tuple(solutions.get(p.id, ())),
+            meta=p.meta,
         )
-    return job, problems
 
 
 def search_paths(report: Any) -> list[SolutionOut]:

@@ -8,7 +8,7 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
@@ -36,9 +36,32 @@ from rstar.types import ProblemInput
 
 CREATE_BATCH = 1000
 """Problems inserted per statement by `create_job`."""
+RESULTS_BATCH = 1000
+"""Problems read per query by `iter_problem_results`."""
 
 
-_problems_t, _steps_t = Problem.__table__, Step.__table__
+_problems_t, _steps_t, _calls_t = Problem.__table__, Step.__table__, ModelCall.__table__
+
+
+def _summed(column: Any) -> Any:
+    return (
+        select(func.coalesce(func.sum(column), 0))
+        .where(_calls_t.c.problem_id == _problems_t.c.id)
+        .scalar_subquery()
+    )
+
+
+TALLIES: dict[str, Any] = {
+    "calls": select(func.count()).where(_calls_t.c.problem_id == _problems_t.c.id).scalar_subquery(),
+    "requests": _summed(_calls_t.c.requests),
+    "sequences": _summed(_calls_t.c.sequences),
+    "prompt_tokens": _summed(_calls_t.c.prompt_tokens),
+    "completion_tokens": _summed(_calls_t.c.completion_tokens),
+}
+"""A finished problem's tallies, summed from its model calls in the statement that finishes it
+(an UPDATE of `problems`): written once per problem, read by every count and page."""
+NO_TALLIES: dict[str, Any] = {"correct": None, **dict.fromkeys(TALLIES)}
+"""What a problem that is open again carries: readers count its calls while it is."""
 _INSERT_PROBLEMS = insert(_problems_t).returning(_problems_t.c.id, sort_by_parameter_order=True)
 _INSERT_STEPS = insert(_steps_t)
 
@@ -135,24 +158,50 @@ def status_counts(*, session: Session, job_id: int) -> Counter[str]:
     return Counter({status: count for status, count in rows})
 
 
-def rounds_reached(*, session: Session, job_id: int) -> list[tuple[str, int]]:
-    """Per problem, its status and the highest round of its model steps (0: none yet). For rstar a
-    step's round is the rollout that asked for it: the rollout a search is in (the last + 1 once
-    the discriminator runs)."""
-    highest = (
-        select(Step.problem_id, func.max(Step.round).label("reached"))
+@dataclass(frozen=True)
+class RolloutProgress:
+    """How far a search job's problems are: rollouts done per problem, and how many are past the
+    last rollout, in the discriminator."""
+
+    mean: float
+    least: int
+    most: int
+    judging: int
+
+
+def rollout_progress(*, session: Session, job_id: int, rollouts: int) -> RolloutProgress | None:
+    """For rstar: a step's round is the rollout that asked for it, so a problem whose highest
+    model step is in round r has r - 1 rollouts done (past the last: in the discriminator). An
+    answered problem has done them all and a pending one none: only the others' steps are read,
+    so the cost follows the problems in progress, not the job's size. None for a job without
+    problems."""
+    counts = status_counts(session=session, job_id=job_id)
+    if not counts:
+        return None
+    reached = (
+        select(func.max(Step.round).label("r"))
         .join(Problem, Problem.id == Step.problem_id)
-        .where(Problem.job_id == job_id, Step.model.is_not(None))
+        .where(
+            Problem.job_id == job_id,
+            Problem.status.not_in([ProblemStatus.ANSWERED.value, ProblemStatus.PENDING.value]),
+            Step.model.is_not(None),
+        )
         .group_by(Step.problem_id)
         .subquery()
     )
-    rows = session.execute(
-        select(Problem.status, func.coalesce(highest.c.reached, 0))
-        .select_from(Problem)
-        .outerjoin(highest, highest.c.problem_id == Problem.id)
-        .where(Problem.job_id == job_id)
-    ).all()
-    return [(str(r[0]), int(r[1])) for r in rows]
+    rows = [int(r) for r in session.scalars(select(reached.c.r))]
+    in_progress = [min(rollouts, max(0, r - 1)) for r in rows]
+    answered, pending = counts[ProblemStatus.ANSWERED.value], counts[ProblemStatus.PENDING.value]
+    # Problems neither answered nor pending that have no model step yet have done none.
+    idle = sum(counts.values()) - answered - pending - len(rows)
+    per = [*in_progress, *([rollouts] if answered else []), *([0] if pending or idle else [])]
+    total = sum(in_progress) + answered * rollouts
+    return RolloutProgress(
+        mean=total / sum(counts.values()),
+        least=min(per),
+        most=max(per),
+        judging=sum(1 for r in rows if r > rollouts),
+    )
 
 
 def maybe_finish_job(*, session: Session, job_id: int) -> bool:
@@ -176,7 +225,7 @@ def fail_problem(*, session: Session, problem_id: int, error: str) -> None:
     session.execute(
         update(Problem)
         .where(Problem.id == problem_id, Problem.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]))
-        .values(status=ProblemStatus.FAILED, error=error, finished_at=utcnow())
+        .values(status=ProblemStatus.FAILED, error=error, finished_at=utcnow(), correct=None, **TALLIES)
     )
 
 
@@ -208,39 +257,52 @@ class ProblemResult:
 
 
 def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
-    stats = {
-        pid: (n, pt or 0, ct or 0, rq or 0, sq or 0)
-        for pid, n, pt, ct, rq, sq in session.execute(
-            select(
-                ModelCall.problem_id,
-                func.count(),
-                func.sum(ModelCall.prompt_tokens),
-                func.sum(ModelCall.completion_tokens),
-                func.sum(ModelCall.requests),
-                func.sum(ModelCall.sequences),
+    return list(iter_problem_results(session=session, job_id=job_id))
+
+
+def iter_problem_results(
+    *,
+    session: Session,
+    job_id: int,
+    problem_ids: Sequence[int] | None = None,
+    batch: int = RESULTS_BATCH,
+) -> Iterator[ProblemResult]:
+    """The job's problems (or those of `problem_ids`) in input order, `batch` rows at a time: a
+    finished problem's judgement and cost as stored with its answer, an open one's counted from
+    its model calls (a batch's worth at a time), so memory stays flat whatever the job's size."""
+    after = 0
+    while True:
+        query = select(Problem).where(Problem.job_id == job_id, Problem.id > after)
+        if problem_ids is not None:
+            query = query.where(Problem.id.in_(problem_ids))
+        problems = list(session.scalars(query.order_by(Problem.id).limit(batch)))
+        if not problems:
+            return
+        ids = [p.id for p in problems]
+        live = _live_tallies(session, [p.id for p in problems if p.calls is None])
+        chosen_by = dict(
+            session.execute(
+                select(Selection.problem_id, Output.model)
+                .join(Output, Output.id == Selection.output_id)
+                .where(Selection.problem_id.in_(ids))
+            ).all()
+        )
+        for p in problems:
+            n, pt, ct, rq, sq = live.get(p.id) or (
+                p.calls or 0,
+                p.prompt_tokens or 0,
+                p.completion_tokens or 0,
+                p.requests or 0,
+                p.sequences or 0,
             )
-            .join(Problem, Problem.id == ModelCall.problem_id)
-            .where(Problem.job_id == job_id)
-            .group_by(ModelCall.problem_id)
-        ).all()
-    }
-    chosen_by = dict(
-        session.execute(
-            select(Selection.problem_id, Output.model)
-            .join(Output, Output.id == Selection.output_id)
-            .join(Problem, Problem.id == Selection.problem_id)
-            .where(Problem.job_id == job_id)
-        ).all()
-    )
-    results = []
-    for p in session.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)):
-        n, pt, ct, rq, sq = stats.get(p.id, (0, 0, 0, 0, 0))
-        correct = None
-        if p.reference_answer is not None and p.status == ProblemStatus.ANSWERED:
-            correct = judge(p.status, p.final_answer, p.reference_answer)
-        wall = _seconds(p.started_at, p.finished_at)
-        results.append(
-            ProblemResult(
+            correct = None
+            if p.reference_answer is not None and p.status == ProblemStatus.ANSWERED:
+                correct = (
+                    p.correct
+                    if p.correct is not None
+                    else judge(p.status, p.final_answer, p.reference_answer)
+                )
+            yield ProblemResult(
                 id=p.item_id,
                 question=p.question,
                 final_answer=p.final_answer,
@@ -252,14 +314,35 @@ def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
                 model_calls=n,
                 prompt_tokens=pt,
                 completion_tokens=ct,
-                wall_time_s=wall,
+                wall_time_s=_seconds(p.started_at, p.finished_at),
                 status=p.status,
                 error=p.error,
                 requests=rq,
                 sequences=sq,
             )
-        )
-    return results
+        after = problems[-1].id
+
+
+def _live_tallies(session: Session, problem_ids: Sequence[int]) -> dict[int, tuple[int, int, int, int, int]]:
+    """Open problems' cost so far, from their model calls: (calls, prompt tokens, completion
+    tokens, requests, sequences)."""
+    if not problem_ids:
+        return {}
+    return {
+        pid: (n, pt or 0, ct or 0, rq or 0, sq or 0)
+        for pid, n, pt, ct, rq, sq in session.execute(
+            select(
+                ModelCall.problem_id,
+                func.count(),
+                func.sum(ModelCall.prompt_tokens),
+                func.sum(ModelCall.completion_tokens),
+                func.sum(ModelCall.requests),
+                func.sum(ModelCall.sequences),
+            )
+            .where(ModelCall.problem_id.in_(problem_ids))
+            .group_by(ModelCall.problem_id)
+        ).all()
+    }
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

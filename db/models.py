@@ -19,7 +19,18 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 MAX_ROW_ID = 2**63 - 1
@@ -90,7 +101,12 @@ class Job(Base):
 
 class Problem(Base):
     __tablename__ = "problems"
-    __table_args__ = (UniqueConstraint("job_id", "item_id", name="uq_problems_job_item"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "item_id", name="uq_problems_job_item"),
+        # Counts per state and pages in input order, read from the index alone (0007).
+        Index("ix_problems_job_status", "job_id", "status"),
+        Index("ix_problems_job_line", "job_id", "line"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -108,6 +124,16 @@ class Problem(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # A finished problem's tallies (migration 0007), written with its answer or failure so that
+    # pages and counts over a million problems are sums over this table, not over every model
+    # call. NULL while it is open (pending, running, cancelled): readers count its calls then.
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    """`judge` of the answer against the reference; NULL when not answered or no reference."""
+    calls: Mapped[int | None] = mapped_column(Integer)
+    requests: Mapped[int | None] = mapped_column(Integer)
+    sequences: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
 
     job: Mapped[Job] = relationship(back_populates="problems")
     steps: Mapped[list[Step]] = relationship(order_by="Step.id", viewonly=True)

@@ -15,7 +15,9 @@ from sqlalchemy.orm import Session
 
 from db.calls import NewCall, record_call
 from db.claims import Claim
+from db.jobs import TALLIES
 from db.models import ModelCall, Output, Problem, ProblemStatus, Selection, Step, StepStatus, utcnow
+from rstar.reports import judge
 from rstar.strategies.base import SELECT_KEY
 from rstar.types import ParsedOutput
 
@@ -146,6 +148,8 @@ _ANSWER_PROBLEM = (
         final_answer=bindparam("answer"),
         rounds_used=bindparam("rounds_used"),
         finished_at=bindparam("now"),
+        correct=bindparam("correct"),
+        **TALLIES,
     )
 )
 _ADD_DONE_STEP = insert(Step.__table__).values(status=StepStatus.DONE.value)
@@ -161,9 +165,11 @@ def save_selection(
     answer: str | None,
     reason: str,
     rounds_used: int,
+    reference_answer: str | None,
 ) -> None:
-    """Record the chosen answer and why, answer the problem and mark its select step done (made
-    here, done, unless a queued one exists: see tasks/select.py)."""
+    """Record the chosen answer and why, answer the problem (judged against `reference_answer`,
+    with its tallies) and mark its select step done (made here, done, unless a queued one exists:
+    see tasks/select.py)."""
     conn = session.connection()
     conn.execute(
         _INSERT_SELECTION,
@@ -171,7 +177,13 @@ def save_selection(
     )
     conn.execute(
         _ANSWER_PROBLEM,
-        {"problem_id": problem_id, "answer": answer, "rounds_used": rounds_used, "now": utcnow()},
+        {
+            "problem_id": problem_id,
+            "answer": answer,
+            "rounds_used": rounds_used,
+            "now": utcnow(),
+            "correct": None if reference_answer is None else judge("answered", answer, reference_answer),
+        },
     )
     if select_step_id is None:
         conn.execute(

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
+from db.jobs import NO_TALLIES
 from db.models import (
     TERMINAL_PROBLEM_STATES,
     Job,
@@ -190,7 +191,7 @@ def retry_failed(*, session: Session, job_id: int) -> Retried:
     session.execute(
         update(Problem)
         .where(Problem.id.in_(failed))
-        .values(status=ProblemStatus.RUNNING, error=None, finished_at=None)
+        .values(status=ProblemStatus.RUNNING, error=None, finished_at=None, **NO_TALLIES)
         .execution_options(synchronize_session=False)
     )
     session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.ACTIVE, finished_at=None))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,11 +81,13 @@ def _problem(job_id: int, strategy: str, p: ProblemExport) -> dict[str, Any]:
     }
 
 
-def problem_records(job_id: int, strategy: str, problems: Iterable[ProblemExport]) -> list[dict[str, Any]]:
-    records = []
+def problem_records(
+    job_id: int, strategy: str, problems: Iterable[ProblemExport]
+) -> Iterator[dict[str, Any]]:
+    """One record per problem, as the problems come."""
     for p in problems:
         chosen = next((s for s in p.solutions if s.id == p.chosen_output_id), None)
-        records.append(
+        yield (
             {
                 **_problem(job_id, strategy, p),
                 "answer": p.answer,
@@ -98,7 +100,6 @@ def problem_records(job_id: int, strategy: str, problems: Iterable[ProblemExport
                 "completion_tokens": p.completion_tokens,
             }
         )
-    return records
 
 
 def mutually_consistent(solution: SolutionOut, solutions: Sequence[SolutionOut]) -> bool | None:
@@ -124,14 +125,14 @@ def _text(s: SolutionOut) -> str | None:
 
 def trajectory_records(
     job_id: int, strategy: str, problems: Iterable[ProblemExport], *, verified_only: bool = False
-) -> list[dict[str, Any]]:
-    records = []
+) -> Iterator[dict[str, Any]]:
+    """One record per solution (a search's candidate path), as the problems come."""
     for p in problems:
         for s in p.solutions:
             correct = answers_equal(s.answer, p.reference) if p.reference is not None else None
             if verified_only and not correct:
                 continue
-            records.append(
+            yield (
                 {
                     **_problem(job_id, strategy, p),
                     "output_id": s.id,
@@ -149,7 +150,6 @@ def trajectory_records(
                     "correct": correct,
                 }
             )
-    return records
 
 
 # -- CSV for spreadsheets ------------------------------------------------------------------------

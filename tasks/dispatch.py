@@ -148,6 +148,7 @@ def plan_next(
             answer=chosen.answer,
             reason=chosen.reason,
             rounds_used=chosen.rounds_used,
+            reference_answer=problem.reference_answer,
         )
         return job.job_id
     made = add_steps(session=session, problem_id=problem_id, specs=specs)

@@ -10,13 +10,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
+from db.models import ModelCall, Problem
+from rstar.reports import judge
 from tests.fakeserver import FakeRequest, Reply
 
 REPO = Path(__file__).resolve().parent.parent
@@ -335,3 +337,30 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def tally_errors(problems: Sequence[Problem], calls: Sequence[ModelCall]) -> list[str]:
+    """Where a problem's stored tallies (migration 0007) disagree with its recorded calls: a
+    finished one carries their sums and its judgement, an open one nothing."""
+    errors = []
+    for p in problems:
+        mine = [c for c in calls if c.problem_id == p.id]
+        stored = (p.calls, p.requests, p.sequences, p.prompt_tokens, p.completion_tokens)
+        if p.status in ("answered", "failed"):
+            counted = (
+                len(mine),
+                sum(c.requests or 0 for c in mine),
+                sum(c.sequences or 0 for c in mine),
+                sum(c.prompt_tokens or 0 for c in mine),
+                sum(c.completion_tokens or 0 for c in mine),
+            )
+            if stored != counted:
+                errors.append(f"{p.item_id}: tallies {stored}, calls say {counted}")
+        elif stored != (None,) * 5:
+            errors.append(f"{p.item_id}: {p.status} with tallies {stored}")
+        judged = None
+        if p.status == "answered" and p.reference_answer is not None:
+            judged = judge(p.status, p.final_answer, p.reference_answer)
+        if p.correct != judged:
+            errors.append(f"{p.item_id}: correct {p.correct}, judged {judged}")
+    return errors

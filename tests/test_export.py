@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from db import migrate
+from rstar.reports import judge
 from workers.settings import get_settings
 
 RELEASE = Path(__file__).resolve().parent / "data" / "previous_release"
@@ -107,8 +108,9 @@ def _readme_queries() -> list[str]:
 def test_the_readme_sql_queries_run_on_the_views(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """The README's three queries, as written, on SQLite and PostgreSQL; the first one's counts are
-    the calls the release recorded (tests/data/previous_release/golden/jobs.json)."""
+    """The README's four queries, as written, on SQLite and PostgreSQL; the first one's counts are
+    the calls the release recorded (tests/data/previous_release/golden/jobs.json), and the accuracy
+    in SQL is what `rstar results` judges."""
     import sqlalchemy as sa
 
     if backend == "sqlite":
@@ -121,11 +123,22 @@ def test_the_readme_sql_queries_run_on_the_views(
         copy_rows(f"sqlite:///{RELEASE / 'jobs.sqlite'}", url)
         migrate.upgrade(url)
     queries = _readme_queries()
-    assert len(queries) == 3
+    assert len(queries) == 4
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        per_model, chosen, unparsed = (conn.execute(sa.text(q)).all() for q in queries)
+        per_model, chosen, accuracy, unparsed = (conn.execute(sa.text(q)).all() for q in queries)
+        problems = conn.execute(
+            sa.text("SELECT job_id, status, final_answer, reference_answer FROM problems")
+        ).all()
     engine.dispose()
+    judged: dict[int, list[bool]] = {}
+    for job_id, status, answer, ref in problems:
+        if status == "answered" and ref is not None:
+            judged.setdefault(job_id, []).append(judge(status, answer, ref))
+    assert {j: (round(float(a), 6), n) for j, a, n in accuracy} == {
+        j: (round(sum(v) / len(v), 6), len(v)) for j, v in judged.items()
+    }
+    assert any(0 < float(a) < 1 for _, a, _ in accuracy)
     jobs = json.loads((RELEASE / "golden" / "jobs.json").read_text())
     calls = {j["id"]: sum(j["model_calls"].values()) for j in jobs}
     totals: dict[int, int] = {}

@@ -22,6 +22,7 @@ from tests.support import (
     rstar,
     service_env,
     solution_rows,
+    tally_errors,
     wait_until,
     write_jsonl,
 )
@@ -95,6 +96,9 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         rejected = [r for r in revs if r.verdict == "incorrect"]
         assert len(rejected) == 10 and all(r.reviewer == "A" and r.round == 1 for r in rejected)
         assert s.scalar(select(func.count()).select_from(Selection)) == 20
+        # Each problem keeps its cost and judgement beside its answer (what pages and counts read).
+        assert tally_errors(problems, calls) == []
+        assert all(p.correct is True and p.calls in (4, 8) for p in problems)
 
     out = tmp_path / "results.jsonl"
     res = rstar(["results", str(job_id), "--format", "jsonl", "-o", str(out)], env)

@@ -30,7 +30,16 @@ from rstar.strategies.mcts.prompts import split_question
 from rstar.strategies.mcts.tree import Tree
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.reliability.harness import FAST, slow
-from tests.support import celery_worker, gsm8k_rows, reference, rstar, service_env, wait_until, write_jsonl
+from tests.support import (
+    celery_worker,
+    gsm8k_rows,
+    reference,
+    rstar,
+    service_env,
+    tally_errors,
+    wait_until,
+    write_jsonl,
+)
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 
 PARAMS = ["rollouts=4", "max_depth=3", "a1_samples=2", "votes=3", "last_votes=4", "subquestions=2", "cuts=2"]
@@ -188,6 +197,9 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
     _check_search(sqlite_url, job_id, refs)
     with session_scope(sqlite_url) as s:
         sent = s.scalar(select(func.sum(ModelCall.requests)))
+        problems = s.scalars(select(Problem).where(Problem.job_id == job_id)).all()
+        # Each search's cost, summed once when it was answered, is what its calls recorded.
+        assert tally_errors(problems, s.scalars(select(ModelCall)).all()) == []
     assert served == sent  # every request the servers saw is on record, counted as a request
     # The candidate paths are the trajectories an export gives, with the discriminator's verdicts.
     exported = rstar(["export", str(job_id), "--trajectories"], env)

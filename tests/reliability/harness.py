@@ -33,6 +33,7 @@ from tests.support import (
     rstar,
     service_env,
     solution_rows,
+    tally_errors,
     wait_until,
     write_jsonl,
 )
@@ -294,6 +295,7 @@ def audit(db_url: str, job_id: int, *, lines: int | None = None) -> Audit:
                 parent = by_id.get(sol.parent_id or -1)
                 if parent is None or parent.author != sol.author or parent.round != sol.round - 1:
                     errors.append(f"{p.item_id}: refinement {sol.id} parent")
+    errors += tally_errors(problems, calls)
     return Audit(
         submitted=len(problems) if lines is None else lines,
         answered=status["answered"],
