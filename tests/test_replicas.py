@@ -46,6 +46,17 @@ def test_the_parents_replica_is_preferred_while_it_has_a_free_slot() -> None:
     assert choose(full, prefer="a", now=100.0, down_seconds=10).url == "b"
 
 
+def test_the_parents_replica_keeps_a_call_only_if_all_its_sequences_fit() -> None:
+    # An expansion of 32 samples: a with 1 of 32 slots taken has room for 31, so the call goes to
+    # the emptiest; one of 8 fits there.
+    replicas = [_r("a", 1, 32), _r("b", 20, 32), _r("c", 0, 32)]
+    assert choose(replicas, prefer="a", now=0.0, down_seconds=10, weight=32).url == "c"
+    assert choose(replicas, prefer="a", now=0.0, down_seconds=10, weight=8).url == "a"
+    # Nowhere fits it whole: the replica that would be least over its limit.
+    crowded = [_r("a", 10, 32), _r("b", 30, 32), _r("c", 12, 64)]
+    assert choose(crowded, prefer="b", now=0.0, down_seconds=10, weight=60).url == "c"
+
+
 def test_a_server_without_a_limit_is_preferred_only_while_it_is_not_fuller_than_the_fallback() -> None:
     assert choose([_r("a", 31, None), _r("b", 0, None)], prefer="a", now=0.0, down_seconds=10).url == "a"
     assert choose([_r("a", 32, None), _r("b", 0, None)], prefer="a", now=0.0, down_seconds=10).url == "b"

@@ -5,8 +5,8 @@ rstar/roster.py). Its steps share one queue, its first URL's, so that no replica
 while another's runs dry; the worker that takes a step picks the replica when it is about to call,
 here, from what this process has in flight to each:
 
-- the replica that served the step's parent, when it has a free slot: vLLM's and SGLang's prefix
-  caches (llama-server's slot cache too) then hold the parent's prompt;
+- the replica that served the step's parent, when the call's sequences fit in its free slots:
+  vLLM's and SGLang's prefix caches (llama-server's slot cache too) then hold the parent's prompt;
 - else the one whose in-flight share is least used (calls chosen for it and not finished, over its
   limit): the call waits least there, and every replica is kept as full as the others;
 - a replica this process found not answering (workers/client.py) is left out for
@@ -41,17 +41,23 @@ class Replica:
     """When it last failed to answer (time.monotonic), while reported down."""
 
 
-def choose(replicas: Sequence[Replica], *, prefer: str | None, now: float, down_seconds: float) -> Replica:
-    """The replica for the next call (see the module's docstring); `replicas` in roster order."""
+def choose(
+    replicas: Sequence[Replica], *, prefer: str | None, now: float, down_seconds: float, weight: int = 1
+) -> Replica:
+    """The replica for the next call of `weight` sequences (see the module's docstring);
+    `replicas` in roster order."""
     up = [r for r in replicas if r.down_since is None or now - r.down_since >= down_seconds]
     if not up:
         return min(replicas, key=lambda r: r.down_since or 0.0)
     # A server that does not say its limit (vLLM, SGLang) is counted as FALLBACK_SLOTS wide, as the
     # worker's pool is: else every branch would stay on its root's replica however full it got.
+    # The parent's replica keeps the call only if all of its sequences fit in its free slots: an
+    # expansion of 32 samples sent to a replica with one slot free would wait there for 31 while
+    # the other replicas idle (measured: 85% of the limit on 3 of 4 replicas).
     for r in up:
-        if r.url == prefer and r.busy < (r.limit or FALLBACK_SLOTS):
+        if r.url == prefer and r.busy + weight <= (r.limit or FALLBACK_SLOTS):
             return r
-    return min(up, key=lambda r: r.busy / (r.limit or FALLBACK_SLOTS))
+    return min(up, key=lambda r: (r.busy + weight) / (r.limit or FALLBACK_SLOTS))
 
 
 class ReplicaChooser:
@@ -102,7 +108,7 @@ class ReplicaChooser:
         ]
         with self._lock:
             candidates = [Replica(c.url, self._busy[c.url], c.limit, c.down_since) for c in candidates]
-            chosen = choose(candidates, prefer=prefer, now=now, down_seconds=down_seconds)
+            chosen = choose(candidates, prefer=prefer, now=now, down_seconds=down_seconds, weight=weight)
             if chosen.down_since is not None:
                 self._probing[chosen.url] = now
             self._busy[chosen.url] += weight
