@@ -57,7 +57,7 @@ def _fill(
         s.flush()
         job_id = job.id
     kinds = ("generate", "review", "refine", "review")
-    chunk = 500
+    chunk = max(500, 4000 // calls_per_problem)  # rows per statement: a few thousand
     done = problems - open_problems
     for start in range(0, problems, chunk):
         n = min(chunk, problems - start)
