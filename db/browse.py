@@ -7,7 +7,7 @@ Correctness is `judge` on the stored answers, as in `rstar results` and `rstar r
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from db.jobs import ProblemResult, iter_problem_results, problem_results
+from db.jobs import TALLIES, ProblemResult, iter_problem_results, problem_results
 from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Output, Problem, ProblemStatus, Selection
 from rstar import roster
 from rstar.reports import PairedComparison, judge, paired_counts, wilson_interval
@@ -25,14 +25,30 @@ OUTCOMES = ("correct", "wrong", "unanswered", "failed", "no reference", "open")
 with no parsable answer; failed for good; answered with no reference to judge by; not done yet
 (pending, running or cancelled)."""
 
-SORTS = {
-    "line": lambda r: r.line,
-    "calls": lambda r: r.model_calls,
-    "sequences": lambda r: r.sequences,
-    "tokens": lambda r: r.prompt_tokens + r.completion_tokens,
-    "rounds": lambda r: r.rounds_used if r.rounds_used is not None else -1,
-    "time": lambda r: r.wall_time_s if r.wall_time_s is not None else -1.0,
+
+def _live(column: str) -> Any:
+    """A problem's tally as a sort key: stored once finished, summed from its calls while open
+    (`db.jobs.TALLIES`, the subquery that stores it)."""
+    return case((Problem.calls.is_(None), TALLIES[column]), else_=getattr(Problem, column))
+
+
+def _seconds(dialect: str) -> Any:
+    if dialect == "sqlite":
+        seconds = (func.julianday(Problem.finished_at) - func.julianday(Problem.started_at)) * 86400.0
+    else:
+        seconds = func.extract("epoch", Problem.finished_at - Problem.started_at)
+    return func.coalesce(seconds, -1.0)
+
+
+SORTS: dict[str, Callable[[str], Any]] = {
+    "line": lambda dialect: Problem.line,
+    "calls": lambda dialect: _live("calls"),
+    "sequences": lambda dialect: _live("sequences"),
+    "tokens": lambda dialect: _live("prompt_tokens") + _live("completion_tokens"),
+    "rounds": lambda dialect: func.coalesce(Problem.rounds_used, -1),
+    "time": _seconds,
 }
+"""The job page's sort keys in SQL, by the database's dialect name (ties in input order)."""
 
 
 def outcome_of(r: ProblemResult | Problem) -> str:
@@ -162,7 +178,7 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
     return out
 
 
-_TALLIED = ("calls", "requests", "sequences", "prompt_tokens", "completion_tokens")
+_TALLIED = tuple(TALLIES)
 """Problem columns (model_calls' for the sums but `calls`, a count), in the order summed."""
 
 
@@ -211,34 +227,6 @@ def _outcome() -> Any:
     )
 
 
-def _live(column: str) -> Any:
-    """A problem's tally as a sort key: stored once finished, counted from its calls while open."""
-    calls = ModelCall.__table__
-    if column == "calls":
-        counted = select(func.count()).where(calls.c.problem_id == Problem.id)
-    else:
-        counted = select(func.coalesce(func.sum(calls.c[column]), 0)).where(calls.c.problem_id == Problem.id)
-    return case((Problem.calls.is_(None), counted.scalar_subquery()), else_=getattr(Problem, column))
-
-
-def _sort_key(session: Session, sort: str) -> Any:
-    if sort == "calls":
-        return _live("calls")
-    if sort == "sequences":
-        return _live("sequences")
-    if sort == "tokens":
-        return _live("prompt_tokens") + _live("completion_tokens")
-    if sort == "rounds":
-        return func.coalesce(Problem.rounds_used, -1)
-    if sort == "time":
-        if session.get_bind().dialect.name == "sqlite":
-            seconds = (func.julianday(Problem.finished_at) - func.julianday(Problem.started_at)) * 86400.0
-        else:
-            seconds = func.extract("epoch", Problem.finished_at - Problem.started_at)
-        return func.coalesce(seconds, -1.0)
-    return Problem.line
-
-
 def problem_page(
     *,
     session: Session,
@@ -275,7 +263,7 @@ def problem_page(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)
-    key = _sort_key(session, sort)
+    key = SORTS.get(sort, SORTS["line"])(session.get_bind().dialect.name)
     ordered = query.order_by(key.desc() if descending else key, Problem.line)
     picked = session.execute(ordered.offset((page - 1) * per_page).limit(per_page)).all()
     results = {

@@ -59,6 +59,22 @@ def assert_rows_kept(url: str, before: dict[str, list[dict[str, object]]]) -> No
         assert [{k: r[k] for k in old} for r, old in zip(after, rows, strict=True)] == rows, table
 
 
+def assert_round_trip_is_lossless(url: str, tables: tuple[str, ...], *, up: str, down: str) -> None:
+    """Upgrading to `up` and back to `down` leaves every row of `tables` as it was, and the analyst
+    views stand again."""
+    before = {t: _rows(url, t) for t in tables}
+    migrate.upgrade(url, up)
+    migrate.downgrade(url, down)
+    assert migrate.current_revision(url) == down
+    assert {t: _rows(url, t) for t in tables} == before
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM problem_results")).scalar() == len(
+            before["problems"]
+        )
+    engine.dispose()
+
+
 def assert_prints_as_released(
     golden: Path, jobs: list[dict[str, Any]], tmp_path: Path
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:

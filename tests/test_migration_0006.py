@@ -17,7 +17,12 @@ import sqlalchemy as sa
 from db import migrate
 from db.session import dispose_all
 from tests.test_migration_0003 import open_release_db
-from tests.test_migration_0005 import _rows, assert_prints_as_released, assert_rows_kept
+from tests.test_migration_0005 import (
+    _rows,
+    assert_prints_as_released,
+    assert_round_trip_is_lossless,
+    assert_rows_kept,
+)
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release_0005"
 GOLDEN = RELEASE / "golden"
@@ -49,17 +54,7 @@ def test_upgrade_keeps_every_row_and_prints_what_the_release_printed(release_db:
 
 def test_downgrade_to_0005_is_lossless_and_refused_once_a_problem_has_metadata(release_db: str) -> None:
     url = release_db
-    before = {t: _rows(url, t) for t in TABLES}
-    migrate.upgrade(url, "0006")
-    migrate.downgrade(url, "0005")
-    assert migrate.current_revision(url) == "0005"
-    assert {t: _rows(url, t) for t in TABLES} == before
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:  # the analyst views stand again
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM problem_results")).scalar() == len(
-            before["problems"]
-        )
-    engine.dispose()
+    assert_round_trip_is_lossless(url, TABLES, up="0006", down="0005")
 
     migrate.upgrade(url, "0006")
     engine = sa.create_engine(url)

@@ -13,13 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from db import browse, migrate
 from db.session import dispose_all, session_scope
 from rstar.reports import judge
 from tests.test_migration_0003 import open_release_db
-from tests.test_migration_0005 import _rows, assert_prints_as_released, assert_rows_kept
+from tests.test_migration_0005 import (
+    _rows,
+    assert_prints_as_released,
+    assert_round_trip_is_lossless,
+    assert_rows_kept,
+)
 
 RELEASE = Path(__file__).resolve().parent / "data" / "release_0006"
 GOLDEN = RELEASE / "golden"
@@ -84,15 +88,4 @@ def test_upgrade_tallies_finished_problems_and_prints_what_the_release_printed(
 
 
 def test_downgrade_to_0006_is_lossless(release_db: str) -> None:
-    url = release_db
-    before = {t: _rows(url, t) for t in TABLES}
-    migrate.upgrade(url, "0007")
-    migrate.downgrade(url, "0006")
-    assert migrate.current_revision(url) == "0006"
-    assert {t: _rows(url, t) for t in TABLES} == before
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:  # the analyst views stand again
-        assert conn.execute(sa.text("SELECT COUNT(*) FROM problem_results")).scalar() == len(
-            before["problems"]
-        )
-    engine.dispose()
+    assert_round_trip_is_lossless(release_db, TABLES, up="0007", down="0006")
