@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from db import migrate
     from db.jobs import problem_results, status_counts
+    from db.models import TERMINAL_PROBLEM_STATES
     from db.session import session_scope
     from localmodels.fetch import fetch_model
     from localmodels.servers import serve_local
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     def finished(job_id: int) -> bool:
         with session_scope(db_url) as s:
             counts = status_counts(session=s, job_id=job_id)
-        return counts["pending"] + counts["running"] == 0
+        return sum(counts[s] for s in TERMINAL_PROBLEM_STATES) == sum(counts.values())
 
     def mean_calls(job_id: int) -> float:
         with session_scope(db_url) as s:

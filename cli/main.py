@@ -28,7 +28,7 @@ from cli.report import report_command
 from cli.ui import ui_command
 from db import audit, migrate
 from db.jobs import ProblemResult, iter_problem_results, rollout_progress, status_counts
-from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, utcnow
+from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, ProblemStatus, utcnow
 from db.session import session_scope
 from rstar.inputs import InputError, ProblemReader
 from rstar.roster import ModelEntry, RosterError, check_url, describe, pair, parse_model_spec
@@ -347,9 +347,10 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
     table = Table(title=shown_title(f"job {job_id} ({name}, {strategy}; models {models}): {job_status}"))
-    for state in ("pending", "running", "answered", "failed", "cancelled"):
+    states = [s.value for s in ProblemStatus]
+    for state in states:
         table.add_column(state, justify="right")
-    table.add_row(*(str(counts.get(s, 0)) for s in ("pending", "running", "answered", "failed", "cancelled")))
+    table.add_row(*(str(counts.get(s, 0)) for s in states))
     # The job's own time since submit (a Progress made per view would always say 0:00:00).
     clock = f"{int(elapsed) // 3600}:{int(elapsed) // 60 % 60:02d}:{int(elapsed) % 60:02d}"
     progress = Progress(TextColumn("done"), BarColumn(), MofNCompleteColumn(), TextColumn(clock))
@@ -480,7 +481,8 @@ def resume(job: Annotated[int, typer.Argument(help="Job id.", min=1, max=MAX_ROW
     reopened, done = resume_job(job)
     err.print(
         f"job {job} resumed: {reopened} problem(s) reopened, {done.resent} queued step(s) re-sent, "
-        f"{done.reclaimed} step(s) of dead workers re-sent, {done.advanced} problem(s) moved on"
+        f"{done.reclaimed} step(s) of dead workers re-sent, {done.advanced} problem(s) moved on, "
+        f"{done.started} first step(s) of waiting problems sent"
     )
 
 

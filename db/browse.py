@@ -23,7 +23,7 @@ from rstar.reports import PairedComparison, judge, paired_counts, wilson_interva
 OUTCOMES = ("correct", "wrong", "unanswered", "failed", "no reference", "open")
 """A problem's outcome, as the filter names it: right or wrong against its reference; answered
 with no parsable answer; failed for good; answered with no reference to judge by; not done yet
-(pending, running or cancelled)."""
+(waiting, pending, running or cancelled)."""
 
 
 def _live(column: str) -> Any:

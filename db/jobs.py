@@ -76,9 +76,12 @@ def create_job(
     source: str | None,
     problems: Iterable[ProblemInput],
     first_steps: tuple[StepSpec, ...],
+    window: int | None = None,
 ) -> tuple[Job, int]:
-    """The job (`models`: its roster, [{"name", "url"}, ...]), its problems and each problem's
-    first steps, written in the caller's transaction; returns the job and its number of problems.
+    """The job (`models`: its roster, [{"name", "url"}, ...]) and its problems, written in the
+    caller's transaction; returns the job and its number of problems. The first `window` problems
+    (all when None) are started: their first steps are written and they are pending; the rest
+    wait for `start_problems`.
 
     Problems and steps go in as plain rows, `CREATE_BATCH` problems a statement (their ids returned
     in order), from an iterable read as it goes: a session held every object of a 100,000-problem
@@ -98,12 +101,70 @@ def create_job(
     count = 0
     given = iter(problems)
     while batch := list(islice(given, CREATE_BATCH)):
-        ids = conn.execute(_INSERT_PROBLEMS, [_problem_row(job.id, p) for p in batch]).scalars().all()
-        rows = [_step_row(problem_id, spec) for problem_id in ids for spec in first_steps]
-        if rows:
-            conn.execute(_INSERT_STEPS, rows)
+        starting = len(batch) if window is None else max(0, min(len(batch), window - count))
+        rows = [
+            _problem_row(job.id, p, ProblemStatus.PENDING if i < starting else ProblemStatus.WAITING)
+            for i, p in enumerate(batch)
+        ]
+        ids = conn.execute(_INSERT_PROBLEMS, rows).scalars().all()
+        steps = [_step_row(problem_id, spec) for problem_id in ids[:starting] for spec in first_steps]
+        if steps:
+            conn.execute(_INSERT_STEPS, steps)
         count += len(ids)
     return job, count
+
+
+def start_problems(
+    *, session: Session, job_id: int, first_steps: tuple[StepSpec, ...], window: int
+) -> list[QueuedStep]:
+    """Start the job's next waiting problems (input order) until `window` are started and open:
+    write their first steps, make them pending. Returns the steps to send once this commits.
+
+    The job's row is locked first (FOR NO KEY UPDATE on PostgreSQL, which rows referring to it do
+    not wait for; SQLite serialises writers), so two problems ending together do not both fill the
+    same free places; nothing else that runs per step locks it. The count reads the (job_id,
+    status) index over at most `window` rows.
+    """
+    conn = session.connection()
+    job = conn.execute(select(Job.status).where(Job.id == job_id).with_for_update(key_share=True)).first()
+    if job is None or job.status != JobStatus.ACTIVE:
+        return []
+    started = session.scalar(
+        select(func.count())
+        .select_from(Problem)
+        .where(Problem.job_id == job_id, Problem.status.in_(_STARTED_OPEN))
+    )
+    free = window - (started or 0)
+    if free <= 0:
+        return []
+    ids = list(
+        session.scalars(
+            select(Problem.id)
+            .where(Problem.job_id == job_id, Problem.status == ProblemStatus.WAITING)
+            .order_by(Problem.id)
+            .limit(free)
+        )
+    )
+    if not ids:
+        return []
+    session.execute(
+        update(Problem)
+        .where(Problem.id.in_(ids), Problem.status == ProblemStatus.WAITING)
+        .values(status=ProblemStatus.PENDING)
+        .execution_options(synchronize_session=False)
+    )
+    rows = [_step_row(problem_id, spec) for problem_id in ids for spec in first_steps]
+    if not rows:
+        return []
+    made = conn.execute(
+        insert(_steps_t).returning(_steps_t.c.id, _steps_t.c.problem_id, _steps_t.c.model), rows
+    ).all()
+    return [QueuedStep(r.id, r.problem_id, r.model) for r in made]
+
+
+_STARTED_OPEN = [ProblemStatus.PENDING.value, ProblemStatus.RUNNING.value]
+_NOT_STARTED = [ProblemStatus.WAITING.value, ProblemStatus.PENDING.value]
+"""No worker has taken a step of theirs yet."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +189,7 @@ def queued_steps(*, session: Session, job_id: int, after: int = 0, limit: int = 
     return [QueuedStep(r.id, r.problem_id, r.model) for r in rows]
 
 
-def _problem_row(job_id: int, p: ProblemInput) -> dict[str, Any]:
+def _problem_row(job_id: int, p: ProblemInput, status: ProblemStatus) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "item_id": p.item_id,
@@ -137,7 +198,7 @@ def _problem_row(job_id: int, p: ProblemInput) -> dict[str, Any]:
         "reference": p.reference,
         "reference_answer": p.reference_answer,
         "meta": p.meta,
-        "status": ProblemStatus.PENDING,
+        "status": status,
     }
 
 
@@ -172,7 +233,7 @@ class RolloutProgress:
 def rollout_progress(*, session: Session, job_id: int, rollouts: int) -> RolloutProgress | None:
     """For rstar: a step's round is the rollout that asked for it, so a problem whose highest
     model step is in round r has r - 1 rollouts done (past the last: in the discriminator). An
-    answered problem has done them all and a pending one none: only the others' steps are read,
+    answered problem has done them all and a waiting or pending one none: only the others' steps are read,
     so the cost follows the problems in progress, not the job's size. None for a job without
     problems."""
     counts = status_counts(session=session, job_id=job_id)
@@ -183,7 +244,7 @@ def rollout_progress(*, session: Session, job_id: int, rollouts: int) -> Rollout
         .join(Problem, Problem.id == Step.problem_id)
         .where(
             Problem.job_id == job_id,
-            Problem.status.not_in([ProblemStatus.ANSWERED.value, ProblemStatus.PENDING.value]),
+            Problem.status.not_in([ProblemStatus.ANSWERED.value, *_NOT_STARTED]),
             Step.model.is_not(None),
         )
         .group_by(Step.problem_id)
@@ -191,7 +252,8 @@ def rollout_progress(*, session: Session, job_id: int, rollouts: int) -> Rollout
     )
     rows = [int(r) for r in session.scalars(select(reached.c.r))]
     in_progress = [min(rollouts, max(0, r - 1)) for r in rows]
-    answered, pending = counts[ProblemStatus.ANSWERED.value], counts[ProblemStatus.PENDING.value]
+    answered = counts[ProblemStatus.ANSWERED.value]
+    pending = sum(counts[s] for s in _NOT_STARTED)
     # Problems neither answered nor pending that have no model step yet have done none.
     idle = sum(counts.values()) - answered - pending - len(rows)
     per = [*in_progress, *([rollouts] if answered else []), *([0] if pending or idle else [])]
@@ -206,12 +268,13 @@ def rollout_progress(*, session: Session, job_id: int, rollouts: int) -> Rollout
 
 def maybe_finish_job(*, session: Session, job_id: int) -> bool:
     """Mark the job finished once no problem is left to work on."""
-    open_count = session.scalar(
-        select(func.count())
-        .select_from(Problem)
+    # One row is enough to say no: this runs each time a problem ends, on jobs of any size.
+    open_problem = session.scalar(
+        select(Problem.id)
         .where(Problem.job_id == job_id, Problem.status.not_in([s.value for s in TERMINAL_PROBLEM_STATES]))
+        .limit(1)
     )
-    if open_count:
+    if open_problem is not None:
         return False
     session.execute(
         update(Job)

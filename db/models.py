@@ -53,6 +53,10 @@ class JobStatus(StrEnum):
 
 
 class ProblemStatus(StrEnum):
+    # Not started: a job keeps at most `job_window` problems started and open at once, and starts
+    # the next waiting one (in input order) as one finishes (tasks/dispatch.py, `feed`).
+    WAITING = "waiting"
+    # Started: its first steps are queued, none taken by a worker yet.
     PENDING = "pending"
     RUNNING = "running"
     ANSWERED = "answered"

@@ -96,17 +96,24 @@ def reclaim_expired(
 
 
 def stalled_problems(*, session: Session, job_id: int | None = None) -> list[int]:
-    """Open problems of active jobs with no queued or running step: a crash came between a step's
-    output and the dispatch of what follows it, so nobody will move them on."""
+    """Started, open problems of active jobs with no queued or running step: a crash came between a
+    step's output and the dispatch of what follows it, so nobody will move them on. (A waiting
+    problem has no step yet by design: the feeder starts it.)"""
     has_open_step = exists().where(Step.problem_id == Problem.id, Step.status.in_(_OPEN_STEP))
     return list(
         session.scalars(
             select(Problem.id)
             .join(Job, Job.id == Problem.job_id)
-            .where(*_active(job_id), ~has_open_step)
+            .where(*_active(job_id), Problem.status != ProblemStatus.WAITING, ~has_open_step)
             .order_by(Problem.id)
         )
     )
+
+
+def active_jobs(*, session: Session, job_id: int | None = None) -> list[int]:
+    """Active jobs (all, or this one if it is active), oldest first."""
+    where = [Job.status == JobStatus.ACTIVE] + ([Job.id == job_id] if job_id is not None else [])
+    return list(session.scalars(select(Job.id).where(*where).order_by(Job.id)))
 
 
 def unfinished_jobs(*, session: Session) -> list[int]:
@@ -144,8 +151,9 @@ def cancel_job(*, session: Session, job_id: int) -> Cancelled:
 
 
 def reopen_job(*, session: Session, job_id: int) -> int:
-    """Make a cancelled (or finished) job active again; its cancelled problems become open again.
-    Returns how many problems were reopened."""
+    """Make a cancelled (or finished) job active again; its cancelled problems become open again:
+    running if a worker had started them, pending if they have steps queued, else waiting for the
+    feeder. Returns how many problems were reopened."""
     session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.ACTIVE, finished_at=None))
     started = session.execute(
         update(Problem)
@@ -157,13 +165,20 @@ def reopen_job(*, session: Session, job_id: int) -> int:
         .values(status=ProblemStatus.RUNNING, finished_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount
+    has_steps = exists().where(Step.problem_id == Problem.id)
     pending = session.execute(
         update(Problem)
-        .where(Problem.job_id == job_id, Problem.status == ProblemStatus.CANCELLED)
+        .where(Problem.job_id == job_id, Problem.status == ProblemStatus.CANCELLED, has_steps)
         .values(status=ProblemStatus.PENDING, finished_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount
-    return started + pending
+    waiting = session.execute(
+        update(Problem)
+        .where(Problem.job_id == job_id, Problem.status == ProblemStatus.CANCELLED)
+        .values(status=ProblemStatus.WAITING, finished_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return started + pending + waiting
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Definitions used throughout:
 * accuracy = right / problems with a reference; a failed or unanswered problem counts as wrong.
   Its 95% interval is Wilson's score interval.
 * answered: a final answer was selected; unanswered: the selection found no parsable answer;
-  failed: a step failed for good; other: pending, running or cancelled.
+  failed: a step failed for good; other: waiting, pending, running or cancelled.
 * threshold met (review-based jobs): in the last round every review accepted its target and the
   reviewed solutions' answers agree.
 * a refinement turns wrong into right when its parent's answer was wrong and its own is right.

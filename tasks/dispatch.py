@@ -6,6 +6,12 @@ the later one waits for the earlier one's commit, sees both outputs, and exactly
 each next step (the unique step key settles any remaining race). Messages are sent only after the
 steps are committed (`settle()`); a crash in between leaves queued steps that the recovery sweep
 or `rstar resume` re-sends.
+
+A job does not start all its problems at once: `feed()` keeps `job_window` of them started and
+open (in input order), starting the next waiting one as one ends, so the broker holds what the
+workers can start soon, not the whole job's steps, and answers stream out from the first minutes.
+Submit starts the first window; every ending problem tops it up; the recovery sweep tops up what a
+crash between an ending and its top-up left short.
 """
 
 from __future__ import annotations
@@ -19,14 +25,14 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from db.claims import PROBLEM_AND_JOB, add_steps
-from db.jobs import fail_problem, maybe_finish_job
+from db.jobs import fail_problem, maybe_finish_job, start_problems
 from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
 from db.outputs import save_selection
 from db.session import session_scope
 from db.state import STATE_STEPS, OutputCache, load_state
 from rstar import roster
 from rstar.strategies import get_strategy
-from rstar.strategies.base import SELECT_KEY
+from rstar.strategies.base import SELECT_KEY, ProblemState, StepSpec
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.settings import get_settings
 
@@ -81,14 +87,34 @@ def advance(problem_id: int) -> list[Dispatch]:
 
 
 def settled(outcome: list[Dispatch] | int) -> list[Dispatch]:
-    """After `plan_next`'s transaction committed: close the job if the problem ended; what to send."""
+    """After `plan_next`'s transaction committed: when the problem ended, start the next waiting
+    one(s) or close the job; what to send."""
     if isinstance(outcome, int):
         # After the commit, in a transaction of its own: two problems ending together must each
         # see the other's final state, or neither would close the job.
-        with session_scope(get_settings().database_url) as session:
-            maybe_finish_job(session=session, job_id=outcome)
-        return []
+        settings = get_settings()
+        with session_scope(settings.database_url) as session:
+            started = feed(session, outcome, settings.job_window)
+            if not started:
+                maybe_finish_job(session=session, job_id=outcome)
+        return started
     return outcome
+
+
+def first_steps(job: Any) -> tuple[StepSpec, ...]:
+    """What every problem of the job starts with (a Job, or a row with strategy, params, models)."""
+    strategy = get_strategy(job.strategy, job.params, max_rounds_limit=get_settings().max_rounds_limit)
+    return strategy.plan(ProblemState.empty(roster.names(job.models))).steps
+
+
+def feed(session: Session, job_id: int, window: int) -> list[Dispatch]:
+    """Within the caller's transaction: start the job's next waiting problems up to `window`
+    started and open; the dispatches to send once it commits."""
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.ACTIVE:
+        return []
+    made = start_problems(session=session, job_id=job_id, first_steps=first_steps(job), window=window)
+    return [dispatch_for(step, job) for step in made]
 
 
 _problems_t = Problem.__table__

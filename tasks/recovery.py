@@ -11,7 +11,9 @@ commit of new steps and their enqueue. Every worker process runs a sweep every
   leases, tasks/leases.py) and re-sends them, once this process has reached the database for a
   whole lease period (after an outage every holder gets the chance to renew first);
 - moves on open problems with no queued or running step (a crash came between a step's output
-  and the dispatch of the next steps), and closes jobs whose last problem finished in a crash;
+  and the dispatch of the next steps), starts waiting problems where a job has fewer than
+  `job_window` started (a crash came between a problem's end and the start of the next one), and
+  closes jobs whose last problem finished in a crash;
 - re-sends queued steps that have waited `requeue_grace` seconds while their queue in the broker
   is empty: their message is not coming (a submit killed while it sent its messages, a worker
   killed holding messages it had reserved, which Redis gives back only after the visibility
@@ -39,7 +41,7 @@ from db import recovery as q
 from db.jobs import maybe_finish_job
 from db.models import utcnow
 from db.session import session_scope
-from tasks.dispatch import Dispatch, advance, dispatch_for, enqueue
+from tasks.dispatch import Dispatch, advance, dispatch_for, enqueue, feed
 from workers.settings import Settings, get_settings
 
 logger = logging.getLogger("rstar.recovery")
@@ -98,9 +100,11 @@ class Recovered:
     advanced: int = 0
     """Stalled problems moved on."""
     finished_jobs: int = 0
+    started: int = 0
+    """First steps of waiting problems, started where a job's window was short."""
 
     def __bool__(self) -> bool:
-        return bool(self.resent or self.reclaimed or self.advanced or self.finished_jobs)
+        return bool(self.resent or self.reclaimed or self.advanced or self.finished_jobs or self.started)
 
 
 def recover(*, job_id: int | None = None, resend_queued: bool, expired_before: datetime | None) -> Recovered:
@@ -125,13 +129,24 @@ def recover(*, job_id: int | None = None, resend_queued: bool, expired_before: d
     for problem_id in stalled:
         for d in advance(problem_id):
             dispatches[d.step_id] = d
+    started = 0
+    for active in _active_jobs(settings, job_id):
+        with session_scope(settings.database_url) as session:
+            for d in feed(session, active, settings.job_window):
+                dispatches[d.step_id] = d
+                started += 1
     finished = 0
     with session_scope(settings.database_url) as session:
         for unfinished in q.unfinished_jobs(session=session):
             if job_id is None or unfinished == job_id:
                 finished += int(maybe_finish_job(session=session, job_id=unfinished))
     enqueue(dispatches.values())
-    return Recovered(resent, len(reclaimed), len(stalled), finished)
+    return Recovered(resent, len(reclaimed), len(stalled), finished, started)
+
+
+def _active_jobs(settings: Settings, job_id: int | None) -> list[int]:
+    with session_scope(settings.database_url) as session:
+        return q.active_jobs(session=session, job_id=job_id)
 
 
 class Sweeper:
@@ -194,10 +209,12 @@ class Sweeper:
         if done:
             logger.warning(
                 "recovery: re-sent %d queued step(s), took back %d step(s) from dead workers, "
-                "moved on %d stalled problem(s), closed %d job(s)",
+                "moved on %d stalled problem(s), started %d step(s) of waiting problems, "
+                "closed %d job(s)",
                 done.resent,
                 done.reclaimed,
                 done.advanced,
+                done.started,
                 done.finished_jobs,
             )
         return done

@@ -104,9 +104,10 @@ def submit_job(
     on_stored: Callable[[int], None] | None = None,
 ) -> Submitted:
     """Validate the parameters and the roster, check the schema, broker and model servers, store
-    the job, enqueue its first steps. `on_stored(job_id)` is called once the job is stored, before
-    its messages are sent (minutes for a large file): a submit interrupted then leaves a job whose
-    steps the workers' recovery sweep sends (tasks/recovery.py), and the user has its id.
+    the job, enqueue the first steps of its first `job_window` problems. `on_stored(job_id)` is
+    called once the job is stored, before its messages are sent: a submit interrupted then leaves
+    a job whose steps the workers' recovery sweep sends (tasks/recovery.py), and the user has its
+    id.
     `problems` is read once, inside the job's transaction: an exception it raises (a file that
     changed since it was checked) rolls everything back.
 
@@ -137,6 +138,9 @@ def submit_job(
             source=source,
             problems=problems,
             first_steps=first,
+            # The rest wait their turn (tasks/dispatch.py, `feed`): the broker never holds a
+            # million problems' steps.
+            window=settings.job_window,
         )
         if resume_from is not None:
             if session.get(Job, resume_from) is None:
