@@ -26,7 +26,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.throughput import DEFAULT_PG_ADMIN
@@ -161,8 +163,18 @@ def _time(url: str, repeat: int) -> tuple[float, float, float, int]:
     return cold, statistics.median(times), max(times), len(first.content)
 
 
-def _command(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak memory (MB) of `rstar ARGS` as a process of its own."""
+@dataclass(frozen=True)
+class Ran:
+    wall: float
+    """Seconds, Python's start-up included."""
+    peak_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_rstar(args: Sequence[str], env: dict[str, str], *, check: bool = True) -> Ran:
+    """`rstar ARGS` as a process of its own: its wall time, peak memory and output."""
     code = (
         "import resource, runpy, sys\n"
         "sys.argv = ['rstar', *sys.argv[1:]]\n"
@@ -174,9 +186,41 @@ def _command(args: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
         [sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, text=True, check=False
     )
     wall = time.perf_counter() - t
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         raise SystemExit(f"rstar {' '.join(args)} failed: {done.stderr[-2000:]}")
-    return wall, int(done.stderr.strip().splitlines()[-1]) / 1024.0
+    last = done.stderr.strip().splitlines()[-1:] or ["0"]
+    peak = int(last[0]) / 1024.0 if last[0].isdigit() else 0.0
+    return Ran(wall, peak, done.returncode, done.stdout, done.stderr)
+
+
+@contextmanager
+def fresh_database(kind: str, admin_url: str, tmp: Path) -> Iterator[str]:
+    """A new, empty database (a PostgreSQL database created for the run, or a SQLite file in
+    `tmp`), at the current schema; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from db import migrate
+    from db.session import dispose_all
+
+    admin = None
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+    else:
+        name = f"rstar_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        dispose_all()
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,24 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
-    from db import migrate
     from db.session import dispose_all
 
     tmp = Path(tempfile.mkdtemp(prefix="rstar-ui-pages-"))
-    admin = None
-    if args.database == "sqlite":
-        url = f"sqlite:///{tmp / 'pages.db'}"
-    else:
-        name = f"rstar_bench_ui_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(args.postgres_admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(args.postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    database = ExitStack()
     server = None
     try:
-        migrate.upgrade(url)
+        url = database.enter_context(fresh_database(args.database, args.postgres_admin_url, tmp))
         t = time.perf_counter()
         job_id, item = _fill(url, args.problems, args.calls_per_problem, seed=7, open_problems=args.open)
         filled = time.perf_counter() - t
@@ -253,16 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rstar results (to a file)": ["results", str(job_id), "-o", str(tmp / "results.jsonl")],
             "rstar export (to a file)": ["export", str(job_id), "-o", str(tmp / "export.jsonl")],
         }
-        ran = [(label, *_command(cmd, env)) for label, cmd in commands.items()]
+        ran = [(label, run_rstar(cmd, env)) for label, cmd in commands.items()]
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=20)
-        dispose_all()
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        database.close()
         shutil.rmtree(tmp, ignore_errors=True)
     database = "PostgreSQL" if args.database == "postgres" else "SQLite"
     command = "python -m bench.ui_pages " + " ".join(sys.argv[1:] if argv is None else list(argv))
@@ -290,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "| command | wall | peak memory |",
         "|---|---:|---:|",
-        *(f"| {label} | {wall:.1f} s | {peak:.0f} MB |" for label, wall, peak in ran),
+        *(f"| {label} | {r.wall:.1f} s | {r.peak_mb:.0f} MB |" for label, r in ran),
     ]
     report = "\n".join(lines) + "\n"
     print(report)

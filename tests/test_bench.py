@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench import fleet, throughput, tokens_plot
+from bench import fleet, submit_scale, throughput, tokens_plot
 from bench.bare_driver import run_bare
 from bench.simulator import SimConfig, SimulatorProcess, agree_round, right_answer
 from tests.conftest import REDIS_URL
@@ -201,6 +201,20 @@ def test_fleet_benchmark_runs_one_rstar_job_on_two_replicas(tmp_path: Path) -> N
     assert [s["limit"] for s in run["servers"]] == [6, 6]
     assert all(s["mean_in_flight"] > 0 for s in run["servers"]), run["servers"]
     assert "| 2 | 2 | A |" in (tmp_path / "tiny.md").read_text()
+
+
+def test_submit_benchmark_measures_a_submit_and_a_kill_trial(tmp_path: Path) -> None:
+    """`python -m bench.submit_scale`: the submit stores the job with the window started and the
+    rest waiting, the broker holds the window's first steps only; a kill trial passes."""
+    out = tmp_path / "submit.md"
+    args = ["--problems", "200", "--database", "sqlite", "--window", "16", "-o", str(out)]
+    assert submit_scale.main(args) == 0
+    row = out.read_text().strip().splitlines()[-1].split(" | ")
+    assert row[3:] == ["64", "184 / 16", "64 |"]  # rstar starts with 4 steps a problem
+    code = submit_scale.main(
+        ["--problems", "60", "--database", "sqlite", "--window", "8", "--kill-trials", "1", "-o", str(out)]
+    )
+    assert code == 0 and "1 of 1 trials pass." in out.read_text()
 
 
 def test_tokens_plot_draws_every_job_of_every_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
