@@ -127,13 +127,17 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
     counts: dict[int, Counter[str]] = {}
     judged: Counter[int] = Counter()
     right: Counter[int] = Counter()
-    for job_id, status, n, with_reference, correct in session.execute(
+    cost: dict[int, list[int]] = {}
+    # One pass over each job's problems: counts, judgements and the finished problems' tallies
+    # (NULL, so not summed, while a problem is open).
+    for job_id, status, n, with_reference, correct, *sums in session.execute(
         select(
             Problem.job_id,
             Problem.status,
             func.count(),
             func.count(Problem.reference_answer),
             func.count(case((Problem.correct.is_(True), 1))),
+            *(func.sum(getattr(Problem, c)) for c in _TALLIED),
         )
         .where(Problem.job_id.in_(ids))
         .group_by(Problem.job_id, Problem.status)
@@ -142,13 +146,8 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
         if status in terminal:
             judged[job_id] += with_reference
             right[job_id] += correct
-    cost: dict[int, list[int]] = {}
-    for job_id, *sums in session.execute(
-        select(Problem.job_id, *(func.sum(getattr(Problem, c)) for c in _TALLIED))
-        .where(Problem.job_id.in_(ids), Problem.calls.is_not(None))
-        .group_by(Problem.job_id)
-    ):
-        cost[job_id] = [x or 0 for x in sums]
+        total = cost.setdefault(job_id, [0] * len(_TALLIED))
+        cost[job_id] = [a + (b or 0) for a, b in zip(total, sums, strict=True)]
     for job_id, *sums in session.execute(
         select(Problem.job_id, func.count(), *(func.sum(getattr(ModelCall, c)) for c in _TALLIED[1:]))
         .join(Problem, Problem.id == ModelCall.problem_id)
@@ -244,9 +243,17 @@ def problem_page(
     `rounds` the rounds used; `sort` a key of SORTS (ties in input order)."""
     outcome_expr = _outcome().label("outcome")
     of_job = Problem.job_id == job_id
-    outcomes = Counter(
-        dict(session.execute(select(outcome_expr, func.count()).where(of_job).group_by(outcome_expr)).all())
-    )
+    # One pass over the job's problems gives the outcome counts, the rounds seen and, unless the
+    # filter is by model, the filtered total.
+    groups = session.execute(
+        select(outcome_expr, Problem.rounds_used, func.count())
+        .where(of_job)
+        .group_by(outcome_expr, Problem.rounds_used)
+    ).all()
+    outcomes: Counter[str] = Counter()
+    for found_outcome, _, n in groups:
+        outcomes[found_outcome] += n
+    rounds_seen = tuple(sorted({r for _, r, _ in groups if r is not None}))
     chosen_by = (
         select(Output.model)
         .join(Selection, Selection.output_id == Output.id)
@@ -260,7 +267,12 @@ def problem_page(
         query = query.where(chosen_by == model)
     if rounds is not None:
         query = query.where(Problem.rounds_used == rounds)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if model is None:
+        total = sum(
+            n for o, r, n in groups if (outcome is None or o == outcome) and (rounds is None or r == rounds)
+        )
+    else:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)
     key = SORTS.get(sort, SORTS["line"])(session.get_bind().dialect.name)
@@ -271,14 +283,6 @@ def problem_page(
         for r in iter_problem_results(session=session, job_id=job_id, problem_ids=[row.id for row in picked])
     }
     rows = [ProblemRow(results[r.item_id], r.line, r.outcome) for r in picked]
-    rounds_seen = tuple(
-        session.scalars(
-            select(Problem.rounds_used)
-            .where(of_job, Problem.rounds_used.is_not(None))
-            .distinct()
-            .order_by(Problem.rounds_used)
-        )
-    )
     job = session.get(Job, job_id)
     return ProblemPage(
         rows=rows,
@@ -318,6 +322,8 @@ def compare_jobs(*, session: Session, first: int, second: int) -> Comparison:
 
 def comparable_jobs(*, session: Session, job_id: int) -> list[tuple[int, str, str, int]]:
     """The other jobs that share problems (item ids) with this one: (id, name, strategy, shared)."""
+    if session.scalar(select(Job.id).where(Job.id != job_id).limit(1)) is None:
+        return []  # alone: do not read a large job's item ids for nothing
     mine = select(Problem.item_id).where(Problem.job_id == job_id)
     rows = session.execute(
         select(Job.id, Job.name, Job.strategy, func.count())

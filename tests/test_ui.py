@@ -516,6 +516,9 @@ def test_filters_sorting_and_pages_agree_with_the_results(jobs_db: tuple[str, in
     assert [r[1] for p in pages for r in p] == list(results)
     two_rounds = listed("rounds=2")
     assert [r[1] for r in two_rounds] == [i for i, r in results.items() if r["rounds_used"] == 2]
+    # A page past the end shows the last one: the filtered total is right (one row a page).
+    assert listed("rounds=2&per_page=1&page=99") == two_rounds[-1:]
+    assert listed("model=A&per_page=1&page=99") == by_a[-1:]
     assert client.get("/jobs/3?outcome=nonsense").status_code == 400
     assert client.get("/jobs/3?page=two").status_code == 400
     assert client.get("/jobs/999").status_code == 404
