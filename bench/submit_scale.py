@@ -34,8 +34,8 @@ from pathlib import Path
 
 from bench.llama_server_speed import free_port
 from bench.simulator import SimConfig, SimulatorProcess
-from bench.throughput import DEFAULT_PG_ADMIN
-from bench.ui_pages import REPO, fresh_database, run_rstar
+from bench.throughput import DEFAULT_PG_ADMIN, fresh_database
+from bench.ui_pages import REPO, run_rstar
 
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 
@@ -119,6 +119,15 @@ def job_counts(db_url: str) -> dict[str, int]:
     return counts
 
 
+@contextmanager
+def migrated(args: argparse.Namespace, tmp: Path) -> Iterator[str]:
+    from db import migrate
+
+    with fresh_database(args.database, tmp, args.postgres_admin_url) as url:
+        migrate.upgrade(url)
+        yield url
+
+
 def _env(db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RSTAR_")}
     env.update({"RSTAR_DATABASE_URL": db_url, "RSTAR_BROKER_URL": broker_url, "PYTHONUNBUFFERED": "1"})
@@ -129,7 +138,7 @@ def _env(db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
 def measure_submit(args: argparse.Namespace, tmp: Path) -> list[str]:
     path = tmp / "problems.jsonl"
     size = write_problems(path, args.problems)
-    with fresh_database(args.database, args.postgres_admin_url, tmp) as db_url, private_redis(tmp) as broker:
+    with migrated(args, tmp) as db_url, private_redis(tmp) as broker:
         env = _env(
             db_url,
             broker,
@@ -171,14 +180,14 @@ def kill_trials(args: argparse.Namespace, tmp: Path) -> list[str]:
             "RSTAR_JOB_WINDOW": str(args.window),
         }
         with (
-            fresh_database(args.database, args.postgres_admin_url, tmp) as db_url,
+            migrated(args, tmp) as db_url,
             private_redis(tmp) as broker,
         ):
             whole = run_rstar(submit, _env(db_url, broker, **extra)).wall
         for trial in range(1, args.kill_trials + 1):
             at = rng.uniform(0, whole)
             with (
-                fresh_database(args.database, args.postgres_admin_url, tmp) as db_url,
+                migrated(args, tmp) as db_url,
                 private_redis(tmp) as broker,
             ):
                 env = _env(db_url, broker, **extra)

@@ -144,6 +144,10 @@ class RunResult:
     series: list[list[tuple[float, int]]] = field(default_factory=list)
     sequences: int = 0
     """Generated sequences (an rstar call that samples n counts n)."""
+    first_answer_s: float | None = None
+    """System: seconds from the start of submit to the first problem answered."""
+    median_answer_s: float | None = None
+    """System: ... to the moment half the problems were answered."""
 
     @property
     def cpu_ms_per_call(self) -> float:
@@ -242,14 +246,20 @@ def run_bare_once(
 
 @contextmanager
 def fresh_database(kind: str, tmp: Path, pg_admin: str) -> Iterator[str]:
+    """A new, empty database: a SQLite file in `tmp` (removed afterwards), or a PostgreSQL
+    database created for the run and dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     from db.session import dispose_all
 
     if kind == "sqlite":
-        yield f"sqlite:///{tmp}/bench.db"
-        dispose_all()
+        path = tmp / f"bench-{uuid.uuid4().hex[:10]}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            dispose_all()
+            path.unlink(missing_ok=True)
         return
     name = f"rstar_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(pg_admin, isolation_level="AUTOCOMMIT")
@@ -440,7 +450,9 @@ def run_system_once(
             env.update({"RSTAR_MODEL_A_URL": urls["A"], "RSTAR_MODEL_B_URL": urls["B"]})
         data = "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions))
         problems = parse_problems(data.encode())
-        settings = Settings(database_url=db_url, broker_url=redis_url)
+        # Submit starts the window the workers keep (RSTAR_JOB_WINDOW in their environment).
+        job_window = int(env.get("RSTAR_JOB_WINDOW", Settings.model_fields["job_window"].default))
+        settings = Settings(database_url=db_url, broker_url=redis_url, job_window=job_window)
         previous = current_app._get_current_object()
         app = create_app(settings)
         app.set_current()
@@ -483,6 +495,7 @@ def run_system_once(
             app.close()
             previous.set_current()
         rows, answered, hist, calls, sequences = _count_rows(db_url, job.job_id)
+        answer_times = _answer_times(db_url, job.job_id, started_utc)
         if threads is None:  # what the worker sized itself to, from its start-up line
             found = re.search(r"worker: (\d+) threads", (tmp / "worker0.log").read_text(errors="replace"))
             threads = int(found.group(1)) if found else 0
@@ -512,7 +525,25 @@ def run_system_once(
         threads_per_worker=threads,
         rounds=hist,
         series=series,
+        first_answer_s=answer_times[0] if answer_times else None,
+        median_answer_s=answer_times[len(answer_times) // 2] if answer_times else None,
     )
+
+
+def _answer_times(db_url: str, job_id: int, started_utc: datetime) -> list[float]:
+    """Seconds from `started_utc` to each problem's answer, in order."""
+    from sqlalchemy import select
+
+    from db.models import Problem
+    from db.session import session_scope
+
+    with session_scope(db_url) as s:
+        done = s.scalars(
+            select(Problem.finished_at)
+            .where(Problem.job_id == job_id, Problem.finished_at.is_not(None))
+            .order_by(Problem.finished_at)
+        ).all()
+    return [(t - started_utc).total_seconds() for t in done]
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -622,7 +653,9 @@ def markdown(
         lines.append(
             f"- {s.endpoints} endpoint(s), {s.workers} worker(s), {s.database}: answered {s.answered}/"
             f"{s.problems}, rounds {s.rounds} (bare {b.rounds}); sequences {s.sequences} (bare"
-            f" {b.sequences}); bare driver CPU {b.cpu_ms_per_call:.2f} ms/call."
+            f" {b.sequences}); bare driver CPU {b.cpu_ms_per_call:.2f} ms/call; first answer after"
+            f" {s.first_answer_s or 0:.1f} s, half the problems after {s.median_answer_s or 0:.1f} s"
+            f" (makespan {s.makespan_s:.1f} s)."
         )
     return "\n".join(lines) + "\n"
 

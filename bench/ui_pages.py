@@ -25,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.throughput import DEFAULT_PG_ADMIN
+from bench.throughput import DEFAULT_PG_ADMIN, fresh_database
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Solve the problem step by step. " * 30
@@ -193,36 +192,6 @@ def run_rstar(args: Sequence[str], env: dict[str, str], *, check: bool = True) -
     return Ran(wall, peak, done.returncode, done.stdout, done.stderr)
 
 
-@contextmanager
-def fresh_database(kind: str, admin_url: str, tmp: Path) -> Iterator[str]:
-    """A new, empty database (a PostgreSQL database created for the run, or a SQLite file in
-    `tmp`), at the current schema; dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from db import migrate
-    from db.session import dispose_all
-
-    admin = None
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:8]}.db'}"
-    else:
-        name = f"rstar_bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        dispose_all()
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--problems", type=int, default=10_000)
@@ -237,13 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sqlalchemy import create_engine, text
 
+    from db import migrate
     from db.session import dispose_all
 
     tmp = Path(tempfile.mkdtemp(prefix="rstar-ui-pages-"))
     database = ExitStack()
     server = None
     try:
-        url = database.enter_context(fresh_database(args.database, args.postgres_admin_url, tmp))
+        url = database.enter_context(fresh_database(args.database, tmp, args.postgres_admin_url))
+        migrate.upgrade(url)
         t = time.perf_counter()
         job_id, item = _fill(url, args.problems, args.calls_per_problem, seed=7, open_problems=args.open)
         filled = time.perf_counter() - t
