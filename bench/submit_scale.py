@@ -34,19 +34,28 @@ from pathlib import Path
 
 from bench.llama_server_speed import free_port
 from bench.simulator import SimConfig, SimulatorProcess
-from bench.throughput import DEFAULT_PG_ADMIN, fresh_database
+from bench.throughput import (
+    DEFAULT_PG_ADMIN,
+    GSM8K,
+    fresh_database,
+    load_questions,
+)
 from bench.ui_pages import REPO, run_rstar
-
-GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 
 
 def write_problems(path: Path, n: int, dataset: Path = GSM8K) -> int:
-    """N problems cycled from the dataset, each question made unique; returns the file's bytes."""
-    with dataset.open(encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    """N problems cycled from the dataset (synthetic questions where it is absent), each question
+    made unique; returns the file's bytes."""
+    if dataset.exists():
+        with dataset.open(encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        rows = [{"question": q} for q in load_questions(100, dataset)]
     with path.open("w", encoding="utf-8") as out:
         for i, row in zip(range(n), itertools.cycle(rows), strict=False):
-            item = {"id": f"p{i}", "question": f"{row['question']} (#{i})", "answer": row["answer"]}
+            item = {"id": f"p{i}", "question": f"{row['question']} (#{i})"}
+            if "answer" in row:
+                item["answer"] = row["answer"]
             out.write(json.dumps(item) + "\n")
     return path.stat().st_size
 

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import CallOutcome, ModelCall, Step
+from rstar.records import compact_response
 
 _st, _ct = Step.__table__, ModelCall.__table__
 
@@ -49,7 +50,9 @@ def new_call(
     requests: int = 1,
     sequences: int | None = None,
 ) -> NewCall:
-    """`sequences` defaults to 1 for an ok call, else 0."""
+    """`sequences` defaults to 1 for an ok call, else 0. The response is stored without the texts
+    `response_text` holds (rstar/records.py)."""
+    sequences = sequences if sequences is not None else int(outcome == CallOutcome.OK)
     return NewCall(
         {
             "step_id": step_id,
@@ -59,7 +62,7 @@ def new_call(
             "server_kind": server_kind,
             "model": model,
             "request": request,
-            "response": response,
+            "response": compact_response(response, response_text, sequences),
             "response_text": response_text,
             "finish_reason": finish_reason,
             "prompt_tokens": prompt_tokens,
@@ -71,7 +74,7 @@ def new_call(
             "request_hash": request_hash,
             "reused_from_id": reused_from_id,
             "requests": requests,
-            "sequences": sequences if sequences is not None else int(outcome == CallOutcome.OK),
+            "sequences": sequences,
         }
     )
 

@@ -29,6 +29,7 @@ from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome, ModelCall, Output
 from db.outputs import save_outputs
 from db.session import autocommit_scope, session_scope
+from rstar.records import recorded_texts
 from rstar.strategies import get_strategy
 from rstar.strategies.base import StepSpec, Strategy, parse_reply
 from rstar.types import ModelRequest
@@ -41,7 +42,6 @@ from workers.client import (
     ModelReply,
     endpoint_down,
     mark_not_answering,
-    recorded_texts,
     stored_text,
     truncate,
 )

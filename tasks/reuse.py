@@ -22,8 +22,9 @@ from db.calls import new_call, record_call
 from db.claims import Claim
 from db.models import CallOutcome, Job, ModelCall, Problem
 from db.session import session_scope
+from rstar.records import recorded_texts
 from rstar.types import ModelRequest
-from workers.client import ModelClient, recorded_texts
+from workers.client import ModelClient
 from workers.settings import Settings
 
 MAX_CHAIN = 20

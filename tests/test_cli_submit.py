@@ -272,7 +272,8 @@ def test_a_file_changed_between_the_two_passes_is_refused_and_nothing_is_written
 
 
 def test_a_pipe_is_submitted_whole(migrated: str, redis_url: str) -> None:
-    """/dev/stdin cannot be read twice: it is copied on the first pass."""
+    """/dev/stdin cannot be read twice: it is copied on the first pass. Every problem is stored;
+    the first RSTAR_JOB_WINDOW (1024) are started, the rest wait their turn."""
     data = "\n".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + 1?"}) for i in range(1200)) + "\n"
     args = ["submit", "/dev/stdin", "--no-check-models", "--model-a", "http://x:1", "--strategy", "cot"]
     done = subprocess.run(
@@ -282,6 +283,9 @@ def test_a_pipe_is_submitted_whole(migrated: str, redis_url: str) -> None:
     assert done.returncode == 0, done.stderr
     with session_scope(migrated) as s:
         assert s.scalar(select(func.count()).select_from(Problem)) == 1200
-        assert s.scalar(select(func.count()).select_from(Step)) == 1200
         lines = s.scalars(select(Problem.line).order_by(Problem.id)).all()
+        started = s.scalars(select(Problem.line).join(Step).order_by(Problem.id)).all()
+        statuses = s.execute(select(Problem.status, func.count()).group_by(Problem.status)).all()
     assert lines == list(range(1, 1201))
+    assert started == list(range(1, 1025))  # one first step each, in input order
+    assert dict(statuses) == {"pending": 1024, "waiting": 176}

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from rstar.prompts import SOLUTION_SCHEMA
+from rstar.records import recorded_texts
 from rstar.types import ChatMessage, ModelRequest
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from workers.client import (
@@ -19,7 +20,6 @@ from workers.client import (
     ModelClient,
     in_flight_share,
     probe_server,
-    recorded_texts,
     stored_text,
 )
 from workers.errors import (

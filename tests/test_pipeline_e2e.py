@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from db.models import Job, ModelCall, Problem, Selection, Step
 from db.session import session_scope
+from rstar.records import expanded_response
 from tests.fakeserver import FakeInferenceServer
 from tests.support import (
     celery_worker,
@@ -72,6 +73,10 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         for c in calls:
             assert c.outcome == "ok" and c.attempt == 1
             assert c.request["messages"] and c.response and c.response_text
+            # Its text stored once (response_text), and the response shown as it was received.
+            assert c.response["choices"][0]["message"]["content"] is None
+            received = expanded_response(c.response, c.response_text, c.sequences)
+            assert received is not None and received["choices"][0]["message"]["content"] == c.response_text
             assert c.prompt_tokens and c.completion_tokens and c.latency_ms is not None
             assert c.finish_reason in ("stop", "eos_token")
         assert all(st.status == "done" for st in steps)
@@ -118,3 +123,17 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         assert needle in shown.stdout
     status = rstar(["status", str(job_id)], env)
     assert status.returncode == 0 and "20/20" in status.stdout
+
+    # The viewer shows each call's response as the server sent it, its text put back.
+    from fastapi.testclient import TestClient
+    from markupsafe import escape
+
+    from web.app import create_app
+
+    page = TestClient(create_app(database_url=db_url)).get(f"/jobs/{job_id}/problems/gsm-0")
+    assert page.status_code == 200
+    with session_scope(db_url) as s:
+        first = s.scalars(select(ModelCall).where(ModelCall.problem_id == problems[0].id)).first()
+        assert first is not None
+        received = expanded_response(first.response, first.response_text, first.sequences)
+    assert str(escape(json.dumps(received, indent=2, ensure_ascii=False))) in page.text

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from db.models import ModelCall, Output, Problem, Selection, Step
 from db.session import session_scope
+from rstar.records import expanded_response
 from tests.support import (
     REPO,
     gsm8k_rows,
@@ -55,7 +56,10 @@ def test_demo_solves_three_problems_with_real_models(redis_url: str, tmp_path: P
             # The model's own text, as the llama.cpp server returned it.
             assert c.server_kind == "llama-cpp"
             assert c.response is not None and str(c.response.get("id", "")).startswith("chatcmpl-")
-            assert c.response["choices"][0]["message"]["content"] == c.response_text
+            # Stored once: the response keeps everything but the text, which response_text holds.
+            assert c.response["choices"][0]["message"]["content"] is None
+            received = expanded_response(c.response, c.response_text, c.sequences)
+            assert received is not None and received["choices"][0]["message"]["content"] == c.response_text
             assert c.response_text and c.completion_tokens and c.completion_tokens > 0
             assert c.request["response_format"]["type"] == "json_object"
         assert len({c.response_text for c in ok}) > 1  # not one canned reply

@@ -37,6 +37,7 @@ from db.models import MAX_ROW_ID, Job, JobStatus
 from db.reports import UnknownJobError, load_report
 from db.session import read_scope, session_scope
 from rstar import roster
+from rstar.records import expanded_response
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
 from rstar.strategies.mcts.tree import NODE_TITLES
 from workers.settings import get_settings
@@ -62,6 +63,8 @@ def _templates() -> Jinja2Templates:
     env.filters["pct"] = lambda x: "–" if x is None else f"{100 * x:.1f}%"
     env.filters["num"] = lambda x, d=1: "–" if x is None else f"{x:,.{d}f}"
     env.filters["pretty"] = lambda x: json.dumps(x, indent=2, ensure_ascii=False, default=str)
+    # A call's response as the server sent it (stored without the texts response_text holds).
+    env.filters["received"] = lambda c: expanded_response(c.response, c.response_text, c.sequences)
     env.filters["clip"] = _clip
     env.globals.update(
         NODE_TITLES=NODE_TITLES,

@@ -125,19 +125,6 @@ def fan_out_seeds(request: ModelRequest) -> list[int | None]:
     return [(request.seed + i) % 2**31 for i in range(request.n)]
 
 
-def recorded_texts(response_text: str | None, sequences: int | None) -> tuple[str, ...]:
-    """A recorded call's sequences, from its `response_text` (the text, or for a call that sampled
-    several, their JSON list: see `stored_text`)."""
-    if sequences is not None and sequences > 1 and response_text:
-        try:
-            texts = json.loads(response_text)
-        except ValueError:
-            return (response_text,)
-        if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
-            return tuple(texts)
-    return (response_text or "",)
-
-
 def stored_text(reply: ModelReply) -> str | None:
     """What a call records as `response_text`: the text, or the JSON list of a sampled call's
     sequences, each cut to its share of the stored size."""
