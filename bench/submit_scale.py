@@ -146,7 +146,7 @@ def _env(db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
 
 def measure_submit(args: argparse.Namespace, tmp: Path) -> list[str]:
     path = tmp / "problems.jsonl"
-    size = write_problems(path, args.problems)
+    size = write_problems(path, args.problems, args.dataset)
     with migrated(args, tmp) as db_url, private_redis(tmp) as broker:
         env = _env(
             db_url,
@@ -162,7 +162,8 @@ def measure_submit(args: argparse.Namespace, tmp: Path) -> list[str]:
         after, messages = broker_state(broker)
         counts = job_counts(db_url)
     return [
-        f"`rstar submit` of {args.problems:,} rstar problems ({size / 2**20:.0f} MB of JSONL) into "
+        f"`rstar submit` of {args.problems:,} rstar problems ({size / 2**20:.0f} MB of JSONL"
+        f"{'' if args.dataset.exists() else ', synthetic questions'}) into "
         f"{'PostgreSQL' if args.database == 'postgres' else 'SQLite'}, window {args.window:,}:",
         "",
         "| wall | peak memory | broker memory after (before) | messages queued"
@@ -176,7 +177,7 @@ def measure_submit(args: argparse.Namespace, tmp: Path) -> list[str]:
 def kill_trials(args: argparse.Namespace, tmp: Path) -> list[str]:
     rng = random.Random(args.seed)
     path = tmp / "trial.jsonl"
-    write_problems(path, args.problems)
+    write_problems(path, args.problems, args.dataset)
     sim = SimConfig(max_concurrent_requests=64, time_scale=0.01)
     rows: list[str] = []
     failures = 0
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--problems", type=int, default=100_000)
     parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--dataset", type=Path, default=GSM8K, help="GSM8K-style JSONL to cycle through")
     parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
     parser.add_argument("--window", type=int, default=1024, help="RSTAR_JOB_WINDOW")
     parser.add_argument("--kill-trials", type=int, default=0, help="run this many kill -9 trials instead")
