@@ -62,8 +62,8 @@ TALLIES: dict[str, Any] = {
 (an UPDATE of `problems`): written once per problem, read by every count and page."""
 NO_TALLIES: dict[str, Any] = {"correct": None, **dict.fromkeys(TALLIES)}
 """What a problem that is open again carries: readers count its calls while it is."""
-_INSERT_PROBLEMS = insert(_problems_t).returning(_problems_t.c.id, sort_by_parameter_order=True)
-_INSERT_STEPS = insert(_steps_t)
+_INSERT_PROBLEMS = insert(_problems_t)
+_INSERT_STEPS = insert(_steps_t).returning(_steps_t.c.id, _steps_t.c.problem_id, _steps_t.c.model)
 
 
 def create_job(
@@ -75,17 +75,13 @@ def create_job(
     models: list[dict[str, Any]],
     source: str | None,
     problems: Iterable[ProblemInput],
-    first_steps: tuple[StepSpec, ...],
-    window: int | None = None,
 ) -> tuple[Job, int]:
-    """The job (`models`: its roster, [{"name", "url"}, ...]) and its problems, written in the
-    caller's transaction; returns the job and its number of problems. The first `window` problems
-    (all when None) are started: their first steps are written and they are pending; the rest
-    wait for `start_problems`.
+    """The job (`models`: its roster, [{"name", "url"}, ...]) and its problems, all waiting,
+    written in the caller's transaction; returns the job and its number of problems.
+    `start_problems` starts them.
 
-    Problems and steps go in as plain rows, `CREATE_BATCH` problems a statement (their ids returned
-    in order), from an iterable read as it goes: a session held every object of a 100,000-problem
-    file until the commit (about 19 KB a problem). `queued_steps` reads the steps back.
+    Problems go in as plain rows, `CREATE_BATCH` a statement, from an iterable read as it goes: a
+    session held every object of a 100,000-problem file until the commit (about 19 KB a problem).
     """
     job = Job(
         name=name,
@@ -101,16 +97,8 @@ def create_job(
     count = 0
     given = iter(problems)
     while batch := list(islice(given, CREATE_BATCH)):
-        starting = len(batch) if window is None else max(0, min(len(batch), window - count))
-        rows = [
-            _problem_row(job.id, p, ProblemStatus.PENDING if i < starting else ProblemStatus.WAITING)
-            for i, p in enumerate(batch)
-        ]
-        ids = conn.execute(_INSERT_PROBLEMS, rows).scalars().all()
-        steps = [_step_row(problem_id, spec) for problem_id in ids[:starting] for spec in first_steps]
-        if steps:
-            conn.execute(_INSERT_STEPS, steps)
-        count += len(ids)
+        conn.execute(_INSERT_PROBLEMS, [_problem_row(job.id, p) for p in batch])
+        count += len(batch)
     return job, count
 
 
@@ -156,9 +144,7 @@ def start_problems(
     rows = [_step_row(problem_id, spec) for problem_id in ids for spec in first_steps]
     if not rows:
         return []
-    made = conn.execute(
-        insert(_steps_t).returning(_steps_t.c.id, _steps_t.c.problem_id, _steps_t.c.model), rows
-    ).all()
+    made = conn.execute(_INSERT_STEPS, rows).all()
     return [QueuedStep(r.id, r.problem_id, r.model) for r in made]
 
 
@@ -189,7 +175,7 @@ def queued_steps(*, session: Session, job_id: int, after: int = 0, limit: int = 
     return [QueuedStep(r.id, r.problem_id, r.model) for r in rows]
 
 
-def _problem_row(job_id: int, p: ProblemInput, status: ProblemStatus) -> dict[str, Any]:
+def _problem_row(job_id: int, p: ProblemInput) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "item_id": p.item_id,
@@ -198,7 +184,7 @@ def _problem_row(job_id: int, p: ProblemInput, status: ProblemStatus) -> dict[st
         "reference": p.reference,
         "reference_answer": p.reference_answer,
         "meta": p.meta,
-        "status": status,
+        "status": ProblemStatus.WAITING,
     }
 
 

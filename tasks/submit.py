@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import current_app
 
-from db.jobs import QueuedStep, create_job, queued_steps
+from db.jobs import QueuedStep, create_job, queued_steps, start_problems
 from db.migrate import ensure_current, redact_url
 from db.models import Job
 from db.session import session_scope
@@ -137,11 +137,10 @@ def submit_job(
             models=[m.with_urls(without_userinfo).as_json() for m in roster],
             source=source,
             problems=problems,
-            first_steps=first,
-            # The rest wait their turn (tasks/dispatch.py, `feed`): the broker never holds a
-            # million problems' steps.
-            window=settings.job_window,
         )
+        # The first window; the rest wait their turn (tasks/dispatch.py, `feed`): the broker never
+        # holds a million problems' steps.
+        start_problems(session=session, job_id=job.id, first_steps=first, window=settings.job_window)
         if resume_from is not None:
             if session.get(Job, resume_from) is None:
                 raise ResumeFromError(f"--resume-from {resume_from}: there is no job {resume_from}")

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from cli.demo import _check_outcome
 from db.calls import new_call, record_call
-from db.jobs import create_job, queued_steps
+from db.jobs import create_job, queued_steps, start_problems
 from db.models import CallOutcome, Job, ModelCall
 from db.session import session_scope
 from localmodels.servers import (
@@ -256,8 +256,9 @@ def test_demo_outcome_fails_when_no_call_succeeded_or_a_server_died(
             session=s, name="demo", strategy="mutual", params={},
             models=[{"name": "A", "url": "http://a"}, {"name": "B", "url": "http://b"}],
             source=None, problems=[ProblemInput("p1", 1, "What is 2 + 3?", "5", "5")],
-            first_steps=(StepSpec("r1.generate.A", StepKind.GENERATE, "A", 1),),
         )  # fmt: skip
+        first = (StepSpec("r1.generate.A", StepKind.GENERATE, "A", 1),)
+        start_problems(session=s, job_id=job.id, first_steps=first, window=1)
         (step,) = queued_steps(session=s, job_id=job.id)
         job_id, step_id, problem_id = job.id, step.id, step.problem_id
 

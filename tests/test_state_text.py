@@ -29,7 +29,6 @@ def _texts(url: str) -> dict[str, str]:
             models=models,
             source=None,
             problems=[ProblemInput("p1", 1, QUESTION, None, None)],
-            first_steps=(),
         )
         problem_id = s.scalar(select(Problem.id).where(Problem.job_id == job.id))
 
@@ -135,7 +134,7 @@ def test_a_state_read_with_an_earlier_reads_outputs_equals_a_fresh_read(migrated
     with session_scope(migrated) as s:
         job, _ = create_job(
             session=s, name="cache", strategy="mutual", params={}, models=models, source=None,
-            problems=[ProblemInput("p1", 1, QUESTION, None, None)], first_steps=(),
+            problems=[ProblemInput("p1", 1, QUESTION, None, None)],
         )  # fmt: skip
         problem_id = s.scalar(select(Problem.id).where(Problem.job_id == job.id))
 
