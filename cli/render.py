@@ -98,7 +98,7 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
         print_search(console, search, chosen=trail.selection.output_id if trail.selection else None)
     for st in trail.steps:
         if st.step.kind != "select" and (search is None or with_calls):  # the selection says it all
-            _print_step(console, st, with_calls=with_calls)
+            _print_step(console, st, with_calls=with_calls, sent=trail.sent)
     if trail.selection is not None:
         chosen = trail.chosen
         by = f"{chosen.model}'s {chosen.kind} #{chosen.id}" if chosen is not None else "no output"
@@ -115,7 +115,7 @@ def _describe(out: Output | None) -> str:
     return f"{out.model}'s #{out.id}" if out is not None else "an earlier output"
 
 
-def _print_step(console: Console, st: StepTrail, *, with_calls: bool) -> None:
+def _print_step(console: Console, st: StepTrail, *, with_calls: bool, sent: dict[int, Any]) -> None:
     s = st.step
     who = f"{s.model} " if s.model else ""
     what = TITLES.get(s.kind, s.kind).format(parent=_describe(st.parent))
@@ -132,7 +132,7 @@ def _print_step(console: Console, st: StepTrail, *, with_calls: bool) -> None:
     console.print(Panel(body, title=shown_title(title)))
     if with_calls:
         for call in st.calls:
-            _print_call(console, call, s.model)
+            _print_call(console, call, s.model, sent.get(call.id))
 
 
 def _print_output(body: Text, out: Output) -> None:
@@ -157,7 +157,7 @@ def _print_output(body: Text, out: Output) -> None:
         body.append(f"\nparse: {out.parse_error}", style="yellow")
 
 
-def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
+def _print_call(console: Console, call: ModelCall, model: str | None, request: Any) -> None:
     text = SafeText()
     latency = f"{call.latency_ms:.0f} ms" if call.latency_ms is not None else "?"
     text.append(
@@ -168,7 +168,7 @@ def _print_call(console: Console, call: ModelCall, model: str | None) -> None:
     )
     if call.error:
         text.append(f"error: {call.error}\n", style="red")
-    for message in (call.request or {}).get("messages", []):
+    for message in (request or {}).get("messages", []):
         text.append(f"[{message.get('role')}] ", style="cyan")
         text.append(str(message.get("content")) + "\n")
     if call.response_text is not None:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db.calls import requests_as_sent
 from db.models import Job, ModelCall, Output, Problem, Selection, Step
 from db.state import load_state
 from rstar.strategies import STRATEGIES, get_strategy
@@ -32,6 +33,8 @@ class ProblemTrail:
     selection: Selection | None
     chosen: Output | None
     """The output whose answer the selection chose."""
+    sent: dict[int, Any]
+    """Each model call's request as sent, by call id (stored, its system messages are apart)."""
 
 
 def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrail | None:
@@ -54,7 +57,14 @@ def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrai
         step_calls = [c for c in calls if c.step_id == s.id]
         trails.append(StepTrail(step=s, calls=step_calls, output=out, parent=parent, outputs=tuple(outs)))
     chosen = outputs.get(selection.output_id) if selection is not None and selection.output_id else None
-    return ProblemTrail(job=problem.job, problem=problem, steps=trails, selection=selection, chosen=chosen)
+    return ProblemTrail(
+        job=problem.job,
+        problem=problem,
+        steps=trails,
+        selection=selection,
+        chosen=chosen,
+        sent=requests_as_sent(session=session, calls=calls),
+    )
 
 
 def problem_search(*, session: Session, job: Job, problem: Problem) -> Any | None:

@@ -7,14 +7,16 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import CallOutcome, ModelCall, Step
-from rstar.records import compact_response
+from db.models import CallOutcome, ModelCall, SharedText, Step
+from rstar.records import compact_request, compact_response, expanded_request, shared_digests
 
 _st, _ct = Step.__table__, ModelCall.__table__
 
@@ -25,6 +27,8 @@ class NewCall:
     writes its step's output (`db.outputs.save_solution`, `save_review`)."""
 
     values: dict[str, Any]
+    texts: dict[str, str] = field(default_factory=dict)
+    """The shared texts its stored request names ({digest: text}), written with it."""
 
 
 def new_call(
@@ -50,9 +54,11 @@ def new_call(
     requests: int = 1,
     sequences: int | None = None,
 ) -> NewCall:
-    """`sequences` defaults to 1 for an ok call, else 0. The response is stored without the texts
-    `response_text` holds (rstar/records.py)."""
+    """`sequences` defaults to 1 for an ok call, else 0. The request is stored with its system
+    messages apart, and the response without the texts `response_text` holds (rstar/records.py);
+    `request_hash` is the caller's, of the request as sent."""
     sequences = sequences if sequences is not None else int(outcome == CallOutcome.OK)
+    request, texts = compact_request(request)
     return NewCall(
         {
             "step_id": step_id,
@@ -75,8 +81,39 @@ def new_call(
             "reused_from_id": reused_from_id,
             "requests": requests,
             "sequences": sequences,
-        }
+        },
+        texts,
     )
+
+
+_INSERT_TEXTS = {
+    "postgresql": postgresql.insert(SharedText.__table__).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(SharedText.__table__).on_conflict_do_nothing(),
+}
+
+
+def save_texts(conn: Connection, texts: Mapping[str, str]) -> None:
+    """Store shared texts not stored yet (a text, once written, never changes: its key is its
+    digest). In digest order, so concurrent writers lock in the same order."""
+    if texts:
+        rows = [{"digest": d, "text": texts[d]} for d in sorted(texts)]
+        conn.execute(_INSERT_TEXTS[conn.dialect.name], rows)
+
+
+def shared_texts(*, session: Session, digests: Iterable[str]) -> dict[str, str]:
+    """The shared texts of these digests ({digest: text}; one not stored is left out)."""
+    wanted = sorted(set(digests))
+    if not wanted:
+        return {}
+    found = session.execute(select(SharedText.digest, SharedText.text).where(SharedText.digest.in_(wanted)))
+    return dict(found.tuples().all())
+
+
+def requests_as_sent(*, session: Session, calls: Iterable[ModelCall]) -> dict[int, Any]:
+    """Each call's request as sent ({call id: request}), its shared texts read in one query."""
+    calls = list(calls)
+    texts = shared_texts(session=session, digests=(d for c in calls for d in shared_digests(c.request)))
+    return {c.id: expanded_request(c.request, texts) for c in calls}
 
 
 # The per-call writes, prebuilt Core statements (the ORM's unit of work cost several times the CPU).
@@ -88,6 +125,7 @@ def record_call(*, session: Session, call: NewCall, count_attempt: bool = True) 
     """Insert a model call and count the attempt on its step (unless the step is finished in the
     same transaction, which counts it: `count_attempt=False`); the call's id."""
     conn = session.connection()
+    save_texts(conn, call.texts)
     call_id: int = conn.execute(_INSERT_CALL, call.values).scalar_one()
     if count_attempt:
         conn.execute(

@@ -4,6 +4,7 @@
                           Step 1─1 Output            (the parsed reply of the step's call)
                                  Output *─1 Output   (parent: what it extends or judges)
                   Problem 1─1 Selection ─1 Output
+    ModelCall.request *─* SharedText                 (its system messages, by digest)
 
 A job's models are its roster (`jobs.models`, a list of {"name", "url"}); a step names the model
 that runs it. Step kinds and output payloads belong to the job's strategy (rstar/strategies/).
@@ -180,6 +181,8 @@ class ModelCall(Base):
     server_kind: Mapped[str | None] = mapped_column(String(20))
     model: Mapped[str | None] = mapped_column(String(500))
     request: Mapped[dict[str, Any]]
+    """As sent, but for its system messages, stored once in `shared_texts` and named by digest
+    (rstar/records.py: `expanded_request` gives it as sent)."""
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     response_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(50))
@@ -240,3 +243,14 @@ class Selection(Base):
     answer: Mapped[str | None] = mapped_column(String(500))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SharedText(Base):
+    """A text many model calls sent (a strategy's system prompt), stored once: requests name it by
+    its digest (rstar/records.py). Rows are only added, never changed or removed."""
+
+    __tablename__ = "shared_texts"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """sha256 of the text's UTF-8 bytes, in hex (`rstar.records.text_digest`)."""
+    text: Mapped[str] = mapped_column(Text)

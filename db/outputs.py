@@ -10,25 +10,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Text, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from db.calls import NewCall, record_call
 from db.claims import Claim
 from db.jobs import TALLIES
-from db.models import ModelCall, Output, Problem, ProblemStatus, Selection, Step, StepStatus, utcnow
+from db.models import (
+    ModelCall,
+    Output,
+    Problem,
+    ProblemStatus,
+    Selection,
+    SharedText,
+    Step,
+    StepStatus,
+    utcnow,
+)
 from rstar.reports import judge
 from rstar.strategies.base import SELECT_KEY
 from rstar.types import ParsedOutput
 
-_st, _ct = Step.__table__, ModelCall.__table__
+_st, _ct, _tt = Step.__table__, ModelCall.__table__, SharedText.__table__
 
 
 def _output_writes(output: Any) -> tuple[Any, Any]:
     """The output's two inserts: plain (the call is recorded already), and, for PostgreSQL,
-    one that also records the new call and finishes the step, in data-modifying CTEs (one round
-    trip where three cost three)."""
+    one that also stores the call's shared texts not stored yet, records the new call and
+    finishes the step, in data-modifying CTEs (one round trip where four cost four)."""
     plain = insert(output)
+    texts = (
+        postgresql.insert(_tt)
+        .from_select(
+            ["digest", "text"],
+            select(
+                func.unnest(bindparam("texts_digests", type_=postgresql.ARRAY(Text))),
+                func.unnest(bindparam("texts_texts", type_=postgresql.ARRAY(Text))),
+            ),
+        )
+        .on_conflict_do_nothing()
+        .cte("new_texts")
+    )
     call = (
         insert(_ct)
         .values({c.name: bindparam(f"call_{c.name}") for c in _ct.c if c.name != "id"})
@@ -53,6 +76,7 @@ def _output_writes(output: Any) -> tuple[Any, Any]:
             model_call_id=select(call.c.id).scalar_subquery(),
             **{c.name: bindparam(f"out_{c.name}") for c in output.c if c.name not in ("id", "model_call_id")},
         )
+        .add_cte(texts)
         .add_cte(call)
         .add_cte(finish)
     )
@@ -71,6 +95,7 @@ def _write_output(
     plain, combined = writes
     if isinstance(model_call, NewCall) and conn.dialect.name == "postgresql":
         now = utcnow()
+        digests = sorted(model_call.texts)
         params = {f"out_{k}": v for k, v in values.items()}
         params.update({f"call_{k}": v for k, v in model_call.values.items()})
         params.update(
@@ -79,6 +104,8 @@ def _write_output(
             finish_step_id=step_id,
             finish_attempts=model_call.values["attempt"],
             finish_now=now,
+            texts_digests=digests,
+            texts_texts=[model_call.texts[d] for d in digests],
         )
         conn.execute(combined, params)
         return

@@ -1,23 +1,36 @@
-"""The stored form of a model call's reply (`model_calls.response_text` and `.response`): each
-generated text is stored once.
+"""The stored form of a model call (`model_calls.request`, `.response_text` and `.response`): each
+text is stored once.
 
-`response_text` holds the text (or, for a call that sampled several, their JSON list). The raw
-response as the server sent it holds the same texts again in its choices; stored, each choice
-whose text `response_text` holds verbatim is left out (its `content` is null, and the response is
-marked), and `expanded_response` puts it back for whoever shows the response as received. A text
-that `response_text` holds only cut short stays in the response. The server's response is
-untrusted input: anything not shaped as expected is stored and shown as it came.
+The reply: `response_text` holds the text (or, for a call that sampled several, their JSON list).
+The raw response as the server sent it holds the same texts again in its choices; stored, each
+choice whose text `response_text` holds verbatim is left out (its `content` is null, and the
+response is marked), and `expanded_response` puts it back for whoever shows the response as
+received. A text that `response_text` holds only cut short stays in the response. The server's
+response is untrusted input: anything not shaped as expected is stored and shown as it came.
+
+The request: a strategy's system message (its instructions and few-shot examples, the same in
+every call of a kind) is most of a request's bytes. Stored, its content is null and the request
+names it by digest (`SHARED_TEXTS`: message index -> sha256 of the text); the text itself is a row
+of `shared_texts`, one per distinct text in the whole database. `expanded_request` gives the
+request as sent. User and assistant messages stay inline: they differ from call to call.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 TEXTS_STORED_APART = "rstar_texts_in"
 """Marks a response whose choices' texts were left out; the value says where they are."""
+
+SHARED_TEXTS = "rstar_shared_texts"
+"""Marks a request whose system messages are stored apart: {message index: the text's digest}."""
+
+SHARE_FROM = 64
+"""System messages this long or longer are shared (a digest costs 64 characters)."""
 
 
 def recorded_texts(response_text: str | None, sequences: int | None) -> tuple[str, ...]:
@@ -80,4 +93,55 @@ def expanded_response(
     for message, text in zip(_messages(shown), texts, strict=False):
         if message.get("content") is None:
             message["content"] = text
+    return shown
+
+
+def text_digest(text: str) -> str:
+    """A shared text's key: the sha256 of its UTF-8 bytes, in hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compact_request(request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The request to store and the texts it now names ({digest: text}) for `shared_texts`.
+    A request stored already (a reused call's) is returned as it is, with no texts."""
+    messages = request.get("messages")
+    if SHARED_TEXTS in request or not isinstance(messages, list):
+        return request, {}
+    shared: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    stored_messages = list(messages)
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "system":
+            continue
+        content = message.get("content")
+        if isinstance(content, str) and len(content) >= SHARE_FROM:
+            digest = text_digest(content)
+            texts[digest] = content
+            shared[str(i)] = digest
+            stored_messages[i] = {**message, "content": None}
+    if not shared:
+        return request, {}
+    return {**request, "messages": stored_messages, SHARED_TEXTS: shared}, texts
+
+
+def shared_digests(request: Any) -> tuple[str, ...]:
+    """The digests of the texts a stored request names."""
+    shared = request.get(SHARED_TEXTS) if isinstance(request, dict) else None
+    return tuple(d for d in shared.values() if isinstance(d, str)) if isinstance(shared, dict) else ()
+
+
+def expanded_request(request: Any, texts: Mapping[str, str]) -> Any:
+    """The request as sent, from its stored form and the shared texts it names (a text missing
+    from `texts` stays null)."""
+    if not isinstance(request, dict) or SHARED_TEXTS not in request:
+        return request
+    shown = {k: v for k, v in request.items() if k != SHARED_TEXTS}
+    shared, messages = request[SHARED_TEXTS], request.get("messages")
+    if not isinstance(shared, dict) or not isinstance(messages, list):
+        return shown
+    shown["messages"] = list(messages)
+    for index, digest in shared.items():
+        i = int(index) if isinstance(index, str) and index.isdigit() else -1
+        if 0 <= i < len(messages) and isinstance(messages[i], dict) and digest in texts:
+            shown["messages"][i] = {**messages[i], "content": texts[digest]}
     return shown

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from db.models import Job, ModelCall, Problem, Selection, Step
+from db.calls import requests_as_sent
+from db.models import Job, ModelCall, Problem, Selection, SharedText, Step
 from db.session import session_scope
 from rstar.records import expanded_response
 from tests.fakeserver import FakeInferenceServer
@@ -51,6 +52,9 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         with celery_worker(env, queues, log=tmp_path / "worker.log"):
             wait_until(lambda: _job_finished(db_url, job_id), timeout=180, what="the job to finish")
         served = a.request_count + b.request_count
+        systems_sent = {
+            m["content"] for srv in (a, b) for r in srv.requests for m in r.messages if m["role"] == "system"
+        }
         a_structured = [r.body.get("response_format") for r in a.requests if r.body]
 
     # TGI's own structured-output dialect was asked for.
@@ -73,6 +77,8 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         for c in calls:
             assert c.outcome == "ok" and c.attempt == 1
             assert c.request["messages"] and c.response and c.response_text
+            # Its system prompt stored once for the whole database, named by digest.
+            assert [m["content"] for m in c.request["messages"] if m["role"] == "system"] == [None]
             # Its text stored once (response_text), and the response shown as it was received.
             assert c.response["choices"][0]["message"]["content"] is None
             received = expanded_response(c.response, c.response_text, c.sequences)
@@ -80,6 +86,7 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
             assert c.prompt_tokens and c.completion_tokens and c.latency_ms is not None
             assert c.finish_reason in ("stop", "eos_token")
         assert all(st.status == "done" for st in steps)
+        assert {t.text for t in s.scalars(select(SharedText))} == systems_sent and systems_sent
 
         sols = solution_rows(s)
         revs = review_rows(s)
@@ -121,10 +128,12 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
     assert shown.returncode == 0, shown.stderr
     for needle in ("round 2", "verdict: incorrect", "Threshold met in round 2", "[response]", "tokens"):
         assert needle in shown.stdout
+    system_prompt = next(iter(systems_sent))
+    assert "[system] " + " ".join(system_prompt.split()[:5]) in shown.stdout  # shown as it was sent
     status = rstar(["status", str(job_id)], env)
     assert status.returncode == 0 and "20/20" in status.stdout
 
-    # The viewer shows each call's response as the server sent it, its text put back.
+    # The viewer shows each call's request and response as they were sent, their texts put back.
     from fastapi.testclient import TestClient
     from markupsafe import escape
 
@@ -136,4 +145,7 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         first = s.scalars(select(ModelCall).where(ModelCall.problem_id == problems[0].id)).first()
         assert first is not None
         received = expanded_response(first.response, first.response_text, first.sequences)
+        sent = requests_as_sent(session=s, calls=[first])[first.id]
     assert str(escape(json.dumps(received, indent=2, ensure_ascii=False))) in page.text
+    assert sent["messages"][0]["content"] in systems_sent
+    assert str(escape(json.dumps(sent, indent=2, ensure_ascii=False))) in page.text
