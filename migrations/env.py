@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from db.models import Base
+from db.session import compact_json
 from workers.settings import get_settings
 
 config = context.config
@@ -31,7 +32,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    engine = create_engine(_url(), poolclass=pool.NullPool, json_serializer=compact_json)
     with engine.connect() as conn:
         context.configure(
             connection=conn, target_metadata=target_metadata, compare_type=True, render_as_batch=True
