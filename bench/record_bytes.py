@@ -1,14 +1,18 @@
-"""Bytes per problem of a job's audit trail, column by column, as stored and as this release stores it.
+"""Bytes per problem of a job's audit trail, column by column, as releases before 4d378d5 stored
+it and as this release stores it.
 
     python -m bench.record_bytes sqlite:///path/to/accuracy.db 2 [3 ...]
 
-For each job: the JSON or text of every model call (request, raw response, response_text) and
-every output (text, payload) per problem, with the request and the raw response measured twice:
-as the database holds them (a database written by an earlier release keeps each system prompt in
-every request and each text in the response too) and as this release stores them
-(`rstar.records.compact_request`, `compact_response`), the job's shared texts counted once.
-Measured as the UTF-8 bytes of the values, not the database's pages (which add per-row overhead
-and, on PostgreSQL, compress large values).
+For each job, per problem: every model call's request, raw response and `response_text`, and
+every output's text and payload. Before: the request as sent, the response as received (each text
+in it again) and JSON as `json.dumps` writes it by default. Now: the request without its system
+prompt (`rstar.records.compact_request`; the job's shared texts counted once, with their digests),
+the response without the texts `response_text` holds (`compact_response`), an output's text
+only where it is not its call's sequence (`sequence_index`), JSON without the spaces after
+separators (`db.session.compact_json`). The database may have been written by any release
+(upgraded to this one's schema: `rstar db upgrade`): each value is first put back as sent and
+received. Measured as the UTF-8 bytes of the values, not the database's pages (which add per-row
+overhead and, on PostgreSQL, compress large values).
 """
 
 from __future__ import annotations
@@ -20,66 +24,84 @@ from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = (
-    "request as stored",
+    "request before",
     "request now",
     "shared texts",
-    "response as stored",
+    "response before",
     "response now",
     "response_text",
-    "output text",
-    "output payload",
+    "output text before",
+    "output text now",
+    "output payload before",
+    "output payload now",
 )
-BEFORE = ("request as stored", "response as stored", "response_text", "output text", "output payload")
-NOW = ("request now", "shared texts", "response now", "response_text", "output text", "output payload")
+BEFORE = ("request before", "response before", "response_text", "output text before", "output payload before")
+NOW = (
+    "request now",
+    "shared texts",
+    "response now",
+    "response_text",
+    "output text now",
+    "output payload now",
+)
 
 
-def _size(value: Any) -> int:
+def _size(value: Any, *, compact: bool) -> int:
     if value is None:
         return 0
     if isinstance(value, str):
         return len(value.encode())
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    return len(json.dumps(value, separators=(",", ":") if compact else None).encode())
 
 
 def measure(db_url: str, job_id: int) -> dict[str, float]:
     from sqlalchemy import func, select
 
-    from db.calls import shared_texts
+    from db.calls import requests_as_sent
     from db.models import ModelCall, Output, Problem
     from db.session import session_scope
-    from rstar.records import compact_request, compact_response, shared_digests
+    from rstar.records import compact_request, compact_response, expanded_response, sequence_index
 
     sizes = dict.fromkeys(COLUMNS, 0)
+    shared: dict[str, str] = {}  # each text the job's requests name, counted once
     with session_scope(db_url) as s:
         problems = s.scalar(select(func.count()).select_from(Problem).where(Problem.job_id == job_id)) or 0
-        calls = s.execute(
-            select(ModelCall.request, ModelCall.response, ModelCall.response_text, ModelCall.sequences)
+        n_calls, after = 0, 0
+        while calls := s.scalars(
+            select(ModelCall)
             .join(Problem, Problem.id == ModelCall.problem_id)
-            .where(Problem.job_id == job_id)
-            .execution_options(yield_per=500)
-        )
-        n_calls = 0
-        shared: dict[str, str | None] = {}  # each text the job's requests name, counted once
-        for request, response, text, sequences in calls:
-            n_calls += 1
-            sizes["request as stored"] += _size(request)
-            stored, texts = compact_request(request)
-            sizes["request now"] += _size(stored)
-            shared.update(texts)
-            shared.update((d, shared.get(d)) for d in shared_digests(stored))
-            sizes["response as stored"] += _size(response)
-            sizes["response now"] += _size(compact_response(response, text, sequences))
-            sizes["response_text"] += _size(text)
-        shared.update(shared_texts(session=s, digests=[d for d, t in shared.items() if t is None]))
-        sizes["shared texts"] = sum(_size(t) + len(d) for d, t in shared.items())
-        for text, payload in s.execute(
-            select(Output.text, Output.payload)
+            .where(Problem.job_id == job_id, ModelCall.id > after)
+            .order_by(ModelCall.id)
+            .limit(500)
+        ).all():
+            sent = requests_as_sent(session=s, calls=calls)
+            for c in calls:
+                received = expanded_response(c.response, c.response_text, c.sequences)
+                stored, texts = compact_request(sent[c.id])
+                shared.update(texts)
+                sizes["request before"] += _size(sent[c.id], compact=False)
+                sizes["request now"] += _size(stored, compact=True)
+                sizes["response before"] += _size(received, compact=False)
+                sizes["response now"] += _size(
+                    compact_response(received, c.response_text, c.sequences), compact=True
+                )
+                sizes["response_text"] += _size(c.response_text, compact=True)
+            n_calls += len(calls)
+            after = calls[-1].id
+            s.expunge_all()
+        for text, seq, payload, response_text, sequences in s.execute(
+            select(Output.text, Output.seq, Output.payload, ModelCall.response_text, ModelCall.sequences)
             .join(Problem, Problem.id == Output.problem_id)
+            .outerjoin(ModelCall, ModelCall.id == Output.model_call_id)
             .where(Problem.job_id == job_id)
             .execution_options(yield_per=500)
         ):
-            sizes["output text"] += _size(text)
-            sizes["output payload"] += _size(payload)
+            sizes["output text before"] += _size(text, compact=True)
+            if sequence_index(text, response_text, sequences, first=seq) is None:
+                sizes["output text now"] += _size(text, compact=True)
+            sizes["output payload before"] += _size(payload, compact=False)
+            sizes["output payload now"] += _size(payload, compact=True)
+    sizes["shared texts"] = sum(_size(t, compact=True) + len(d) for d, t in shared.items())
     per = {k: v / max(problems, 1) for k, v in sizes.items()}
     per["before"], per["now"] = sum(per[k] for k in BEFORE), sum(per[k] for k in NOW)
     per["problems"], per["calls per problem"] = problems, n_calls / max(problems, 1)

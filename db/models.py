@@ -31,8 +31,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 MAX_ROW_ID = 2**63 - 1
 """The largest id a row can have (SQLite's and PostgreSQL's 64-bit integers): an id typed above
@@ -223,14 +228,54 @@ class Output(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"), index=True)
     """The output this one extends or judges: a review's solution, a refinement's draft, a
     completion's prefix, a tree node's parent."""
-    text: Mapped[str | None] = mapped_column(Text)
-    """The reply as parsed (as recorded with its model call)."""
+    stored_text: Mapped[str | None] = mapped_column("text", Text)
+    """The reply as parsed, when it is not one of its call's sequences verbatim (`text_seq`)."""
+    text_seq: Mapped[int | None] = mapped_column(Integer)
+    """Set when the text is its model call's sequence `text_seq` (from 0), stored once, in the
+    call's `response_text` (rstar/records.py); `stored_text` is null then."""
     payload: Mapped[dict[str, Any]]
     """What the strategy parsed out of it (JSON): a solution's steps, a review's verdict, ..."""
     answer: Mapped[str | None] = mapped_column(String(500))
     """The normalised final answer it gives, if any."""
     parse_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class sequence_text(FunctionElement[str]):
+    """SQL: sequence `index` of a model call's `response_text` (the text itself when the call
+    generated one; else its JSON list's element), as `rstar.records.recorded_texts` reads it."""
+
+    type = Text()
+    inherit_cache = True
+    name = "sequence_text"
+
+
+@compiles(sequence_text, "sqlite")
+def _sequence_text_sqlite(element: sequence_text, compiler: SQLCompiler, **kw: Any) -> str:
+    text, sequences, index = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CASE WHEN {sequences} > 1 THEN json_extract({text}, '$[' || {index} || ']') ELSE {text} END"
+
+
+@compiles(sequence_text, "postgresql")
+def _sequence_text_postgresql(element: sequence_text, compiler: SQLCompiler, **kw: Any) -> str:
+    text, sequences, index = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CASE WHEN {sequences} > 1 THEN CAST({text} AS JSON) ->> {index} ELSE {text} END"
+
+
+# An output's text as written, wherever it is stored: read like a column (`Output.text`, in the ORM
+# and in Core statements alike), a correlated lookup of its call only where it is one of its
+# sequences.
+Output.text = column_property(
+    case(
+        (Output.text_seq.is_(None), Output.stored_text),
+        else_=select(sequence_text(ModelCall.response_text, ModelCall.sequences, Output.text_seq))
+        .where(ModelCall.id == Output.model_call_id)
+        .correlate_except(ModelCall)  # its own lookup, even in a query that joins model_calls
+        .scalar_subquery(),
+    )
+)
+"""The reply as parsed (as recorded with its model call): `stored_text`, or the sequence
+`text_seq` of its call."""
 
 
 class Selection(Base):

@@ -28,6 +28,7 @@ from db.models import (
     StepStatus,
     utcnow,
 )
+from rstar.records import sequence_index
 from rstar.reports import judge
 from rstar.strategies.base import SELECT_KEY
 from rstar.types import ParsedOutput
@@ -129,7 +130,10 @@ def save_outputs(
     assert claim.model is not None, f"step {claim.key} runs no model"
     if not outputs:
         outputs = [(ParsedOutput(payload={}, parse_error="the strategy made no output of the reply"), None)]
+    new = model_call.values if isinstance(model_call, NewCall) else None
     for seq, (parsed, text) in enumerate(outputs):
+        # Its text stored once: as its call's sequence when it is one verbatim (rstar/records.py).
+        text_seq = sequence_index(text, new["response_text"], new["sequences"], first=seq) if new else None
         values = {
             "problem_id": claim.problem_id,
             "step_id": claim.step_id,
@@ -138,7 +142,8 @@ def save_outputs(
             "model": claim.model,
             "kind": claim.kind,
             "parent_id": parent_id,
-            "text": text,
+            "text": text if text_seq is None else None,
+            "text_seq": text_seq,
             "payload": parsed.payload,
             "answer": parsed.answer,
             "parse_error": _with_cut_note(session, parsed.parse_error, model_call),

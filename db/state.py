@@ -37,7 +37,7 @@ _STATE_OUTPUTS = (
         _outputs_t.c.parent_id,
         _outputs_t.c.payload,
         _outputs_t.c.answer,
-        _outputs_t.c.text,
+        Output.text.label("text"),  # stored with it, or its call's sequence (db/models.py)
         _outputs_t.c.parse_error,
     )
     .where(_outputs_t.c.problem_id == bindparam("problem_id"))

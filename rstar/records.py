@@ -8,6 +8,10 @@ response is marked), and `expanded_response` puts it back for whoever shows the 
 received. A text that `response_text` holds only cut short stays in the response. The server's
 response is untrusted input: anything not shaped as expected is stored and shown as it came.
 
+An output's text (`outputs.text`) is most often one of its call's sequences verbatim: stored, it
+is null and `outputs.text_seq` says which of `response_text`'s sequences it is (`sequence_index`);
+the database puts it back where it is read (`db.models`).
+
 The request: a strategy's system message (its instructions and few-shot examples, the same in
 every call of a kind) is most of a request's bytes. Stored, its content is null and the request
 names it by digest (`SHARED_TEXTS`: message index -> sha256 of the text); the text itself is a row
@@ -44,6 +48,26 @@ def recorded_texts(response_text: str | None, sequences: int | None) -> tuple[st
         if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
             return tuple(texts)
     return (response_text or "",)
+
+
+def sequence_index(
+    text: str | None, response_text: str | None, sequences: int | None, *, first: int = 0
+) -> int | None:
+    """Which of a recorded call's sequences `text` is verbatim (the first such at or after `first`,
+    else the first anywhere), or None: stored only where the database can read it back, from
+    `response_text` itself (one sequence) or from its JSON list (several)."""
+    if text is None or response_text is None:
+        return None
+    if sequences is None or sequences <= 1:
+        return 0 if text == response_text else None
+    try:
+        texts = json.loads(response_text)
+    except ValueError:
+        return None
+    if not isinstance(texts, list):
+        return None
+    found = [i for i, t in enumerate(texts) if t == text and isinstance(t, str)]
+    return next((i for i in found if i >= first), found[0] if found else None)
 
 
 def _messages(response: Any) -> Iterator[dict[str, Any]]:

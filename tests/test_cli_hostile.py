@@ -86,7 +86,7 @@ def test_control_characters_from_a_question_and_a_model_are_shown_escaped(cli: s
         # A model's solution, as if a worker had recorded it.
         payload = {"steps": [HOSTILE], "answer_raw": HOSTILE}
         s.add(Output(problem_id=problem.id, step_id=step.id, round=1, model="A", kind="generate",
-                     text=HOSTILE, payload=payload, answer="5"))  # fmt: skip
+                     stored_text=HOSTILE, payload=payload, answer="5"))  # fmt: skip
         s.execute(update(Step).where(Step.id == step.id).values(status="done"))
     for args in (("show", str(job_id), "q[/]1"), ("status", str(job_id))):
         code, out = run(*args)

@@ -271,13 +271,13 @@ def _count(url: str, table: str) -> int:
 
 
 def _dump(url: str) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table of the schema the database is at (reflected: typed), by id."""
+    """Every row of every table of the schema the database is at (reflected: typed), by primary key."""
     engine = sa.create_engine(url)
     meta = sa.MetaData()
     meta.reflect(engine)
     with engine.connect() as conn:
         out = {
-            name: [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(table.c.id))]
+            name: [dict(r._mapping) for r in conn.execute(sa.select(table).order_by(*table.primary_key))]
             for name, table in meta.tables.items()
             if name != "alembic_version"
         }

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from db.calls import requests_as_sent
-from db.models import Job, ModelCall, Problem, Selection, SharedText, Step
+from db.models import Job, ModelCall, Output, Problem, Selection, SharedText, Step
 from db.session import session_scope
 from rstar.records import expanded_response
 from tests.fakeserver import FakeInferenceServer
@@ -87,6 +87,11 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
             assert c.finish_reason in ("stop", "eos_token")
         assert all(st.status == "done" for st in steps)
         assert {t.text for t in s.scalars(select(SharedText))} == systems_sent and systems_sent
+        # Each solution's and review's text is its call's reply, stored there only.
+        outputs = s.scalars(select(Output)).all()
+        texts = {c.id: c.response_text for c in calls}
+        assert all(o.stored_text is None and o.text_seq == 0 for o in outputs)
+        assert all(o.text == texts[o.model_call_id] for o in outputs)
 
         sols = solution_rows(s)
         revs = review_rows(s)

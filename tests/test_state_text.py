@@ -55,7 +55,7 @@ def _texts(url: str) -> dict[str, str]:
                 model=model,
                 kind=kind,
                 parent_id=parent,
-                text=reply,
+                stored_text=reply,
                 payload=payload,
                 answer=answer,
                 parse_error=parse_error,
@@ -145,7 +145,7 @@ def test_a_state_read_with_an_earlier_reads_outputs_equals_a_fresh_read(migrated
             s.flush()
             for seq, answer in enumerate(answers if status == "done" else ()):
                 s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate",
-                             seq=seq, text=answer, payload={}, answer=answer))  # fmt: skip
+                             seq=seq, stored_text=answer, payload={}, answer=answer))  # fmt: skip
 
     def read(cache: OutputCache | None) -> list[tuple[str, int, str | None]]:
         with session_scope(migrated) as s:
@@ -165,7 +165,7 @@ def test_a_state_read_with_an_earlier_reads_outputs_equals_a_fresh_read(migrated
         assert step is not None
         step.status = "done"
         s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate", seq=0,
-                     text="6", payload={}, answer="6"))  # fmt: skip
+                     stored_text="6", payload={}, answer="6"))  # fmt: skip
     assert read(cache) == read(None)
     assert [a for _, _, a in read(cache)] == ["7", "8", "9", "6"]
 
@@ -178,7 +178,7 @@ def test_a_state_read_with_an_earlier_reads_outputs_equals_a_fresh_read(migrated
         s.add(step)
         s.flush()
         s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate", seq=0,
-                     text="5", payload={}, answer="5"))  # fmt: skip
+                     stored_text="5", payload={}, answer="5"))  # fmt: skip
         s.flush()
         state = load_state(session=s, problem_id=problem_id, question=QUESTION, models=models, cache=fork)
         assert [o.answer for o in state.outputs.values()][-1] == "5"
