@@ -258,3 +258,38 @@ def test_step_cost_counts_cpu_and_statements_per_call() -> None:
     calls, tasks, cpu, statements = int(found[1]), int(found[2]), float(found[3]), float(found[4])
     # Every problem takes at least one round (4 calls), one task per model step, and some work.
     assert calls >= 12 and tasks == calls and cpu > 0 and statements > 1
+
+
+def test_record_bytes_measures_a_release_database_before_and_after_compaction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m bench.record_bytes` on release d8f57ed's database, upgraded: each request smaller
+    by its system prompt (counted once per job), each output's text counted once."""
+    import shutil
+
+    from bench import record_bytes
+    from db import migrate
+    from db.session import dispose_all
+
+    db = tmp_path / "jobs.sqlite"
+    shutil.copy(Path(__file__).parent / "data" / "release_0007" / "jobs.sqlite", db)
+    url = f"sqlite:///{db}"
+    migrate.upgrade(url)
+    try:
+        cot = record_bytes.measure(url, 1)  # greedy cot: one call and one output per problem
+        assert cot["problems"] == 6 and cot["calls per problem"] == 1.0
+        assert 0 < cot["request now"] < cot["request before"]
+        assert 0 < cot["shared texts"] < cot["request before"] - cot["request now"] + 512
+        assert cot["output text before"] > 0 and cot["output text now"] == 0
+        assert cot["response now"] < cot["response before"] - cot["response_text"]  # its text left out
+        assert (
+            cot["now"] == pytest.approx(sum(cot[c] for c in record_bytes.NOW)) and cot["now"] < cot["before"]
+        )
+        assert record_bytes.main([url, "1", "3"]) == 0
+    finally:
+        dispose_all()
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| job | problems |") and [r.split("|")[1].strip() for r in table[2:]] == [
+        "1",
+        "3",
+    ]
