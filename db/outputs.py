@@ -130,10 +130,10 @@ def save_outputs(
     assert claim.model is not None, f"step {claim.key} runs no model"
     if not outputs:
         outputs = [(ParsedOutput(payload={}, parse_error="the strategy made no output of the reply"), None)]
-    new = model_call.values if isinstance(model_call, NewCall) else None
+    call = model_call.values if isinstance(model_call, NewCall) else _recorded(session, model_call)
     for seq, (parsed, text) in enumerate(outputs):
         # Its text stored once: as its call's sequence when it is one verbatim (rstar/records.py).
-        text_seq = sequence_index(text, new["response_text"], new["sequences"], first=seq) if new else None
+        text_seq = sequence_index(text, call["response_text"], call["sequences"], first=seq)
         values = {
             "problem_id": claim.problem_id,
             "step_id": claim.step_id,
@@ -146,7 +146,7 @@ def save_outputs(
             "text_seq": text_seq,
             "payload": parsed.payload,
             "answer": parsed.answer,
-            "parse_error": _with_cut_note(session, parsed.parse_error, model_call),
+            "parse_error": _with_cut_note(parsed.parse_error, call["finish_reason"]),
         }
         if seq == 0:
             _write_output(session, _OUTPUT_WRITES, values, claim.step_id, model_call)
@@ -158,14 +158,20 @@ def save_outputs(
             session.connection().execute(_OUTPUT_WRITES[0], {**values, "model_call_id": model_call})
 
 
-def _with_cut_note(session: Session, parse_error: str | None, model_call: int | NewCall) -> str | None:
+_RECORDED = select(ModelCall.finish_reason, ModelCall.response_text, ModelCall.sequences).where(
+    ModelCall.id == bindparam("call_id")
+)
+
+
+def _recorded(session: Session, call_id: int) -> dict[str, Any]:
+    """What the outputs of a call recorded before (a reused one) need of it."""
+    return dict(session.execute(_RECORDED, {"call_id": call_id}).one()._mapping)
+
+
+def _with_cut_note(parse_error: str | None, finish_reason: str | None) -> str | None:
     """Say so when an unparsable reply was cut by the token limit (the usual reason)."""
     if parse_error is None:
         return None
-    if isinstance(model_call, NewCall):
-        finish_reason = model_call.values["finish_reason"]
-    else:
-        finish_reason = session.scalar(select(ModelCall.finish_reason).where(ModelCall.id == model_call))
     if finish_reason == "length":
         return f"{parse_error} (the reply was cut at the token limit: finish_reason=length)"
     return parse_error

@@ -353,4 +353,13 @@ def test_a_new_job_resumed_from_a_migrated_one_pays_for_no_call(
             assert [tuple(a) for a in answers] == sorted(
                 (r["id"], r["status"], r["final_answer"]) for r in golden
             )
+            # A copied call's texts are stored once too: its outputs' texts are its sequences.
+            stored = conn.execute(
+                sa.text(
+                    "SELECT o.text, o.text_seq FROM outputs o JOIN problems p ON p.id = o.problem_id "
+                    "WHERE p.job_id = :j"
+                ),
+                {"j": copy},
+            ).all()
+            assert stored and all(text is None and seq is not None for text, seq in stored)
     engine.dispose()
