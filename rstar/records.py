@@ -41,13 +41,19 @@ def recorded_texts(response_text: str | None, sequences: int | None) -> tuple[st
     """A recorded call's sequences, from its `response_text` (the text, or for a call that sampled
     several, their JSON list: see `workers.client.stored_text`)."""
     if sequences is not None and sequences > 1 and response_text:
-        try:
-            texts = json.loads(response_text)
-        except ValueError:
-            return (response_text,)
-        if isinstance(texts, list) and all(isinstance(t, str) for t in texts):
+        texts = _text_list(response_text)
+        if texts is not None:
             return tuple(texts)
     return (response_text or "",)
+
+
+def _text_list(response_text: str) -> list[str] | None:
+    """A sampled call's `response_text` as its list of texts, or None when it is not one."""
+    try:
+        texts = json.loads(response_text)
+    except ValueError:
+        return None
+    return texts if isinstance(texts, list) and all(isinstance(t, str) for t in texts) else None
 
 
 def sequence_index(
@@ -60,13 +66,10 @@ def sequence_index(
         return None
     if sequences is None or sequences <= 1:
         return 0 if text == response_text else None
-    try:
-        texts = json.loads(response_text)
-    except ValueError:
+    texts = _text_list(response_text)  # read as `recorded_texts` reads it, so they agree
+    if texts is None:
         return None
-    if not isinstance(texts, list):
-        return None
-    found = [i for i, t in enumerate(texts) if t == text and isinstance(t, str)]
+    found = [i for i, t in enumerate(texts) if t == text]
     return next((i for i in found if i >= first), found[0] if found else None)
 
 

@@ -77,8 +77,8 @@ def _rewrite(conn: sa.Connection, table: sa.TableClause, changes: list[dict[str,
 
 def _outputs_with_calls(*where: sa.ColumnElement) -> sa.Select:
     return (
-        sa.select(_outputs.c.id, _outputs.c.seq, _outputs.c.text, _outputs.c.text_seq, _calls.c.response_text)
-        .add_columns(_calls.c.sequences)
+        sa.select(_outputs.c.id, _outputs.c.seq, _outputs.c.text, _outputs.c.text_seq)
+        .add_columns(_calls.c.response_text, _calls.c.sequences)
         .join(_calls, _calls.c.id == _outputs.c.model_call_id)
         .where(*where)
     )
