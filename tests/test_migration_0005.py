@@ -47,7 +47,7 @@ def _rows(url: str, table: str) -> list[dict[str, object]]:
     meta.reflect(engine, only=[table])
     t = meta.tables[table]
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id))]
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(*t.primary_key))]
     engine.dispose()
     return rows
 

@@ -24,7 +24,7 @@ from db.calls import requests_as_sent
 from db.models import ModelCall, Output
 from db.session import dispose_all, session_scope
 from rstar.records import SHARED_TEXTS, TEXTS_STORED_APART, expanded_request, expanded_response
-from tests.test_migration_0003 import open_release_db
+from tests.test_migration_0003 import _count, open_release_db
 from tests.test_migration_0005 import (
     _rows,
     assert_prints_as_released,
@@ -59,7 +59,7 @@ def _assert_calls_read_as_before(url: str, before: list[dict[str, object]]) -> l
     engine = sa.create_engine(url)
     shared = sa.inspect(engine).has_table("shared_texts")
     engine.dispose()
-    texts = {r["digest"]: r["text"] for r in _rows_of(url, "shared_texts")} if shared else {}
+    texts = {r["digest"]: r["text"] for r in _rows(url, "shared_texts")} if shared else {}
     for new, old in zip(after, before, strict=True):
         assert {k: v for k, v in new.items() if k not in ("request", "response")} == {
             k: v for k, v in old.items() if k not in ("request", "response")
@@ -88,14 +88,6 @@ def _assert_outputs_read_as_before(url: str, before: list[dict[str, object]]) ->
     assert len(moved) > 0.8 * sum(o["text"] is not None for o in before)
 
 
-def _rows_of(url: str, table: str) -> list[dict[str, object]]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
-    engine.dispose()
-    return rows
-
-
 def test_upgrade_stores_each_system_prompt_once_and_prints_what_the_release_printed(
     release_db: str, tmp_path: Path
 ) -> None:
@@ -114,7 +106,7 @@ def test_upgrade_stores_each_system_prompt_once_and_prints_what_the_release_prin
         for m in c["request"]["messages"]  # type: ignore[index]
         if m["role"] == "system"
     }
-    assert {r["text"] for r in _rows_of(url, "shared_texts")} == systems
+    assert {r["text"] for r in _rows(url, "shared_texts")} == systems
     assert all(SHARED_TEXTS in c["request"] for c in calls)  # type: ignore[operator]
     assert len(calls) > 4 * len(systems)
     # Each request is smaller by its system prompt, less the digest that names it.
@@ -164,7 +156,7 @@ def test_downgrade_to_0007_is_lossless(release_db: str) -> None:
     assert any(TEXTS_STORED_APART in (c["response"] or {}) for c in before["model_calls"])  # type: ignore[operator]
     assert [c["request"] for c in calls] == [c["request"] for c in before["model_calls"]]
     # The analyst views stand again after SQLite rebuilt `outputs`.
-    assert len(_rows_of(url, "problem_results")) == len(before["problems"])
+    assert _count(url, "problem_results") == len(before["problems"])
 
 
 def test_a_database_of_release_0006_goes_to_the_head_and_back_unchanged(release_0006_db: str) -> None:
