@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Row, case, func, select
 from sqlalchemy.orm import Session
 
-from db.jobs import TALLIES, ProblemResult, iter_problem_results, problem_results
+from db.jobs import TALLIES, ProblemResult, iter_problem_results, job_counts, problem_results
 from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Output, Problem, ProblemStatus, Selection
 from rstar import roster
 from rstar.reports import PairedComparison, judge, paired_counts, wilson_interval
@@ -52,15 +52,31 @@ SORTS: dict[str, Callable[[str], Any]] = {
 
 
 def outcome_of(r: ProblemResult | Problem) -> str:
-    if r.status == ProblemStatus.FAILED:
+    return _outcome_from(
+        r.status,
+        answered=r.final_answer is not None,
+        referenced=r.reference_answer is not None,
+        right=lambda: judge(r.status, r.final_answer, r.reference_answer),
+    )
+
+
+def _outcome_from(status: str, *, answered: bool, referenced: bool, right: Callable[[], bool]) -> str:
+    """OUTCOMES' rule, for a problem or a group of `job_counts` (`_outcome` is the same in SQL)."""
+    if status == ProblemStatus.FAILED:
         return "failed"
-    if r.status != ProblemStatus.ANSWERED:
+    if status != ProblemStatus.ANSWERED:
         return "open"
-    if r.final_answer is None:
+    if not answered:
         return "unanswered"
-    if r.reference_answer is None:
+    if not referenced:
         return "no reference"
-    return "correct" if judge(r.status, r.final_answer, r.reference_answer) else "wrong"
+    return "correct" if right() else "wrong"
+
+
+def _group_outcome(group: Row[Any]) -> str:
+    return _outcome_from(
+        group.status, answered=group.answered, referenced=group.referenced, right=lambda: group.correct == 1
+    )
 
 
 @dataclass(frozen=True)
@@ -123,35 +139,29 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
         jobs = jobs.where(Job.id.in_(job_ids))
     found = list(session.scalars(jobs))
     ids = [j.id for j in found]
-    terminal = [s.value for s in TERMINAL_PROBLEM_STATES]
+    terminal = {s.value for s in TERMINAL_PROBLEM_STATES}
     counts: dict[int, Counter[str]] = {}
     judged: Counter[int] = Counter()
     right: Counter[int] = Counter()
     cost: dict[int, list[int]] = {}
-    # One pass over each job's problems: counts, judgements and the finished problems' tallies
-    # (NULL, so not summed, while a problem is open).
-    for job_id, status, n, with_reference, correct, *sums in session.execute(
-        select(
-            Problem.job_id,
-            Problem.status,
-            func.count(),
-            func.count(Problem.reference_answer),
-            func.count(case((Problem.correct.is_(True), 1))),
-            *(func.sum(getattr(Problem, c)) for c in _TALLIED),
-        )
-        .where(Problem.job_id.in_(ids))
-        .group_by(Problem.job_id, Problem.status)
-    ):
-        counts.setdefault(job_id, Counter())[status] = n
-        if status in terminal:
-            judged[job_id] += with_reference
-            right[job_id] += correct
+    # The counts the database keeps (migration 0009): judgements and the finished problems'
+    # tallies (0 while a problem is open) with no pass over the problems.
+    for job_id, groups in job_counts(session=session, job_ids=ids).items():
         total = cost.setdefault(job_id, [0] * len(_TALLIED))
-        cost[job_id] = [a + (b or 0) for a, b in zip(total, sums, strict=True)]
+        for g in groups:
+            counts.setdefault(job_id, Counter())[g.status] += g.n
+            if g.status in terminal:
+                judged[job_id] += g.n if g.referenced else 0
+                right[job_id] += g.n if g.correct == 1 else 0
+            cost[job_id] = total = [a + getattr(g, c) for a, c in zip(total, _TALLIED, strict=True)]
+    # Problems without tallies (open, or cancelled) count their calls live: found by status in the
+    # (job_id, status) index, so a finished million costs nothing here.
+    untallied = [s.value for s in ProblemStatus if s.value not in _TALLIED_STATES]
+    busy = [j for j, c in counts.items() if any(c[s] for s in untallied)]
     for job_id, *sums in session.execute(
         select(Problem.job_id, func.count(), *(func.sum(getattr(ModelCall, c)) for c in _TALLIED[1:]))
         .join(Problem, Problem.id == ModelCall.problem_id)
-        .where(Problem.job_id.in_(ids), Problem.calls.is_(None))
+        .where(Problem.job_id.in_(busy), Problem.status.in_(untallied), Problem.calls.is_(None))
         .group_by(Problem.job_id)
     ):
         total = cost.setdefault(job_id, [0] * len(_TALLIED))
@@ -179,6 +189,8 @@ def job_overviews(*, session: Session, job_ids: Sequence[int] | None = None) -> 
 
 _TALLIED = tuple(TALLIES)
 """Problem columns (model_calls' for the sums but `calls`, a count), in the order summed."""
+_TALLIED_STATES = (ProblemStatus.ANSWERED.value, ProblemStatus.FAILED.value)
+"""The states whose problems carry their tallies (`db.jobs.TALLIES`, written as they end)."""
 
 
 @dataclass(frozen=True)
@@ -243,13 +255,12 @@ def problem_page(
     `rounds` the rounds used; `sort` a key of SORTS (ties in input order)."""
     outcome_expr = _outcome().label("outcome")
     of_job = Problem.job_id == job_id
-    # One pass over the job's problems gives the outcome counts, the rounds seen and, unless the
-    # filter is by model, the filtered total.
-    groups = session.execute(
-        select(outcome_expr, Problem.rounds_used, func.count())
-        .where(of_job)
-        .group_by(outcome_expr, Problem.rounds_used)
-    ).all()
+    # The outcome counts, the rounds seen and, unless the filter is by model, the filtered total,
+    # from the counts the database keeps (migration 0009): no pass over the job's problems.
+    groups = [
+        (_group_outcome(g), None if g.rounds < 0 else g.rounds, g.n)
+        for g in job_counts(session=session, job_ids=[job_id]).get(job_id, [])
+    ]
     outcomes: Counter[str] = Counter()
     for found_outcome, _, n in groups:
         outcomes[found_outcome] += n

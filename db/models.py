@@ -5,6 +5,7 @@
                                  Output *─1 Output   (parent: what it extends or judges)
                   Problem 1─1 Selection ─1 Output
     ModelCall.request *─* SharedText                 (its system messages, by digest)
+    Job 1─* JobCount                                 (its problems counted, by triggers)
 
 A job's models are its roster (`jobs.models`, a list of {"name", "url"}); a step names the model
 that runs it. Step kinds and output payloads belong to the job's strategy (rstar/strategies/).
@@ -22,12 +23,14 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -299,3 +302,29 @@ class SharedText(Base):
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     """sha256 of the text's UTF-8 bytes, in hex (`rstar.records.text_digest`)."""
     text: Mapped[str] = mapped_column(Text)
+
+
+class JobCount(Base):
+    """How many of a job's problems are in one group (status; answer, reference, judgement and
+    rounds as the pages tell them apart), with their tallies summed. Written only by the database's
+    triggers on `problems` (migration 0009), in the transaction that changes them: read, never
+    written, by the code. A group whose problems have all moved on keeps a row with n = 0."""
+
+    __tablename__ = "job_counts"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    answered: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    """final_answer is not NULL."""
+    referenced: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    """reference_answer is not NULL."""
+    correct: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    """1 right, 0 wrong, -1 not judged (NULL cannot be part of a key the upserts meet)."""
+    rounds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """rounds_used, -1 when none."""
+    n: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    calls: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    requests: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    sequences: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")

@@ -364,3 +364,40 @@ def tally_errors(problems: Sequence[Problem], calls: Sequence[ModelCall]) -> lis
         if p.correct != judged:
             errors.append(f"{p.item_id}: correct {p.correct}, judged {judged}")
     return errors
+
+
+def count_errors(session: Any) -> list[str]:
+    """Where the counts the database keeps (`job_counts`, migration 0009's triggers) disagree with
+    the problems themselves, grouped as the triggers group them; a negative count is an error too."""
+    from sqlalchemy import Integer, cast, func, select
+
+    from db.models import JobCount
+
+    p = Problem
+    key = (
+        p.job_id,
+        p.status,
+        p.final_answer.is_not(None),
+        p.reference_answer.is_not(None),
+        func.coalesce(cast(p.correct, Integer), -1),
+        func.coalesce(p.rounds_used, -1),
+    )
+    tallies = ("calls", "requests", "sequences", "prompt_tokens", "completion_tokens")
+    sums = (func.count(), *(func.coalesce(func.sum(getattr(p, t)), 0) for t in tallies))
+    truth = {
+        tuple(row[:6]): tuple(row[6:]) for row in session.execute(select(*key, *sums).group_by(*key)).all()
+    }
+    kept = {
+        (r.job_id, r.status, bool(r.answered), bool(r.referenced), r.correct, r.rounds): (
+            r.n,
+            *(getattr(r, t) for t in tallies),
+        )
+        for r in session.execute(select(JobCount.__table__)).all()
+        if r.n != 0 or any(getattr(r, t) for t in tallies)
+    }
+    truth = {(k[0], k[1], bool(k[2]), bool(k[3]), k[4], k[5]): v for k, v in truth.items()}
+    errors = [
+        f"job_counts {k}: {kept.get(k)}, problems say {v}" for k, v in truth.items() if kept.get(k) != v
+    ]
+    errors += [f"job_counts {k}: {v}, no such problems" for k, v in kept.items() if k not in truth]
+    return errors

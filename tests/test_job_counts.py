@@ -7,9 +7,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from db import browse
-from db.jobs import rollout_progress
-from db.models import Job, ModelCall, Problem, Step
+from db.jobs import fail_problem, rollout_progress, status_counts
+from db.models import Job, JobCount, ModelCall, Problem, Step
+from db.recovery import cancel_job, reopen_job, retry_failed
 from db.session import session_scope
+from tests.support import count_errors
 
 _pt, _st, _ct = Problem.__table__, Step.__table__, ModelCall.__table__
 
@@ -91,3 +93,58 @@ def test_a_job_without_problems_has_no_rollout_progress(migrated: str) -> None:
     job_id = _job(migrated, [], {}, {})
     with session_scope(migrated) as s:
         assert rollout_progress(session=s, job_id=job_id, rollouts=4) is None
+
+
+def _kept(url: str) -> list[tuple[object, ...]]:
+    with session_scope(url) as s:
+        return [tuple(r) for r in s.execute(sa.select(JobCount.__table__).order_by(*JobCount.__table__.c))]
+
+
+def test_the_database_keeps_a_jobs_counts_through_every_change_of_its_problems(migrated: str) -> None:
+    """Whatever statement changes problems (many rows at once or one, by the code's own functions
+    or by hand), `job_counts` says what a count over the problems says, in the same transaction."""
+    url = migrated
+    job_id = _job(
+        url, [{"status": "waiting", "reference_answer": "1" if i % 3 else None} for i in range(6)], {}, {}
+    )
+    checks = []
+
+    def check(stage: str) -> None:
+        with session_scope(url) as s:
+            checks.append((stage, count_errors(s)))
+            assert status_counts(session=s, job_id=job_id).total() == 6 - ("deleted" in stage)
+
+    check("inserted")
+    with session_scope(url) as s:
+        s.execute(sa.update(_pt).where(_pt.c.job_id == job_id).values(status="pending"))
+    check("all pending, one statement")
+    before = _kept(url)
+    with session_scope(url) as s:  # a claim's start time: nothing counted changes
+        s.execute(sa.update(_pt).where(_pt.c.job_id == job_id).values(started_at=sa.func.now()))
+    assert _kept(url) == before
+    with session_scope(url) as s:
+        s.execute(sa.update(_pt).where(_pt.c.item_id.in_(["p0", "p1", "p2", "p3"])).values(status="running"))
+        s.execute(
+            sa.update(_pt)
+            .where(_pt.c.item_id.in_(["p1", "p2"]))
+            .values(status="answered", final_answer="1", correct=_pt.c.item_id == "p1", rounds_used=2,
+                    calls=3, requests=3, sequences=5, prompt_tokens=40, completion_tokens=70)
+        )  # fmt: skip
+        pid = s.scalar(sa.select(_pt.c.id).where(_pt.c.item_id == "p3"))
+        fail_problem(session=s, problem_id=pid, error="gone")
+    check("answered, wrong, failed")
+    with session_scope(url) as s:
+        cancel_job(session=s, job_id=job_id)
+    check("cancelled")
+    with session_scope(url) as s:
+        reopen_job(session=s, job_id=job_id)
+        retry_failed(session=s, job_id=job_id)
+    check("reopened, retried")
+    with session_scope(url) as s:
+        s.execute(sa.delete(_pt).where(_pt.c.item_id == "p4"))
+    check("one deleted")
+    with session_scope(url) as s:
+        s.execute(sa.delete(Job.__table__).where(Job.__table__.c.id == job_id))
+    with session_scope(url) as s:
+        assert count_errors(s) == [] and s.scalar(sa.select(sa.func.count()).select_from(JobCount)) == 0
+    assert [(stage, errors) for stage, errors in checks if errors] == []

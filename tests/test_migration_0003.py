@@ -44,14 +44,15 @@ def copy_rows(source: str, target: str, tables: tuple[str, ...] = TABLES) -> Non
     with src.connect() as read, dst.begin() as write:
         for name in tables:
             table = src_meta.tables[name]
-            rows = [dict(r._mapping) for r in read.execute(sa.select(table).order_by(table.c.id))]
+            rows = [dict(r._mapping) for r in read.execute(sa.select(table).order_by(*table.primary_key))]
             if rows:
                 write.execute(dst_meta.tables[name].insert(), rows)
-            write.execute(
-                sa.text(
-                    f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT MAX(id) FROM {name}))"
+            if "id" in table.c:  # shared_texts is keyed by its digest, no sequence
+                write.execute(
+                    sa.text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), (SELECT MAX(id) FROM {name}))"
+                    )
                 )
-            )
     src.dispose()
     dst.dispose()
 

@@ -17,6 +17,7 @@ from rstar.records import expanded_response
 from tests.fakeserver import FakeInferenceServer
 from tests.support import (
     celery_worker,
+    count_errors,
     gsm8k_rows,
     oracle_pair,
     reference,
@@ -115,6 +116,7 @@ def test_twenty_gsm8k_problems_end_to_end(db_url: str, redis_url: str, tmp_path:
         assert s.scalar(select(func.count()).select_from(Selection)) == 20
         # Each problem keeps its cost and judgement beside its answer (what pages and counts read).
         assert tally_errors(problems, calls) == []
+        assert count_errors(s) == []  # and the counts pages read, kept by the database
         assert all(p.correct is True and p.calls in (4, 8) for p in problems)
 
     out = tmp_path / "results.jsonl"

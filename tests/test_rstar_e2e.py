@@ -32,6 +32,7 @@ from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.reliability.harness import FAST, slow
 from tests.support import (
     celery_worker,
+    count_errors,
     gsm8k_rows,
     reference,
     rstar,
@@ -200,6 +201,7 @@ def test_rstar_searches_many_problems_and_the_discriminator_picks_the_consistent
         problems = s.scalars(select(Problem).where(Problem.job_id == job_id)).all()
         # Each search's cost, summed once when it was answered, is what its calls recorded.
         assert tally_errors(problems, s.scalars(select(ModelCall)).all()) == []
+        assert count_errors(s) == []
     assert served == sent  # every request the servers saw is on record, counted as a request
     # The candidate paths are the trajectories an export gives, with the discriminator's verdicts.
     exported = rstar(["export", str(job_id), "--trajectories"], env)

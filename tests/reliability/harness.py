@@ -27,6 +27,7 @@ from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.support import (
     REPO,
     Oracle,
+    count_errors,
     gsm8k_rows,
     oracle_pair,
     review_rows,
@@ -252,6 +253,7 @@ def audit(db_url: str, job_id: int, *, lines: int | None = None) -> Audit:
         sols = solution_rows(s, Output.problem_id.in_(pids))
         revs = review_rows(s, Output.problem_id.in_(pids))
         sels = s.scalars(select(Selection).where(Selection.problem_id.in_(pids))).all()
+        kept_counts = count_errors(s)
     status = Counter(p.status for p in problems)
     ok = [c for c in calls if c.outcome == "ok"]
     ok_per_step = Counter(c.step_id for c in ok)
@@ -296,6 +298,7 @@ def audit(db_url: str, job_id: int, *, lines: int | None = None) -> Audit:
                 if parent is None or parent.author != sol.author or parent.round != sol.round - 1:
                     errors.append(f"{p.item_id}: refinement {sol.id} parent")
     errors += tally_errors(problems, calls)
+    errors += kept_counts
     return Audit(
         submitted=len(problems) if lines is None else lines,
         answered=status["answered"],
