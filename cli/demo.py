@@ -27,7 +27,6 @@ from db.models import TERMINAL_PROBLEM_STATES, CallOutcome, ModelCall, Problem
 from db.session import session_scope
 from localmodels.fetch import DEFAULT_MODEL, PRESETS, ModelFetchError, fetch_model
 from localmodels.servers import LocalServerError, LocalServerSet, free_port, serve_local, stop_group
-from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.settings import get_settings
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "gsm8k_sample.jsonl"  # package data: in the wheel too
@@ -162,6 +161,8 @@ def demo_command(
             # One request at a time per llama.cpp server: a call may wait for the ones before it.
             "RSTAR_REQUEST_TIMEOUT": str(max(settings.request_timeout, 600)),
         }
+        from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint  # not at start-up: see cli.main
+
         queues = [CONTROL_QUEUE, queue_for_endpoint(servers.url_a), queue_for_endpoint(servers.url_b)]
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         worker = _spawn(

@@ -33,7 +33,6 @@ from db.session import session_scope
 from rstar.inputs import InputError, ProblemReader
 from rstar.roster import ModelEntry, RosterError, check_url, describe, pair, parse_model_spec
 from rstar.strategies import STRATEGIES, ParamError, get_strategy
-from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 from workers.redact import url_credentials
 from workers.settings import Settings, get_settings
 
@@ -261,6 +260,9 @@ def worker(
 
     Extra arguments go to `celery worker` unchanged.
     """
+    # Imported here: Celery and the Redis transport are a third of every other command's start-up.
+    from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
+
     settings = get_settings()
     try:
         endpoints = endpoint or [u for m in settings.roster() for u in m.urls]
@@ -298,6 +300,7 @@ def _size_pool(endpoints: list[str], settings: Settings) -> tuple[int, str]:
     queue's. Returns the threads and the start-up line that explains them."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from workers.celery_app import CONTROL_QUEUE
     from workers.client import InFlightShare, in_flight_share
     from workers.errors import UnavailableError
     from workers.redact import scrub, url_password
