@@ -63,6 +63,7 @@ TALLIES: dict[str, Any] = {
 (an UPDATE of `problems`): written once per problem, read by every count and page."""
 NO_TALLIES: dict[str, Any] = {"correct": None, **dict.fromkeys(TALLIES)}
 """What a problem that is open again carries: readers count its calls while it is."""
+_INSERT_PROBLEMS = insert(_problems_t).returning(_problems_t.c.id)
 _INSERT_STEPS = insert(_steps_t).returning(_steps_t.c.id, _steps_t.c.problem_id, _steps_t.c.model)
 
 
@@ -97,9 +98,11 @@ def create_job(
     count = 0
     given = iter(problems)
     while batch := list(islice(given, CREATE_BATCH)):
-        # One statement of many rows, not executemany (one statement a row with psycopg): each
-        # statement fires job_counts' trigger once on PostgreSQL (migration 0009).
-        conn.execute(insert(_problems_t).values([_problem_row(job.id, p) for p in batch]))
+        # With RETURNING, SQLAlchemy sends the batch as multi-row statements ("insertmanyvalues").
+        # Without it psycopg's executemany is a statement a row, and each fires job_counts'
+        # statement-level trigger on PostgreSQL (migration 0009): 100,000 problems took 134 s that
+        # way against 9 s (and 8 s with no trigger); on SQLite it is faster too.
+        conn.execute(_INSERT_PROBLEMS, [_problem_row(job.id, p) for p in batch]).all()
         count += len(batch)
     return job, count
 
