@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from db import migrate
     from db.session import dispose_all
+    from web.app import PER_PAGE
 
     tmp = Path(tempfile.mkdtemp(prefix="rstar-ui-pages-"))
     database = ExitStack()
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jobs (/)": "/",
             "job, first page": f"/jobs/{job_id}",
             "job, wrong answers, page 40": f"/jobs/{job_id}?outcome=wrong&page=40",
-            "job, last page": f"/jobs/{job_id}?page={-(-args.problems // 50)}",
+            "job, last page": f"/jobs/{job_id}?page={-(-args.problems // PER_PAGE)}",
             "job, sorted by tokens": f"/jobs/{job_id}?sort=tokens&order=desc",
             "job progress fragment": f"/jobs/{job_id}/progress",
             f"problem ({args.calls_per_problem} calls)": f"/jobs/{job_id}/problems/{item}",

@@ -371,6 +371,7 @@ def count_errors(session: Any) -> list[str]:
     the problems themselves, grouped as the triggers group them; a negative count is an error too."""
     from sqlalchemy import Integer, cast, func, select
 
+    from db.jobs import TALLIES
     from db.models import JobCount
 
     p = Problem
@@ -382,10 +383,11 @@ def count_errors(session: Any) -> list[str]:
         func.coalesce(cast(p.correct, Integer), -1),
         func.coalesce(p.rounds_used, -1),
     )
-    tallies = ("calls", "requests", "sequences", "prompt_tokens", "completion_tokens")
+    tallies = tuple(TALLIES)
     sums = (func.count(), *(func.coalesce(func.sum(getattr(p, t)), 0) for t in tallies))
     truth = {
-        tuple(row[:6]): tuple(row[6:]) for row in session.execute(select(*key, *sums).group_by(*key)).all()
+        (r[0], r[1], bool(r[2]), bool(r[3]), r[4], r[5]): tuple(r[6:])
+        for r in session.execute(select(*key, *sums).group_by(*key)).all()
     }
     kept = {
         (r.job_id, r.status, bool(r.answered), bool(r.referenced), r.correct, r.rounds): (
@@ -395,7 +397,6 @@ def count_errors(session: Any) -> list[str]:
         for r in session.execute(select(JobCount.__table__)).all()
         if r.n != 0 or any(getattr(r, t) for t in tallies)
     }
-    truth = {(k[0], k[1], bool(k[2]), bool(k[3]), k[4], k[5]): v for k, v in truth.items()}
     errors = [
         f"job_counts {k}: {kept.get(k)}, problems say {v}" for k, v in truth.items() if kept.get(k) != v
     ]

@@ -95,10 +95,9 @@ def _pg_delta(sources: list[tuple[str, str]]) -> str:
     )
     sums = ", ".join(f"SUM(d.{s}) AS {s}" for s in SUMS)
     nonzero = " OR ".join(f"SUM(d.{s}) <> 0" for s in SUMS)
-    named = f"({parts})"
     return (
         f"SELECT {', '.join(f'd.{k}' for k in KEYS)}, {sums}"
-        f" FROM (SELECT * FROM {named} AS u({_COLUMNS})) d"
+        f" FROM ({parts}) AS d({_COLUMNS})"
         f" GROUP BY {', '.join(f'd.{k}' for k in KEYS)} HAVING {nonzero}"
         # One order for every statement's row locks: two transactions that touch the same count
         # rows take them in the same order, and cannot deadlock on them.
