@@ -30,7 +30,8 @@ from db import audit, migrate
 from db.jobs import ProblemResult, iter_problem_results, rollout_progress, status_counts
 from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, ProblemStatus, utcnow
 from db.session import session_scope
-from rstar.inputs import InputError, ProblemReader
+from rstar.inputs import FieldNames, InputError, ProblemReader, guess_fields
+from rstar.problem_types import GUESS_SAMPLE, PROBLEM_TYPES, get_problem_type, guess_problem_type
 from rstar.roster import ModelEntry, RosterError, check_url, describe, pair, parse_model_spec
 from rstar.strategies import STRATEGIES, ParamError, get_strategy
 from workers.redact import url_credentials
@@ -74,7 +75,13 @@ def _ensure_schema() -> None:
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="JSONL: one {question, id?, answer?} per line.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSONL: one {question, id?, answer?, meta?} per line; or a JSON array of records, as"
+            ' the rStar authors publish their sets ({"id", "problem", "solution"}).'
+        ),
+    ],
     name: Annotated[str | None, typer.Option(help="A name for the job (default: the file name).")] = None,
     resume_from: Annotated[
         int | None,
@@ -104,6 +111,26 @@ def submit(
         ),
     ] = None,
     strategy: Annotated[str, typer.Option(help=f"One of: {', '.join(sorted(STRATEGIES))}.")] = "mutual",
+    problem_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="The form of the answers: "
+            + "; ".join(f"{t.name}: {t.summary}" for t in PROBLEM_TYPES.values())
+            + ". Default: guessed from the file's first reference answers (printed).",
+        ),
+    ] = None,
+    question_field: Annotated[
+        str | None,
+        typer.Option(
+            help='The field holding the question (default "question", or "problem" in the authors\' files).'
+        ),
+    ] = None,
+    answer_field: Annotated[
+        str | None,
+        typer.Option(help='The field holding the reference answer (default "answer", or "solution").'),
+    ] = None,
+    id_field: Annotated[str | None, typer.Option(help='The field holding the id (default "id").')] = None,
     max_rounds: Annotated[int | None, typer.Option(help="Review rounds at most (default 3).")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature for solutions.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max new tokens per solution.")] = None,
@@ -140,7 +167,8 @@ def submit(
     with ExitStack() as stack:
         try:
             path = stack.enter_context(problems_file.readable_twice(file, max_bytes=max_bytes))
-            count = problems_file.check(path, ProblemReader(**limits), max_bytes=max_bytes)
+            reading = _reading(path, problem_type, question_field, answer_field, id_field, limits, max_bytes)
+            count = problems_file.check(path, ProblemReader(**reading, **limits), max_bytes=max_bytes)
         except OSError as exc:
             raise fail(f"cannot read {file}: {exc.strerror}") from None
         except problems_file.TooLarge:
@@ -148,11 +176,16 @@ def submit(
                 f"{file}: nothing was submitted: it is larger than {max_bytes:,} bytes"
                 " (RSTAR_MAX_INPUT_BYTES); split it into several jobs"
             ) from None
+        except problems_file.ArrayTooLarge:
+            raise fail(
+                f"{file}: nothing was submitted: a JSON array is read whole, and this one is larger than"
+                f" {problems_file.MAX_ARRAY_BYTES:,} bytes; write it as JSONL (one record a line)"
+            ) from None
         except InputError as exc:
             raise fail(f"{file}: nothing was submitted.\n{exc}") from None
         # Read again while the job's transaction inserts them; the database's unique key on
         # (job, id) stands in for the first pass's check of repeated ids.
-        again = ProblemReader(check_duplicates=False, **limits)
+        again = ProblemReader(check_duplicates=False, **reading, **limits)
         problems = problems_file.read_again(path, again, max_bytes=max_bytes, expected=count)
         given = {
             "max_rounds": max_rounds,
@@ -173,7 +206,7 @@ def submit(
                 params[key.strip()] = raw  # a bare word is a string
         if hasattr(STRATEGIES.get(strategy), "budget"):  # what a problem may cost, before anything runs
             try:
-                budget = get_strategy(strategy, params).budget()  # type: ignore[attr-defined]
+                budget = get_strategy(strategy, params, kind=reading["kind"]).budget()  # type: ignore[attr-defined]
                 err.print(budget, markup=False, highlight=False, soft_wrap=True)
             except ParamError as exc:
                 raise fail(str(exc)) from None
@@ -186,6 +219,7 @@ def submit(
                 models=models,
                 source=str(file),
                 problems=problems,
+                problem_type=reading["kind"].name,
                 resume_from=resume_from,
                 check_models=settings.check_models if check_models is None else check_models,
                 # The id first, on stdout: an interrupted submit still leaves the user its job.
@@ -215,6 +249,52 @@ def submit(
                 "the credentials in the endpoint URLs were not stored: give them to the workers "
                 "(`rstar worker --endpoint URL`, or RSTAR_MODELS)"
             )
+
+
+def _reading(
+    path: Path,
+    type_name: str | None,
+    question_field: str | None,
+    answer_field: str | None,
+    id_field: str | None,
+    limits: dict[str, int],
+    max_bytes: int,
+) -> dict[str, Any]:
+    """How to read the file (`ProblemReader`'s kind, fields and unit), the type and the field
+    names guessed where not given, and said on stderr."""
+    unit = problems_file.unit_of(path)
+    first = problems_file.first_record(
+        path, max_bytes=max_bytes, max_line_bytes=ProblemReader().max_line_bytes
+    )
+    guessed = guess_fields(first)
+    fields = FieldNames(
+        question=question_field or guessed.question,
+        answer=answer_field or guessed.answer,
+        id=id_field or guessed.id,
+    )
+    if fields.renamed:
+        err.print(
+            f"fields: question from {fields.question!r}, answer from {fields.answer!r},"
+            f" id from {fields.id!r}; the others are kept in meta",
+            markup=False,
+            highlight=False,
+        )
+    if type_name is not None:
+        try:
+            kind = get_problem_type(type_name)
+        except ValueError as exc:
+            raise fail(f"--type: {exc}") from None
+        err.print(f"problem type: {kind.name}", markup=False, highlight=False)
+    else:
+        sample = ProblemReader(fields=fields, unit=unit, keep_references=GUESS_SAMPLE, **limits)
+        references = problems_file.sample_references(
+            path, sample, max_bytes=max_bytes, records_read=GUESS_SAMPLE
+        )
+        kind, why = guess_problem_type(references)
+        err.print(
+            f"problem type: {kind.name} (guessed: {why}; --type to choose)", markup=False, highlight=False
+        )
+    return {"kind": kind, "fields": fields, "unit": unit}
 
 
 def _roster(

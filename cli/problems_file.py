@@ -1,5 +1,9 @@
 """Reading a problems file for `rstar submit` in bounded memory, whatever its size.
 
+A file is JSONL (a record a line), or one JSON array of records, as the rStar authors publish
+their data sets; an array is decoded whole, so it is limited to `MAX_ARRAY_BYTES` (the published
+sets are a few megabytes; anything larger is better written as JSONL).
+
 The file is read twice: once to check every line (rstar.inputs.ProblemReader: every error found is
 reported before anything is written), then again while its problems are inserted in the job's one
 transaction, batch by batch (db/jobs.py). Neither pass holds the file or its problems in memory.
@@ -10,15 +14,18 @@ problems) and rolls the transaction back: nothing is submitted.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
-from rstar.inputs import Overlong, ProblemReader
+from rstar.inputs import Decoded, Overlong, ProblemReader, decode_array
 from rstar.types import ProblemInput
 
 CHUNK = 1 << 16
+MAX_ARRAY_BYTES = 64 * 1024 * 1024
 
 
 class TooLarge(Exception):
@@ -53,6 +60,31 @@ def file_lines(path: Path, *, max_bytes: int, max_line_bytes: int) -> Iterator[b
                 yield Overlong(length - raw.endswith(b"\n"))
 
 
+class ArrayTooLarge(Exception):
+    """A JSON array file larger than MAX_ARRAY_BYTES."""
+
+
+def unit_of(path: Path) -> str:
+    """ "record" for a file holding one JSON array (its first non-blank character is '['),
+    "line" for JSONL."""
+    with path.open("rb") as f:
+        head = f.read(CHUNK).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "record" if head.startswith(b"[") else "line"
+
+
+def records(path: Path, *, max_bytes: int, max_line_bytes: int) -> Iterator[bytes | Overlong | Decoded]:
+    """What `ProblemReader.read` takes: a JSONL file's lines, or a JSON array's records."""
+    if unit_of(path) == "line":
+        yield from file_lines(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes)
+        return
+    size = path.stat().st_size
+    if size > min(max_bytes, MAX_ARRAY_BYTES):
+        if size > max_bytes:
+            raise TooLarge
+        raise ArrayTooLarge
+    yield from decode_array(path.read_bytes())
+
+
 @contextmanager
 def readable_twice(path: Path, *, max_bytes: int) -> Iterator[Path]:
     """The path itself for a regular file; for a pipe or a device, a temporary copy (raises
@@ -75,17 +107,40 @@ def readable_twice(path: Path, *, max_bytes: int) -> Iterator[Path]:
 def check(path: Path, reader: ProblemReader, *, max_bytes: int) -> int:
     """The first pass: every line checked; raises InputError or TooLarge. Returns the number of
     problems."""
-    for _ in reader.read(file_lines(path, max_bytes=max_bytes, max_line_bytes=reader.max_line_bytes)):
+    for _ in reader.read(records(path, max_bytes=max_bytes, max_line_bytes=reader.max_line_bytes)):
         pass
     reader.check()
     return reader.valid
+
+
+def sample_references(path: Path, reader: ProblemReader, *, max_bytes: int, records_read: int) -> list[str]:
+    """The references of the file's first records as given (`reader` keeps them): what the
+    problem type is guessed from. Errors are left to the full check."""
+    lines = records(path, max_bytes=max_bytes, max_line_bytes=reader.max_line_bytes)
+    for _ in reader.read(islice(lines, records_read)):
+        pass
+    return reader.references
+
+
+def first_record(path: Path, *, max_bytes: int, max_line_bytes: int) -> object:
+    """The file's first record decoded (None when it has none or it is not valid JSON): what
+    the field names are guessed from."""
+    for item in records(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes):
+        if isinstance(item, Decoded):
+            return item.value
+        if isinstance(item, bytes) and item.strip():
+            try:
+                return json.loads(item.lstrip(b"\xef\xbb\xbf"))
+            except ValueError:
+                return None
+    return None
 
 
 def read_again(path: Path, reader: ProblemReader, *, max_bytes: int, expected: int) -> Iterator[ProblemInput]:
     """The second pass: the problems, read as the first pass found them; raises FileChanged when
     the file now reads otherwise (at the end, before the transaction commits)."""
     try:
-        yield from reader.read(file_lines(path, max_bytes=max_bytes, max_line_bytes=reader.max_line_bytes))
+        yield from reader.read(records(path, max_bytes=max_bytes, max_line_bytes=reader.max_line_bytes))
     except TooLarge:
         raise FileChanged("it grew past the size limit") from None
     if reader.errors or reader.valid != expected:

@@ -80,7 +80,8 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
     head = SafeText()
     head.append(f"problem {p.item_id} (line {p.line}) — {p.status}\n", style="bold")
     roster = ", ".join(describe(m) for m in trail.job.models)
-    head.append(f"job {trail.job.id} ({trail.job.strategy}) · models: {roster}\n", style="dim")
+    kind = f", {trail.job.problem_type} answers" if trail.job.problem_type != "number" else ""
+    head.append(f"job {trail.job.id} ({trail.job.strategy}{kind}) · models: {roster}\n", style="dim")
     head.append(p.question + "\n")
     head.append(
         f"reference answer: {_known(p.reference_answer)}   final answer: {_known(p.final_answer)}"
@@ -88,7 +89,8 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
     )
     if p.reference_answer is not None and p.status == "answered":
         # The same judgement as `rstar results` and `rstar report`.
-        head.append(f"   correct: {'yes' if judge(p.status, p.final_answer, p.reference_answer) else 'no'}")
+        right = p.correct if p.correct is not None else judge(p.status, p.final_answer, p.reference_answer)
+        head.append(f"   correct: {'yes' if right else 'no'}")
     if p.meta is not None:
         head.append(f"\nmeta: {json.dumps(p.meta, ensure_ascii=False)}", style="dim")
     if p.error:

@@ -85,11 +85,13 @@ def _pct(x: float) -> str:
 
 def _params(s: JobSummary) -> str:
     names = {"samples": "k", "max_rounds": "rounds ≤", "temperature": "T", "margin": "margin"}
-    return ", ".join(
+    shown = [f"type={s.problem_type}"] if s.problem_type != "number" else []  # a number job reads as before
+    shown += [
         f"{short}{'' if short.endswith('≤') else '='}{s.params[key]}"
         for key, short in names.items()
         if s.params.get(key) is not None
-    ).replace("≤", "≤ ")
+    ]
+    return ", ".join(shown).replace("≤", "≤ ")
 
 
 def _num(x: float | None, digits: int = 1) -> str:

@@ -72,6 +72,6 @@ def problem_search(*, session: Session, job: Job, problem: Problem) -> Any | Non
     strategy that searches (rstar); None for the others."""
     if not hasattr(STRATEGIES.get(job.strategy), "report"):
         return None
-    report = get_strategy(job.strategy, job.params).report  # type: ignore[attr-defined]
+    report = get_strategy(job.strategy, job.params, kind=job.problem_type).report  # type: ignore[attr-defined]
     state = load_state(session=session, problem_id=problem.id, question=problem.question, models=job.models)
     return report(replace(state, outputs=dict(state.outputs)))  # read now, inside the session

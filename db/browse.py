@@ -56,7 +56,11 @@ def outcome_of(r: ProblemResult | Problem) -> str:
         r.status,
         answered=r.final_answer is not None,
         referenced=r.reference_answer is not None,
-        right=lambda: judge(r.status, r.final_answer, r.reference_answer),
+        # The worker's judgement, by the job's problem type; judged here only for rows written
+        # before it was stored (0007), all of them number jobs.
+        right=lambda: (
+            r.correct if r.correct is not None else judge(r.status, r.final_answer, r.reference_answer)
+        ),
     )
 
 
@@ -100,6 +104,8 @@ class JobOverview:
     sequences: int
     tokens: int
     cancelled: int = 0
+    problem_type: str = "number"
+    """The form of its answers (`rstar.problem_types`)."""
 
     @classmethod
     def of(cls, job: Job, **counts: int) -> JobOverview:
@@ -112,6 +118,7 @@ class JobOverview:
             status=job.status,
             created_at=job.created_at,
             finished_at=job.finished_at,
+            problem_type=job.problem_type,
             **counts,
         )
 

@@ -62,6 +62,8 @@ class Claim:
     """The job whose identical recorded calls this job reuses (`submit --resume-from`)."""
     replicas: tuple[str, ...] = ()
     """Every server of the model, `endpoint` first (rstar/roster.py)."""
+    problem_type: str = "number"
+    """The job's (`rstar.problem_types`): how the strategy asks and reads answers."""
     prefer: str | None = None
     """The replica that served the parent output: filled in by the task (workers/replicas.py)."""
     outputs: OutputCache = field(default_factory=OutputCache)
@@ -91,6 +93,7 @@ PROBLEM_AND_JOB = (
     _jt.c.strategy,
     _jt.c.params,
     _jt.c.models,
+    _jt.c.problem_type,
 )
 # What a Claim needs besides the step's attempts.
 _CLAIM_COLUMNS = (
@@ -232,6 +235,7 @@ def claim_step(
         retry_base=taken.retry_base,
         resume_from=row.resume_from_id,
         replicas=roster.urls_of(row.models, row.model),
+        problem_type=row.problem_type,
     )
 
 

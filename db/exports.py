@@ -13,6 +13,7 @@ from db.jobs import iter_problem_results
 from db.models import Job, Output, Problem, Selection, Step
 from db.reports import UnknownJobError
 from rstar.exports import ProblemExport, SolutionOut
+from rstar.problem_types import get_problem_type
 from rstar.strategies.base import SOLUTION_KINDS
 
 EXPORT_BATCH = 500
@@ -79,6 +80,7 @@ def _batch(session: Session, job: Job, problems: list[Problem], ids: list[int]) 
         ).all()
     )
     results = {r.id: r for r in iter_problem_results(session=session, job_id=job.id, problem_ids=ids)}
+    kind = get_problem_type(job.problem_type)
     for p in problems:
         res = results[p.item_id]
         report = problem_search(session=session, job=job, problem=p)
@@ -97,6 +99,7 @@ def _batch(session: Session, job: Job, problems: list[Problem], ids: list[int]) 
             completion_tokens=res.completion_tokens,
             solutions=tuple(solutions.get(p.id, ())),
             meta=p.meta,
+            kind=kind,
         )
 
 

@@ -76,6 +76,7 @@ def create_job(
     models: list[dict[str, Any]],
     source: str | None,
     problems: Iterable[ProblemInput],
+    problem_type: str = "number",
 ) -> tuple[Job, int]:
     """The job (`models`: its roster, [{"name", "url"}, ...]) and its problems, all waiting,
     written in the caller's transaction; returns the job and its number of problems.
@@ -90,6 +91,7 @@ def create_job(
         params=params,
         models=models,
         source=source,
+        problem_type=problem_type,
         status=JobStatus.ACTIVE,
     )
     session.add(job)

@@ -101,6 +101,8 @@ class Job(Base):
     models: Mapped[list[Any]]
     """The roster, in order: [{"name": "A", "url": "http://..."}, ...] (URLs without credentials)."""
     source: Mapped[str | None] = mapped_column(String(1000))
+    problem_type: Mapped[str] = mapped_column(String(20), default="number", server_default="number")
+    """The form of its answers (`rstar.problem_types`): number, latex, yes-no or choice (0010)."""
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.ACTIVE)
     resume_from_id: Mapped[int | None] = mapped_column(
         ForeignKey("jobs.id", name="fk_jobs_resume_from", ondelete="SET NULL")

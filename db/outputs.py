@@ -28,6 +28,8 @@ from db.models import (
     StepStatus,
     utcnow,
 )
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.records import sequence_index
 from rstar.reports import judge
 from rstar.strategies.base import SELECT_KEY
@@ -204,6 +206,7 @@ def save_selection(
     reason: str,
     rounds_used: int,
     reference_answer: str | None,
+    kind: ProblemType = NUMBER,
 ) -> None:
     """Record the chosen answer and why, answer the problem (judged against `reference_answer`,
     with its tallies) and mark its select step done (made here, done, unless a queued one exists:
@@ -220,7 +223,9 @@ def save_selection(
             "answer": answer,
             "rounds_used": rounds_used,
             "now": utcnow(),
-            "correct": None if reference_answer is None else judge("answered", answer, reference_answer),
+            "correct": None
+            if reference_answer is None
+            else judge("answered", answer, reference_answer, kind),
         },
     )
     if select_step_id is None:

@@ -13,6 +13,7 @@ from db.jobs import problem_results
 from db.models import CallOutcome, Job, ModelCall, Output, Problem, Selection, Step
 from db.state import load_state
 from rstar import roster
+from rstar.problem_types import get_problem_type
 from rstar.reports import (
     EndpointRow,
     JobRows,
@@ -71,7 +72,8 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
         .join(Problem, Problem.id == Output.problem_id)
         .where(Problem.job_id == job_id)
     )
-    strategy = get_strategy(job.strategy, job.params)
+    problem_type = get_problem_type(job.problem_type)
+    strategy = get_strategy(job.strategy, job.params, kind=problem_type)
     searching = callable(getattr(strategy, "report", None))
     tokens_by_kind: dict[int, dict[str, int]] = {}
     for problem_id, kind, tokens in session.execute(
@@ -129,6 +131,7 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
                 reviews=tuple(reviews.get(p.id, [])),
                 tokens_by_kind=tokens_by_kind.get(p.id, {}),
                 search=search,
+                kind=problem_type,
             )
         )
     wall = None
@@ -144,6 +147,7 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
         wall,
         roster.names(job.models),
         _endpoints(session, job_id) if replicated else (),
+        problem_type,
     )
 
 

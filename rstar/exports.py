@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rstar import prompts
-from rstar.answers import answers_equal
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.reports import judge
 
 PROBLEM_FIELDS = (
@@ -67,6 +68,8 @@ class ProblemExport:
     completion_tokens: int
     solutions: tuple[SolutionOut, ...] = ()
     meta: dict[str, Any] | None = None
+    kind: ProblemType = NUMBER
+    """Its job's problem type: how answers compare."""
 
 
 def _problem(job_id: int, strategy: str, p: ProblemExport) -> dict[str, Any]:
@@ -91,7 +94,9 @@ def problem_records(
             {
                 **_problem(job_id, strategy, p),
                 "answer": p.answer,
-                "correct": judge(p.status, p.answer, p.reference) if p.reference is not None else None,
+                "correct": judge(p.status, p.answer, p.reference, p.kind)
+                if p.reference is not None
+                else None,
                 "status": p.status,
                 "model": chosen.model if chosen is not None else None,
                 "rounds_used": p.rounds_used,
@@ -102,7 +107,9 @@ def problem_records(
         )
 
 
-def mutually_consistent(solution: SolutionOut, solutions: Sequence[SolutionOut]) -> bool | None:
+def mutually_consistent(
+    solution: SolutionOut, solutions: Sequence[SolutionOut], kind: ProblemType = NUMBER
+) -> bool | None:
     """At least half of the peers' completions of this generated solution reach its answer (None:
     it was not completed, or it is itself a refinement or a completion). A search path says it
     itself (the discriminator's verdict)."""
@@ -113,7 +120,7 @@ def mutually_consistent(solution: SolutionOut, solutions: Sequence[SolutionOut])
     done = [s for s in solutions if s.kind == "complete" and s.parent_id == solution.id]
     if not done:
         return None
-    agree = sum(1 for c in done if answers_equal(solution.answer, c.answer))
+    agree = sum(1 for c in done if kind.equal(solution.answer, c.answer))
     return 2 * agree >= len(done)
 
 
@@ -129,7 +136,7 @@ def trajectory_records(
     """One record per solution (a search's candidate path), as the problems come."""
     for p in problems:
         for s in p.solutions:
-            correct = answers_equal(s.answer, p.reference) if p.reference is not None else None
+            correct = p.kind.equal(s.answer, p.reference) if p.reference is not None else None
             if verified_only and not correct:
                 continue
             yield (
@@ -146,7 +153,7 @@ def trajectory_records(
                     "reply": s.reply,
                     "answer": s.answer,
                     "selected": s.id == p.chosen_output_id,
-                    "mutually_consistent": mutually_consistent(s, p.solutions),
+                    "mutually_consistent": mutually_consistent(s, p.solutions, p.kind),
                     "correct": correct,
                 }
             )

@@ -1,7 +1,9 @@
-"""Validation of a JSONL input file of problems (pure: takes bytes, returns values).
+"""Validation of an input file of problems (pure: takes bytes or decoded records, returns values).
 
 A file is accepted whole or refused whole: every problem found is reported at once, with its
-line number, so a user fixes the file in one go.
+line (or record) number, so a user fixes the file in one go. A record's fields may go by other
+names (`FieldNames`: the rStar authors' published sets say "problem" and "solution"); its
+reference is read by the job's problem type (`rstar.problem_types`).
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from rstar.answers import extract_reference
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.types import ProblemInput
 
 __all__ = [
+    "AUTHORS_FIELDS",
     "MAX_ID_CHARS",
     "MAX_REPORTED_PROBLEMS",
+    "Decoded",
+    "FieldNames",
     "InputError",
     "InputProblem",
     "Overlong",
     "ProblemReader",
+    "decode_array",
+    "guess_fields",
     "parse_problems",
 ]
 
@@ -45,13 +53,49 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 @dataclass(frozen=True)
 class InputProblem:
     line: int
-    """1-based line number; 0 for problems with the file as a whole."""
+    """1-based line (or record) number; 0 for problems with the file as a whole."""
     field: str | None
     reason: str
+    unit: str = "line"
+    """What `line` counts: "line" in JSONL, "record" in a JSON array."""
 
     def __str__(self) -> str:
-        where = f"line {self.line}" + (f", field '{self.field}'" if self.field else "")
+        where = f"{self.unit} {self.line}" + (f", field '{self.field}'" if self.field else "")
         return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class FieldNames:
+    """Which key of a record holds each field (`rstar submit --question-field/--answer-field/
+    --id-field`). With other names than the JSONL format's, a record's other keys are kept in its
+    "meta" (published sets carry labels such as MATH's "source")."""
+
+    question: str = "question"
+    answer: str = "answer"
+    id: str = "id"
+
+    @property
+    def renamed(self) -> bool:
+        return self != FieldNames()
+
+
+AUTHORS_FIELDS = FieldNames(question="problem", answer="solution", id="id")
+"""The rStar authors' data files: `{"id", "problem", "solution"}` (microsoft/rStar, data/*/test_all.json)."""
+
+
+def guess_fields(first: Any) -> FieldNames:
+    """The authors' names when a file's first record uses them and not ours, else ours."""
+    if isinstance(first, dict) and "question" not in first and "problem" in first:
+        return AUTHORS_FIELDS
+    return FieldNames()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A record already decoded (an element of a JSON array), given to `ProblemReader.read` in
+    place of a line's bytes."""
+
+    value: Any
 
 
 class InputError(ValueError):
@@ -73,13 +117,19 @@ class _TooMany(Exception):
 
 
 class _Collector:
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "line", names: dict[str, str] | None = None) -> None:
         self.problems: list[InputProblem] = []
+        self.unit = unit
+        self.names = names or {}
+        """A field's name in the file, where it is not the JSONL format's."""
 
     def add(self, line: int, field: str | None, reason: str) -> None:
-        self.problems.append(InputProblem(line, field, reason))
+        field = self.names.get(field, field) if field is not None else None
+        self.problems.append(InputProblem(line, field, reason, self.unit))
         if len(self.problems) >= MAX_REPORTED_PROBLEMS:
-            self.problems.append(InputProblem(line, None, "too many problems; stopped checking here"))
+            self.problems.append(
+                InputProblem(line, None, "too many problems; stopped checking here", self.unit)
+            )
             raise _TooMany
 
 
@@ -225,6 +275,26 @@ def _check_fields(obj: dict[str, Any], line: int, out: _Collector) -> bool:
     return ok
 
 
+def _renamed(obj: dict[str, Any], fields: FieldNames) -> dict[str, Any]:
+    """A record with other field names in the JSONL format's: the named fields renamed, every
+    other key kept in "meta" (next to what a "meta" object of its own holds)."""
+    names = {fields.question: "question", fields.answer: "answer", fields.id: "id"}
+    pairs: list[tuple[str, Any]] = []
+    extra: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in names:
+            pairs.append((names[key], value))
+        elif key == "meta" and isinstance(value, dict):
+            extra = {**value, **extra}
+        else:
+            extra[key] = value
+    if extra:
+        pairs.append(("meta", extra))
+    renamed = _Pairs(pairs)
+    renamed.repeated = [names.get(k, k) for k in getattr(obj, "repeated", ())]
+    return renamed
+
+
 def _shown(key: str) -> str:
     """A field name as the error shows it: invisible characters (a BOM, a control) escaped."""
     return key if key.isprintable() and "\ufeff" not in key else ascii(key)[1:-1]
@@ -259,6 +329,28 @@ def _decode_line(raw: bytes, line: int, max_line_bytes: int, out: _Collector) ->
     return _INVALID
 
 
+def decode_array(data: bytes) -> list[Decoded]:
+    """The records of a file holding one JSON array (the rStar authors' data files), each
+    `Decoded` for `ProblemReader.read`; InputError when the file is not such an array."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_Pairs)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            [InputProblem(0, None, f"invalid UTF-8 at byte {exc.start + 1}", "record")]
+        ) from None
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        raise InputError([InputProblem(0, None, reason, "record")]) from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError([InputProblem(0, None, f"not valid JSON: {exc}", "record")]) from None
+    if not isinstance(value, list):
+        reason = f"a file that starts with '[' must be one JSON array, not {_type_name(value)}"
+        raise InputError([InputProblem(0, None, reason, "record")])
+    return [Decoded(v) for v in value]
+
+
 @dataclass(frozen=True)
 class Overlong:
     """A line longer than the limit, as a streaming reader of a file gives it: its length, not
@@ -284,12 +376,23 @@ class ProblemReader:
         max_question_chars: int = 20000,
         max_problems: int = 100000,
         check_duplicates: bool = True,
+        kind: ProblemType = NUMBER,
+        fields: FieldNames | None = None,
+        unit: str = "line",
+        keep_references: int = 0,
     ) -> None:
         self.max_line_bytes = max_line_bytes
         self.max_question_chars = max_question_chars
         self.max_problems = max_problems
+        self.kind = kind
+        """Reads each reference (`ProblemType.reference`); one it cannot read is an error."""
+        self.fields = fields or FieldNames()
         self._duplicates: dict[str, int] | None = {} if check_duplicates else None
-        self._out = _Collector()
+        names = {"question": self.fields.question, "answer": self.fields.answer, "id": self.fields.id}
+        self._out = _Collector(unit, names if self.fields.renamed else None)
+        self.references: list[str] = []
+        """The first `keep_references` references as given, for guessing the problem type."""
+        self._keep_references = keep_references
         self.count = 0
         """Non-blank lines seen."""
         self.valid = 0
@@ -299,7 +402,7 @@ class ProblemReader:
     def errors(self) -> list[InputProblem]:
         return self._out.problems
 
-    def read(self, lines: Iterable[bytes | Overlong]) -> Iterator[ProblemInput]:
+    def read(self, lines: Iterable[bytes | Overlong | Decoded]) -> Iterator[ProblemInput]:
         out = self._out
         try:
             for index, raw in enumerate(lines):
@@ -310,10 +413,11 @@ class ProblemReader:
                         line, None, f"line too long: {raw.length} bytes, the limit is {self.max_line_bytes}"
                     )
                     continue
-                if index == 0 and raw.startswith(_BOM):
-                    raw = raw[len(_BOM) :]
-                if not raw.strip():
-                    continue
+                if isinstance(raw, bytes):
+                    if index == 0 and raw.startswith(_BOM):
+                        raw = raw[len(_BOM) :]
+                    if not raw.strip():
+                        continue
                 self.count += 1
                 if self.count > self.max_problems:
                     out.add(line, None, f"more than {self.max_problems} problems; split the file")
@@ -326,14 +430,16 @@ class ProblemReader:
         except _TooMany:
             pass
 
-    def _problem(self, raw: bytes, line: int) -> ProblemInput | None:
+    def _problem(self, raw: bytes | Decoded, line: int) -> ProblemInput | None:
         out = self._out
-        obj = _decode_line(raw, line, self.max_line_bytes, out)
+        obj = raw.value if isinstance(raw, Decoded) else _decode_line(raw, line, self.max_line_bytes, out)
         if obj is _INVALID:
             return None
         if not isinstance(obj, dict):
             out.add(line, None, f"must be a JSON object, not {_type_name(obj)}")
             return None
+        if self.fields.renamed:
+            obj = _renamed(obj, self.fields)
         fields_ok = _check_fields(obj, line, out)
         question = _check_question(obj, line, self.max_question_chars, out)
         item_id = _check_id(obj, line, out)
@@ -346,6 +452,14 @@ class ProblemReader:
                 )
                 return None
             self._duplicates[item_id] = line
+        reference_answer = None
+        if reference is not None:
+            if len(self.references) < self._keep_references:
+                self.references.append(reference)
+            reference_answer = self.kind.reference(reference)
+            if reference_answer is None and self.kind is not NUMBER:
+                out.add(line, "answer", f"no {self.kind.name} answer in it: {self.kind.reference_hint}")
+                answer_ok = False
         if question is None or item_id is None or not (answer_ok and meta_ok and fields_ok):
             return None
         return ProblemInput(
@@ -353,7 +467,7 @@ class ProblemReader:
             line=line,
             question=question,
             reference=reference,
-            reference_answer=extract_reference(reference),
+            reference_answer=reference_answer,
             meta=meta,
         )
 

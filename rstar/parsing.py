@@ -13,7 +13,9 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rstar.answers import MAX_ANSWER_CHARS, clean_text, last_boxed, last_match, normalize_answer
+from rstar.answers import MAX_ANSWER_CHARS, clean_text, last_boxed, last_match
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.types import ParsedReview, ParsedSolution, ReviewIssue, Verdict
 
 __all__ = [
@@ -140,22 +142,11 @@ _STEP_TEXT_KEYS = ("text", "description", "content", "explanation", "step", "rea
 _FINAL_ANSWER = re.compile(r"\b(?:final\s+)?answer[\s*_]*[:：](?:\*\*)?\s*(?P<x>[^\n]+)", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\banswer\s+is\b[\s:]*(?P<x>[^\n]+)", re.IGNORECASE)
 _GSM8K = re.compile(r"####[ \t]*(?P<x>[^\n]+)")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _NUMBERING = re.compile(r"^(?:[-*•]\s+|(?:step\s*)?\d{1,3}\s*[.):]\s*)", re.IGNORECASE)
 _FENCE = re.compile(r"^```[\w-]*$")
 
 
-def _last_number(text: str) -> str | None:
-    """The last number in the text, found from the end so a 10 MB reply is cheap."""
-    end = max(text.rfind(d) for d in "0123456789")
-    if end == -1:
-        return None
-    start = max(0, end - 200)
-    found = last_match(_NUMBER, text[start : end + 1])
-    return found[0] if found else None
-
-
-def _free_form_answer(text: str) -> tuple[str | None, str | None, str | None]:
+def _free_form_answer(text: str, kind: ProblemType) -> tuple[str | None, str | None, str | None]:
     """(answer_raw, answer, note) from free text, in order of how explicit the marker is."""
     text = text[-_PROSE_SCAN_CHARS:]
     candidates: list[str] = []
@@ -170,12 +161,12 @@ def _free_form_answer(text: str) -> tuple[str | None, str | None, str | None]:
         if found:
             candidates.append(_cut_answer(found["x"]))
     for raw in candidates:
-        answer = normalize_answer(raw)
+        answer = kind.normalize(raw)
         if answer is not None:
             return _truncate(raw, MAX_ANSWER_CHARS), answer, None
-    number = _last_number(text)
-    if number is not None:
-        return number, normalize_answer(number), "no explicit final answer; used the last number"
+    raw, answer = kind.fallback(text)
+    if answer is not None:
+        return _truncate(raw or "", MAX_ANSWER_CHARS), answer, kind.fallback_note
     return None, None, "no final answer found"
 
 
@@ -243,11 +234,11 @@ def _is_solution_object(obj: dict[str, Any]) -> bool:
     return any(k in keys for k in _STEPS_KEYS + _ANSWER_KEYS)
 
 
-def _parse_solution(text: str) -> ParsedSolution:
+def _parse_solution(text: str, kind: ProblemType) -> ParsedSolution:
     found = find_json_object(text, _is_solution_object)
     if found is None:
         steps, cut = _free_form_steps(text)
-        answer_raw, answer, note = _free_form_answer(text)
+        answer_raw, answer, note = _free_form_answer(text, kind)
         notes = [f"steps truncated to {MAX_STEPS}"] if cut else []
         if note:
             notes.append(note)
@@ -260,19 +251,20 @@ def _parse_solution(text: str) -> ParsedSolution:
     raw = next((keyed[k] for k in _ANSWER_KEYS if k in keyed), None)
     raw_text = _scalar_text(raw)
     answer_raw = _truncate(raw_text.strip(), MAX_ANSWER_CHARS) if raw_text is not None else None
-    answer = normalize_answer(answer_raw)
+    answer = kind.normalize(answer_raw)
     if answer is None:
         # The answer may be stated in the prose around the object or at the end of the steps.
         around = "\n".join([text[:start], *steps, text[end:]])
-        answer_raw, answer, note = _free_form_answer(around)
+        answer_raw, answer, note = _free_form_answer(around, kind)
         notes.append("JSON has no usable final_answer" + (f"; {note}" if note else "; used the free text"))
     return ParsedSolution(tuple(steps), answer_raw, answer, True, _join_notes(notes))
 
 
-def parse_solution(text: str) -> ParsedSolution:
-    """Parse a solver reply: the JSON {"steps": [...], "final_answer": "..."} or free text."""
+def parse_solution(text: str, kind: ProblemType = NUMBER) -> ParsedSolution:
+    """Parse a solver reply: the JSON {"steps": [...], "final_answer": "..."} or free text; the
+    answer in `kind`'s canonical form."""
     try:
-        return _parse_solution(text)
+        return _parse_solution(text, kind)
     except Exception as exc:  # last line of defence: a parser bug must not fail the batch
         return ParsedSolution((), None, None, False, f"internal parser error: {type(exc).__name__}")
 
@@ -399,12 +391,12 @@ def _is_review_object(obj: dict[str, Any]) -> bool:
     return "verdict" in keys or "scores" in keys or any(_score_field(k) for k in keys)
 
 
-def _suggested(raw: Any) -> str | None:
+def _suggested(raw: Any, kind: ProblemType) -> str | None:
     text = _scalar_text(raw)
-    return normalize_answer(text[:_MAX_RAW_ANSWER_SCAN]) if text is not None else None
+    return kind.normalize(text[:_MAX_RAW_ANSWER_SCAN]) if text is not None else None
 
 
-def _review_from_json(obj: dict[str, Any]) -> ParsedReview:
+def _review_from_json(obj: dict[str, Any], kind: ProblemType) -> ParsedReview:
     keyed = _norm_keys(obj)
     notes: list[str] = []
     raw_verdict = keyed.get("verdict")
@@ -434,7 +426,7 @@ def _review_from_json(obj: dict[str, Any]) -> ParsedReview:
             scores[name] = None
 
     issues = _json_issues(keyed.get("issues"), notes)
-    suggested = next((_suggested(keyed[k]) for k in _SUGGESTED_KEYS if k in keyed), None)
+    suggested = next((_suggested(keyed[k], kind) for k in _SUGGESTED_KEYS if k in keyed), None)
     return ParsedReview(
         verdict=verdict or Verdict.UNCERTAIN,
         logical_consistency=scores["logical_consistency"],
@@ -447,7 +439,7 @@ def _review_from_json(obj: dict[str, Any]) -> ParsedReview:
     )
 
 
-def _review_from_prose(text: str) -> ParsedReview:
+def _review_from_prose(text: str, kind: ProblemType) -> ParsedReview:
     text = text[:_PROSE_SCAN_CHARS]
     notes: list[str] = []
     verdict: Verdict | None = None
@@ -480,17 +472,17 @@ def _review_from_prose(text: str) -> ParsedReview:
         calculation_accuracy=scores["calculation_accuracy"],
         step_completeness=scores["step_completeness"],
         issues=(),
-        suggested_answer=normalize_answer(_cut_answer(answer["x"])) if answer else None,
+        suggested_answer=kind.normalize(_cut_answer(answer["x"])) if answer else None,
         structured=False,
         parse_error=_join_notes(notes),
     )
 
 
-def parse_review(text: str) -> ParsedReview:
+def parse_review(text: str, kind: ProblemType = NUMBER) -> ParsedReview:
     """Parse a reviewer reply: the JSON {"verdict", "scores", "issues", ...} or free text."""
     try:
         found = find_json_object(text, _is_review_object)
-        return _review_from_json(found[0]) if found else _review_from_prose(text)
+        return _review_from_json(found[0], kind) if found else _review_from_prose(text, kind)
     except Exception as exc:  # last line of defence: a parser bug must not fail the batch
         return ParsedReview(
             Verdict.UNCERTAIN,

@@ -2,7 +2,8 @@
 
 `db/reports.py` reads the rows and the problems' states, `replay_rounds` replays each strategy's
 selection on them, `cli/report.py` renders the result (Rich, Markdown, CSV, PNG).
-Correctness is always `answers_equal(final answer, reference)`, as in `rstar results`.
+Correctness is always `judge`: the final answer equal to the reference by the job's problem type
+(`rstar.problem_types`), as in `rstar results`.
 
 Definitions used throughout:
 * accuracy = right / problems with a reference; a failed or unanswered problem counts as wrong.
@@ -39,7 +40,8 @@ from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
-from rstar.answers import answers_equal
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies import ParamError, get_strategy
 from rstar.strategies.base import ProblemState
 
@@ -125,6 +127,8 @@ class ProblemRow:
     """Generated tokens per step kind."""
     search: SearchRow | None = None
     """A search's candidates and answers (None: the strategy builds no tree)."""
+    kind: ProblemType = NUMBER
+    """Its job's problem type: how its answers are compared."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class JobRows:
     """The job's roster names, in order."""
     endpoints: tuple[EndpointRow, ...] = ()
     """Per model and server, where a model of the job has replicas (empty otherwise)."""
+    kind: ProblemType = NUMBER
+    """The job's problem type."""
 
     @property
     def label(self) -> str:
@@ -189,7 +195,7 @@ def replay_rounds(job: JobRows, states: Mapping[str, ProblemState], *, max_round
     A strategy this version does not know leaves the rows as they are (no accuracy per round).
     """
     try:
-        strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
+        strategy = get_strategy(job.strategy, job.params, kind=job.kind, max_rounds_limit=max_rounds_limit)
     except ParamError:
         return job
     problems = []
@@ -241,14 +247,16 @@ def mcnemar_exact(b: int, c: int) -> float:
 # -- summaries -----------------------------------------------------------------------------------
 
 
-def judge(status: str, final_answer: str | None, reference_answer: str | None) -> bool:
+def judge(
+    status: str, final_answer: str | None, reference_answer: str | None, kind: ProblemType = NUMBER
+) -> bool:
     """The one judgement of a problem's answer, for `rstar results`, `show` and `report`: answered,
-    and equal to the reference (`answers_equal`)."""
-    return status == "answered" and answers_equal(final_answer, reference_answer)
+    and equal to the reference (by the job's problem type)."""
+    return status == "answered" and kind.equal(final_answer, reference_answer)
 
 
 def is_correct(problem: ProblemRow) -> bool:
-    return judge(problem.status, problem.final_answer, problem.reference_answer)
+    return judge(problem.status, problem.final_answer, problem.reference_answer, problem.kind)
 
 
 @dataclass(frozen=True)
@@ -366,6 +374,8 @@ class JobSummary:
     completions: CompletionStats | None = None
     models: tuple[ModelStats, ...] = ()
     agreement: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    problem_type: str = "number"
+    """The job's (`rstar.problem_types`)."""
     """(model, model) -> (problems where both answered alike, problems where both answered)."""
     tree: TreeStats | None = None
     search: SearchStats | None = None
@@ -379,8 +389,8 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _right(answer: str | None, reference: str | None) -> bool:
-    return answers_equal(answer, reference)
+def _right(answer: str | None, problem: ProblemRow) -> bool:
+    return problem.kind.equal(answer, problem.reference_answer)
 
 
 def _review_stats(problems: Sequence[ProblemRow]) -> ReviewStats | None:
@@ -393,13 +403,13 @@ def _review_stats(problems: Sequence[ProblemRow]) -> ReviewStats | None:
         for s in p.solutions:
             if s.kind == "refine" and s.parent_id in by_id:
                 refinements += 1
-                before = _right(by_id[s.parent_id].answer, p.reference_answer)
-                after = _right(s.answer, p.reference_answer)
+                before = _right(by_id[s.parent_id].answer, p)
+                after = _right(s.answer, p)
                 w2r += not before and after
                 r2w += before and not after
         for r in p.reviews:
             target = by_id.get(r.target_solution_id)
-            verdicts[(r.verdict, target is not None and _right(target.answer, p.reference_answer))] += 1
+            verdicts[(r.verdict, target is not None and _right(target.answer, p))] += 1
         if p.reviews:
             last = max(r.round for r in p.reviews)
             final = [r for r in p.reviews if r.round == last]
@@ -409,7 +419,7 @@ def _review_stats(problems: Sequence[ProblemRow]) -> ReviewStats | None:
                 len(final) >= 2
                 and all(r.verdict == "correct" for r in final)
                 and len(answers) == len(final)
-                and all(answers_equal(answers[0], a) for a in answers[1:])
+                and all(p.kind.equal(answers[0], a) for a in answers[1:])
             )
     accepted_right, accepted_wrong = verdicts[("correct", True)], verdicts[("correct", False)]
     rejected_right, rejected_wrong = verdicts[("incorrect", True)], verdicts[("incorrect", False)]
@@ -440,8 +450,8 @@ def _completion_stats(problems: Sequence[ProblemRow]) -> CompletionStats | None:
             if parent is None:
                 continue
             completed += 1
-            right = _right(parent.answer, p.reference_answer)
-            if answers_equal(parent.answer, c.answer):
+            right = _right(parent.answer, p)
+            if p.kind.equal(parent.answer, c.answer):
                 consistent += 1
                 consistent_right += right
             else:
@@ -469,16 +479,16 @@ def _model_stats(job: JobRows) -> tuple[tuple[ModelStats, ...], dict[tuple[str, 
             ModelStats(
                 name=m,
                 answered=sum(1 for _, a in answers if m in a),
-                right=sum(1 for p, a in judged if m in a and _right(a[m], p.reference_answer)),
+                right=sum(1 for p, a in judged if m in a and _right(a[m], p)),
                 judged=len(judged),
                 outputs=len(given),
-                outputs_right=sum(1 for p, s in given if _right(s.answer, p.reference_answer)),
+                outputs_right=sum(1 for p, s in given if _right(s.answer, p)),
             )
         )
     agreement: dict[tuple[str, str], tuple[int, int]] = {}
     for x, y in combinations(names, 2):
         both = [(a[x], a[y]) for _, a in answers if x in a and y in a]
-        agreement[(x, y)] = (sum(1 for u, v in both if answers_equal(u, v)), len(both))
+        agreement[(x, y)] = (sum(1 for u, v in both if job.kind.equal(u, v)), len(both))
     return tuple(stats), agreement
 
 
@@ -494,7 +504,7 @@ def _accuracy_by_round(problems: Sequence[ProblemRow], judged: int) -> tuple[flo
                 continue
             known = p.answer_by_round
             answer = known[r - 1] if r <= len(known) else p.final_answer
-            right += _right(answer, p.reference_answer)
+            right += _right(answer, p)
         out.append(right / judged)
     return tuple(out)
 
@@ -518,6 +528,7 @@ def summarize(job: JobRows) -> JobSummary:
         label=job.label,
         strategy=job.strategy,
         params=dict(job.params),
+        problem_type=job.kind.name,
         problems=len(ps),
         judged=len(judged),
         correct=correct,
@@ -591,7 +602,7 @@ def _search_stats(problems: Sequence[ProblemRow]) -> SearchStats | None:
         for c in p.search.candidates:
             action = ACTION_OF_KIND.get(c.kind, c.kind)
             found[action] += 1
-            found_right[action] += _right(c.answer, p.reference_answer)
+            found_right[action] += _right(c.answer, p)
         if p.search.chosen_kind is not None:
             action = ACTION_OF_KIND.get(p.search.chosen_kind, p.search.chosen_kind)
             chosen[action] += 1
@@ -613,12 +624,10 @@ def _search_stats(problems: Sequence[ProblemRow]) -> SearchStats | None:
     return SearchStats(
         judged=len(judged),
         right_held=sum(
-            1
-            for p in judged
-            if p.search and any(_right(c.answer, p.reference_answer) for c in p.search.candidates)
+            1 for p in judged if p.search and any(_right(c.answer, p) for c in p.search.candidates)
         ),
-        majority_right=sum(1 for p in judged if p.search and _right(p.search.majority, p.reference_answer)),
-        root_a2_right=sum(1 for p in judged if p.search and _right(p.search.root_a2, p.reference_answer)),
+        majority_right=sum(1 for p in judged if p.search and _right(p.search.majority, p)),
+        root_a2_right=sum(1 for p in judged if p.search and _right(p.search.root_a2, p)),
         chosen_right=sum(1 for p in judged if is_correct(p)),
         actions=actions,
     )

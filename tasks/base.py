@@ -171,7 +171,12 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
         )
         if isinstance(claim, Claim):
             # Inside the claim's transaction: the state reads the outputs it needs on first use.
-            strategy = get_strategy(claim.strategy, claim.params, max_rounds_limit=settings.max_rounds_limit)
+            strategy = get_strategy(
+                claim.strategy,
+                claim.params,
+                kind=claim.problem_type,
+                max_rounds_limit=settings.max_rounds_limit,
+            )
             spec = StepSpec(claim.key, claim.kind, claim.model, claim.round)
             claim = replace(claim, parent_id=strategy.parent(spec, claim.state))
             if len(claim.replicas) > 1 and claim.parent_id is not None:

@@ -102,8 +102,11 @@ def settled(outcome: list[Dispatch] | int) -> list[Dispatch]:
 
 
 def first_steps(job: Any) -> tuple[StepSpec, ...]:
-    """What every problem of the job starts with (a Job, or a row with strategy, params, models)."""
-    strategy = get_strategy(job.strategy, job.params, max_rounds_limit=get_settings().max_rounds_limit)
+    """What every problem of the job starts with (a Job, or a row with strategy, params, models
+    and problem_type)."""
+    strategy = get_strategy(
+        job.strategy, job.params, kind=job.problem_type, max_rounds_limit=get_settings().max_rounds_limit
+    )
     return strategy.plan(ProblemState.empty(roster.names(job.models))).steps
 
 
@@ -148,7 +151,9 @@ def plan_next(
     if failed:
         fail_problem(session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}")
         return job.job_id
-    strategy = get_strategy(job.strategy, job.params, max_rounds_limit=max_rounds_limit)
+    strategy = get_strategy(
+        job.strategy, job.params, kind=job.problem_type, max_rounds_limit=max_rounds_limit
+    )
     state = load_state(
         session=session,
         problem_id=problem_id,
@@ -175,6 +180,7 @@ def plan_next(
             reason=chosen.reason,
             rounds_used=chosen.rounds_used,
             reference_answer=problem.reference_answer,
+            kind=strategy.kind,
         )
         return job.job_id
     made = add_steps(session=session, problem_id=problem_id, specs=specs)

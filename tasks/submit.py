@@ -99,12 +99,14 @@ def submit_job(
     models: list[ModelEntry] | tuple[ModelEntry, ...],
     source: str | None,
     problems: Iterable[ProblemInput],
+    problem_type: str = "number",
     resume_from: int | None = None,
     check_models: bool = True,
     on_stored: Callable[[int], None] | None = None,
 ) -> Submitted:
     """Validate the parameters and the roster, check the schema, broker and model servers, store
-    the job, enqueue the first steps of its first `job_window` problems. `on_stored(job_id)` is
+    the job (of type `problem_type`, `rstar.problem_types`: `problems` hold references read by
+    it), enqueue the first steps of its first `job_window` problems. `on_stored(job_id)` is
     called once the job is stored, before its messages are sent: a submit interrupted then leaves
     a job whose steps the workers' recovery sweep sends (tasks/recovery.py), and the user has its
     id.
@@ -118,7 +120,9 @@ def submit_job(
         BrokerUnavailableError: nothing was written.
         ResumeFromError: `resume_from` is not a job.
     """
-    strategy = get_strategy(strategy_name, params, max_rounds_limit=settings.max_rounds_limit)
+    strategy = get_strategy(
+        strategy_name, params, kind=problem_type, max_rounds_limit=settings.max_rounds_limit
+    )
     roster = build_roster(models)
     used = fit_roster(strategy, [m.name for m in roster])
     roster = tuple(m for m in roster if m.name in used)
@@ -137,6 +141,7 @@ def submit_job(
             models=[m.with_urls(without_userinfo).as_json() for m in roster],
             source=source,
             problems=problems,
+            problem_type=strategy.kind.name,
         )
         # The first window; the rest wait their turn (tasks/dispatch.py, `feed`): the broker never
         # holds a million problems' steps.

@@ -65,6 +65,45 @@ def test_bad_input_is_refused_and_nothing_is_written(
             assert s.scalar(select(func.count()).select_from(model)) == 0
 
 
+TYPED_CASES = {
+    "a reference the type cannot read": (
+        json.dumps([{"problem": "q1?", "solution": "true"}, {"problem": "q2?", "solution": "maybe"}]),
+        ["--type", "yes-no"],
+        "record 2, field 'solution': no yes-no answer in it",
+    ),
+    "an array that does not end": ('[{"problem": "q1?"},', [], "not valid JSON"),
+    "an array with a number in it": ('[{"problem": "q1?"}, 3]', [], "record 2: must be a JSON object"),
+    "an unknown type": (GOOD + "\n", ["--type", "essay"], "unknown problem type 'essay'"),
+    "a worked solution without its boxed answer": (
+        json.dumps({"question": "q?", "answer": "First we add.\nThen we divide."}) + "\n",
+        ["--type", "latex"],
+        "line 1, field 'answer': no latex answer in it",
+    ),
+    "a renamed field that is not there": (
+        GOOD + "\n",
+        ["--question-field", "prompt"],
+        "line 1, field 'prompt'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TYPED_CASES, ids=list(TYPED_CASES))
+def test_typed_and_array_input_is_refused_with_the_record_and_the_files_field(
+    case: str, migrated: str, settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    content, args, want = TYPED_CASES[case]
+    path = tmp_path / "in.json"
+    path.write_text(content, encoding="utf-8")
+    settings_env.setenv("RSTAR_DATABASE_URL", migrated)
+    settings_env.setenv("RSTAR_BROKER_URL", "redis://127.0.0.1:1/0")
+    result = CliRunner().invoke(app, ["submit", str(path), *args, "--model-a", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert want in result.stderr
+    with session_scope(migrated) as s:
+        for model in (Job, Problem, Step):
+            assert s.scalar(select(func.count()).select_from(model)) == 0
+
+
 def test_unreadable_file_and_missing_endpoint(settings_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(app, ["submit", str(tmp_path / "nope.jsonl"), "--model-a", "http://x:1"])

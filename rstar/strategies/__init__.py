@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rstar.problem_types import ProblemType, get_problem_type
 from rstar.strategies.base import ParamError, Strategy, fit_roster
 from rstar.strategies.cot import CotStrategy
 from rstar.strategies.mcts import RStarStrategy
@@ -24,14 +25,25 @@ STRATEGIES: dict[str, type[Any]] = {
 }
 
 
-def get_strategy(name: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Strategy:
+def get_strategy(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    kind: ProblemType | str | None = None,
+    **kwargs: Any,
+) -> Strategy:
+    """The strategy of that name, for problems of type `kind` (a type or its name; None: `number`)."""
     try:
         cls = STRATEGIES[name]
     except KeyError:
         raise ParamError(
             f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}"
         ) from None
-    strategy: Strategy = cls(params, **kwargs)
+    try:
+        problem_type = kind if isinstance(kind, ProblemType) else get_problem_type(kind)
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+    strategy: Strategy = cls(params, kind=problem_type, **kwargs)
     unknown = sorted(set(params or {}) - set(strategy.params))
     if unknown:
         known = ", ".join(sorted(k for k in strategy.params if k != "prompt_version"))

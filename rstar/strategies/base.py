@@ -18,7 +18,8 @@ from functools import cached_property
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from rstar import prompts
-from rstar.answers import answers_equal
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.types import (
     ModelRequest,
     ParsedOutput,
@@ -263,6 +264,8 @@ class Selection:
 
 class Strategy(Protocol):
     name: ClassVar[str]
+    kind: ProblemType
+    """The job's problem type: what its prompts ask for and how its answers compare."""
     min_models: ClassVar[int]
     """How many models of the roster it needs at least..."""
     max_models: ClassVar[int | None]
@@ -353,16 +356,16 @@ class HasAnswer(Protocol):
 A = TypeVar("A", bound=HasAnswer)
 
 
-def answer_groups(items: Iterable[A]) -> list[list[A]]:
+def answer_groups(items: Iterable[A], kind: ProblemType = NUMBER) -> list[list[A]]:
     """Items with an answer (solutions, samples, search candidates), grouped by equal answers
-    (`answers_equal`), groups and members in order of first appearance: the one grouping every
-    strategy votes with."""
+    (the problem type's `equal`), groups and members in order of first appearance: the one
+    grouping every strategy votes with."""
     groups: list[list[A]] = []
     for item in items:
         if item.answer is None:
             continue
         for group in groups:
-            if answers_equal(group[0].answer, item.answer):
+            if kind.equal(group[0].answer, item.answer):
                 group.append(item)
                 break
         else:

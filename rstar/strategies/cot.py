@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 from rstar import prompts
 from rstar.parsing import parse_solution
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     Plan,
     ProblemState,
@@ -38,8 +40,11 @@ class CotStrategy:
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = 1
 
-    def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
+    def __init__(
+        self, params: Mapping[str, Any] | None = None, *, kind: ProblemType = NUMBER, **_: Any
+    ) -> None:
         p = {**DEFAULTS, **(params or {})}
+        self.kind = kind
         self.temperature = float_param(p, "temperature", 0.0, low=0.0, high=2.0)
         self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
         self.seed = seed_param(p)
@@ -61,7 +66,7 @@ class CotStrategy:
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         return ModelRequest(
-            messages=prompts.solve_messages(state.question, style=self.solution_format),
+            messages=prompts.solve_messages(state.question, style=self.solution_format, kind=self.kind),
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             seed=step_seed(self.seed, step),
@@ -69,7 +74,7 @@ class CotStrategy:
         )
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:
-        return solution_output(parse_solution(text))
+        return solution_output(parse_solution(text, self.kind))
 
     def parent(self, step: StepSpec, state: ProblemState) -> int | None:
         return None

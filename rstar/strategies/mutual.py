@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rstar import prompts
-from rstar.answers import answers_equal
 from rstar.parsing import parse_review, parse_solution
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     Plan,
     ProblemState,
@@ -95,8 +96,15 @@ class MutualStrategy:
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = None
 
-    def __init__(self, params: Mapping[str, Any] | None = None, *, max_rounds_limit: int = 10) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        *,
+        max_rounds_limit: int = 10,
+        kind: ProblemType = NUMBER,
+    ) -> None:
         p = {**DEFAULTS, **(params or {})}
+        self.kind = kind
         self.p = MutualParams(
             max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
             temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
@@ -136,7 +144,7 @@ class MutualStrategy:
             wanted.extend(reviews)
             if not all(state.done(s.key) for s in reviews):
                 return Plan(tuple(wanted))
-            if threshold_met(state, round_) or round_ == self.p.max_rounds:
+            if threshold_met(state, round_, self.kind) or round_ == self.p.max_rounds:
                 return Plan(tuple(wanted), finished=True)
             wanted.extend(
                 StepSpec(step_key(round_ + 1, StepKind.REFINE, m), StepKind.REFINE, m, round_ + 1)
@@ -156,7 +164,7 @@ class MutualStrategy:
         seed = step_seed(self.p.seed, step)
         if step.kind == StepKind.GENERATE:
             return ModelRequest(
-                messages=prompts.solve_messages(state.question, style=self.p.solution_format),
+                messages=prompts.solve_messages(state.question, style=self.p.solution_format, kind=self.kind),
                 temperature=self.p.temperature,
                 max_tokens=self.p.max_tokens,
                 seed=seed,
@@ -165,7 +173,7 @@ class MutualStrategy:
         if step.kind == StepKind.REVIEW:
             target = state.solutions[_solution_key(step.round, judged_model(step, state.models))]
             return ModelRequest(
-                messages=prompts.review_messages(state.question, target.text),
+                messages=prompts.review_messages(state.question, target.text, kind=self.kind),
                 temperature=self.p.review_temperature,
                 max_tokens=self.p.review_max_tokens,
                 seed=seed,
@@ -176,7 +184,11 @@ class MutualStrategy:
         reviews = [(r.reviewer, r.text) for r in reviews_of(state, own)]
         return ModelRequest(
             messages=prompts.refine_messages(
-                state.question, own.text, prompts.join_reviews(reviews), style=self.p.solution_format
+                state.question,
+                own.text,
+                prompts.join_reviews(reviews),
+                style=self.p.solution_format,
+                kind=self.kind,
             ),
             temperature=self.p.temperature,
             max_tokens=self.p.max_tokens,
@@ -186,8 +198,8 @@ class MutualStrategy:
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:
         if step.kind == StepKind.REVIEW:
-            return review_output(parse_review(text))
-        return solution_output(parse_solution(text))
+            return review_output(parse_review(text, self.kind))
+        return solution_output(parse_solution(text, self.kind))
 
     def parent(self, step: StepSpec, state: ProblemState) -> int | None:
         if step.kind == StepKind.REVIEW:
@@ -201,7 +213,7 @@ class MutualStrategy:
 
     def select(self, state: ProblemState) -> Selection:
         rounds = last_review_round(state)
-        if rounds and threshold_met(state, rounds):
+        if rounds and threshold_met(state, rounds, self.kind):
             first, *others = (state.solutions[_solution_key(rounds, m)] for m in state.models)
             if len(others) == 1:
                 reason = (
@@ -217,7 +229,7 @@ class MutualStrategy:
                     f"round-{rounds} solution (the others agree: {agree})."
                 )
             return Selection(first.id, first.answer, reason, rounds)
-        return select_by_support(state, rounds)
+        return select_by_support(state, rounds, self.kind)
 
 
 def _solution_key(round_: int, model: str) -> str:
@@ -231,7 +243,7 @@ def reviews_of(state: ProblemState, solution: SolutionView) -> list[ReviewView]:
     return [r for r in state.reviews.values() if r.target_solution_id == solution.id]
 
 
-def threshold_met(state: ProblemState, round_: int) -> bool:
+def threshold_met(state: ProblemState, round_: int, kind: ProblemType = NUMBER) -> bool:
     """Every round-`round_` solution reviewed, accepted by all its reviewers, and all answers agree."""
     sols = [state.solutions.get(_solution_key(round_, m)) for m in state.models]
     if any(s is None for s in sols) or len(sols) < 2:
@@ -243,14 +255,14 @@ def threshold_met(state: ProblemState, round_: int) -> bool:
             return False
     first = sols[0]
     assert first is not None
-    return all(s is not None and answers_equal(first.answer, s.answer) for s in sols[1:])
+    return all(s is not None and kind.equal(first.answer, s.answer) for s in sols[1:])
 
 
 def last_review_round(state: ProblemState) -> int:
     return max((r.round for r in state.reviews.values()), default=0)
 
 
-def select_by_support(state: ProblemState, rounds: int) -> Selection:
+def select_by_support(state: ProblemState, rounds: int, kind: ProblemType = NUMBER) -> Selection:
     """Group all answers (every round, every model) and take the best-supported group.
 
     Support, in order: how many peer reviews accepted the group's solutions, how many solutions
@@ -260,7 +272,7 @@ def select_by_support(state: ProblemState, rounds: int) -> Selection:
     with_answer = [s for s in state.solutions.values() if s.answer is not None]
     if not with_answer:
         return Selection(None, None, "No solution in any round gave a parsable final answer.", rounds)
-    groups = answer_groups(with_answer)
+    groups = answer_groups(with_answer, kind)
     reviews = {s.id: reviews_of(state, s) for s in with_answer}
 
     def verdict_count(group: list[SolutionView], verdict: Verdict) -> int:

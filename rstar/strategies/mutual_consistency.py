@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rstar import prompts
-from rstar.answers import answers_equal
 from rstar.parsing import parse_solution
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     Plan,
     ProblemState,
@@ -99,13 +100,13 @@ def completions_of(state: ProblemState, solution: SolutionView) -> list[Solution
     ]
 
 
-def consistent(state: ProblemState, solution: SolutionView) -> bool:
+def consistent(state: ProblemState, solution: SolutionView, kind: ProblemType = NUMBER) -> bool:
     """Whether at least half of the peers' completions of this (generated) solution (and at least
     one) reached its answer."""
     if solution.kind != StepKind.GENERATE.value:
         return False
     done = completions_of(state, solution)
-    agree = sum(1 for c in done if answers_equal(solution.answer, c.answer))
+    agree = sum(1 for c in done if kind.equal(solution.answer, c.answer))
     return bool(done) and 2 * agree >= len(done)
 
 
@@ -118,9 +119,9 @@ def _ordered(state: ProblemState, up_to_round: int | None = None) -> list[Soluti
     return sorted(sols, key=lambda s: (s.round, order.get(s.kind, 2), place.get(s.author, len(place)), s.id))
 
 
-def vote_margin(state: ProblemState, up_to_round: int) -> int:
+def vote_margin(state: ProblemState, up_to_round: int, kind: ProblemType = NUMBER) -> int:
     """Votes of the leading answer minus those of the runner-up (all its votes if it is alone)."""
-    sizes = sorted((len(g) for g in answer_groups(_ordered(state, up_to_round))), reverse=True)
+    sizes = sorted((len(g) for g in answer_groups(_ordered(state, up_to_round), kind)), reverse=True)
     if not sizes:
         return 0
     return sizes[0] - (sizes[1] if len(sizes) > 1 else 0)
@@ -131,8 +132,15 @@ class MutualConsistencyStrategy:
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = None
 
-    def __init__(self, params: Mapping[str, Any] | None = None, *, max_rounds_limit: int = 10) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        *,
+        max_rounds_limit: int = 10,
+        kind: ProblemType = NUMBER,
+    ) -> None:
         p = {**DEFAULTS, **(params or {})}
+        self.kind = kind
         self.p = ConsistencyParams(
             max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
             temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
@@ -183,7 +191,7 @@ class MutualConsistencyStrategy:
         return Plan(tuple(wanted), finished=True)  # unreachable: the loop returns at max_rounds
 
     def threshold_met(self, state: ProblemState, round_: int) -> bool:
-        return vote_margin(state, round_) >= self.p.margin
+        return vote_margin(state, round_, self.kind) >= self.p.margin
 
     # -- what to ask ----------------------------------------------------------------------------
 
@@ -193,7 +201,9 @@ class MutualConsistencyStrategy:
             target = state.solutions[solve_step(step.round, judged_model(step, state.models)).key]
             shown = target.steps[: cut_point(len(target.steps), self.p.cut)]
             return ModelRequest(
-                messages=prompts.complete_messages(state.question, shown, style=self.p.solution_format),
+                messages=prompts.complete_messages(
+                    state.question, shown, style=self.p.solution_format, kind=self.kind
+                ),
                 temperature=self.p.completion_temperature,
                 max_tokens=self.p.max_tokens,
                 seed=seed,
@@ -201,7 +211,7 @@ class MutualConsistencyStrategy:
             )
         greedy = self.p.greedy_first and step.round == 1 and step.model == state.models[0]
         return ModelRequest(
-            messages=prompts.solve_messages(state.question, style=self.p.solution_format),
+            messages=prompts.solve_messages(state.question, style=self.p.solution_format, kind=self.kind),
             temperature=0.0 if greedy else self.p.temperature,
             max_tokens=self.p.max_tokens,
             seed=seed,
@@ -209,7 +219,7 @@ class MutualConsistencyStrategy:
         )
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:
-        return solution_output(parse_solution(text))
+        return solution_output(parse_solution(text, self.kind))
 
     def parent(self, step: StepSpec, state: ProblemState) -> int | None:
         if step.kind == StepKind.COMPLETE:
@@ -221,22 +231,27 @@ class MutualConsistencyStrategy:
     def select(self, state: ProblemState) -> Selection:
         ordered = _ordered(state)
         rounds = max((s.round for s in ordered), default=0)
-        groups = answer_groups(ordered)
+        groups = answer_groups(ordered, self.kind)
         if not groups:
             return Selection(None, None, "No solution or completion gave a parsable final answer.", rounds)
 
         def n_consistent(group: list[SolutionView]) -> int:
-            return sum(1 for s in group if consistent(state, s))
+            return sum(1 for s in group if consistent(state, s, self.kind))
 
         # max() keeps the first of equal keys: ties go to the answer seen first.
         best = max(groups, key=lambda g: (len(g), n_consistent(g)))
         chosen = max(
-            best, key=lambda s: (consistent(state, s), s.kind == StepKind.GENERATE.value, -ordered.index(s))
+            best,
+            key=lambda s: (
+                consistent(state, s, self.kind),
+                s.kind == StepKind.GENERATE.value,
+                -ordered.index(s),
+            ),
         )
         total = sum(len(g) for g in groups)
         met = self.threshold_met(state, rounds)
         head = f"Consensus after {rounds} round(s)" if met else f"No clear consensus after {rounds} round(s)"
-        how = "mutually consistent" if consistent(state, chosen) else "not confirmed by the peer"
+        how = "mutually consistent" if consistent(state, chosen, self.kind) else "not confirmed by the peer"
         which = "both models" if len(state.models) == 2 else f"all {len(state.models)} models"
         reason = (
             f"{head}: answer {chosen.answer} has {len(best)} of {total} votes (solutions and peer "

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 from rstar import prompts
 from rstar.parsing import parse_solution
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     Plan,
     ProblemState,
@@ -64,9 +66,9 @@ def sample_seed(base: int | None, step: StepSpec, models: tuple[str, ...]) -> in
     return step_seed(base, step)  # s3.generate.A, ...: keys no other sample has
 
 
-def majority(solutions: list[SolutionView]) -> list[list[SolutionView]]:
+def majority(solutions: list[SolutionView], kind: ProblemType = NUMBER) -> list[list[SolutionView]]:
     """Answer groups, largest first; ties keep the order of each group's first member."""
-    return sorted(answer_groups(solutions), key=len, reverse=True)  # sorted() is stable
+    return sorted(answer_groups(solutions, kind), key=len, reverse=True)  # sorted() is stable
 
 
 class SelfConsistencyStrategy:
@@ -74,8 +76,11 @@ class SelfConsistencyStrategy:
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
 
-    def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
+    def __init__(
+        self, params: Mapping[str, Any] | None = None, *, kind: ProblemType = NUMBER, **_: Any
+    ) -> None:
         p = {**DEFAULTS, **(params or {})}
+        self.kind = kind
         self.samples = int_param(p, "samples", 8, low=1, high=MAX_SAMPLES)
         self.temperature = float_param(p, "temperature", 0.7, low=0.0, high=2.0)
         self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
@@ -104,7 +109,7 @@ class SelfConsistencyStrategy:
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         return ModelRequest(
-            messages=prompts.solve_messages(state.question, style=self.solution_format),
+            messages=prompts.solve_messages(state.question, style=self.solution_format, kind=self.kind),
             temperature=0.0 if self.greedy_first and sample_index(step) == 1 else self.temperature,
             max_tokens=self.max_tokens,
             seed=sample_seed(self.seed, step, state.models),
@@ -112,14 +117,14 @@ class SelfConsistencyStrategy:
         )
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:
-        return solution_output(parse_solution(text))
+        return solution_output(parse_solution(text, self.kind))
 
     def parent(self, step: StepSpec, state: ProblemState) -> int | None:
         return None
 
     def select(self, state: ProblemState) -> Selection:
         samples = [state.solutions[s.key] for s in self.samples_of(state.models) if s.key in state.solutions]
-        groups = majority(samples)
+        groups = majority(samples, self.kind)
         if not groups:
             return Selection(None, None, f"None of the {len(samples)} samples gave a parsable answer.", 1)
         best = groups[0]

@@ -71,6 +71,8 @@ from typing import Any, ClassVar
 
 from rstar.answers import answers_equal
 from rstar.parsing import parse_solution
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     SEED_MASK,
     ParamError,
@@ -220,7 +222,16 @@ class RStarStrategy:
     max_models: ClassVar[int | None] = 2
     """The generator (the first model) and the discriminator (the second; the first if alone)."""
 
-    def __init__(self, params: Mapping[str, Any] | None = None, **_: Any) -> None:
+    def __init__(
+        self, params: Mapping[str, Any] | None = None, *, kind: ProblemType = NUMBER, **_: Any
+    ) -> None:
+        if kind is not NUMBER:
+            # Its few-shot steps, decompositions and rephrasings are GSM8K's (prompts.py).
+            raise ParamError(
+                f"strategy 'rstar' has few-shot prompts for number problems only, not {kind.name!r}; "
+                "use cot, self-consistency, mutual or mutual-consistency for this type"
+            )
+        self.kind = kind
         given = params or {}
         self.prompt_version = str(given.get("prompt_version") or prompts.PROMPT_VERSION)
         self.version = _version_number(self.prompt_version)

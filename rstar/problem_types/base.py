@@ -1,0 +1,96 @@
+"""What a problem type is: everything that depends on the form of a problem's answer (pure: no I/O).
+
+A job has one type (`rstar submit --type`, stored on the job). The strategies, votes, judging,
+reports and exports ask it; nothing else knows whether an answer is a number, a LaTeX expression,
+yes/no or an option letter. One module per type, as openai/simple-evals keeps a benchmark's
+template, answer pattern and grader together.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from rstar.answers import MAX_ANSWER_CHARS, clean_text, last_boxed, last_match
+
+__all__ = ["ProblemType", "boxed_or_whole"]
+
+_MAX_INPUT = 5000
+
+
+def boxed_or_whole(raw: str) -> str:
+    """The last \\boxed{} of an answer if it has one, else the answer: the box is the answer."""
+    raw = clean_text(raw[:_MAX_INPUT])
+    boxed = last_boxed(raw)
+    return boxed if boxed is not None else raw
+
+
+class ProblemType:
+    """The answer form of a set of problems. Subclasses set the texts and override the methods
+    their form needs; each instance is stateless and shared."""
+
+    name: str = ""
+    summary: str = ""
+    """One line for `--type` help: which data sets it is for."""
+    subject: str = ""
+    """What the solver does, for the system prompt: "solve grade-school math word problems"."""
+    answer_format: str = ""
+    """How a prose solution ends: "End with ... alone in \\boxed{}"."""
+    json_answer: str = ""
+    """What the JSON solution's "final_answer" string holds."""
+    step_detail: str = "calculation"
+    """What each written step carries: "calculation", "fact or inference"."""
+    review_check: str = "Recompute every calculation yourself before you decide."
+    """What a reviewer is told to redo first."""
+    answer_noun: str = "final answer"
+    """What a reviewer states as the right answer: "final number", "yes or no"."""
+    answer_marker: re.Pattern[str] | None = None
+    """A last-resort pattern for the answer in free text (the last match counts); None: no fallback."""
+    fallback_note: str = "no explicit final answer; used the last number"
+    reference_hint: str = "a number"
+    """What a reference of this type looks like, for the error about one that is not."""
+
+    def reference(self, raw: str | None) -> str | None:
+        """The normalised answer of a reference as a data set gives it, or None."""
+        return self.normalize(raw)
+
+    def normalize(self, raw: str | None) -> str | None:
+        """The canonical form of an answer, or None when it says nothing usable."""
+        raise NotImplementedError
+
+    def equal(self, a: str | None, b: str | None) -> bool:
+        """Whether two answers (raw or normalised) are the same; None never equals anything."""
+        return _equal(self, a, b)
+
+    def same_normalized(self, a: str, b: str) -> bool:
+        """Equality of two normalised answers that are not identical strings."""
+        return False
+
+    def fallback(self, text: str) -> tuple[str | None, str | None]:
+        """(raw answer, its normal form) from a reply with no explicit final answer."""
+        if self.answer_marker is None:
+            return None, None
+        found = last_match(self.answer_marker, text)
+        if found is None:
+            return None, None
+        raw = found[0][:MAX_ANSWER_CHARS]
+        return raw, self.normalize(raw)
+
+    def show(self, answer: str | None) -> str:
+        """An answer as the CLI prints it."""
+        return "" if answer is None else answer
+
+    def looks_like(self, reference: str) -> bool:
+        """Whether a reference as given in an input file has this type's form (for the guess)."""
+        return self.reference(reference) is not None
+
+    def __repr__(self) -> str:
+        return f"<problem type {self.name}>"
+
+
+@lru_cache(maxsize=1 << 15)  # pure; a report or a viewer page judges every problem of a job again
+def _equal(kind: ProblemType, a: str | None, b: str | None) -> bool:
+    na, nb = kind.normalize(a), kind.normalize(b)
+    if na is None or nb is None:
+        return False
+    return na == nb or kind.same_normalized(na, nb)

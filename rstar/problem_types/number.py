@@ -1,0 +1,53 @@
+"""`number`: a numeric final answer (GSM8K, GSM-Hard, SVAMP, MultiArith, AIME).
+
+The canonical form and the equality are `rstar.answers`' (exact rationals: "1/2", "0.50" and
+"\\frac{1}{2}" are one answer); a reference is GSM8K's "#### 72" line or the whole value
+(GSM-Hard's "-9867630.0", SVAMP's "8.0").
+"""
+
+from __future__ import annotations
+
+import re
+
+from rstar.answers import answers_equal, extract_reference, last_match, normalize_answer
+from rstar.problem_types.base import ProblemType
+
+__all__ = ["NUMBER"]
+
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_TAIL = 200
+_CANONICAL = re.compile(r"-?\d+(?:\.\d+|/\d+)?")  # normalize_answer's numbers
+
+
+class NumberType(ProblemType):
+    name = "number"
+    summary = "a number (GSM8K, GSM-Hard, SVAMP, MultiArith, AIME)"
+    subject = "solve grade-school math word problems"
+    answer_format = "End with the final number alone in \\boxed{}, without units."
+    json_answer = "a string holding only the final number, without units"
+    answer_noun = "final number"
+
+    def reference(self, raw: str | None) -> str | None:
+        return extract_reference(raw)
+
+    def normalize(self, raw: str | None) -> str | None:
+        return normalize_answer(raw)
+
+    def equal(self, a: str | None, b: str | None) -> bool:
+        return answers_equal(a, b)
+
+    def fallback(self, text: str) -> tuple[str | None, str | None]:
+        # Found from the end, so a 10 MB reply is cheap.
+        end = max(text.rfind(d) for d in "0123456789")
+        if end == -1:
+            return None, None
+        found = last_match(_NUMBER, text[max(0, end - _TAIL) : end + 1])
+        if found is None:
+            return None, None
+        return found[0], normalize_answer(found[0])
+
+    def looks_like(self, reference: str) -> bool:
+        return _CANONICAL.fullmatch(extract_reference(reference) or "") is not None
+
+
+NUMBER = NumberType()
