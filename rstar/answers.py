@@ -26,6 +26,7 @@ __all__ = [
     "extract_reference",
     "last_boxed",
     "last_match",
+    "math_verify_equal",
     "normalize_answer",
 ]
 
@@ -292,24 +293,30 @@ for _name in ("math_verify.grader", "math_verify.parser"):
     logging.getLogger(_name).addFilter(_drop_timeout_notice)
 
 
-def _math_verify_equal(a: str, b: str) -> bool:
-    if not (_safe_for_math_verify(a) and _safe_for_math_verify(b)):
-        return False
+def math_verify_equal(a: str, b: str, timeout: int | None) -> bool:
+    """math-verify's equivalence of two LaTeX answers, symmetric. `timeout` (seconds) needs the
+    main thread (math-verify's limit is signal.alarm); None runs without one."""
     # Imported lazily: sympy and the ANTLR parser make the import slow and it is rarely needed.
     from math_verify import parse, verify
 
+    parsed_a = parse(f"${a}$", parsing_timeout=timeout)  # type: ignore[arg-type]
+    parsed_b = parse(f"${b}$", parsing_timeout=timeout)  # type: ignore[arg-type]
+    if not parsed_a or not parsed_b:
+        return False
+    # verify() treats its first argument as gold; trying both ways keeps us symmetric.
+    return bool(
+        verify(parsed_a, parsed_b, timeout_seconds=timeout)
+        or verify(parsed_b, parsed_a, timeout_seconds=timeout)
+    )
+
+
+def _math_verify_equal(a: str, b: str) -> bool:
+    if not (_safe_for_math_verify(a) and _safe_for_math_verify(b)):
+        return False
     try:
-        # parsing_timeout=None / timeout_seconds=None disable signal.alarm, which raises
-        # outside the main thread; _safe_for_math_verify bounds the work instead.
-        parsed_a = parse(f"${a}$", parsing_timeout=None)  # type: ignore[arg-type]
-        parsed_b = parse(f"${b}$", parsing_timeout=None)  # type: ignore[arg-type]
-        if not parsed_a or not parsed_b:
-            return False
-        # verify() treats its first argument as gold; trying both ways keeps us symmetric.
-        return bool(
-            verify(parsed_a, parsed_b, timeout_seconds=None)
-            or verify(parsed_b, parsed_a, timeout_seconds=None)
-        )
+        # Without math-verify's time limit, which raises outside the main thread:
+        # _safe_for_math_verify bounds the work instead.
+        return math_verify_equal(a, b, None)
     except Exception:
         return False
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
-from rstar.answers import MAX_ANSWER_CHARS, last_boxed, normalize_answer
+from rstar.answers import MAX_ANSWER_CHARS, last_boxed, math_verify_equal, normalize_answer
 from rstar.problem_types.base import ProblemType, boxed_or_whole
 
 __all__ = ["LATEX", "VERIFY_TIMEOUT_S", "Verifier"]
@@ -93,18 +93,7 @@ def _number(text: str) -> str | None:
 
 def _verify_pair(a: str, b: str) -> bool:
     """Runs in the verifier process, in its main thread, where math-verify's own limits work."""
-    from math_verify import parse, verify
-
-    timeout = int(VERIFY_TIMEOUT_S)
-    parsed_a = parse(f"${a}$", parsing_timeout=timeout)
-    parsed_b = parse(f"${b}$", parsing_timeout=timeout)
-    if not parsed_a or not parsed_b:
-        return False
-    # verify() treats its first argument as the gold answer; both ways keeps equality symmetric.
-    return bool(
-        verify(parsed_a, parsed_b, timeout_seconds=timeout)
-        or verify(parsed_b, parsed_a, timeout_seconds=timeout)
-    )
+    return math_verify_equal(a, b, int(VERIFY_TIMEOUT_S))
 
 
 class Verifier:
