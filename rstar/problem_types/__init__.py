@@ -1,16 +1,31 @@
-"""Problem types by name: one module each (see `base.py` for what a type owns)."""
+"""Problem types by name (see `base.py` for what a type owns).
+
+Every module of this package that defines a `ProblemType` instance adds that type: a new type is
+one new module and nothing else (the registry, `--type`'s choices and help, and the guess read it
+from here).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterable
 
 from rstar.problem_types.base import ProblemType
-from rstar.problem_types.choice import CHOICE
-from rstar.problem_types.latex import LATEX
 from rstar.problem_types.number import NUMBER
-from rstar.problem_types.yes_no import YES_NO
 
-PROBLEM_TYPES: dict[str, ProblemType] = {t.name: t for t in (NUMBER, LATEX, YES_NO, CHOICE)}
+
+def _discover() -> dict[str, ProblemType]:
+    found: dict[str, ProblemType] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, ProblemType) and value.name:
+                found.setdefault(value.name, value)
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
+
+
+PROBLEM_TYPES: dict[str, ProblemType] = _discover()
 DEFAULT_TYPE = NUMBER.name
 """Every job before problem types existed, and a file with no references to guess from."""
 GUESS_SAMPLE = 200
@@ -28,20 +43,18 @@ def get_problem_type(name: str | None) -> ProblemType:
 
 
 def guess_problem_type(references: Iterable[str | None]) -> tuple[ProblemType, str]:
-    """The type a file's references have, and why (printed at submit).
-
-    yes-no, choice or number (in that order) when it reads every reference seen; references in
-    LaTeX (worked solutions with a \\boxed{} answer, as MATH's) that are not all numbers, latex.
-    Otherwise, and with no reference at all, the default (`number`).
-    """
+    """The type a file's references have, and why (printed at submit): the first type, by
+    `guess_order`, that reads every one of the file's first references (`ProblemType.reads_all`);
+    with no reference at all, or none that fits, the default (`number`)."""
     seen = [r for r in references if r is not None and r.strip()][:GUESS_SAMPLE]
     if not seen:
         return NUMBER, "no reference answers to guess from: the default"
-    for kind in (YES_NO, CHOICE, NUMBER):
-        if all(kind.looks_like(r) for r in seen):
-            return kind, f"all {len(seen)} reference answers read looked like {kind.summary}"
-    if any("\\" in r for r in seen) and all(LATEX.looks_like(r) for r in seen):
-        return LATEX, f"the {len(seen)} reference answers read are not all numbers: {LATEX.summary}"
+    tried = sorted(
+        (k for k in PROBLEM_TYPES.values() if k.guess_order is not None), key=lambda k: k.guess_order or 0
+    )
+    for kind in tried:
+        if kind.reads_all(seen):
+            return kind, f"all {len(seen)} reference answers read look like {kind.summary}"
     return NUMBER, "the reference answers have no single form: the default"
 
 

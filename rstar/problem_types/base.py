@@ -30,6 +30,10 @@ class ProblemType:
     their form needs; each instance is stateless and shared."""
 
     name: str = ""
+    order: int = 100
+    """Where it is listed (`--type`'s help)."""
+    guess_order: int | None = None
+    """When it is tried in guessing a file's type, lowest first; None: never guessed, only chosen."""
     summary: str = ""
     """One line for `--type` help: which data sets it is for."""
     subject: str = ""
@@ -83,6 +87,10 @@ class ProblemType:
     def looks_like(self, reference: str) -> bool:
         """Whether a reference as given in an input file has this type's form (for the guess)."""
         return self.reference(reference) is not None
+
+    def reads_all(self, references: list[str]) -> bool:
+        """Whether a file whose first references are these is of this type (for the guess)."""
+        return all(self.looks_like(r) for r in references)
 
     def __repr__(self) -> str:
         return f"<problem type {self.name}>"

@@ -30,6 +30,8 @@ _IN_PROSE = re.compile(
 
 class ChoiceType(ProblemType):
     name = "choice"
+    order = 3
+    guess_order = 20
     summary = "an option letter, A to J (multiple-choice sets)"
     subject = "answer multiple-choice questions"
     answer_format = "End with the letter of the right option alone in \\boxed{}."

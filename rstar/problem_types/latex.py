@@ -150,6 +150,8 @@ _VERIFIER = Verifier()
 
 class LatexType(ProblemType):
     name = "latex"
+    order = 1
+    guess_order = 40
     summary = "a LaTeX expression (MATH, MATH500)"
     subject = "solve competition mathematics problems"
     answer_format = "End with the final answer alone in \\boxed{}, as a LaTeX expression in simplest form."
@@ -173,6 +175,10 @@ class LatexType(ProblemType):
             return None
         number = _number(text)
         return number if number is not None else text[:MAX_ANSWER_CHARS]
+
+    def reads_all(self, references: list[str]) -> bool:
+        # Any short text reads as LaTeX: only references that use it make a file MATH-like.
+        return any("\\" in r for r in references) and super().reads_all(references)
 
     def same_normalized(self, a: str, b: str) -> bool:
         if max(len(a), len(b)) > _MAX_VERIFY_CHARS:

@@ -21,6 +21,8 @@ _CANONICAL = re.compile(r"-?\d+(?:\.\d+|/\d+)?")  # normalize_answer's numbers
 
 class NumberType(ProblemType):
     name = "number"
+    order = 0
+    guess_order = 30
     summary = "a number (GSM8K, GSM-Hard, SVAMP, MultiArith, AIME)"
     subject = "solve grade-school math word problems"
     answer_format = "End with the final number alone in \\boxed{}, without units."

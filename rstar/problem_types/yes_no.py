@@ -27,6 +27,8 @@ _SENTENCE_START = re.compile(
 
 class YesNoType(ProblemType):
     name = "yes-no"
+    order = 2
+    guess_order = 10
     summary = "yes or no (StrategyQA; references true/false or yes/no)"
     subject = "answer yes/no questions that need general knowledge and several inferences"
     answer_format = "End with yes or no alone in \\boxed{}."
