@@ -252,5 +252,16 @@ def test_the_guess_falls_back_to_number_and_every_type_is_named() -> None:
     assert guess_problem_type(["yes", "12"])[0] is NUMBER
     assert guess_problem_type(["A", "(c)", "D"])[0] is CHOICE
     assert guess_problem_type(["0", "1", "1"])[0] is NUMBER  # counts, not truth values
-    assert set(PROBLEM_TYPES) == {"number", "latex", "yes-no", "choice"}
+    assert list(PROBLEM_TYPES) == ["number", "latex", "yes-no", "choice", "aime"]
     assert get_problem_type(None) is NUMBER
+
+
+def test_aime_is_a_type_of_its_own_module_only() -> None:
+    aime = get_problem_type("aime")
+    written = ("033", "\\boxed{33}", "The answer is 999", "1,000", "33.5", "-1")
+    assert [aime.normalize(x) for x in written] == ["33", "33", "999", None, None, None]
+    assert aime.equal("033", "33") and not aime.equal("1000", "1000")
+    assert aime.reference("#### 204") == "204" and aime.guess_order is None
+    assert guess_problem_type(["204", "33"])[0] is NUMBER  # never guessed
+    assert "integer from 0 to 999" in prompts.solution_format("prose", aime)
+    assert get_strategy("self-consistency", {}, kind="aime").kind is aime
