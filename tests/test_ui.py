@@ -569,3 +569,62 @@ def test_a_running_or_cancelled_job_is_stated_as_it_is(tmp_path: Path) -> None:
         item = s.scalar(select(Problem.item_id).where(Problem.job_id == 5).limit(1))
     page = client.get(f"/jobs/5/problems/{item}").text
     assert ">cancelled</span>" in page and "status-running" not in page
+
+
+def test_latex_answers_are_rendered_as_mathematics_with_their_source_a_click_away(
+    tmp_path: Path, browser: Any, shots: Path
+) -> None:
+    """A latex job's answers drawn by the vendored KaTeX as MathML, under the page's unchanged
+    Content-Security-Policy (a violation would be a console error); the source shows on a click;
+    an answer that is markup or a link stays text; a number job's answers stay text."""
+    from sqlalchemy import create_engine, text
+
+    path = tmp_path / "jobs.sqlite"
+    shutil.copy(RELEASE_DB, path)
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    hostile = '\\href{javascript:alert(1)}{x}<img src=x onerror="document.title=1">'
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET problem_type = 'latex' WHERE id = 1"))
+        first, second = conn.execute(
+            text("SELECT id FROM problems WHERE job_id = 1 ORDER BY id LIMIT 2")
+        ).scalars()
+        conn.execute(
+            text("UPDATE problems SET final_answer = :a, reference_answer = :r WHERE id = :id"),
+            [
+                {"a": "\\frac{\\sqrt{2}}{2}", "r": "\\left( 3, \\frac{\\pi}{2} \\right)", "id": first},
+                {"a": hostile, "r": "x^2", "id": second},
+            ],
+        )
+        item = conn.execute(text("SELECT item_id FROM problems WHERE id = :id"), {"id": first}).scalar()
+    engine.dispose()
+    viewer = Viewer(url, tmp_path / "ui.log")
+    viewer.wait_ready()
+    try:
+        browser.get(f"{viewer.url}/jobs/1")
+        wait_until(lambda: len(browser.find_elements(*_by("[data-rendered]"))) >= 4, timeout=30, what="KaTeX")
+        rendered = browser.find_elements(*_by('.math[data-rendered="mathml"] math'))
+        assert len(rendered) >= 3  # two answers and a reference drawn as MathML
+        # The hostile answer: KaTeX draws \\href without its link (trust is off), the tag as text.
+        assert not browser.find_elements(*_by("table#problems a[href^='javascript'], table#problems math a"))
+        assert not browser.find_elements(*_by("table#problems img")) and browser.title != "1"
+        assert _console_errors(browser) == []
+        browser.save_screenshot(str(shots / "latex-job.png"))
+        browser.get(f"{viewer.url}/jobs/1/problems/{item}")
+        wait_until(
+            lambda: bool(browser.find_elements(*_by("#final-answer [data-rendered]"))),
+            timeout=30,
+            what="KaTeX",
+        )
+        assert browser.find_elements(*_by("#final-answer math"))
+        source = browser.find_element(*_by("#final-answer details.tex code"))
+        assert not source.is_displayed()
+        _click(browser, "#final-answer details.tex summary")
+        wait_until(source.is_displayed, timeout=10, what="the source")
+        assert source.text == "\\frac{\\sqrt{2}}{2}"
+        assert _console_errors(browser) == []
+        browser.get(f"{viewer.url}/jobs/2")  # a number job: text, as before
+        assert not browser.find_elements(*_by("details.tex"))
+    finally:
+        viewer.stop()

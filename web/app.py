@@ -27,6 +27,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -37,6 +38,7 @@ from db.models import MAX_ROW_ID, Job, JobStatus
 from db.reports import UnknownJobError, load_report
 from db.session import read_scope, session_scope
 from rstar import roster
+from rstar.problem_types import get_problem_type
 from rstar.records import expanded_response
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
 from rstar.strategies.mcts.tree import NODE_TITLES
@@ -67,12 +69,31 @@ def _templates() -> Jinja2Templates:
     env.filters["received"] = lambda c: expanded_response(c.response, c.response_text, c.sequences)
     env.filters["clip"] = _clip
     env.globals.update(
+        answer=_answer,
         NODE_TITLES=NODE_TITLES,
         SOLUTION_KINDS=SOLUTION_KINDS,
         REVIEW_KINDS=REVIEW_KINDS,
         OUTCOMES=browse.OUTCOMES,
     )
     return Jinja2Templates(env=env)
+
+
+def _answer(value: str | None, problem_type: str, none: str = "–") -> Markup:
+    """An answer as its problem type shows it: a LaTeX one rendered (static/math.js) with its
+    source a click away, any other as text; escaped either way."""
+    if value is None:
+        return escape(none)
+    try:
+        markup = get_problem_type(problem_type).markup
+    except ValueError:
+        markup = None
+    if markup != "tex":
+        return escape(value)
+    source = escape(value)
+    return Markup(
+        f'<details class="tex"><summary><span class="math" data-tex="{source}">{source}</span></summary>'
+        f"<code>{source}</code></details>"
+    )
 
 
 def _clip(text: str | None, limit: int = 120) -> str:

@@ -48,6 +48,9 @@ class ProblemType:
     """What a reviewer is told to redo first."""
     answer_noun: str = "final answer"
     """What a reviewer states as the right answer: "final number", "yes or no"."""
+    markup: str | None = None
+    """How the viewer renders an answer: "tex" (as mathematics, its source a click away) or None
+    (as text)."""
     answer_marker: re.Pattern[str] | None = None
     """A last-resort pattern for the answer in free text (the last match counts); None: no fallback."""
     fallback_note: str = "no explicit final answer; used the last number"

@@ -157,6 +157,7 @@ class LatexType(ProblemType):
     answer_format = "End with the final answer alone in \\boxed{}, as a LaTeX expression in simplest form."
     json_answer = "a string holding only the final answer, as a LaTeX expression in simplest form"
     answer_noun = "final answer (a LaTeX expression)"
+    markup = "tex"
     answer_marker = None  # no last-number guess: "3" in "x^3 + 1" is no answer
     reference_hint = "give the answer, or a worked solution with the answer in \\boxed{}"
 
