@@ -63,7 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", type=int, default=30, help="how many problems (default 30)")
     ap.add_argument("--offset", type=int, default=3100, help="skip this many lines of train.jsonl")
-    ap.add_argument("--dataset", type=Path, default=GSM8K, help="GSM8K train.jsonl")
+    ap.add_argument(
+        "--dataset",
+        type=Path,
+        default=GSM8K,
+        help="GSM8K train.jsonl, or one of the rStar authors' JSON arrays (../shared/datasets/rstar-paper/):"
+        " submitted as it is, its problem type guessed by `rstar submit`",
+    )
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="local model preset or .gguf path")
     ap.add_argument("--variants", default=",".join(MUTUAL_VARIANTS), help="mutual variants to run")
     ap.add_argument("--max-rounds", type=int, default=3)
@@ -86,10 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-report", action="store_true", help="only run the jobs (for a time estimate)")
     ap.add_argument(
         "--suite",
-        choices=("mutual", "rstar"),
+        choices=("mutual", "rstar", "baselines"),
         default="mutual",
         help="mutual: cot, the mutual variants and self-consistency at their calls; rstar: cot, rstar,"
-        " self-consistency at rstar's mean generated sequences (and at its tokens), mutual-consistency",
+        " self-consistency at rstar's mean generated sequences (and at its tokens), mutual-consistency;"
+        " baselines: cot and self-consistency at --sc-samples (any problem type)",
+    )
+    ap.add_argument(
+        "--sc-samples", type=int, default=4, help="baselines suite: self-consistency's k (0: cot only)"
     )
     ap.add_argument(
         "--rstar-params",
@@ -125,8 +135,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def write_problems(path: Path, *, dataset: Path, offset: int, n: int) -> int:
-    """Lines offset+1 .. offset+n of the training split, with ids naming their line."""
+def write_problems(work: Path, *, dataset: Path, offset: int, n: int) -> tuple[Path, int]:
+    """The problems file to submit and its number of problems: records offset+1 .. offset+n of an
+    authors' JSON array as they are (`problems.json`), or lines offset+1 .. offset+n of GSM8K's
+    training split with ids naming their line (`problems.jsonl`)."""
+    if dataset.suffix == ".json":
+        records = json.loads(dataset.read_text(encoding="utf-8"))[offset : offset + n]
+        path = work / "problems.json"
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+        return path, len(records)
+    path = work / "problems.jsonl"
     rows = []
     with dataset.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -140,7 +158,15 @@ def write_problems(path: Path, *, dataset: Path, offset: int, n: int) -> int:
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
+    return path, len(rows)
+
+
+def _shown_path(path: Path) -> str:
+    """The data set's path as the docs name it: from the shared folder beside the repository."""
+    try:
+        return str(Path("..") / path.resolve().relative_to(REPO.parent))
+    except ValueError:
+        return str(path)
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -243,14 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     from localmodels.servers import serve_local
     from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 
-    problems = work / "problems.jsonl"
-    n = write_problems(problems, dataset=opts.dataset, offset=opts.offset, n=opts.problems)
+    problems, n = write_problems(work, dataset=opts.dataset, offset=opts.offset, n=opts.problems)
+    unit = "records" if problems.suffix == ".json" else "train.jsonl lines"
     model = fetch_model(opts.model, models_dir=settings.models_dir, progress=True)
     migrate.upgrade(db_url)
     # Not flushed: the Redis database may be shared. A stale message of an interrupted run is harmless
     # (steps are claimed with a lease and a done step is skipped).
     redis.Redis.from_url(opts.broker_url).ping()
-    _log(f"{n} problems (train.jsonl lines {opts.offset + 1}-{opts.offset + n}), model {model.name}")
+    _log(f"{n} problems ({opts.dataset.name} {unit} {opts.offset + 1}-{opts.offset + n}), model {model.name}")
     _log(f"database {db_url}, broker {opts.broker_url}, logs in {work}")
 
     def finished(job_id: int) -> bool:
@@ -340,6 +366,15 @@ def main(argv: list[str] | None = None) -> None:
         cot = run(Run("cot (greedy)", "cot", fmt))
         if opts.suite == "rstar":
             _rstar_suite(opts, run, common, mean_cost, cot.job_id)
+        if opts.suite == "baselines" and opts.sc_samples > 0:
+            run(
+                Run(
+                    f"self-consistency k={opts.sc_samples}",
+                    "self-consistency",
+                    [*common, "--samples", str(opts.sc_samples)],
+                )
+            )
+        if opts.suite != "mutual":
             opts.no_cot_sampled = True
             opts.variants = ""
         budgets: dict[int, str] = {}
@@ -373,9 +408,8 @@ def main(argv: list[str] | None = None) -> None:
             command,
             "```",
             "",
-            f"- problems: {n} from the GSM8K training split, lines {opts.offset + 1}-{opts.offset + n} of "
-            "`../shared/datasets/gsm8k/train.jsonl` (copied to `problems.jsonl` here); no other part of "
-            "the project uses them.",
+            f"- problems: {n}, {unit} {opts.offset + 1}-{opts.offset + n} of `{_shown_path(opts.dataset)}`"
+            f" (copied to `{problems.name}` here); no other part of the project uses them.",
             f"- model: `{model.name}` for both A and B, "
             + (
                 f"one llama.cpp llama-server with {opts.parallel} parallel slots for both roles "
@@ -389,8 +423,12 @@ def main(argv: list[str] | None = None) -> None:
             + f". Total {total / 60:.1f} min.",
             f"- seed {opts.seed}; sampling temperature {opts.temperature} for every strategy (cot greedy "
             f"apart); solutions written as {opts.solution_format} by every strategy; mutual variants at "
-            f"most {opts.max_rounds} rounds; self-consistency gets k = the mutual variant's mean model "
-            "calls per problem, rounded.",
+            f"most {opts.max_rounds} rounds; "
+            + (
+                f"self-consistency k = {opts.sc_samples}."
+                if opts.suite == "baselines"
+                else "self-consistency gets k = the mutual variant's mean model calls per problem, rounded."
+            ),
             "- each job was submitted with `--resume-from` the job before it: a request identical to one "
             "already answered was copied from the audit trail (0 ms latency in the tables), so wall and "
             "model seconds are not comparable between jobs; calls and tokens count the copies.",
@@ -399,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / "problems.jsonl").write_bytes(problems.read_bytes())
+    (opts.out / problems.name).write_bytes(problems.read_bytes())
     generate_report(db_url, job_ids, opts.out, preamble=preamble)
     for r in runs:
         if r.strategy == "rstar" and r.job_id is not None:

@@ -293,3 +293,20 @@ def test_record_bytes_measures_a_release_database_before_and_after_compaction(
         "1",
         "3",
     ]
+
+
+def test_the_accuracy_bench_takes_gsm8k_lines_or_an_authors_array_as_published(tmp_path: Path) -> None:
+    from bench.accuracy import write_problems
+
+    lines = tmp_path / "train.jsonl"
+    lines.write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n" for i in range(5))
+    )
+    path, n = write_problems(tmp_path, dataset=lines, offset=1, n=2)
+    assert (path.name, n) == ("problems.jsonl", 2)
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["gsm8k-train-2", "gsm8k-train-3"]
+    array = tmp_path / "svamp.dev.json"
+    records = [{"id": f"s{i}", "problem": f"p{i}", "solution": float(i)} for i in range(5)]
+    array.write_text(json.dumps(records))
+    path, n = write_problems(tmp_path, dataset=array, offset=3, n=10)
+    assert (path.name, n) == ("problems.json", 2) and json.loads(path.read_text()) == records[3:]
