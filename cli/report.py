@@ -305,6 +305,8 @@ def print_report(console: Console, report: Report) -> None:
         return Group(*fitted_tables(title, head, rows, console.width))
 
     console.print(table("accuracy and cost per job", SUMMARY_HEAD, [summary_cells(s) for s in report.jobs]))
+    if report.groups:
+        console.print(table("accuracy by problem type and data set", GROUPS_HEAD, groups_cells(report)))
     multi = _multi_round(report)
     if multi:
         console.print(table("rounds, reviews and consistency", ROUNDS_HEAD, [rounds_cells(s) for s in multi]))
@@ -329,6 +331,31 @@ def print_report(console: Console, report: Report) -> None:
 # -- Markdown and CSV ------------------------------------------------------------------------------
 
 
+GROUPS_HEAD = ["job", "problem type", "data set", "problems", "accuracy"]
+
+
+def groups_cells(report: Report) -> list[list[str]]:
+    return [
+        [
+            g.job,
+            g.problem_type,
+            g.dataset or "-",
+            str(g.problems),
+            f"{_pct(g.accuracy)} ({g.correct}/{g.judged})",
+        ]
+        for g in report.groups
+    ]
+
+
+def render_groups_csv(report: Report) -> str:
+    buf = io.StringIO()
+    w = SpreadsheetCsv(buf)
+    w.writerow(["job", "problem_type", "dataset", "problems", "judged", "correct", "accuracy"])
+    for g in report.groups:
+        w.writerow([g.job, g.problem_type, g.dataset, g.problems, g.judged, g.correct, f"{g.accuracy:.4f}"])
+    return buf.getvalue()
+
+
 def _md_table(head: Sequence[str], rows: list[list[str]]) -> str:
     def row(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
@@ -345,6 +372,13 @@ def render_markdown(report: Report, *, preamble: str | None = None, plots: Seque
         "",
         _md_table(SUMMARY_HEAD, [summary_cells(s) for s in report.jobs]),
     ]
+    if report.groups:
+        parts += [
+            "",
+            "## Accuracy by problem type and data set",
+            "",
+            _md_table(GROUPS_HEAD, groups_cells(report)),
+        ]
     multi = _multi_round(report)
     if multi:
         parts += ["", "## Rounds, reviews and consistency", ""]
@@ -637,6 +671,8 @@ def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) 
     }
     if _searches(report):
         files["actions.csv"] = render_actions_csv(report)
+    if report.groups:
+        files["groups.csv"] = render_groups_csv(report)
     if any(j.endpoints for j in report.rows):
         files["endpoints.csv"] = render_endpoints_csv(report)
     for name, text in files.items():

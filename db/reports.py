@@ -22,6 +22,7 @@ from rstar.reports import (
     ReviewRow,
     SolutionRow,
     build_report,
+    dataset_of,
     replay_rounds,
     search_row,
 )
@@ -132,6 +133,7 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
                 tokens_by_kind=tokens_by_kind.get(p.id, {}),
                 search=search,
                 kind=problem_type,
+                dataset=dataset_of(p.meta),
             )
         )
     wall = None

@@ -47,10 +47,12 @@ from rstar.strategies.base import ProblemState
 
 __all__ = [
     "ACTION_OF_KIND",
+    "DATASET_KEYS",
     "Z95",
     "ActionStats",
     "CandidateRow",
     "CompletionStats",
+    "GroupAccuracy",
     "JobRows",
     "JobSummary",
     "ModelStats",
@@ -62,7 +64,9 @@ __all__ = [
     "SearchRow",
     "SearchStats",
     "SolutionRow",
+    "accuracy_groups",
     "build_report",
+    "dataset_of",
     "is_correct",
     "judge",
     "mcnemar_exact",
@@ -129,6 +133,8 @@ class ProblemRow:
     """A search's candidates and answers (None: the strategy builds no tree)."""
     kind: ProblemType = NUMBER
     """Its job's problem type: how its answers are compared."""
+    dataset: str = ""
+    """The data set it came from, as its metadata names it (`dataset_of`); "" when it does not."""
 
 
 @dataclass(frozen=True)
@@ -693,13 +699,65 @@ def paired_counts(
 
 
 @dataclass(frozen=True)
+class GroupAccuracy:
+    """One job's problems of one type and data set."""
+
+    job: str
+    problem_type: str
+    dataset: str
+    problems: int
+    judged: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.judged if self.judged else 0.0
+
+
+@dataclass(frozen=True)
 class Report:
     jobs: tuple[JobSummary, ...]
     comparisons: tuple[PairedComparison, ...]
     rows: tuple[JobRows, ...]
+    groups: tuple[GroupAccuracy, ...] = ()
+    """Accuracy per job, problem type and data set, when the jobs mix types or a job data sets."""
+
+
+DATASET_KEYS = ("dataset", "source")
+"""The metadata keys that name a problem's data set (the authors' MATH500 records say "source")."""
+
+
+def dataset_of(meta: Mapping[str, Any] | None) -> str:
+    """The data set a problem's metadata names, or ""."""
+    for key in DATASET_KEYS:
+        value = (meta or {}).get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:100]
+    return ""
+
+
+def accuracy_groups(jobs: Sequence[JobRows]) -> tuple[GroupAccuracy, ...]:
+    """Each job's problems grouped by type and data set; empty when that says nothing more than
+    the jobs' own rows (one type, and at most one data set in every job)."""
+    mixed = len({j.kind.name for j in jobs}) > 1 or any(
+        len({p.dataset for p in j.problems}) > 1 for j in jobs
+    )
+    if not mixed:
+        return ()
+    groups = []
+    for job in jobs:
+        by_dataset: dict[str, list[ProblemRow]] = {}
+        for p in job.problems:
+            by_dataset.setdefault(p.dataset, []).append(p)
+        for dataset, ps in sorted(by_dataset.items()):
+            judged = [p for p in ps if p.reference_answer is not None]
+            correct = sum(1 for p in judged if is_correct(p))
+            groups.append(GroupAccuracy(job.label, job.kind.name, dataset, len(ps), len(judged), correct))
+    return tuple(groups)
 
 
 def build_report(jobs: Sequence[JobRows]) -> Report:
-    """Every job's summary, and every pair of jobs that shares problems, in the order given."""
+    """Every job's summary, every pair of jobs that shares problems, in the order given, and the
+    accuracy per problem type and data set where the jobs mix them."""
     comparisons = tuple(c for x, y in combinations(jobs, 2) if (c := paired(x, y)) is not None)
-    return Report(tuple(summarize(j) for j in jobs), comparisons, tuple(jobs))
+    return Report(tuple(summarize(j) for j in jobs), comparisons, tuple(jobs), accuracy_groups(jobs))

@@ -272,3 +272,37 @@ def test_a_searchs_answers_and_where_its_tokens_went_by_hand() -> None:
     assert by["A1 one step"].candidates_right == 1 and by["discriminator"].candidates == 0
     # Jobs that build no tree have no search figures.
     assert summarize(sc_job()).search is None
+
+
+def test_accuracy_is_grouped_by_type_and_data_set_only_where_jobs_mix_them() -> None:
+    from rstar.problem_types import get_problem_type
+    from rstar.reports import accuracy_groups, build_report, dataset_of
+
+    yes_no = get_problem_type("yes-no")
+    mixed = JobRows(
+        5, "mixed", "cot", {},
+        (
+            ProblemRow("a", "answered", "12", "12", dataset="gsm-hard"),
+            ProblemRow("b", "answered", "5", "6", dataset="gsm-hard"),
+            ProblemRow("c", "answered", "7", "7", dataset="svamp"),
+            ProblemRow("d", "answered", "8", None, dataset="svamp"),
+        ),
+    )  # fmt: skip
+    groups = accuracy_groups([mixed])
+    assert [(g.dataset, g.problems, g.judged, g.correct) for g in groups] == [
+        ("gsm-hard", 2, 2, 1),
+        ("svamp", 2, 1, 1),
+    ]
+    assert accuracy_groups([sc_job()]) == ()  # one type, no data sets: nothing to add
+    strategyqa = JobRows(
+        6, "stg", "cot", {}, (ProblemRow("s", "answered", "yes", "no", kind=yes_no),), kind=yes_no
+    )
+    by_type = build_report([sc_job(), strategyqa]).groups
+    assert [(g.job, g.problem_type, g.correct, g.judged) for g in by_type][-1] == ("6 stg", "yes-no", 0, 1)
+    assert dataset_of({"source": "MATH500", "level": 2}) == "MATH500" and dataset_of(None) == ""
+    from cli.report import render_groups_csv, render_markdown
+
+    report = build_report([mixed])
+    assert "## Accuracy by problem type and data set" in render_markdown(report)
+    assert "5 mixed,number,svamp,2,1,1,1.0000" in render_groups_csv(report)
+    assert "## Accuracy by problem type" not in render_markdown(build_report([sc_job()]))
