@@ -204,12 +204,12 @@ def submit(
                 params[key.strip()] = json.loads(raw)
             except json.JSONDecodeError:
                 params[key.strip()] = raw  # a bare word is a string
-        if hasattr(STRATEGIES.get(strategy), "budget"):  # what a problem may cost, before anything runs
-            try:
-                budget = get_strategy(strategy, params, kind=reading["kind"]).budget()  # type: ignore[attr-defined]
-                err.print(budget, markup=False, highlight=False, soft_wrap=True)
-            except ParamError as exc:
-                raise fail(str(exc)) from None
+        try:  # what a problem may cost, before anything runs
+            budget = get_strategy(strategy, params, kind=reading["kind"]).budget()
+        except ParamError as exc:
+            raise fail(str(exc)) from None
+        if budget:
+            err.print(budget, markup=False, highlight=False, soft_wrap=True)
         try:
             done = submit_job(
                 settings=settings,

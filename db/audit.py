@@ -70,8 +70,9 @@ def problem_trail(*, session: Session, job_id: int, item_id: str) -> ProblemTrai
 def problem_search(*, session: Session, job: Job, problem: Problem) -> Any | None:
     """The strategy's account of a search (visits, values, candidates: `report(state)`), for a
     strategy that searches (rstar); None for the others."""
-    if not hasattr(STRATEGIES.get(job.strategy), "report"):
+    known = STRATEGIES.get(job.strategy)
+    if known is None or not known.searches:
         return None
-    report = get_strategy(job.strategy, job.params, kind=job.problem_type).report  # type: ignore[attr-defined]
+    report = get_strategy(job.strategy, job.params, kind=job.problem_type).report
     state = load_state(session=session, problem_id=problem.id, question=problem.question, models=job.models)
     return report(replace(state, outputs=dict(state.outputs)))  # read now, inside the session

@@ -75,7 +75,7 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
     )
     problem_type = get_problem_type(job.problem_type)
     strategy = get_strategy(job.strategy, job.params, kind=problem_type)
-    searching = callable(getattr(strategy, "report", None))
+    searching = strategy.searches
     tokens_by_kind: dict[int, dict[str, int]] = {}
     for problem_id, kind, tokens in session.execute(
         select(ModelCall.problem_id, Step.kind, func.sum(ModelCall.completion_tokens))
@@ -109,7 +109,7 @@ def _load_job(session: Session, job_id: int, *, searches: bool) -> JobRows:
         if searching and searches:
             # The strategy's own account of the search: its tree, candidates and answers.
             state = load_state(session=session, problem_id=p.id, question=p.question, models=job.models)
-            account = strategy.report(replace(state, outputs=dict(state.outputs)))  # type: ignore[attr-defined]
+            account = strategy.report(replace(state, outputs=dict(state.outputs)))
             tree = account.tree
             search = search_row(account, chosen.get(p.id)) if p.status == "answered" else None
         rows.append(

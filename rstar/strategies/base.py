@@ -290,6 +290,42 @@ class Strategy(Protocol):
 
     def select(self, state: ProblemState) -> Selection: ...
 
+    searches: ClassVar[bool]
+    """Whether it grows a search tree and gives an account of it (`report`)."""
+
+    def budget(self) -> str | None:
+        """What a problem may cost at most, said at submit (None: nothing to say)."""
+        ...
+
+    def parse_samples(self, step: StepSpec, texts: tuple[str, ...]) -> list[ParsedOutput]:
+        """A step's sequences as output rows."""
+        ...
+
+    def report(self, state: ProblemState) -> Any:
+        """A search's account (visits, values, candidates) of a problem's state."""
+        ...
+
+
+class StrategyBase:
+    """What every strategy module's class starts from: the optional capabilities of `Strategy`,
+    declared with what a strategy that lacks one does, so callers ask rather than probe."""
+
+    searches: ClassVar[bool] = False
+    kind: ProblemType = NUMBER
+
+    def parse(self, step: StepSpec, text: str) -> ParsedOutput:
+        raise NotImplementedError
+
+    def budget(self) -> str | None:
+        return None
+
+    def parse_samples(self, step: StepSpec, texts: tuple[str, ...]) -> list[ParsedOutput]:
+        """One sample per step: `parse` of its reply."""
+        return [self.parse(step, texts[0] if texts else "")]
+
+    def report(self, state: ProblemState) -> Any:
+        raise TypeError(f"strategy {type(self).__name__} does not search: it has no search report")
+
 
 def fit_roster(strategy: Strategy, models: Sequence[str]) -> tuple[str, ...]:
     """The roster names the strategy will use: refused when too few, cut when too many."""
@@ -389,12 +425,8 @@ def step_seed(base: int | None, step: StepSpec) -> int | None:
 
 
 def parse_reply(strategy: Strategy, step: StepSpec, texts: Sequence[str]) -> list[ParsedOutput]:
-    """A step's sequences as output rows: the strategy's `parse_samples` when it samples several
-    per step (an expansion's children, a vote), else `parse` of the one reply."""
-    parse_samples = getattr(strategy, "parse_samples", None)
-    if parse_samples is not None:
-        return list(parse_samples(step, tuple(texts)))
-    return [strategy.parse(step, texts[0] if texts else "")]
+    """A step's sequences as output rows (`Strategy.parse_samples`)."""
+    return list(strategy.parse_samples(step, tuple(texts)))
 
 
 def output_views(

@@ -18,6 +18,7 @@ from rstar.strategies.base import (
     ProblemState,
     Selection,
     StepSpec,
+    StrategyBase,
     choice_param,
     float_param,
     int_param,
@@ -35,7 +36,7 @@ def solve_step(models: tuple[str, ...]) -> StepSpec:
     return StepSpec(step_key(1, StepKind.GENERATE, models[0]), StepKind.GENERATE, models[0], 1)
 
 
-class CotStrategy:
+class CotStrategy(StrategyBase):
     name: ClassVar[str] = "cot"
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = 1

@@ -28,6 +28,7 @@ from rstar.strategies.base import (
     Selection,
     SolutionView,
     StepSpec,
+    StrategyBase,
     answer_groups,
     choice_param,
     float_param,
@@ -91,7 +92,7 @@ def judged_model(step: StepSpec, models: tuple[str, ...]) -> str:
     return next_model(models, step.model, -1)
 
 
-class MutualStrategy:
+class MutualStrategy(StrategyBase):
     name: ClassVar[str] = "mutual"
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = None

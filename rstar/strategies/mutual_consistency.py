@@ -33,6 +33,7 @@ from rstar.strategies.base import (
     Selection,
     SolutionView,
     StepSpec,
+    StrategyBase,
     answer_groups,
     bool_param,
     choice_param,
@@ -127,7 +128,7 @@ def vote_margin(state: ProblemState, up_to_round: int, kind: ProblemType = NUMBE
     return sizes[0] - (sizes[1] if len(sizes) > 1 else 0)
 
 
-class MutualConsistencyStrategy:
+class MutualConsistencyStrategy(StrategyBase):
     name: ClassVar[str] = "mutual-consistency"
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = None

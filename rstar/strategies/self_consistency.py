@@ -23,6 +23,7 @@ from rstar.strategies.base import (
     Selection,
     SolutionView,
     StepSpec,
+    StrategyBase,
     answer_groups,
     bool_param,
     choice_param,
@@ -71,7 +72,7 @@ def majority(solutions: list[SolutionView], kind: ProblemType = NUMBER) -> list[
     return sorted(answer_groups(solutions, kind), key=len, reverse=True)  # sorted() is stable
 
 
-class SelfConsistencyStrategy:
+class SelfConsistencyStrategy(StrategyBase):
     name: ClassVar[str] = "self-consistency"
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None

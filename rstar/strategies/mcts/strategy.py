@@ -80,6 +80,7 @@ from rstar.strategies.base import (
     ProblemState,
     Selection,
     StepSpec,
+    StrategyBase,
     answer_groups,
     bool_param,
     choice_param,
@@ -216,8 +217,9 @@ def _clean(text: str, prefix: re.Pattern[str]) -> str:
     return prefix.sub("", text.strip(), count=1).strip()[:MAX_TEXT]
 
 
-class RStarStrategy:
+class RStarStrategy(StrategyBase):
     name: ClassVar[str] = "rstar"
+    searches: ClassVar[bool] = True
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = 2
     """The generator (the first model) and the discriminator (the second; the first if alone)."""
