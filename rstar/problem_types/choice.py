@@ -20,7 +20,12 @@ _LEAD_IN = re.compile(
     r"(?:(?:option|choice)\s+)?",
     re.IGNORECASE,
 )
-_LETTER = re.compile(rf"^[(\[]?(?P<x>[{_LETTERS}])(?:[)\].:]|\s|$)")
+# "I think the answer is B": what follows the last "answer is" or "answer:", as the number type reads it.
+_ANSWER_IS = re.compile(r"\banswer(?:\s+is\b\s*[:=]?|\s*[:=])\s*", re.IGNORECASE)
+_LETTER = re.compile(rf"^[(\[]?(?P<x>[{_LETTERS}])(?:[)\].:,]|\s|$)")
+# Not an option: the article and the pronoun before a word ("A man", "I think"; "A is right" is),
+# and two options ("B and C", "B or C").
+_NOT_A_LETTER = re.compile(rf"^(?:[AI]\s+(?!is\b)[a-z]|[{_LETTERS}]\s+(?:and|or)\b)")
 # A lower-case letter only alone or bracketed: "(c)", "c)", "c"; "a man" is no option.
 _LOWER = re.compile(rf"^(?:\((?P<x>[{_LETTERS.lower()}])\)|(?P<y>[{_LETTERS.lower()}])[).]?$)")
 _IN_PROSE = re.compile(
@@ -47,7 +52,12 @@ class ChoiceType(ProblemType):
             return None
         text = boxed_or_whole(raw).strip()
         text = re.sub(r"\\text(?:bf)?\s*\{([^{}]*)\}", r"\1", text).strip(" *`$\"'")
+        lead = last_match(_ANSWER_IS, text)
+        if lead is not None and text[lead.end() :].strip(" *`$\"'"):
+            text = text[lead.end() :]
         text = _LEAD_IN.sub("", text).strip(" *`$\"'")
+        if _NOT_A_LETTER.match(text):
+            return None
         found = _LETTER.match(text)
         if found is not None:
             return found["x"]

@@ -17,8 +17,14 @@ __all__ = ["YES_NO"]
 _YES = frozenset({"yes", "true", "proved", "correct", "positive", "affirmative", "right", "t", "y", "1"})
 _NO = frozenset({"no", "false", "disproved", "incorrect", "negative", "wrong", "f", "n", "0"})
 _LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*[:=]?\s*", re.IGNORECASE)
+# "So the answer is yes": what follows the last "answer is" or "answer:", as the number type reads it.
+_ANSWER_IS = re.compile(r"\banswer(?:\s+is\b\s*[:=]?|\s*[:=])\s*", re.IGNORECASE)
 _FIRST_WORD = re.compile(r"[a-z01]+")
-_WORD = re.compile(r"\b(?:yes|no|true|false)\b", re.IGNORECASE)
+_QUOTES = " *`$\"'.!"
+# The other answer where a second one starts: "yes and no", "yes/no", "Yes. No, wait". The word
+# elsewhere is prose: "No, it is not true that ...", "Yes, because no record ...".
+_SECOND = r"(?:^|[.!?;]\s*|\b(?:and|or)\s+|/\s*)[\s*_`'\"]*(?:{})\b"
+_SECOND_ANSWER = {"yes": re.compile(_SECOND.format("no|false")), "no": re.compile(_SECOND.format("yes|true"))}
 # Only a sentence that starts with the word: "there is no record" says nothing.
 _SENTENCE_START = re.compile(
     r"(?:^|[.!?:]\s+)[\s*_]*(?P<w>yes|no|true|false)\b", re.IGNORECASE | re.MULTILINE
@@ -42,18 +48,20 @@ class YesNoType(ProblemType):
     def normalize(self, raw: str | None) -> str | None:
         if raw is None:
             return None
-        text = boxed_or_whole(raw).strip().lower()
-        text = _LEAD_IN.sub("", re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", text)).strip(" *`$\"'.!")
+        text = re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", boxed_or_whole(raw).strip().lower())
+        lead = last_match(_ANSWER_IS, text)
+        if lead is not None and text[lead.end() :].strip(_QUOTES):
+            text = text[lead.end() :]
+        text = _LEAD_IN.sub("", text.strip()).strip(_QUOTES)
         word = _FIRST_WORD.match(text)
         if word is None:
             return None
-        # "yes, because ..." is yes; "yes and no" is no answer.
+        answer = "yes" if word[0] in _YES else "no" if word[0] in _NO else None
         rest = text[word.end() :]
-        if word[0] in _YES and not _WORD.search(rest):
-            return "yes"
-        if word[0] in _NO and not _WORD.search(rest):
-            return "no"
-        return None
+        if answer is None or (len(word[0]) == 1 and rest.strip(_QUOTES)):
+            return None  # a letter or digit counts alone: "n/a", "1 apple" say nothing
+        # "yes, because ..." is yes; "yes and no" is no answer.
+        return None if _SECOND_ANSWER[answer].search(rest) else answer
 
     def looks_like(self, reference: str) -> bool:
         # Only the words: references of 0 and 1 are counts far more often than truth values.
