@@ -422,14 +422,18 @@ def _status_view(job_id: int) -> tuple[Table, bool]:
     with session_scope(get_settings().database_url) as session:
         job = _job_or_fail(session, job_id)
         counts = status_counts(session=session, job_id=job_id)
-        job_status, name, strategy = job.status, job.name, job.strategy
+        job_status, name, strategy, problem_type = job.status, job.name, job.strategy, job.problem_type
         elapsed = ((job.finished_at or utcnow()) - job.created_at).total_seconds() if job.created_at else 0.0
         models = ", ".join(describe(m) for m in job.models)
-        rollouts = (job.params or {}).get("rollouts") if strategy == "rstar" else None
+        searching = strategy in STRATEGIES and STRATEGIES[strategy].searches
+        rollouts = (job.params or {}).get("rollouts") if searching else None
         rolled = rollout_progress(session=session, job_id=job_id, rollouts=rollouts) if rollouts else None
     total = sum(counts.values())
     finished = sum(counts[s.value] for s in TERMINAL_PROBLEM_STATES)
-    table = Table(title=shown_title(f"job {job_id} ({name}, {strategy}; models {models}): {job_status}"))
+    kind = f", {problem_type} answers" if problem_type != "number" else ""  # a number job reads as before
+    table = Table(
+        title=shown_title(f"job {job_id} ({name}, {strategy}{kind}; models {models}): {job_status}")
+    )
     states = [s.value for s in ProblemStatus]
     for state in states:
         table.add_column(state, justify="right")

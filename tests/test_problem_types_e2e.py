@@ -121,6 +121,9 @@ def _run_type(
         assert (summary["cot"]["correct"], summary["cot"]["judged"]) == ("2", "3")
         results = rstar(["results", str(jobs["cot"]), "--format", "jsonl"], env)
         assert [json.loads(line)["correct"] for line in results.stdout.splitlines()] == [True, False, True]
+        status = rstar(["status", str(jobs["cot"])], env)
+        assert status.returncode == 0, status.stderr
+        assert f"{name}-cot, cot, {want_type} answers; models" in " ".join(status.stdout.split())
         exported = rstar(["export", str(jobs["cot"])], env)
         assert exported.returncode == 0, exported.stderr
         assert [json.loads(line)["correct"] for line in exported.stdout.splitlines()] == [True, False, True]
