@@ -20,7 +20,7 @@ from db.models import ModelCall, Output
 from rstar.reports import judge
 from rstar.roster import describe
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
-from rstar.strategies.mcts.tree import NODE_TITLES
+from rstar.strategies.mcts.view import NodeView, tree_view
 
 TITLES = {
     "generate": "solves",
@@ -183,36 +183,31 @@ def print_search(console: Console, report: Any, *, chosen: int | None) -> None:
     """An rstar search (`RStarStrategy.report`): the tree with each node's action, depth, visits,
     Q and answer, the winning path marked; then the candidates and their completions. Model text
     is shown as plain Text, never as markup."""
-    tree, stats = report.tree, report.search.stats
-    on_path = {n.id for n in tree.path(chosen)} if chosen is not None and chosen in tree.nodes else set()
+    tree = report.tree
     done = len(report.search.rollouts)
-    waiting = report.search.waiting_at
 
-    def label(node: Any) -> Text:
-        n, q = stats.n(node.id), stats.q(node.id)
+    def label(node: NodeView) -> Text:
         t = SafeText()
-        mark = "★ " if node.id == chosen else ("• " if node.id in on_path else "")
-        name = "question" if node.kind is None else f"#{node.id} {NODE_TITLES.get(node.kind, node.kind)}"
-        t.append(mark + name, style="bold green" if node.id in on_path else "bold")
-        t.append(f" · depth {node.depth} · visits {n} · Q {q:.2f}", style="dim")
+        t.append(node.mark + node.name, style="bold green" if node.on_path else "bold")
+        t.append(f" · depth {node.depth} · visits {node.visits} · Q {node.q:.2f}", style="dim")
         if node.value is not None:
             t.append(f" · value {node.value:.2f}", style="dim")
         if node.answer is not None:
             t.append(f" · answer {node.answer}")
-        if node.id == waiting:
+        if node.expanding:
             t.append(" · expanding", style="yellow")
-        shown = node.text if node.kind != "a3_answer" else f"{node.subquestion} → {node.text}"
-        if shown:
-            t.append("\n" + _clip(shown), style=None)
+        if node.text:
+            t.append("\n" + _clip(node.text), style=None)
         return t
 
-    root = RichTree(label(tree.root))
+    top = tree_view(report, chosen)
+    root = RichTree(label(top))
 
-    def add(parent: RichTree, node_id: int) -> None:
-        for child in tree.nodes[node_id].children:
-            add(parent.add(label(tree.nodes[child])), child)
+    def add(parent: RichTree, node: NodeView) -> None:
+        for child in node.children:
+            add(parent.add(label(child)), child)
 
-    add(root, tree.root.id)
+    add(root, top)
     title = f"search tree · {done} rollout(s) done · {len(tree.nodes) - 1} nodes"
     console.print(Panel(root, title=shown_title(title)))
     if not report.candidates:

@@ -602,6 +602,7 @@ def test_latex_answers_are_rendered_as_mathematics_with_their_source_a_click_awa
     viewer = Viewer(url, tmp_path / "ui.log")
     viewer.wait_ready()
     try:
+        browser.get_log("browser")  # what the module's earlier tests left in the console is theirs
         browser.get(f"{viewer.url}/jobs/1")
         wait_until(lambda: len(browser.find_elements(*_by("[data-rendered]"))) >= 4, timeout=30, what="KaTeX")
         rendered = browser.find_elements(*_by('.math[data-rendered="mathml"] math'))

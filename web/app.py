@@ -41,7 +41,7 @@ from rstar import roster
 from rstar.problem_types import get_problem_type
 from rstar.records import expanded_response
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
-from rstar.strategies.mcts.tree import NODE_TITLES
+from rstar.strategies.mcts.view import tree_view
 from workers.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,6 @@ def _templates() -> Jinja2Templates:
     env.filters["clip"] = _clip
     env.globals.update(
         answer=_answer,
-        NODE_TITLES=NODE_TITLES,
         SOLUTION_KINDS=SOLUTION_KINDS,
         REVIEW_KINDS=REVIEW_KINDS,
         OUTCOMES=browse.OUTCOMES,
@@ -83,17 +82,21 @@ def _answer(value: str | None, problem_type: str, none: str = "–") -> Markup:
     source a click away, any other as text; escaped either way."""
     if value is None:
         return escape(none)
-    try:
-        markup = get_problem_type(problem_type).markup
-    except ValueError:
-        markup = None
-    if markup != "tex":
+    if _markup(problem_type) != "tex":
         return escape(value)
     source = escape(value)
     return Markup(
         f'<details class="tex"><summary><span class="math" data-tex="{source}">{source}</span></summary>'
         f"<code>{source}</code></details>"
     )
+
+
+def _markup(problem_type: str | None) -> str | None:
+    """How a job's answers are drawn (`ProblemType.markup`); None for text or a type unknown here."""
+    try:
+        return get_problem_type(problem_type).markup if problem_type else None
+    except ValueError:
+        return None
 
 
 def _clip(text: str | None, limit: int = 120) -> str:
@@ -183,6 +186,8 @@ def create_app(
 
     def page(request: Request, name: str, **context: Any) -> HTMLResponse:
         context.setdefault("allow_control", allow_control)
+        # KaTeX (273 KB) only on the pages of a job whose answers are mathematics.
+        context.setdefault("math", _markup(getattr(context.get("job"), "problem_type", None)) == "tex")
         return templates.TemplateResponse(request, name, context)
 
     # -- jobs --------------------------------------------------------------------------------
@@ -344,11 +349,6 @@ def create_app(
                 models = roster.names(trail.job.models)
                 outputs = {o.id: o for st in trail.steps for o in st.outputs}
                 chosen = trail.selection.output_id if trail.selection is not None else None
-                on_path = (
-                    {n.id for n in search.tree.path(chosen)}
-                    if search is not None and chosen in search.tree.nodes
-                    else set()
-                )
                 return {
                     "trail": trail,
                     "job": trail.job,
@@ -357,7 +357,7 @@ def create_app(
                     "rounds": _rounds(trail, models),
                     "outputs": outputs,
                     "search": search,
-                    "on_path": on_path,
+                    "tree": tree_view(search, chosen) if search is not None else None,
                     "outcome": browse.outcome_of(trail.problem),
                 }
 
