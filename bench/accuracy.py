@@ -163,10 +163,10 @@ def write_problems(work: Path, *, dataset: Path, offset: int, n: int) -> tuple[P
 
 def _shown_path(path: Path) -> str:
     """The data set's path as the docs name it: from the shared folder beside the repository."""
-    try:
-        return str(Path("..") / path.resolve().relative_to(REPO.parent))
-    except ValueError:
-        return str(path)
+    parts = path.resolve().parts
+    if "shared" in parts:  # ../shared/datasets/... beside any checkout or worktree
+        return str(Path("..", *parts[parts.index("shared") :]))
+    return str(path)
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
