@@ -591,7 +591,9 @@ def test_latex_answers_are_rendered_as_mathematics_with_their_source_a_click_awa
             text("SELECT id FROM problems WHERE job_id = 1 ORDER BY id LIMIT 2")
         ).scalars()
         conn.execute(
-            text("UPDATE problems SET final_answer = :a, reference_answer = :r WHERE id = :id"),
+            text(
+                "UPDATE problems SET final_answer = :a, reference_answer = :r, correct = FALSE WHERE id = :id"
+            ),
             [
                 {"a": "\\frac{\\sqrt{2}}{2}", "r": "\\left( 3, \\frac{\\pi}{2} \\right)", "id": first},
                 {"a": hostile, "r": "x^2", "id": second},
@@ -625,7 +627,10 @@ def test_latex_answers_are_rendered_as_mathematics_with_their_source_a_click_awa
         wait_until(source.is_displayed, timeout=10, what="the source")
         assert source.text == "\\frac{\\sqrt{2}}{2}"
         assert _console_errors(browser) == []
-        browser.get(f"{viewer.url}/jobs/2")  # a number job: text, as before
-        assert not browser.find_elements(*_by("details.tex"))
+        browser.get(f"{viewer.url}/jobs/2")  # a number job: text, as before, and no KaTeX loaded
+        assert not browser.find_elements(*_by("details.tex, script[src*=katex]"))
+        browser.get(f"{viewer.url}/compare?a=1&b=2")  # job 1's answers drawn inside their links
+        wait_until(lambda: bool(browser.find_elements(*_by("a .math math"))), timeout=30, what="KaTeX")
+        assert _console_errors(browser) == []
     finally:
         viewer.stop()

@@ -77,18 +77,19 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def _answer(value: str | None, problem_type: str, none: str = "–") -> Markup:
+def _answer(value: str | None, problem_type: str, none: str = "–", *, source: bool = True) -> Markup:
     """An answer as its problem type shows it: a LaTeX one rendered (static/math.js) with its
-    source a click away, any other as text; escaped either way."""
+    source a click away (`source=False`: rendered only, for inside a link), any other as text;
+    escaped either way."""
     if value is None:
         return escape(none)
     if _markup(problem_type) != "tex":
         return escape(value)
-    source = escape(value)
-    return Markup(
-        f'<details class="tex"><summary><span class="math" data-tex="{source}">{source}</span></summary>'
-        f"<code>{source}</code></details>"
-    )
+    tex = escape(value)
+    drawn = f'<span class="math" data-tex="{tex}">{tex}</span>'
+    if not source:
+        return Markup(drawn)
+    return Markup(f'<details class="tex"><summary>{drawn}</summary><code>{tex}</code></details>')
 
 
 def _markup(problem_type: str | None) -> str | None:
@@ -379,7 +380,8 @@ def create_app(
                 if missing:
                     raise HTTPException(404, f"no job {missing[0]}")
                 cmp = browse.compare_jobs(session=s, first=first, second=second)
-            return {"a": jobs[first], "b": jobs[second], "cmp": cmp}
+            math = any(_markup(j.problem_type) == "tex" for j in (jobs[first], jobs[second]))
+            return {"a": jobs[first], "b": jobs[second], "cmp": cmp, "math": math}
 
         return page(request, "compare.html", **await run_in_threadpool(load))
 
