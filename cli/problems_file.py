@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-from rstar.inputs import Decoded, Overlong, ProblemReader, decode_array
+from rstar.inputs import Decoded, Overlong, ProblemReader, decode_array, is_array_of_records
 from rstar.types import ProblemInput
 
 CHUNK = 1 << 16
@@ -65,11 +65,10 @@ class ArrayTooLarge(Exception):
 
 
 def unit_of(path: Path) -> str:
-    """ "record" for a file holding one JSON array (its first non-blank character is '['),
-    "line" for JSONL."""
+    """ "record" for a file holding one JSON array of records (it starts with '[' and then '{' or
+    ']'), "line" for JSONL (where a first line such as "[[[" is a line that is not an object)."""
     with path.open("rb") as f:
-        head = f.read(CHUNK).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return "record" if head.startswith(b"[") else "line"
+        return "record" if is_array_of_records(f.read(CHUNK)) else "line"
 
 
 def records(path: Path, *, max_bytes: int, max_line_bytes: int) -> Iterator[bytes | Overlong | Decoded]:
@@ -131,7 +130,7 @@ def first_record(path: Path, *, max_bytes: int, max_line_bytes: int) -> object:
         if isinstance(item, bytes) and item.strip():
             try:
                 return json.loads(item.lstrip(b"\xef\xbb\xbf"))
-            except ValueError:
+            except (ValueError, RecursionError):  # the full check reports it, with its line
                 return None
     return None
 

@@ -34,6 +34,7 @@ __all__ = [
     "ProblemReader",
     "decode_array",
     "guess_fields",
+    "is_array_of_records",
     "parse_problems",
 ]
 
@@ -60,7 +61,8 @@ class InputProblem:
     """What `line` counts: "line" in JSONL, "record" in a JSON array."""
 
     def __str__(self) -> str:
-        where = f"{self.unit} {self.line}" + (f", field '{self.field}'" if self.field else "")
+        where = "the file" if self.line == 0 and self.unit != "line" else f"{self.unit} {self.line}"
+        where += f", field '{self.field}'" if self.field else ""
         return f"{where}: {self.reason}"
 
 
@@ -329,6 +331,16 @@ def _decode_line(raw: bytes, line: int, max_line_bytes: int, out: _Collector) ->
     return _INVALID
 
 
+_ARRAY_OF_RECORDS = re.compile(rb"\[\s*[{\]]")
+
+
+def is_array_of_records(head: bytes) -> bool:
+    """Whether a file that starts with `head` is one JSON array of records (the authors' data
+    files): '[' and then '{' or ']'. A JSONL file's first line is an object; one that starts "[["
+    is a line that is not, and is refused as such."""
+    return _ARRAY_OF_RECORDS.match(head.lstrip(b"\xef\xbb\xbf \t\r\n")) is not None
+
+
 def decode_array(data: bytes) -> list[Decoded]:
     """The records of a file holding one JSON array (the rStar authors' data files), each
     `Decoded` for `ProblemReader.read`; InputError when the file is not such an array."""
@@ -494,11 +506,22 @@ def parse_problems(
     (string or integer; defaults to the line number) and an optional "answer" (string or number:
     the reference, e.g. GSM8K's worked answer ending in "#### 72"), an optional "meta" (an object,
     kept with the problem as given), and nothing else: a key given twice or any other field is
-    refused (with the field it resembles).
+    refused (with the field it resembles). A file that is one JSON array of records (the rStar
+    authors' data files, `is_array_of_records`) is read record by record, with their field names
+    when its first record uses them, as `rstar submit` reads it.
     """
-    reader = ProblemReader(
-        max_line_bytes=max_line_bytes, max_question_chars=max_question_chars, max_problems=max_problems
-    )
-    problems = list(reader.read(data.split(b"\n")))
+    limits = {
+        "max_line_bytes": max_line_bytes,
+        "max_question_chars": max_question_chars,
+        "max_problems": max_problems,
+    }
+    if is_array_of_records(data):
+        records = decode_array(data)
+        fields = guess_fields(records[0].value if records else None)
+        reader = ProblemReader(fields=fields, unit="record", **limits)
+        problems = list(reader.read(records))
+    else:
+        reader = ProblemReader(**limits)
+        problems = list(reader.read(data.split(b"\n")))
     reader.check()
     return problems
