@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from rstar.answers import MAX_ANSWER_CHARS, clean_text, last_boxed, last_match
 
-__all__ = ["ProblemType", "boxed_or_whole"]
+__all__ = ["ProblemType", "after_answer_marker", "boxed_or_whole"]
 
 _MAX_INPUT = 5000
 
@@ -23,6 +23,18 @@ def boxed_or_whole(raw: str) -> str:
     raw = clean_text(raw[:_MAX_INPUT])
     boxed = last_boxed(raw)
     return boxed if boxed is not None else raw
+
+
+_ANSWER_IS = re.compile(r"\banswer(?:\s+is\b\s*[:=]?|\s*[:=])\s*", re.IGNORECASE)
+
+
+def after_answer_marker(text: str, strip: str) -> str:
+    """What follows the last "answer is" or "answer:" ("I think the answer is B"), as the number
+    type reads a final answer; the text itself when nothing (but `strip`'s characters) follows one."""
+    lead = last_match(_ANSWER_IS, text)
+    if lead is not None and text[lead.end() :].strip(strip):
+        return text[lead.end() :]
+    return text
 
 
 class ProblemType:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from rstar.answers import clean_text, last_match
-from rstar.problem_types.base import ProblemType, boxed_or_whole
+from rstar.problem_types.base import ProblemType, after_answer_marker, boxed_or_whole
 
 __all__ = ["CHOICE"]
 
@@ -20,8 +20,6 @@ _LEAD_IN = re.compile(
     r"(?:(?:option|choice)\s+)?",
     re.IGNORECASE,
 )
-# "I think the answer is B": what follows the last "answer is" or "answer:", as the number type reads it.
-_ANSWER_IS = re.compile(r"\banswer(?:\s+is\b\s*[:=]?|\s*[:=])\s*", re.IGNORECASE)
 _LETTER = re.compile(rf"^[(\[]?(?P<x>[{_LETTERS}])(?:[)\].:,]|\s|$)")
 # Not an option: the article and the pronoun before a word ("A man", "I think"; "A is right" is),
 # and two options ("B and C", "B or C").
@@ -52,9 +50,7 @@ class ChoiceType(ProblemType):
             return None
         text = boxed_or_whole(raw).strip()
         text = re.sub(r"\\text(?:bf)?\s*\{([^{}]*)\}", r"\1", text).strip(" *`$\"'")
-        lead = last_match(_ANSWER_IS, text)
-        if lead is not None and text[lead.end() :].strip(" *`$\"'"):
-            text = text[lead.end() :]
+        text = after_answer_marker(text, " *`$\"'")
         text = _LEAD_IN.sub("", text).strip(" *`$\"'")
         if _NOT_A_LETTER.match(text):
             return None

@@ -10,15 +10,13 @@ from __future__ import annotations
 import re
 
 from rstar.answers import MAX_ANSWER_CHARS, clean_text, last_match
-from rstar.problem_types.base import ProblemType, boxed_or_whole
+from rstar.problem_types.base import ProblemType, after_answer_marker, boxed_or_whole
 
 __all__ = ["YES_NO"]
 
 _YES = frozenset({"yes", "true", "proved", "correct", "positive", "affirmative", "right", "t", "y", "1"})
 _NO = frozenset({"no", "false", "disproved", "incorrect", "negative", "wrong", "f", "n", "0"})
 _LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*[:=]?\s*", re.IGNORECASE)
-# "So the answer is yes": what follows the last "answer is" or "answer:", as the number type reads it.
-_ANSWER_IS = re.compile(r"\banswer(?:\s+is\b\s*[:=]?|\s*[:=])\s*", re.IGNORECASE)
 _FIRST_WORD = re.compile(r"[a-z01]+")
 _QUOTES = " *`$\"'.!"
 # The other answer where a second one starts: "yes and no", "yes/no", "Yes. No, wait". The word
@@ -49,9 +47,7 @@ class YesNoType(ProblemType):
         if raw is None:
             return None
         text = re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", boxed_or_whole(raw).strip().lower())
-        lead = last_match(_ANSWER_IS, text)
-        if lead is not None and text[lead.end() :].strip(_QUOTES):
-            text = text[lead.end() :]
+        text = after_answer_marker(text, _QUOTES)  # "So the answer is yes"
         text = _LEAD_IN.sub("", text.strip()).strip(_QUOTES)
         word = _FIRST_WORD.match(text)
         if word is None:
