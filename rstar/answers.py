@@ -21,6 +21,7 @@ from functools import lru_cache
 
 __all__ = [
     "MAX_ANSWER_CHARS",
+    "TEXT_COMMAND",
     "answers_equal",
     "clean_text",
     "extract_reference",
@@ -163,7 +164,8 @@ _LEAD_IN = re.compile(
     r"\b(?:final\s+)?answer\b[\s*_]*(?:is|:|=|should\s+be|would\s+be|will\s+be)[\s*_:]*",
     re.IGNORECASE,
 )
-_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+# A LaTeX text command around its argument ("\\text{ apples}"); its argument is what it says.
+TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SIZING = re.compile(r"\\(?:left|right)(?![a-z])")
 _LATEX_REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("\\dfrac", "\\frac"),
@@ -195,7 +197,7 @@ def _unwrap(text: str) -> str:
         lead = last_match(_LEAD_IN, text)
         if lead is not None and text[lead.end() :].strip():
             text = text[lead.end() :]
-        text = _TEXT_COMMAND.sub(r" \1 ", _BOLD.sub(r"\1", text))
+        text = TEXT_COMMAND.sub(r" \1 ", _BOLD.sub(r"\1", text))
         text = _SIZING.sub("", text)
         for old, new in _LATEX_REPLACEMENTS:
             text = text.replace(old, new)

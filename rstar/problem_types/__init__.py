@@ -26,8 +26,6 @@ def _discover() -> dict[str, ProblemType]:
 
 
 PROBLEM_TYPES: dict[str, ProblemType] = _discover()
-DEFAULT_TYPE = NUMBER.name
-"""Every job before problem types existed, and a file with no references to guess from."""
 GUESS_SAMPLE = 200
 """References read for the guess: the first ones of the file."""
 
@@ -58,4 +56,4 @@ def guess_problem_type(references: Iterable[str | None]) -> tuple[ProblemType, s
     return NUMBER, "the reference answers have no single form: the default"
 
 
-__all__ = ["DEFAULT_TYPE", "PROBLEM_TYPES", "ProblemType", "get_problem_type", "guess_problem_type"]
+__all__ = ["PROBLEM_TYPES", "ProblemType", "get_problem_type", "guess_problem_type"]

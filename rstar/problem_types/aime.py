@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from rstar.problem_types.base import ProblemType
 from rstar.problem_types.number import NUMBER, NumberType
 
 __all__ = ["AIME"]
@@ -38,9 +39,8 @@ class AimeType(NumberType):
     def reference(self, raw: str | None) -> str | None:
         return self.normalize(NUMBER.reference(raw))
 
-    def equal(self, a: str | None, b: str | None) -> bool:
-        na, nb = self.normalize(a), self.normalize(b)
-        return na is not None and na == nb
+    # Equal when the integers are: the base's comparison of normal forms, not the number type's.
+    equal = ProblemType.equal
 
     def fallback(self, text: str) -> tuple[str | None, str | None]:
         raw, _ = super().fallback(text)

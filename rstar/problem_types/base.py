@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from rstar.answers import MAX_ANSWER_CHARS, clean_text, last_boxed, last_match
+from rstar.answers import clean_text, last_boxed, last_match
 
 __all__ = ["ProblemType", "after_answer_marker", "boxed_or_whole"]
 
@@ -63,8 +63,6 @@ class ProblemType:
     markup: str | None = None
     """How the viewer renders an answer: "tex" (as mathematics, its source a click away) or None
     (as text)."""
-    answer_marker: re.Pattern[str] | None = None
-    """A last-resort pattern for the answer in free text (the last match counts); None: no fallback."""
     fallback_note: str = "no explicit final answer; used the last number"
     reference_hint: str = "a number"
     """What a reference of this type looks like, for the error about one that is not."""
@@ -86,18 +84,9 @@ class ProblemType:
         return False
 
     def fallback(self, text: str) -> tuple[str | None, str | None]:
-        """(raw answer, its normal form) from a reply with no explicit final answer."""
-        if self.answer_marker is None:
-            return None, None
-        found = last_match(self.answer_marker, text)
-        if found is None:
-            return None, None
-        raw = found[0][:MAX_ANSWER_CHARS]
-        return raw, self.normalize(raw)
-
-    def show(self, answer: str | None) -> str:
-        """An answer as the CLI prints it."""
-        return "" if answer is None else answer
+        """(raw answer, its normal form) from a reply with no explicit final answer; by default
+        none (a LaTeX answer has no last-resort form: "3" in "x^3 + 1" is no answer)."""
+        return None, None
 
     def looks_like(self, reference: str) -> bool:
         """Whether a reference as given in an input file has this type's form (for the guess)."""

@@ -24,8 +24,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
-from rstar.answers import MAX_ANSWER_CHARS, last_boxed, math_verify_equal, normalize_answer
+from rstar.answers import MAX_ANSWER_CHARS, TEXT_COMMAND, last_boxed, math_verify_equal
 from rstar.problem_types.base import ProblemType, boxed_or_whole
+from rstar.problem_types.number import as_number
 
 __all__ = ["LATEX", "VERIFY_TIMEOUT_S", "Verifier"]
 
@@ -33,8 +34,6 @@ VERIFY_TIMEOUT_S = 5.0
 _MAX_VERIFY_CHARS = 300
 _MAX_BARE_REFERENCE = 200
 
-_NUMERIC = re.compile(r"-?\d+(?:\.\d+|/\d+)?")  # what normalize_answer makes of a number
-_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 # A unit after a value: "10\\text{ inches}", "4 \\mbox{cm}^2" (a \\text{} alone is the answer).
 _UNITS = re.compile(r"(?<=[\w}])\s*\\(?:text|mbox)\s*\{\s*[a-zA-Z][a-zA-Z\s.]*\}(?:\^\{?[23]\}?)?$")
 _REPLACEMENTS: tuple[tuple[str, str], ...] = (
@@ -82,7 +81,7 @@ def _canonical(text: str) -> str:
     # Piece by piece between a matrix's row breaks, so "\\\\ " keeps both backslashes ("\\ " is a space).
     text = "\\\\".join(_replace(piece) for piece in text.split("\\\\"))
     text = _UNITS.sub("", text.strip()).strip()
-    text = _TEXT.sub(r"\1", text)
+    text = TEXT_COMMAND.sub(r"\1", text)
     text = _VARIABLE.sub("", text)  # "x = 5" is 5; "x = 5, y = 2" keeps its second "="
     text = text.rstrip(".").strip()
     text = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", text)
@@ -110,12 +109,6 @@ def _numeral(text: str) -> tuple[str, int | None] | None:
     except ValueError:  # a digit the base has not (or a base over 36): a subscript, not a base
         pass
     return None
-
-
-def _number(text: str) -> str | None:
-    """The `number` type's canonical form when the answer is a plain number, else None."""
-    value = normalize_answer(text)
-    return value if value is not None and _NUMERIC.fullmatch(value) else None
 
 
 def _verify_pair(a: str, b: str) -> bool:
@@ -185,7 +178,6 @@ class LatexType(ProblemType):
     json_answer = "a string holding only the final answer, as a LaTeX expression in simplest form"
     answer_noun = "final answer (a LaTeX expression)"
     markup = "tex"
-    answer_marker = None  # no last-number guess: "3" in "x^3 + 1" is no answer
     reference_hint = "give the answer, or a worked solution with the answer in \\boxed{}"
 
     def reference(self, raw: str | None) -> str | None:
@@ -201,7 +193,7 @@ class LatexType(ProblemType):
         text = _canonical(boxed_or_whole(raw))
         if not text or not any(ch.isalnum() for ch in text):
             return None
-        number = _number(text)
+        number = as_number(text)
         return number if number is not None else text[:MAX_ANSWER_CHARS]
 
     def reads_all(self, references: list[str]) -> bool:
@@ -220,9 +212,6 @@ class LatexType(ProblemType):
         if any(_WORD.search(_COMMAND.sub(" ", _ENVIRONMENT.sub(" ", x))) for x in (a, b)):
             return a.casefold() == b.casefold()  # words as text, whatever their case
         return _VERIFIER.equal(a, b)
-
-    def show(self, answer: str | None) -> str:
-        return "" if answer is None else answer
 
 
 LATEX = LatexType()

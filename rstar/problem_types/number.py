@@ -12,14 +12,20 @@ import re
 from rstar.answers import answers_equal, extract_reference, last_match, normalize_answer
 from rstar.problem_types.base import ProblemType
 
-__all__ = ["NUMBER"]
+__all__ = ["NUMBER", "as_number"]
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _TAIL = 200
-_CANONICAL = re.compile(r"-?\d+(?:\.\d+|/\d+)?")  # normalize_answer's numbers
+_CANONICAL = re.compile(r"-?\d+(?:\.\d+|/\d+)?")  # what normalize_answer makes of a number
 
 
 _LONG_DECIMAL = re.compile(r"\s*-?\d+\.\d+\s*")
+
+
+def as_number(raw: str | None) -> str | None:
+    """The canonical form of an answer that is a plain number ("$1,000" is "1000"), else None."""
+    value = normalize_answer(raw)
+    return value if value is not None and _CANONICAL.fullmatch(value) else None
 
 
 def _without_float_tail(raw: str | None) -> str | None:
@@ -62,7 +68,7 @@ class NumberType(ProblemType):
         return found[0], normalize_answer(found[0])
 
     def looks_like(self, reference: str) -> bool:
-        return _CANONICAL.fullmatch(extract_reference(reference) or "") is not None
+        return as_number(self.reference(reference)) is not None
 
 
 NUMBER = NumberType()
