@@ -263,10 +263,8 @@ def _reading(
     """How to read the file (`ProblemReader`'s kind, fields and unit), the type and the field
     names guessed where not given, and said on stderr."""
     unit = problems_file.unit_of(path)
-    first = problems_file.first_record(
-        path, max_bytes=max_bytes, max_line_bytes=ProblemReader().max_line_bytes
-    )
-    guessed = guess_fields(first)
+    head = problems_file.head(path, count=GUESS_SAMPLE, max_bytes=max_bytes)
+    guessed = guess_fields(problems_file.first_value(head))
     fields = FieldNames(
         question=question_field or guessed.question,
         answer=answer_field or guessed.answer,
@@ -287,10 +285,9 @@ def _reading(
         err.print(f"problem type: {kind.name}", markup=False, highlight=False)
     else:
         sample = ProblemReader(fields=fields, unit=unit, keep_references=GUESS_SAMPLE, **limits)
-        references = problems_file.sample_references(
-            path, sample, max_bytes=max_bytes, records_read=GUESS_SAMPLE
-        )
-        kind, why = guess_problem_type(references)
+        for _ in sample.read(head):  # errors are left to the full check
+            pass
+        kind, why = guess_problem_type(sample.references)
         err.print(
             f"problem type: {kind.name} (guessed: {why}; --type to choose)", markup=False, highlight=False
         )

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-from rstar.inputs import Decoded, Overlong, ProblemReader, decode_array, is_array_of_records
+from rstar.inputs import MAX_LINE_BYTES, Decoded, Overlong, ProblemReader, decode_array, is_array_of_records
 from rstar.types import ProblemInput
 
 CHUNK = 1 << 16
@@ -112,19 +112,16 @@ def check(path: Path, reader: ProblemReader, *, max_bytes: int) -> int:
     return reader.valid
 
 
-def sample_references(path: Path, reader: ProblemReader, *, max_bytes: int, records_read: int) -> list[str]:
-    """The references of the file's first records as given (`reader` keeps them): what the
-    problem type is guessed from. Errors are left to the full check."""
-    lines = records(path, max_bytes=max_bytes, max_line_bytes=reader.max_line_bytes)
-    for _ in reader.read(islice(lines, records_read)):
-        pass
-    return reader.references
+def head(path: Path, *, count: int, max_bytes: int) -> list[bytes | Overlong | Decoded]:
+    """The file's first `count` records as `ProblemReader.read` takes them, read once: what the
+    field names and the problem type are guessed from."""
+    return list(islice(records(path, max_bytes=max_bytes, max_line_bytes=MAX_LINE_BYTES), count))
 
 
-def first_record(path: Path, *, max_bytes: int, max_line_bytes: int) -> object:
-    """The file's first record decoded (None when it has none or it is not valid JSON): what
-    the field names are guessed from."""
-    for item in records(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes):
+def first_value(items: list[bytes | Overlong | Decoded]) -> object:
+    """The first record of `head`'s items decoded (None when there is none or it is not valid
+    JSON): what the field names are guessed from."""
+    for item in items:
         if isinstance(item, Decoded):
             return item.value
         if isinstance(item, bytes) and item.strip():

@@ -25,6 +25,7 @@ from rstar.types import ProblemInput
 __all__ = [
     "AUTHORS_FIELDS",
     "MAX_ID_CHARS",
+    "MAX_LINE_BYTES",
     "MAX_REPORTED_PROBLEMS",
     "Decoded",
     "FieldNames",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 MAX_REPORTED_PROBLEMS = 50
+MAX_LINE_BYTES = 65536
+"""A JSONL line's limit in bytes (a record of the published sets is a few kilobytes)."""
 MAX_ID_CHARS = 200
 """Ids become database keys and file names in reports; anything longer is a mistake."""
 
@@ -384,7 +387,7 @@ class ProblemReader:
     def __init__(
         self,
         *,
-        max_line_bytes: int = 65536,
+        max_line_bytes: int = MAX_LINE_BYTES,
         max_question_chars: int = 20000,
         max_problems: int = 100000,
         check_duplicates: bool = True,
@@ -496,7 +499,7 @@ class ProblemReader:
 def parse_problems(
     data: bytes,
     *,
-    max_line_bytes: int = 65536,
+    max_line_bytes: int = MAX_LINE_BYTES,
     max_question_chars: int = 20000,
     max_problems: int = 100000,
 ) -> list[ProblemInput]:
