@@ -16,8 +16,8 @@ from rich.text import Text
 from rich.tree import Tree as RichTree
 
 from db.audit import ProblemTrail, StepTrail
+from db.jobs import stored_judgement
 from db.models import ModelCall, Output
-from rstar.reports import judge
 from rstar.roster import describe
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
 from rstar.strategies.mcts.view import NodeView, tree_view
@@ -89,8 +89,7 @@ def print_trail(console: Console, trail: ProblemTrail, *, with_calls: bool, sear
     )
     if p.reference_answer is not None and p.status == "answered":
         # The same judgement as `rstar results` and `rstar report`.
-        right = p.correct if p.correct is not None else judge(p.status, p.final_answer, p.reference_answer)
-        head.append(f"   correct: {'yes' if right else 'no'}")
+        head.append(f"   correct: {'yes' if stored_judgement(p) else 'no'}")
     if p.meta is not None:
         head.append(f"\nmeta: {json.dumps(p.meta, ensure_ascii=False)}", style="dim")
     if p.error:

@@ -1,7 +1,7 @@
 """What the viewer (`rstar ui`) reads: every job at a glance, a job's problems filtered, sorted and
 paged, and two jobs compared on the problems they share.
 
-Correctness is `judge` on the stored answers, as in `rstar results` and `rstar report`.
+Correctness is the judgement stored with each answer (`db.jobs.stored_judgement`), as in `rstar results`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,17 @@ from typing import Any
 from sqlalchemy import Row, case, func, select
 from sqlalchemy.orm import Session
 
-from db.jobs import TALLIES, ProblemResult, iter_problem_results, job_counts, problem_results
+from db.jobs import (
+    TALLIES,
+    ProblemResult,
+    iter_problem_results,
+    job_counts,
+    problem_results,
+    stored_judgement,
+)
 from db.models import TERMINAL_PROBLEM_STATES, Job, ModelCall, Output, Problem, ProblemStatus, Selection
 from rstar import roster
-from rstar.reports import PairedComparison, judge, paired_counts, wilson_interval
+from rstar.reports import PairedComparison, paired_counts, wilson_interval
 
 OUTCOMES = ("correct", "wrong", "unanswered", "failed", "no reference", "open")
 """A problem's outcome, as the filter names it: right or wrong against its reference; answered
@@ -56,11 +63,7 @@ def outcome_of(r: ProblemResult | Problem) -> str:
         r.status,
         answered=r.final_answer is not None,
         referenced=r.reference_answer is not None,
-        # The worker's judgement, by the job's problem type; judged here only for rows written
-        # before it was stored (0007), all of them number jobs.
-        right=lambda: (
-            r.correct if r.correct is not None else judge(r.status, r.final_answer, r.reference_answer)
-        ),
+        right=lambda: stored_judgement(r),
     )
 
 

@@ -326,6 +326,13 @@ class ProblemResult:
     """The input line's "meta" object."""
 
 
+def stored_judgement(p: Any) -> bool:
+    """Whether an answered problem's answer is right (a Problem, or a row with its columns): the
+    worker's judgement, made by the job's problem type and stored with the answer (0007); judged
+    here only for rows written before it was stored, all of them number jobs."""
+    return p.correct if p.correct is not None else judge(p.status, p.final_answer, p.reference_answer)
+
+
 def problem_results(*, session: Session, job_id: int) -> list[ProblemResult]:
     return list(iter_problem_results(session=session, job_id=job_id))
 
@@ -367,11 +374,7 @@ def iter_problem_results(
             )
             correct = None
             if p.reference_answer is not None and p.status == ProblemStatus.ANSWERED:
-                correct = (
-                    p.correct
-                    if p.correct is not None
-                    else judge(p.status, p.final_answer, p.reference_answer)
-                )
+                correct = stored_judgement(p)
             yield ProblemResult(
                 id=p.item_id,
                 question=p.question,
