@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from localmodels.servers import BACKENDS, stop_group
+from rstar.problem_types import PROBLEM_TYPES
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
@@ -138,9 +139,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def write_problems(work: Path, *, dataset: Path, offset: int, n: int) -> tuple[Path, int]:
     """The problems file to submit and its number of problems: records offset+1 .. offset+n of an
     authors' JSON array as they are (`problems.json`), or lines offset+1 .. offset+n of GSM8K's
-    training split with ids naming their line (`problems.jsonl`)."""
+    training split with ids naming their line (`problems.jsonl`). A record that is one of a problem
+    type's few-shot examples is left out (none of the first records of the development slices is)."""
     if dataset.suffix == ".json":
-        records = json.loads(dataset.read_text(encoding="utf-8"))[offset : offset + n]
+        records = [
+            r
+            for r in json.loads(dataset.read_text(encoding="utf-8"))[offset : offset + n]
+            if not any(k.search and k.search.shows(str(r.get("problem", ""))) for k in PROBLEM_TYPES.values())
+        ]
         path = work / "problems.json"
         path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
         return path, len(records)

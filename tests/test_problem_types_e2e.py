@@ -5,18 +5,23 @@ type's answer; then `results`, `report` and `export` judge by the type.
 
 The fake models answer in the type's own forms, differently written from the reference (yes/no for
 true/false, `\\dfrac` and `\\left(` for MATH's `\\frac` and `(`), and wrong on the second problem.
+An rstar job runs too: its few-shot prompts (steps, decompositions, rephrasing) must be the type's,
+and a request with the number type's few-shots is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 from sqlalchemy import select
 
 from db.models import Job, Problem
 from db.session import session_scope
+from rstar.problem_types import get_problem_type
+from rstar.problem_types.number import NUMBER
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.support import celery_worker, question_of, rstar, service_env, wait_until
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
@@ -57,11 +62,29 @@ MATH_REPLIES = {
 }
 
 
+RSTAR_PARAMS = [
+    "rollouts=2",
+    "max_depth=2",
+    "a1_samples=1",
+    "votes=2",
+    "last_votes=2",
+    "subquestions=1",
+    "cuts=2",
+]
+FIRST_SUBQUESTION = "What does the question depend on first?"
+
+
 def _oracle(records: list[dict[str, str]], answer_format: str, replies: dict[str, tuple[str, str]]):  # type: ignore[no-untyped-def]
     index = {r["problem"]: (j, r) for j, r in enumerate(records)}
 
     def respond(request: FakeRequest) -> Reply | str:
-        found = index.get(question_of(request.prompt))
+        asked = question_of(request.prompt)
+        # rstar's A2 below the root asks the question with the decomposition's answers as hints.
+        found = index.get(asked) or next(
+            (v for q, v in index.items() if asked.startswith(f"{q}\n\nHint")), None
+        )
+        if asked == FIRST_SUBQUESTION and answer_format in request.prompt:
+            return "It depends on one fact."  # rstar's A4: the sub-question asked again on its own
         if found is None:
             return Reply(status=422, error="unknown question")
         if answer_format not in request.prompt:
@@ -69,6 +92,35 @@ def _oracle(records: list[dict[str, str]], answer_format: str, replies: dict[str
         j, record = found
         right, wrong = replies.get(record["id"]) or replies[record["solution"]]
         return f"Let me think.\nFirst fact.\nSecond fact.\n\\boxed{{{wrong if j == 1 else right}}}"
+
+    return respond
+
+
+def _search_oracle(kind_name: str, solve):  # type: ignore[no-untyped-def]
+    """rstar's few-shot prompts answered by their instruction, if they are the job's type's; the
+    rest (A2, A4, the discriminator's completions) by `solve`."""
+    shots = get_problem_type(kind_name).search
+    assert shots is not None and NUMBER.search is not None
+
+    def respond(request: FakeRequest) -> Reply | str:
+        system = next((m["content"] for m in request.messages if m.get("role") == "system"), "")
+        prompt = request.prompt
+        if system in (NUMBER.search.steps, NUMBER.search.decompose):
+            return Reply(status=422, error="a few-shot prompt of the number type")
+        if system == shots.steps and "Rewrite the question" in prompt:
+            return prompt.removeprefix("Question: ").split("\n\n")[0]  # its own words: the oracle knows them
+        if system == shots.steps:
+            k = re.findall(r'Write only "Step (\d+):"', prompt)
+            return f"Step {k[0]}: A fact the question needs."
+        if system == shots.decompose:
+            if k := re.findall(r'Write "Question 5\.(\d+):" and the first', prompt):
+                return f"Question 5.{k[0]}: {FIRST_SUBQUESTION}"
+            if k := re.findall(r'Write "Question 5\.(\d+):" and the next', prompt):
+                return f"Question 5.{k[0]}: Now we can answer the question: the question itself?"
+            if k := re.findall(r'Write "Answer 5\.(\d+):"', prompt):
+                return f"Answer 5.{k[0]}: It depends on one fact."
+            return Reply(status=422, error="unknown instruction")
+        return solve(request)
 
     return respond
 
@@ -92,19 +144,21 @@ def _run_type(
 ) -> dict[str, int]:
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(records, indent=2), encoding="utf-8")
-    oracle = _oracle(records, answer_format, replies)
+    oracle = _search_oracle(want_type, _oracle(records, answer_format, replies))
     jobs: dict[str, int] = {}
     with FakeInferenceServer(oracle, kind="tgi") as a, FakeInferenceServer(oracle, kind="tgi") as b:
         env = service_env(db_url, redis_url, RSTAR_MODEL_A_URL=a.url, RSTAR_MODEL_B_URL=b.url)
         assert rstar(["db", "upgrade"], env).returncode == 0
-        refused = rstar(["submit", str(path), "--strategy", "rstar"], env)
-        assert refused.returncode == 2 and f"number problems only, not '{want_type}'" in refused.stderr
-        for strategy, args in [("cot", []), ("self-consistency", ["--samples", "3"])]:
+        prose = ["--solution-format", "prose"]  # rstar's chains of thought are prose
+        runs = [
+            ("cot", prose),
+            ("self-consistency", [*prose, "--samples", "3"]),
+            ("rstar", [a for p in RSTAR_PARAMS for a in ("--param", p)]),
+        ]
+        for strategy, args in runs:
             sub = rstar(
-                ["submit", str(path), "--name", f"{name}-{strategy}", "--strategy", strategy,
-                 "--solution-format", "prose", *args],
-                env,
-            )  # fmt: skip
+                ["submit", str(path), "--name", f"{name}-{strategy}", "--strategy", strategy, *args], env
+            )
             assert sub.returncode == 0, sub.stderr
             assert f"problem type: {want_type} (guessed:" in sub.stderr
             assert "question from 'problem', answer from 'solution'" in sub.stderr
@@ -112,13 +166,18 @@ def _run_type(
         with celery_worker(env, [CONTROL_QUEUE, queue_for_endpoint(a.url), queue_for_endpoint(b.url)]):
             for job_id in jobs.values():
                 wait_until(lambda j=job_id: _finished(db_url, j), timeout=120, what=f"job {job_id}")
-        assert a.status_counts[200] + b.status_counts[200] == 3 + 9  # no 422: every prompt asked rightly
+        seen = a.requests + b.requests
+        assert set(a.status_counts) | set(b.status_counts) == {200}  # no 422: every prompt asked rightly
+        systems = [next((m["content"] for m in r.messages if m.get("role") == "system"), "") for r in seen]
+        shots = get_problem_type(want_type).search
+        assert shots is not None and shots.steps in systems and shots.decompose in systems
 
         out = tmp_path / f"report-{name}"
         rep = rstar(["report", *(str(j) for j in jobs.values()), "-o", str(out)], env)
         assert rep.returncode == 0, rep.stderr
         summary = {r["strategy"]: r for r in csv.DictReader((out / "summary.csv").open())}
         assert (summary["cot"]["correct"], summary["cot"]["judged"]) == ("2", "3")
+        assert (summary["rstar"]["correct"], summary["rstar"]["judged"]) == ("2", "3")
         results = rstar(["results", str(jobs["cot"]), "--format", "jsonl"], env)
         assert [json.loads(line)["correct"] for line in results.stdout.splitlines()] == [True, False, True]
         status = rstar(["status", str(jobs["cot"])], env)

@@ -2,7 +2,8 @@
 
 Written "33", "033", "\\boxed{33}" or "The answer is 33". A value outside 0-999 or not whole
 ("33.5", "1,000") is no AIME answer. Chosen with `--type aime`, never guessed: a GSM8K file's
-answers would read as AIME answers just as well.
+answers would read as AIME answers just as well. The rstar search asks with the number type's
+few-shots (GSM8K's): their answers are integers too.
 """
 
 from __future__ import annotations

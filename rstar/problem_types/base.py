@@ -9,11 +9,12 @@ template, answer pattern and grader together.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from rstar.answers import clean_text, last_boxed, last_match
 
-__all__ = ["ProblemType", "after_answer_marker", "boxed_or_whole"]
+__all__ = ["ProblemType", "SearchExamples", "after_answer_marker", "boxed_or_whole", "unwrap"]
 
 _MAX_INPUT = 5000
 
@@ -23,6 +24,12 @@ def boxed_or_whole(raw: str) -> str:
     raw = clean_text(raw[:_MAX_INPUT])
     boxed = last_boxed(raw)
     return boxed if boxed is not None else raw
+
+
+def unwrap(raw: str) -> str:
+    """A raw string's lines joined where one ends in a backslash, as a plain string's are: LaTeX
+    few-shots are written raw, yet their long lines must fit the source's width."""
+    return raw.replace("\\\n", "")
 
 
 _ANSWER_IS = re.compile(r"\banswer(?:\s+is\b\s*[:=]?|\s*[:=])\s*", re.IGNORECASE)
@@ -35,6 +42,33 @@ def after_answer_marker(text: str, strip: str) -> str:
     if lead is not None and text[lead.end() :].strip(strip):
         return text[lead.end() :]
     return text
+
+
+@dataclass(frozen=True)
+class SearchExamples:
+    """A type's few-shot prompts for the rstar search (`rstar/strategies/mcts/prompts.py` asks with
+    them): worked examples in the authors' formats, answers in the type's form."""
+
+    steps: str
+    """The system prompt of A1 (the next step) and A5 (the rephrasing): worked solutions one step
+    a line, the last stating "The answer is: <answer>", and one solved by sub-questions."""
+    decompose: str
+    """A3's system prompt: the instruction and worked decompositions "Question 1" .. "Question 4",
+    each sub-question answered in a sentence that ends with "The answer is ..."; the decomposed
+    question is numbered 5 (`prompts.DECOMPOSE_INDEX`)."""
+    sub_answer: str
+    """How A3 asks an intermediate sub-question answered: "answer it in a complete sentence with its
+    calculation, on one line, ending with ..." (after 'Write "Answer 5.k:" and ')."""
+    final_answer: str
+    """The same for the sub-question that is the question itself (rstar-v4; v5 answers it as A2)."""
+    first_part: str
+    """What the first sub-question asks for: "one quantity the question needs on the way"."""
+
+    def shows(self, question: str) -> bool:
+        """Whether a problem is one of the examples (a benchmark leaves it out)."""
+        return bool(question.strip()) and (
+            question.strip() in self.steps or question.strip() in self.decompose
+        )
 
 
 class ProblemType:
@@ -66,6 +100,8 @@ class ProblemType:
     fallback_note: str = "no explicit final answer; used the last number"
     reference_hint: str = "a number"
     """What a reference of this type looks like, for the error about one that is not."""
+    search: SearchExamples | None = None
+    """The rstar search's few-shot prompts; None: `--strategy rstar` refuses the type."""
 
     def reference(self, raw: str | None) -> str | None:
         """The normalised answer of a reference as a data set gives it, or None."""

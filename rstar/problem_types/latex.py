@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 from rstar.answers import MAX_ANSWER_CHARS, TEXT_COMMAND, last_boxed, math_verify_equal
-from rstar.problem_types.base import ProblemType, boxed_or_whole
+from rstar.problem_types.base import ProblemType, SearchExamples, boxed_or_whole, unwrap
 from rstar.problem_types.number import as_number
 
 __all__ = ["LATEX", "VERIFY_TIMEOUT_S", "Verifier"]
@@ -168,6 +168,75 @@ def _ready() -> bool:
 _VERIFIER = Verifier()
 
 
+# The rstar search's few-shots, in the authors' formats (prompts/MATH/fewshot_ost and decompose,
+# microsoft/rStar branch rStar-mutualreasoning) with problems of our own: the authors' examples are
+# MATH problems and may be among MATH500's, which a benchmark must not have seen.
+_STEPS = unwrap(r"""You solve competition mathematics problems one step at a time. Each step is one line. \
+The last step states the result in LaTeX as "The answer is: <answer>".
+
+Example 1
+Question: What is $\frac{2}{3} + \frac{1}{6}$? Express your answer as a common fraction.
+Step 1: With the common denominator 6, $\frac{2}{3} = \frac{4}{6}$.
+Step 2: So $\frac{4}{6} + \frac{1}{6} = \frac{5}{6}$.
+Step 3: The answer is: \frac{5}{6}
+
+Example 2
+Question: Find the midpoint of the segment with endpoints $(1, 7)$ and $(5, -3)$.
+Step 1: The midpoint's $x$-coordinate is $\frac{1 + 5}{2} = 3$.
+Step 2: Its $y$-coordinate is $\frac{7 + (-3)}{2} = 2$.
+Step 3: The answer is: (3, 2)
+
+A problem can also be solved by sub-questions, each answered in a sentence or two; the last one \
+starts with "Now we can answer the question:".
+
+Example 3
+Question: Simplify $\sqrt{50} + \sqrt{18}$.
+Sub-question 1: What are $\sqrt{50}$ and $\sqrt{18}$ in simplest radical form?
+Answer 1: $\sqrt{50} = \sqrt{25 \cdot 2} = 5\sqrt{2}$ and $\sqrt{18} = \sqrt{9 \cdot 2} = 3\sqrt{2}$. \
+The answer is: 5\sqrt{2} and 3\sqrt{2}
+Sub-question 2: Now we can answer the question: what is $\sqrt{50} + \sqrt{18}$?
+Answer 2: $5\sqrt{2} + 3\sqrt{2} = 8\sqrt{2}$. The answer is: 8\sqrt{2}""")
+
+_DECOMPOSE = unwrap(r"""Given a question, please decompose it into sub-questions. For each sub-question, \
+please answer it in a complete sentence, ending with "The answer is <answer>", the answer in \
+LaTeX. When the original question is answerable, please start the sub-question with "Now we can \
+answer the question: <original question>".
+
+Question 1: Solve for $x$: $3(x - 2) = 2x + 5$.
+Question 1.1: What is the equation once the left side is expanded?
+Answer 1.1: Expanding $3(x - 2)$ gives $3x - 6 = 2x + 5$. The answer is $3x - 6 = 2x + 5$.
+Question 1.2: Now we can answer the question: What is $x$?
+Answer 1.2: Subtracting $2x$ from both sides and adding 6 gives $x = 11$. The answer is $11$.
+
+Question 2: A bag holds 4 red marbles and 6 blue marbles. Two marbles are drawn without \
+replacement. What is the probability that both are red? Express your answer as a common fraction.
+Question 2.1: What is the probability that the first marble is red?
+Answer 2.1: Four of the ten marbles are red, so it is $\frac{4}{10} = \frac{2}{5}$. The answer is \
+$\frac{2}{5}$.
+Question 2.2: If the first marble is red, what is the probability that the second is red too?
+Answer 2.2: Then three of the nine marbles left are red, so it is $\frac{3}{9} = \frac{1}{3}$. \
+The answer is $\frac{1}{3}$.
+Question 2.3: Now we can answer the question: What is the probability that both are red?
+Answer 2.3: The probability is $\frac{2}{5} \cdot \frac{1}{3} = \frac{2}{15}$. The answer is \
+$\frac{2}{15}$.
+
+Question 3: What is the domain of the function $f(x) = \sqrt{x - 3}$? Express your answer in \
+interval notation.
+Question 3.1: For which $x$ is the expression under the square root nonnegative?
+Answer 3.1: $x - 3 \ge 0$ exactly when $x \ge 3$. The answer is $x \ge 3$.
+Question 3.2: Now we can answer the question: What is the domain of $f$?
+Answer 3.2: The domain is every $x \ge 3$, which is $[3, \infty)$. The answer is $[3, \infty)$.
+
+Question 4: The sum of two numbers is 22 and their difference is 4. What is their product?
+Question 4.1: What is the larger number?
+Answer 4.1: Adding the two equations gives twice the larger number, $22 + 4 = 26$, so it is $13$. \
+The answer is $13$.
+Question 4.2: What is the smaller number?
+Answer 4.2: The smaller number is $22 - 13 = 9$. The answer is $9$.
+Question 4.3: Now we can answer the question: What is their product?
+Answer 4.3: Their product is $13 \cdot 9 = 117$. The answer is $117$.""")
+
+
 class LatexType(ProblemType):
     name = "latex"
     order = 1
@@ -179,6 +248,15 @@ class LatexType(ProblemType):
     answer_noun = "final answer (a LaTeX expression)"
     markup = "tex"
     reference_hint = "give the answer, or a worked solution with the answer in \\boxed{}"
+    search = SearchExamples(
+        steps=_STEPS,
+        decompose=_DECOMPOSE,
+        sub_answer="answer it in a complete sentence with its calculation, on one line, ending with"
+        ' "The answer is <answer>." (the answer in LaTeX)',
+        final_answer='work it out with every calculation, on one line, ending with "The answer is'
+        ' <answer>." (the answer in LaTeX)',
+        first_part="one quantity or expression the question needs on the way",
+    )
 
     def reference(self, raw: str | None) -> str | None:
         if raw is None:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from rstar import prompts
 from rstar.problem_types.base import ProblemType
 from rstar.problem_types.number import NUMBER
+from rstar.strategies.params import ParamError
 from rstar.types import (
     ModelRequest,
     ParsedOutput,
@@ -343,45 +344,6 @@ def fit_roster(strategy: Strategy, models: Sequence[str]) -> tuple[str, ...]:
 def next_model(models: Sequence[str], name: str, offset: int = 1) -> str:
     """The model `offset` places after `name` in the roster, round the end."""
     return models[(models.index(name) + offset) % len(models)]
-
-
-class ParamError(ValueError):
-    """A strategy parameter is missing, of the wrong type or out of range."""
-
-
-def int_param(params: Mapping[str, Any], name: str, default: int, *, low: int, high: int) -> int:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ParamError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def float_param(params: Mapping[str, Any], name: str, default: float, *, low: float, high: float) -> float:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ParamError(f"{name} must be a number from {low} to {high}, got {value!r}")
-    return float(value)
-
-
-def choice_param(params: Mapping[str, Any], name: str, default: str, *, choices: tuple[str, ...]) -> str:
-    value = params.get(name, default)
-    if value not in choices:
-        raise ParamError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
-def seed_param(params: Mapping[str, Any], default: int = 0) -> int | None:
-    """The base seed: an integer, or None (the server samples freely)."""
-    if params.get("seed", default) is None:
-        return None
-    return int_param(params, "seed", default, low=0, high=2**31 - 1)
-
-
-def bool_param(params: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = params.get(name, default)
-    if not isinstance(value, bool):
-        raise ParamError(f"{name} must be true or false, got {value!r}")
-    return value
 
 
 class HasAnswer(Protocol):

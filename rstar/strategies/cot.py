@@ -19,17 +19,19 @@ from rstar.strategies.base import (
     Selection,
     StepSpec,
     StrategyBase,
-    choice_param,
-    float_param,
-    int_param,
-    seed_param,
     solution_output,
     step_key,
     step_seed,
 )
+from rstar.strategies.params import Params, Seed, SolutionFormat, Temperature, Tokens
 from rstar.types import ModelRequest, ParsedOutput, StepKind
 
-DEFAULTS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512, "seed": 0, "solution_format": "json"}
+
+class CotParams(Params):
+    temperature: Temperature = 0.0
+    max_tokens: Tokens = 512
+    seed: Seed = 0
+    solution_format: SolutionFormat = "json"
 
 
 def solve_step(models: tuple[str, ...]) -> StepSpec:
@@ -44,22 +46,12 @@ class CotStrategy(StrategyBase):
     def __init__(
         self, params: Mapping[str, Any] | None = None, *, kind: ProblemType = NUMBER, **_: Any
     ) -> None:
-        p = {**DEFAULTS, **(params or {})}
         self.kind = kind
-        self.temperature = float_param(p, "temperature", 0.0, low=0.0, high=2.0)
-        self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
-        self.seed = seed_param(p)
-        self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
+        self.p = CotParams.read(params)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
-            "solution_format": self.solution_format,
-            "prompt_version": prompts.PROMPT_VERSION,
-        }
+        return {**self.p.stored(), "prompt_version": prompts.PROMPT_VERSION}
 
     def plan(self, state: ProblemState) -> Plan:
         solve = solve_step(state.models)
@@ -67,11 +59,11 @@ class CotStrategy(StrategyBase):
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         return ModelRequest(
-            messages=prompts.solve_messages(state.question, style=self.solution_format, kind=self.kind),
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            seed=step_seed(self.seed, step),
-            json_schema=prompts.solution_schema(self.solution_format),
+            messages=prompts.solve_messages(state.question, style=self.p.solution_format, kind=self.kind),
+            temperature=self.p.temperature,
+            max_tokens=self.p.max_tokens,
+            seed=step_seed(self.p.seed, step),
+            json_schema=prompts.solution_schema(self.p.solution_format),
         )
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:

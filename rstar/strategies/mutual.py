@@ -14,7 +14,6 @@ across all rounds and all models, and says why in words.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rstar import prompts
@@ -30,43 +29,25 @@ from rstar.strategies.base import (
     StepSpec,
     StrategyBase,
     answer_groups,
-    choice_param,
-    float_param,
-    int_param,
     next_model,
     review_output,
-    seed_param,
     solution_output,
     step_key,
     step_seed,
 )
+from rstar.strategies.params import MaxRounds, Params, Peers, Seed, SolutionFormat, Temperature, Tokens
 from rstar.types import ModelRequest, ParsedOutput, StepKind, Verdict
 
-PEERS = ("next", "all")
-DEFAULTS: dict[str, Any] = {
-    "max_rounds": 3,
-    "temperature": 0.7,
-    "review_temperature": 0.2,
-    "max_tokens": 512,
-    "review_max_tokens": 384,
-    "seed": 0,
-    "solution_format": "json",
-    "peers": "next",
-}
 
-
-@dataclass(frozen=True)
-class MutualParams:
-    max_rounds: int
-    temperature: float
-    review_temperature: float
-    max_tokens: int
-    review_max_tokens: int
-    seed: int | None
-    solution_format: str = "json"
-    """How solutions are written: "json" (steps and final_answer) or "prose" (answer in \\boxed{})."""
-    peers: str = "next"
-    """Who reviews a solution: the next model in the roster, or every other model."""
+class MutualParams(Params):
+    max_rounds: MaxRounds = 3
+    temperature: Temperature = 0.7
+    review_temperature: Temperature = 0.2
+    max_tokens: Tokens = 512
+    review_max_tokens: Tokens = 384
+    seed: Seed = 0
+    solution_format: SolutionFormat = "json"
+    peers: Peers = "next"
 
 
 def peer_pairs(models: tuple[str, ...], peers: str) -> list[tuple[str, str]]:
@@ -104,32 +85,12 @@ class MutualStrategy(StrategyBase):
         max_rounds_limit: int = 10,
         kind: ProblemType = NUMBER,
     ) -> None:
-        p = {**DEFAULTS, **(params or {})}
         self.kind = kind
-        self.p = MutualParams(
-            max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
-            temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
-            review_temperature=float_param(p, "review_temperature", 0.2, low=0.0, high=2.0),
-            max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
-            review_max_tokens=int_param(p, "review_max_tokens", 384, low=16, high=32768),
-            seed=seed_param(p),
-            solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
-            peers=choice_param(p, "peers", "next", choices=PEERS),
-        )
+        self.p = MutualParams.read(params, max_rounds_limit=max_rounds_limit)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {
-            "max_rounds": self.p.max_rounds,
-            "temperature": self.p.temperature,
-            "review_temperature": self.p.review_temperature,
-            "max_tokens": self.p.max_tokens,
-            "review_max_tokens": self.p.review_max_tokens,
-            "seed": self.p.seed,
-            "solution_format": self.p.solution_format,
-            "peers": self.p.peers,
-            "prompt_version": prompts.PROMPT_VERSION,
-        }
+        return {**self.p.stored(), "prompt_version": prompts.PROMPT_VERSION}
 
     # -- which steps come next ---------------------------------------------------------------
 

@@ -20,8 +20,9 @@ words.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from pydantic import Field
 
 from rstar import prompts
 from rstar.parsing import parse_solution
@@ -35,44 +36,28 @@ from rstar.strategies.base import (
     StepSpec,
     StrategyBase,
     answer_groups,
-    bool_param,
-    choice_param,
-    float_param,
-    int_param,
-    seed_param,
     solution_output,
     step_key,
     step_seed,
 )
-from rstar.strategies.mutual import PEERS, judge_key, judged_model, peer_pairs
+from rstar.strategies.mutual import judge_key, judged_model, peer_pairs
+from rstar.strategies.params import MaxRounds, Params, Peers, Seed, SolutionFormat, Temperature, Tokens
 from rstar.types import ModelRequest, ParsedOutput, StepKind
 
-DEFAULTS: dict[str, Any] = {
-    "max_rounds": 3,
-    "temperature": 0.7,
-    "completion_temperature": 0.7,
-    "max_tokens": 512,
-    "margin": 2,
-    "cut": 0.5,
-    "greedy_first": True,
-    "seed": 0,
-    "solution_format": "json",
-    "peers": "next",
-}
 
-
-@dataclass(frozen=True)
-class ConsistencyParams:
-    max_rounds: int
-    temperature: float
-    completion_temperature: float
-    max_tokens: int
-    margin: int
-    cut: float
-    greedy_first: bool
-    seed: int | None
-    solution_format: str
-    peers: str = "next"
+class ConsistencyParams(Params):
+    max_rounds: MaxRounds = 3
+    temperature: Temperature = 0.7
+    completion_temperature: Temperature = 0.7
+    max_tokens: Tokens = 512
+    margin: int = Field(
+        2, ge=1, le=1000, description="votes the leading answer must lead by to stop before max_rounds"
+    )
+    cut: float = Field(0.5, ge=0.1, le=0.9, description="where a solution is cut for the peer to complete")
+    greedy_first: bool = Field(True, description="the first model's round-1 solution greedy (temperature 0)")
+    seed: Seed = 0
+    solution_format: SolutionFormat = "json"
+    peers: Peers = "next"
 
 
 def solve_step(round_: int, model: str) -> StepSpec:
@@ -140,36 +125,12 @@ class MutualConsistencyStrategy(StrategyBase):
         max_rounds_limit: int = 10,
         kind: ProblemType = NUMBER,
     ) -> None:
-        p = {**DEFAULTS, **(params or {})}
         self.kind = kind
-        self.p = ConsistencyParams(
-            max_rounds=int_param(p, "max_rounds", 3, low=1, high=max_rounds_limit),
-            temperature=float_param(p, "temperature", 0.7, low=0.0, high=2.0),
-            completion_temperature=float_param(p, "completion_temperature", 0.7, low=0.0, high=2.0),
-            max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
-            margin=int_param(p, "margin", 2, low=1, high=1000),
-            cut=float_param(p, "cut", 0.5, low=0.1, high=0.9),
-            greedy_first=bool_param(p, "greedy_first", True),
-            seed=seed_param(p),
-            solution_format=choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS),
-            peers=choice_param(p, "peers", "next", choices=PEERS),
-        )
+        self.p = ConsistencyParams.read(params, max_rounds_limit=max_rounds_limit)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {
-            "max_rounds": self.p.max_rounds,
-            "temperature": self.p.temperature,
-            "completion_temperature": self.p.completion_temperature,
-            "max_tokens": self.p.max_tokens,
-            "margin": self.p.margin,
-            "cut": self.p.cut,
-            "greedy_first": self.p.greedy_first,
-            "seed": self.p.seed,
-            "solution_format": self.p.solution_format,
-            "peers": self.p.peers,
-            "prompt_version": prompts.PROMPT_VERSION,
-        }
+        return {**self.p.stored(), "prompt_version": prompts.PROMPT_VERSION}
 
     # -- which steps come next ---------------------------------------------------------------
 

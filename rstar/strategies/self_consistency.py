@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from rstar import prompts
 from rstar.parsing import parse_solution
 from rstar.problem_types.base import ProblemType
@@ -25,26 +27,23 @@ from rstar.strategies.base import (
     StepSpec,
     StrategyBase,
     answer_groups,
-    bool_param,
-    choice_param,
-    float_param,
-    int_param,
-    seed_param,
     solution_output,
     step_key,
     step_seed,
 )
+from rstar.strategies.params import Params, Seed, SolutionFormat, Temperature, Tokens
 from rstar.types import ModelRequest, ParsedOutput, StepKind
 
-DEFAULTS: dict[str, Any] = {
-    "samples": 8,
-    "temperature": 0.7,
-    "max_tokens": 512,
-    "seed": 0,
-    "solution_format": "json",
-    "greedy_first": False,
-}
 MAX_SAMPLES = 64
+
+
+class SelfConsistencyParams(Params):
+    samples: int = Field(8, ge=1, le=MAX_SAMPLES, description="solutions sampled per problem (k)")
+    temperature: Temperature = 0.7
+    max_tokens: Tokens = 512
+    seed: Seed = 0
+    solution_format: SolutionFormat = "json"
+    greedy_first: bool = Field(False, description="the first sample greedy (temperature 0), as cot's")
 
 
 def sample_step(i: int, models: tuple[str, ...]) -> StepSpec:
@@ -80,29 +79,15 @@ class SelfConsistencyStrategy(StrategyBase):
     def __init__(
         self, params: Mapping[str, Any] | None = None, *, kind: ProblemType = NUMBER, **_: Any
     ) -> None:
-        p = {**DEFAULTS, **(params or {})}
         self.kind = kind
-        self.samples = int_param(p, "samples", 8, low=1, high=MAX_SAMPLES)
-        self.temperature = float_param(p, "temperature", 0.7, low=0.0, high=2.0)
-        self.max_tokens = int_param(p, "max_tokens", 512, low=16, high=32768)
-        self.seed = seed_param(p)
-        self.solution_format = choice_param(p, "solution_format", "json", choices=prompts.SOLUTION_FORMATS)
-        self.greedy_first = bool_param(p, "greedy_first", False)
+        self.p = SelfConsistencyParams.read(params)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
-            "solution_format": self.solution_format,
-            "greedy_first": self.greedy_first,
-            "prompt_version": prompts.PROMPT_VERSION,
-        }
+        return {**self.p.stored(), "prompt_version": prompts.PROMPT_VERSION}
 
     def samples_of(self, models: tuple[str, ...]) -> tuple[StepSpec, ...]:
-        return tuple(sample_step(i, models) for i in range(1, self.samples + 1))
+        return tuple(sample_step(i, models) for i in range(1, self.p.samples + 1))
 
     def plan(self, state: ProblemState) -> Plan:
         steps = self.samples_of(state.models)
@@ -110,11 +95,11 @@ class SelfConsistencyStrategy(StrategyBase):
 
     def build_request(self, step: StepSpec, state: ProblemState) -> ModelRequest:
         return ModelRequest(
-            messages=prompts.solve_messages(state.question, style=self.solution_format, kind=self.kind),
-            temperature=0.0 if self.greedy_first and sample_index(step) == 1 else self.temperature,
-            max_tokens=self.max_tokens,
-            seed=sample_seed(self.seed, step, state.models),
-            json_schema=prompts.solution_schema(self.solution_format),
+            messages=prompts.solve_messages(state.question, style=self.p.solution_format, kind=self.kind),
+            temperature=0.0 if self.p.greedy_first and sample_index(step) == 1 else self.p.temperature,
+            max_tokens=self.p.max_tokens,
+            seed=sample_seed(self.p.seed, step, state.models),
+            json_schema=prompts.solution_schema(self.p.solution_format),
         )
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:

@@ -4,6 +4,7 @@ answers, finds an answer in free text, and is guessed from a file's references."
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,12 +14,16 @@ from rstar import prompts
 from rstar.answers import answers_equal
 from rstar.inputs import AUTHORS_FIELDS, Decoded, InputError, ProblemReader, decode_array, guess_fields
 from rstar.parsing import parse_review, parse_solution
-from rstar.problem_types import PROBLEM_TYPES, get_problem_type, guess_problem_type
+from rstar.problem_types import PROBLEM_TYPES, ProblemType, get_problem_type, guess_problem_type
 from rstar.problem_types.choice import CHOICE
 from rstar.problem_types.latex import LATEX, Verifier
 from rstar.problem_types.number import NUMBER
 from rstar.problem_types.yes_no import YES_NO
 from rstar.strategies import ParamError, get_strategy
+from rstar.strategies.base import StepSpec
+from rstar.strategies.mcts.tree import Kind
+from rstar.types import ModelRequest
+from tests.domain.memory_driver import MemoryRun
 from tests.domain.strategy_state import StateBuilder
 
 SETS = Path(__file__).resolve().parents[1] / "data" / "rstar-paper"
@@ -170,11 +175,72 @@ def test_strategies_vote_with_the_types_equality() -> None:
     assert YES_NO.normalize(chosen.answer) == "yes"
 
 
-def test_rstar_refuses_types_its_few_shots_do_not_cover() -> None:
-    with pytest.raises(ParamError, match="number problems only"):
-        get_strategy("rstar", {}, kind="latex")
+# A question and the two ways a model writes its right answer, per type with rstar few-shots.
+SEARCH_CASES = {
+    "latex": ("Simplify $\\sqrt{52}$.", ("2\\sqrt{13}", "\\sqrt{52}"), "\\sqrt{13}"),
+    "yes-no": ("Penguin: a seabird. Can a penguin fly?", ("No", "false"), "yes"),
+    "choice": ("Which is even? (A) 3 (B) 4 (C) 5", ("B", "(B)"), "C"),
+}
+
+
+def _search_reply(spec: StepSpec, request: ModelRequest, right: tuple[str, str], wrong: str) -> list[str]:
+    """A model that answers each rstar action in its form: right two times in three, written two
+    ways (the type's equality must group them), wrong once."""
+    user = request.messages[-1].content
+    if spec.kind == Kind.A1:
+        return ["Step 1: A fact."] * request.n
+    if spec.kind == Kind.A3_QUESTION:
+        k = re.findall(r'Write "Question 5\.(\d+):"', user)[0]
+        return [f"Question 5.{k}: What is the first fact?"] * request.n
+    if spec.kind == Kind.A3:
+        return ["Answer 5.1: It is the first fact."] * request.n
+    if spec.kind == Kind.A5:
+        return [user.removeprefix("Question: ").split("\n\n")[0]]  # the question in its own words
+    if "\nHint" in user:  # misled below the root, so the discriminator has answers to tell apart
+        return [f"Thinking.\n\\boxed{{{wrong}}}"] * request.n
+    return [f"Thinking.\n\\boxed{{{(right[0], right[1], wrong)[i % 3]}}}" for i in range(request.n)]
+
+
+@pytest.mark.parametrize("name", sorted(SEARCH_CASES))
+def test_rstar_asks_each_type_with_its_own_few_shots_and_votes_by_its_equality(name: str) -> None:
+    kind = get_problem_type(name)
+    question, right, wrong = SEARCH_CASES[name]
+    strategy = get_strategy(
+        "rstar", {"rollouts": 8, "max_depth": 2, "votes": 3, "last_votes": 3, "subquestions": 1, "cuts": 2},
+        kind=name,
+    )  # fmt: skip
+    run = MemoryRun(strategy, question)
+    chosen = run.run(lambda spec, request: _search_reply(spec, request, right, wrong))
+    assert chosen is not None and kind.equal(chosen.answer, right[0]) and kind.equal(chosen.answer, right[1])
+    systems = {spec.kind: r.messages[0].content for spec, r in run.requests}
+    shots = kind.search
+    assert shots is not None and NUMBER.search is not None
+    assert systems[Kind.A1] == systems[Kind.A5] == shots.steps
+    assert systems[Kind.A3_QUESTION] == systems[Kind.A3] == shots.decompose
+    assert systems[Kind.A2] == systems[Kind.COMPLETE] == systems[Kind.A4] == prompts.system(kind)
+    everything = "\n".join(m.content for _, r in run.requests for m in r.messages)
+    assert NUMBER.search.steps not in everything and NUMBER.search.decompose not in everything
+    assert "numeric" not in everything and kind.answer_format in everything
+    # The root's vote: right in two of three samples, written two ways, by the type's equality.
+    root = next(o for o in run.outputs.values() if o.step_key == "x0:a2")
+    assert root.payload["share"] == pytest.approx(2 / 3) and kind.equal(root.answer, right[0])
+
+
+def test_rstar_refuses_a_type_without_few_shots_and_an_old_version_for_other_types() -> None:
+    class Essay(ProblemType):
+        name = "essay"
+
+    with pytest.raises(ParamError, match="no few-shot prompts for 'essay'"):
+        get_strategy("rstar", {}, kind=Essay())
+    with pytest.raises(ParamError, match="need rstar-v4 or later"):
+        get_strategy("rstar", {"prompt_version": "rstar-v3"}, kind="yes-no")
     with pytest.raises(ParamError, match="unknown problem type"):
         get_strategy("cot", {}, kind="essay")
+
+
+def test_a_benchmark_knows_the_few_shot_questions() -> None:
+    assert LATEX.search is not None and LATEX.search.shows("Simplify $\\sqrt{50} + \\sqrt{18}$.")
+    assert YES_NO.search is not None and not YES_NO.search.shows("Could a sloth cross a football field?")
 
 
 # -- input files and the guess --------------------------------------------------------------------

@@ -29,7 +29,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from rstar.answers import answers_equal
+from rstar.problem_types.base import ProblemType
+from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import answer_groups
 
 
@@ -105,7 +106,9 @@ def needed_v4(completions: int) -> int:
     return max(1, completions // 2)
 
 
-def confidences(candidates: Sequence[Candidate]) -> list[tuple[str, float, list[Candidate]]]:
+def confidences(
+    candidates: Sequence[Candidate], kind: ProblemType = NUMBER
+) -> list[tuple[str, float, list[Candidate]]]:
     """Answers with their share of the candidates (counted by frequency), most common first
     (ties: seen first)."""
     total = sum(c.freq for c in candidates)
@@ -113,18 +116,20 @@ def confidences(candidates: Sequence[Candidate]) -> list[tuple[str, float, list[
     def weight(group: list[Candidate]) -> int:
         return sum(c.freq for c in group)
 
-    ranked = sorted(answer_groups(candidates), key=weight, reverse=True)  # sorted() is stable
+    ranked = sorted(answer_groups(candidates, kind), key=weight, reverse=True)  # sorted() is stable
     return [(g[0].answer, weight(g) / total, g) for g in ranked]
 
 
-def reward_confidences(candidates: Sequence[Candidate]) -> list[tuple[str, float, list[Candidate]]]:
+def reward_confidences(
+    candidates: Sequence[Candidate], kind: ProblemType = NUMBER
+) -> list[tuple[str, float, list[Candidate]]]:
     """Answers with their confidence: summed reward x frequency over all candidates' frequency
     (do_discriminate.py `group_candidates_by_answer`, criterion "reward"), highest first; ties by
     frequency, then the answer seen first."""
     total = sum(c.freq for c in candidates) or 1
     scored = [
         (g[0].answer, sum(c.reward * c.freq for c in g) / total, sum(c.freq for c in g), g)
-        for g in answer_groups(candidates)
+        for g in answer_groups(candidates, kind)
     ]
     scored.sort(key=lambda x: (x[1], x[2]), reverse=True)  # stable: the first seen wins ties
     return [(answer, conf, g) for answer, conf, _, g in scored]
@@ -142,12 +147,13 @@ def choose(
     verdicts: Mapping[int, Verdict] | None,
     *,
     skipped_at: float | None = None,
+    kind: ProblemType = NUMBER,
 ) -> Choice:
     """The final answer. `verdicts` None: the discriminator was skipped (one answer holds at least
     `skipped_at` of the candidates), so the majority wins."""
     if not candidates:
         return Choice(None, None, "No rollout reached a terminal answer.")
-    ranked = confidences(candidates)
+    ranked = confidences(candidates, kind)
     confidence = {id(c): share for _, share, group in ranked for c in group}
     summary = ", ".join(f"{a} ({len(g)})" for a, _, g in ranked)
     top_answer, top_share, top_group = ranked[0]
@@ -187,10 +193,10 @@ def choose(
     )
 
 
-def generator_majority(candidates: Sequence[Candidate]) -> str | None:
+def generator_majority(candidates: Sequence[Candidate], kind: ProblemType = NUMBER) -> str | None:
     """The answer of highest reward-weighted confidence among all candidates: the paper's
     "rStar (generator @maj)", what the search says before the discriminator."""
-    ranked = reward_confidences(candidates)
+    ranked = reward_confidences(candidates, kind)
     return ranked[0][0] if ranked else None
 
 
@@ -199,13 +205,14 @@ def choose_weighted(
     verdicts: Mapping[int, Verdict] | None,
     *,
     skipped_at: float | None = None,
+    kind: ProblemType = NUMBER,
 ) -> Choice:
     """The final answer as the authors' discriminator picks it (v4; see the module docstring).
     `verdicts` None: the discriminator was skipped (one answer holds at least `skipped_at` of the
     candidates' frequency), so the generator's majority wins."""
     if not candidates:
         return Choice(None, None, "No solution node with an answer in the tree.")
-    ranked = reward_confidences(candidates)
+    ranked = reward_confidences(candidates, kind)
     summary = ", ".join(
         f"{a} (confidence {conf:.2f}, {sum(c.freq for c in g)} found)" for a, conf, g in ranked
     )
@@ -242,9 +249,9 @@ def choose_weighted(
     kept = sum(c.freq for c in consistent)
     found = {a: sum(c.freq for c in g) for a, _, g in ranked}
     scores = []
-    for answer, _, group in reward_confidences(consistent):
+    for answer, _, group in reward_confidences(consistent, kind):
         conf = sum(c.reward * c.freq for c in group) / kept
-        survival = sum(c.freq for c in group) / next(n for a, n in found.items() if answers_equal(a, answer))
+        survival = sum(c.freq for c in group) / next(n for a, n in found.items() if kind.equal(a, answer))
         scores.append((conf + survival, answer, group))
     best_score, best_answer, best_group = max(scores, key=lambda x: x[0])  # the first of equals
     best = max(best_group, key=lambda c: c.reward)

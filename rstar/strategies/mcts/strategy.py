@@ -67,26 +67,21 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Self
 
-from rstar.answers import answers_equal
+from pydantic import Field, model_validator
+
 from rstar.parsing import parse_solution
 from rstar.problem_types.base import ProblemType
 from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     SEED_MASK,
-    ParamError,
     Plan,
     ProblemState,
     Selection,
     StepSpec,
     StrategyBase,
     answer_groups,
-    bool_param,
-    choice_param,
-    float_param,
-    int_param,
-    seed_param,
     step_seed,
 )
 from rstar.strategies.mcts import prompts
@@ -117,32 +112,9 @@ from rstar.strategies.mcts.tree import (
     parse_key,
     subanswer_key,
 )
+from rstar.strategies.params import ParamError, Params, Seed, Temperature, Tokens
 from rstar.types import ChatMessage, ModelRequest, ParsedOutput
 
-DEFAULTS: dict[str, Any] = {
-    "rollouts": 16,
-    "max_depth": 5,
-    "a1_samples": 3,
-    "votes": 10,
-    "last_votes": 32,
-    "subquestions": 3,
-    "a1": True,
-    "a3": True,
-    "a5": True,
-    "exploration": 2.0,
-    "temperature": 0.8,
-    "top_p": 0.95,
-    "top_k": 40,
-    "max_tokens": 512,
-    "step_tokens": 256,
-    "cuts": 4,
-    "cut_low": 0.2,
-    "cut_high": 0.5,
-    "skip_discriminator_at": 1.0,
-    "completion_temperature": None,
-    "seed": 0,
-    "cot_format": "prose",
-}
 # What a job of an earlier version ran with where its stored parameters say nothing (they hold
 # every parameter of their day; later ones get the value that keeps their behaviour).
 OLD_DEFAULTS: dict[str, Any] = {
@@ -184,33 +156,43 @@ class SearchReport:
     """The root's A2 node: the search's self-consistency vote."""
 
 
-@dataclass(frozen=True)
-class RStarParams:
-    rollouts: int
-    max_depth: int
-    a1_samples: int
-    votes: int
-    last_votes: int
-    subquestions: int
-    a1: bool
-    a3: bool
-    """A3 (and with it A4, which re-answers A3's sub-questions)."""
-    a5: bool
-    exploration: float
-    temperature: float
-    top_p: float
-    top_k: int
-    max_tokens: int
-    step_tokens: int
-    cuts: int
-    cut_low: float
-    cut_high: float
-    skip_discriminator_at: float
-    completion_temperature: float | None
-    """The discriminator's sampling temperature; None: the generator's."""
-    seed: int | None
-    cot_format: str
-    """How A2 and the completions reason: "prose" (the solve prompt's) or "steps" (few-shot)."""
+class RStarParams(Params):
+    rollouts: int = Field(16, ge=1, le=512, description="MCTS rollouts per problem")
+    max_depth: int = Field(5, ge=1, le=20, description="a rollout's depth limit")
+    a1_samples: int = Field(3, ge=1, le=16, description="A1: next steps sampled per expansion")
+    votes: int = Field(10, ge=1, le=128, description="samples of a sub-answer (A3) or a re-answer (A4)")
+    last_votes: int = Field(
+        32, ge=1, le=128, description="samples of a chain of thought (A2) or a final answer"
+    )
+    subquestions: int = Field(3, ge=1, le=16, description="A3: sub-questions sampled per expansion")
+    a1: bool = Field(True, description="A1, the next step (false: the ablation without it)")
+    a3: bool = Field(True, description="A3, sub-questions, and with it A4 (false: the ablation without them)")
+    a5: bool = Field(True, description="A5, the question rephrased as conditions (root only)")
+    exploration: float = Field(2.0, ge=0.0, le=100.0, description="UCT's exploration constant")
+    temperature: Temperature = 0.8
+    top_p: float = Field(0.95, ge=0.01, le=1.0, description="nucleus sampling")
+    top_k: int = Field(40, ge=1, le=1000, description="top-k sampling")
+    max_tokens: Tokens = 512
+    step_tokens: int = Field(256, ge=8, le=4096, description="tokens of one step or sub-question (A1, A3)")
+    cuts: int = Field(4, ge=1, le=16, description="the discriminator's cuts per candidate")
+    cut_low: float = Field(0.2, ge=0.0, le=1.0, description="the earliest cut, as a share of the words")
+    cut_high: float = Field(0.5, ge=0.0, le=1.0, description="the latest cut, as a share of the words")
+    skip_discriminator_at: float = Field(
+        1.0, ge=0.0, le=1.0, description="the share of candidates one answer needs to skip the discriminator"
+    )
+    completion_temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description="the discriminator's temperature; null: the generator's"
+    )
+    seed: Seed = 0
+    cot_format: Literal["prose", "steps"] = Field(
+        "prose", description="how A2 and the completions reason: the solve prompt's prose, or few-shot steps"
+    )
+
+    @model_validator(mode="after")
+    def _cuts_in_order(self) -> Self:
+        if self.cut_low > self.cut_high:
+            raise ValueError(f"cut_low ({self.cut_low}) must not be above cut_high ({self.cut_high})")
+        return self
 
 
 def _clean(text: str, prefix: re.Pattern[str]) -> str:
@@ -227,60 +209,36 @@ class RStarStrategy(StrategyBase):
     def __init__(
         self, params: Mapping[str, Any] | None = None, *, kind: ProblemType = NUMBER, **_: Any
     ) -> None:
-        if kind is not NUMBER:
-            # Its few-shot steps, decompositions and rephrasings are GSM8K's (prompts.py).
+        if kind.search is None:
+            # A1's steps, A3's decompositions and A5's rephrasings are asked by example.
             raise ParamError(
-                f"strategy 'rstar' has few-shot prompts for number problems only, not {kind.name!r}; "
+                f"strategy 'rstar' has no few-shot prompts for {kind.name!r} problems; "
                 "use cot, self-consistency, mutual or mutual-consistency for this type"
             )
         self.kind = kind
         given = params or {}
         self.prompt_version = str(given.get("prompt_version") or prompts.PROMPT_VERSION)
         self.version = _version_number(self.prompt_version)
+        if self.version < 4 and kind is not NUMBER:
+            raise ParamError(
+                f"{self.prompt_version} asks for numbers only; {kind.name!r} problems need rstar-v4 or later"
+            )
         old = self.version < 4
-        p = {
-            **DEFAULTS,
-            **(OLD_DEFAULTS if old else {}),
-            # Jobs of the first versions reasoned in the few-shot step form: they replay as they ran.
-            **({"cot_format": "steps"} if self.version < 3 else {}),
-            **given,
-        }
-        completion_temperature = p.get("completion_temperature")
-        self.p = RStarParams(
-            rollouts=int_param(p, "rollouts", 16, low=1, high=512),
-            max_depth=int_param(p, "max_depth", 5, low=1, high=20),
-            a1_samples=int_param(p, "a1_samples", 3, low=1, high=16),
-            votes=int_param(p, "votes", 10, low=1, high=128),
-            last_votes=int_param(p, "last_votes", 32, low=1, high=128),
-            subquestions=int_param(p, "subquestions", 3, low=1, high=16),
-            a1=bool_param(p, "a1", True),
-            a3=bool_param(p, "a3", True),
-            a5=bool_param(p, "a5", True),
-            exploration=float_param(p, "exploration", 2.0, low=0.0, high=100.0),
-            temperature=float_param(p, "temperature", 0.8, low=0.0, high=2.0),
-            top_p=float_param(p, "top_p", 0.95, low=0.01, high=1.0),
-            top_k=int_param(p, "top_k", 40, low=1, high=1000),
-            max_tokens=int_param(p, "max_tokens", 512, low=16, high=32768),
-            step_tokens=int_param(p, "step_tokens", 256, low=8, high=4096),
-            cuts=int_param(p, "cuts", 4, low=1, high=16),
-            cut_low=float_param(p, "cut_low", 0.2, low=0.0, high=1.0),
-            cut_high=float_param(p, "cut_high", 0.5, low=0.0, high=1.0),
-            skip_discriminator_at=float_param(p, "skip_discriminator_at", 1.0, low=0.0, high=1.0),
-            completion_temperature=None
-            if completion_temperature is None
-            else float_param(p, "completion_temperature", 1.0, low=0.0, high=2.0),
-            seed=seed_param(p),
-            cot_format=choice_param(p, "cot_format", "prose", choices=prompts.COT_FORMATS),
+        self.p = RStarParams.read(
+            {
+                **(OLD_DEFAULTS if old else {}),
+                # Jobs of the first versions reasoned in the few-shot step form: they replay as they ran.
+                **({"cot_format": "steps"} if self.version < 3 else {}),
+                **given,
+            }
         )
         # Jobs of the first version drew every problem's branches from the job's seed alone: they
         # replay as they ran.
         self.shared_draws = self.version == 1
-        if self.p.cut_low > self.p.cut_high:
-            raise ParamError(f"cut_low ({self.p.cut_low}) must not be above cut_high ({self.p.cut_high})")
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**{k: getattr(self.p, k) for k in DEFAULTS}, "prompt_version": self.prompt_version}
+        return {**self.p.stored(), "prompt_version": self.prompt_version}
 
     def budget(self) -> str:
         """What one problem may cost at most, for `rstar submit` to say before anything runs."""
@@ -406,7 +364,7 @@ class RStarStrategy(StrategyBase):
         return found
 
     def skips_discriminator(self, candidates: Sequence[Candidate]) -> bool:
-        return not candidates or confidences(candidates)[0][1] >= self.p.skip_discriminator_at
+        return not candidates or confidences(candidates, self.kind)[0][1] >= self.p.skip_discriminator_at
 
     def prefixes(self, tree: Tree, node_id: int) -> list[str]:
         if self.version >= 4:
@@ -451,7 +409,7 @@ class RStarStrategy(StrategyBase):
             if p.completion_temperature is not None:
                 sample["temperature"] = p.completion_temperature
             return ModelRequest(
-                messages=prompts.complete(state.question, prefix, cot_format=p.cot_format),
+                messages=prompts.complete(state.question, prefix, cot_format=p.cot_format, kind=self.kind),
                 max_tokens=p.max_tokens,
                 n=1,
                 **sample,
@@ -464,7 +422,7 @@ class RStarStrategy(StrategyBase):
         v4 = self.version >= 4
         if rest == SUFFIX[Kind.A1]:
             return ModelRequest(
-                messages=prompts.one_step(question, steps, k_steps + 1),
+                messages=prompts.one_step(question, steps, k_steps + 1, kind=self.kind),
                 max_tokens=p.step_tokens,
                 n=p.a1_samples,
                 stop=("\n",),
@@ -484,7 +442,7 @@ class RStarStrategy(StrategyBase):
             )
         if rest == SUFFIX[Kind.A3_QUESTION]:
             messages = (
-                prompts.decompose_next(question, tree.subquestion_pairs(node.id))
+                prompts.decompose_next(question, tree.subquestion_pairs(node.id), kind=self.kind)
                 if v4
                 else prompts.next_subquestion(question, steps, k_sub + 1)
             )
@@ -494,7 +452,7 @@ class RStarStrategy(StrategyBase):
         if rest == SUFFIX[Kind.A4]:
             if v4:
                 return ModelRequest(
-                    messages=prompts.reanswer(question, node.subquestion or ""),
+                    messages=prompts.reanswer(question, node.subquestion or "", kind=self.kind),
                     max_tokens=p.max_tokens,
                     n=p.votes,
                     **sample,
@@ -507,15 +465,16 @@ class RStarStrategy(StrategyBase):
                 **sample,
             )
         if rest == SUFFIX[Kind.A5]:
-            return ModelRequest(messages=prompts.rephrase(question), max_tokens=p.max_tokens, n=1, **sample)
+            return ModelRequest(
+                messages=prompts.rephrase(question, kind=self.kind), max_tokens=p.max_tokens, n=1, **sample
+            )
         raise ValueError(f"rstar has no step {step.key!r}")
 
-    @staticmethod
-    def _answer_with_hints(tree: Tree, node_id: int) -> tuple[ChatMessage, ...]:
+    def _answer_with_hints(self, tree: Tree, node_id: int) -> tuple[ChatMessage, ...]:
         """v4's A2 at a node: cot's request, the node's trajectory as hints (and since v5 the
         answer to a terminal sub-question asked below it)."""
         hints = prompts.hint(tree.subquestion_pairs(node_id), tree.one_step_thoughts(node_id))
-        return prompts.answer_with_hints(tree.question_at(node_id), hints)
+        return prompts.answer_with_hints(tree.question_at(node_id), hints, kind=self.kind)
 
     def _subanswer_request(
         self, tree: Tree, name: str, state: ProblemState, sample: dict[str, Any]
@@ -545,7 +504,11 @@ class RStarStrategy(StrategyBase):
                 )
             return ModelRequest(
                 messages=prompts.decompose_answer(
-                    tree.question_at(parent), tree.subquestion_pairs(parent), subq, terminal=terminal
+                    tree.question_at(parent),
+                    tree.subquestion_pairs(parent),
+                    subq,
+                    terminal=terminal,
+                    kind=self.kind,
                 ),
                 max_tokens=p.max_tokens if terminal else p.step_tokens,
                 n=p.last_votes if terminal else p.votes,
@@ -571,17 +534,17 @@ class RStarStrategy(StrategyBase):
         """Never raises on model text: what could not be understood is kept with a parse_error."""
         kind = step.kind
         if kind == Kind.A1:
-            return [_one_step(t) for t in texts]
+            return [_one_step(t, self.kind) for t in texts]
         if kind == Kind.A3_QUESTION:
             return [_subquestion(t) for t in texts]
         if kind in VOTE_KINDS:
             prose = kind == Kind.A2 or (kind == Kind.A4 and self.version >= 4)  # a chain of thought
-            return [_votes(texts, None if prose else _ANSWER_PREFIX)]
+            return [_votes(texts, None if prose else _ANSWER_PREFIX, self.kind)]
         if kind == Kind.A5:
             text = texts[0].strip()[:MAX_TEXT] if texts else ""
             return [ParsedOutput({"text": text}, parse_error=None if text else "empty rephrasing")]
         if kind == Kind.COMPLETE:
-            parsed = parse_solution(texts[0] if texts else "")
+            parsed = parse_solution(texts[0] if texts else "", self.kind)
             return [ParsedOutput({"steps": list(parsed.steps)}, parsed.answer, parsed.parse_error)]
         return [ParsedOutput({}, parse_error=f"rstar has no step kind {kind!r}")]
 
@@ -602,8 +565,10 @@ class RStarStrategy(StrategyBase):
         skipped = self.skips_discriminator(candidates)
         verdicts = None if skipped else self.verdicts(tree, candidates, state)
         if self.version >= 4:
-            return choose_weighted(candidates, verdicts, skipped_at=self.p.skip_discriminator_at)
-        return choose(candidates, verdicts, skipped_at=self.p.skip_discriminator_at)
+            return choose_weighted(
+                candidates, verdicts, skipped_at=self.p.skip_discriminator_at, kind=self.kind
+            )
+        return choose(candidates, verdicts, skipped_at=self.p.skip_discriminator_at, kind=self.kind)
 
     def report(self, state: ProblemState) -> SearchReport:
         tree, search = self.search(state)
@@ -616,7 +581,11 @@ class RStarStrategy(StrategyBase):
                     completions.setdefault(c.node, []).append((prefix, out.answer))
         skipped = not candidates or self.skips_discriminator(candidates)
         verdicts = None if skipped else self.verdicts(tree, candidates, state)
-        majority = generator_majority(candidates) if self.version >= 4 else _share_majority(candidates)
+        majority = (
+            generator_majority(candidates, self.kind)
+            if self.version >= 4
+            else _share_majority(candidates, self.kind)
+        )
         return SearchReport(tree, search, candidates, verdicts, completions, majority, self.root_a2(tree))
 
     def root_a2(self, tree: Tree) -> Node | None:
@@ -634,7 +603,7 @@ class RStarStrategy(StrategyBase):
                 for i in range(len(self.prefixes(tree, c.node)))
                 if (key := completion_key(tree.nodes[c.node].name, i)) in state.outputs
             ]
-            agreeing = sum(1 for a in answers if answers_equal(c.answer, a))
+            agreeing = sum(1 for a in answers if self.kind.equal(c.answer, a))
             needed = needed_v4(len(answers)) if self.version >= 4 else None
             out[c.node] = Verdict(c.node, len(answers), agreeing, needed)
         return out
@@ -648,9 +617,9 @@ def _version_number(prompt_version: str) -> int:
     return int(number)
 
 
-def _share_majority(candidates: Sequence[Candidate]) -> str | None:
+def _share_majority(candidates: Sequence[Candidate], kind: ProblemType) -> str | None:
     """Versions 1-3: the answer most candidates give."""
-    ranked = confidences(candidates)
+    ranked = confidences(candidates, kind)
     return ranked[0][0] if ranked else None
 
 
@@ -662,11 +631,11 @@ def search_seed(seed: int | None, question: str) -> int:
     return int.from_bytes(digest, "big") & SEED_MASK
 
 
-def _one_step(text: str) -> ParsedOutput:
+def _one_step(text: str, kind: ProblemType) -> ParsedOutput:
     step = _clean(text.split("\n")[0] if text.strip() else "", _STEP_PREFIX)
     if not step:
         return ParsedOutput({"text": ""}, parse_error="empty step", text=text)
-    answer = parse_solution(step).answer if _STATES_ANSWER.search(step) else None
+    answer = parse_solution(step, kind).answer if _STATES_ANSWER.search(step) else None
     return ParsedOutput({"text": step}, answer, text=text)
 
 
@@ -679,11 +648,11 @@ def _subquestion(text: str) -> ParsedOutput:
     return ParsedOutput({"subquestion": subq}, parse_error=None if subq else "empty sub-question", text=text)
 
 
-def _votes(texts: Sequence[str], prefix: re.Pattern[str] | None) -> ParsedOutput:
+def _votes(texts: Sequence[str], prefix: re.Pattern[str] | None, kind: ProblemType) -> ParsedOutput:
     """A vote node: the majority answer of its samples, valued by its share of them."""
-    parsed = [parse_solution(t) for t in texts]
+    parsed = [parse_solution(t, kind) for t in texts]
     answers = [p.answer for p in parsed]
-    groups = answer_groups(parsed)
+    groups = answer_groups(parsed, kind)
     best = max(groups, key=len) if groups else []  # max() keeps the first of equals
     answer, count = (best[0].answer, len(best)) if best else (None, 0)
     first = next((i for i, p in enumerate(parsed) if p is best[0]), None) if best else None
