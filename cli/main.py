@@ -70,6 +70,33 @@ def _ensure_schema() -> None:
         raise fail(str(exc)) from None
 
 
+# -- strategies --------------------------------------------------------------------------------
+
+
+def _default(strategy: str, param: str) -> Any:
+    return STRATEGIES[strategy].parameters.model_fields[param].default
+
+
+@app.command("strategies")
+def strategies_command(
+    name: Annotated[str | None, typer.Argument(help="One strategy (default: every one).")] = None,
+) -> None:
+    """List the strategies and each one's parameters: what a value must be, its default, its use."""
+    if name is not None and name not in STRATEGIES:
+        raise fail(f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}")
+    for key in [name] if name else sorted(STRATEGIES):
+        cls = STRATEGIES[key]
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0]
+        most = "any number of" if cls.max_models is None else f"at most {cls.max_models}"
+        table = Table(title=f"{key}: {cls.min_models} model(s) at least, {most}", title_justify="left")
+        for column in ("parameter", "value", "default", "what it does"):
+            table.add_column(column, overflow="fold")
+        for param, must, default, meaning in cls.parameters.help():
+            table.add_row(param, must, json.dumps(default), meaning)
+        console.print(SafeText(" ".join(doc.split())))
+        console.print(table)
+
+
 # -- submit ------------------------------------------------------------------------------------
 
 
@@ -131,12 +158,17 @@ def submit(
         typer.Option(help='The field holding the reference answer (default "answer", or "solution").'),
     ] = None,
     id_field: Annotated[str | None, typer.Option(help='The field holding the id (default "id").')] = None,
-    max_rounds: Annotated[int | None, typer.Option(help="Review rounds at most (default 3).")] = None,
+    max_rounds: Annotated[
+        int | None, typer.Option(help=f"Review rounds at most (default {_default('mutual', 'max_rounds')}).")
+    ] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature for solutions.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max new tokens per solution.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed; each step derives its own.")] = None,
     samples: Annotated[
-        int | None, typer.Option(help="self-consistency: samples per problem (default 8).")
+        int | None,
+        typer.Option(
+            help=f"self-consistency: samples per problem (default {_default('self-consistency', 'samples')})."
+        ),
     ] = None,
     solution_format: Annotated[
         str | None,
@@ -147,7 +179,8 @@ def submit(
         typer.Option(
             "--param",
             help="Any other strategy parameter as NAME=VALUE, VALUE in JSON (e.g. margin=3, "
-            "greedy_first=false); repeatable. `rstar show` lists a job's parameters.",
+            "greedy_first=false); repeatable. `rstar strategies` lists each strategy's parameters, "
+            "`rstar show` a job's.",
         ),
     ] = None,
 ) -> None:

@@ -19,6 +19,7 @@ from db.models import Job, Problem, Step
 from db.session import session_scope
 from rstar.inputs import Overlong, ProblemReader
 from rstar.roster import ModelEntry
+from rstar.strategies import STRATEGIES
 from tests.support import REPO, service_env
 
 GOOD = json.dumps({"question": "What is 2 + 3?", "answer": "#### 5"})
@@ -328,3 +329,15 @@ def test_a_pipe_is_submitted_whole(migrated: str, redis_url: str) -> None:
     assert lines == list(range(1, 1201))
     assert started == list(range(1, 1025))  # one first step each, in input order
     assert dict(statuses) == {"pending": 1024, "waiting": 176}
+
+
+def test_strategies_lists_every_parameter_with_its_range_and_default() -> None:
+    result = CliRunner().invoke(app, ["strategies", "self-consistency"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.replace("│", " ").split()) for line in result.output.splitlines()]
+    assert "samples an integer from 1 to 64 8 solutions sampled per problem (k)" in lines
+    assert "greedy_first true or false false the first sample greedy (temperature 0), as cot's" in lines
+    every = CliRunner().invoke(app, ["strategies"], env={"COLUMNS": "200"})
+    assert every.exit_code == 0 and all(f"{name}:" in every.output for name in STRATEGIES)
+    unknown = CliRunner().invoke(app, ["strategies", "tot"])
+    assert unknown.exit_code == 2 and "unknown strategy 'tot'" in unknown.stderr

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from rstar import prompts
 from rstar.problem_types.base import ProblemType
 from rstar.problem_types.number import NUMBER
-from rstar.strategies.params import ParamError
+from rstar.strategies.params import ParamError, Params
 from rstar.types import (
     ModelRequest,
     ParsedOutput,
@@ -271,6 +271,8 @@ class Strategy(Protocol):
     """How many models of the roster it needs at least..."""
     max_models: ClassVar[int | None]
     """...and uses at most (None: any number); a longer roster is cut to this at submit."""
+    parameters: ClassVar[type[Params]]
+    """Its parameters' model: names, types, defaults, ranges and meanings."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -312,6 +314,8 @@ class StrategyBase:
     declared with what a strategy that lacks one does, so callers ask rather than probe."""
 
     searches: ClassVar[bool] = False
+    parameters: ClassVar[type[Params]] = Params
+    """The strategy's parameters, stated once (`rstar strategies` lists them)."""
     kind: ProblemType = NUMBER
 
     def parse(self, step: StepSpec, text: str) -> ParsedOutput:

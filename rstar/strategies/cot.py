@@ -40,6 +40,7 @@ def solve_step(models: tuple[str, ...]) -> StepSpec:
 
 class CotStrategy(StrategyBase):
     name: ClassVar[str] = "cot"
+    parameters: ClassVar[type[Params]] = CotParams
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = 1
 

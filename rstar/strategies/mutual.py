@@ -75,6 +75,7 @@ def judged_model(step: StepSpec, models: tuple[str, ...]) -> str:
 
 class MutualStrategy(StrategyBase):
     name: ClassVar[str] = "mutual"
+    parameters: ClassVar[type[Params]] = MutualParams
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = None
 

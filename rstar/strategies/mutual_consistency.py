@@ -115,6 +115,7 @@ def vote_margin(state: ProblemState, up_to_round: int, kind: ProblemType = NUMBE
 
 class MutualConsistencyStrategy(StrategyBase):
     name: ClassVar[str] = "mutual-consistency"
+    parameters: ClassVar[type[Params]] = ConsistencyParams
     min_models: ClassVar[int] = 2
     max_models: ClassVar[int | None] = None
 

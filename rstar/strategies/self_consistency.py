@@ -73,6 +73,7 @@ def majority(solutions: list[SolutionView], kind: ProblemType = NUMBER) -> list[
 
 class SelfConsistencyStrategy(StrategyBase):
     name: ClassVar[str] = "self-consistency"
+    parameters: ClassVar[type[Params]] = SelfConsistencyParams
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = None
 

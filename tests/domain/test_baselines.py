@@ -43,6 +43,42 @@ def test_bad_parameters_are_refused(name: str, params: dict[str, object], messag
         get_strategy(name, params)
 
 
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("mutual", {"max_rounds": 0}, "max_rounds must be an integer of at least 1, got 0"),
+        ("mutual", {"max_rounds": 11}, "max_rounds must be an integer from 1 to 10, got 11"),
+        ("cot", {"seed": -1}, "seed must be an integer from 0 to 2147483647, or null, got -1"),
+        ("cot", {"temperature": True}, "temperature must be a number from 0.0 to 2.0, got True"),
+        ("cot", {"solution_format": "xml"}, "solution_format must be one of json, prose, got 'xml'"),
+        ("mutual", {"peers": "some"}, "peers must be one of next, all"),
+        ("rstar", {"cut_low": 0.6, "cut_high": 0.5}, r"cut_low \(0.6\) must not be above cut_high \(0.5\)"),
+        (
+            "rstar",
+            {"completion_temperature": "hot"},
+            "completion_temperature must be a number from 0.0 to 2.0, or",
+        ),
+    ],
+)
+def test_a_parameter_error_names_the_parameter_what_it_must_be_and_the_value(
+    name: str, params: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ParamError, match=message):
+        get_strategy(name, params)
+
+
+def test_each_parameter_is_stated_once_in_the_strategys_model() -> None:
+    for name, cls in STRATEGIES.items():
+        stored = get_strategy(name).params
+        helped = {p: default for p, _, default, _ in cls.parameters.help()}
+        # Stored params are the model's fields with their defaults, and the prompt version.
+        assert {k: v for k, v in stored.items() if k != "prompt_version"} == helped, name
+        assert all(meaning for *_, meaning in cls.parameters.help()), f"{name}: a parameter without a meaning"
+    assert get_strategy("cot", {"temperature": 1}).params["temperature"] == 1.0  # an integer is a number
+    # The limit on rounds comes from the settings (RSTAR_MAX_ROUNDS_LIMIT), not the model.
+    assert get_strategy("mutual", {"max_rounds": 12}, max_rounds_limit=20).params["max_rounds"] == 12
+
+
 # -- cot --------------------------------------------------------------------------------------
 
 

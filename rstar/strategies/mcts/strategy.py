@@ -201,6 +201,7 @@ def _clean(text: str, prefix: re.Pattern[str]) -> str:
 
 class RStarStrategy(StrategyBase):
     name: ClassVar[str] = "rstar"
+    parameters: ClassVar[type[Params]] = RStarParams
     searches: ClassVar[bool] = True
     min_models: ClassVar[int] = 1
     max_models: ClassVar[int | None] = 2
