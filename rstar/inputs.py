@@ -471,7 +471,8 @@ class ProblemReader:
         if reference is not None:
             if len(self.references) < self._keep_references:
                 self.references.append(reference)
-            reference_answer = self.kind.reference(reference)
+            kind = self.kind.for_question(question) if question is not None else self.kind
+            reference_answer = kind.reference(reference)
             if reference_answer is None and self.kind is not NUMBER:
                 out.add(line, "answer", f"no {self.kind.name} answer in it: {self.kind.reference_hint}")
                 answer_ok = False

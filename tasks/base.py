@@ -29,6 +29,7 @@ from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome, ModelCall, Output
 from db.outputs import save_outputs
 from db.session import autocommit_scope, session_scope
+from rstar.problem_types import get_problem_type
 from rstar.records import recorded_texts
 from rstar.strategies import get_strategy
 from rstar.strategies.base import StepSpec, Strategy, parse_reply
@@ -171,10 +172,12 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
         )
         if isinstance(claim, Claim):
             # Inside the claim's transaction: the state reads the outputs it needs on first use.
+            # The type as it reads this question's answers (a choice's option text is its letter),
+            # so the outputs store canonical answers.
             strategy = get_strategy(
                 claim.strategy,
                 claim.params,
-                kind=claim.problem_type,
+                kind=get_problem_type(claim.problem_type).for_question(claim.state.question),
                 max_rounds_limit=settings.max_rounds_limit,
             )
             spec = StepSpec(claim.key, claim.kind, claim.model, claim.round)

@@ -141,7 +141,9 @@ def _run_type(
     answer_format: str,
     replies: dict[str, tuple[str, str]],
     want_type: str,
+    chosen: bool = False,
 ) -> dict[str, int]:
+    """`chosen`: the type is given with --type rather than guessed."""
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(records, indent=2), encoding="utf-8")
     oracle = _search_oracle(want_type, _oracle(records, answer_format, replies))
@@ -157,10 +159,12 @@ def _run_type(
         ]
         for strategy, args in runs:
             sub = rstar(
-                ["submit", str(path), "--name", f"{name}-{strategy}", "--strategy", strategy, *args], env
-            )
+                ["submit", str(path), "--name", f"{name}-{strategy}", "--strategy", strategy, *args,
+                 *(["--type", want_type] if chosen else [])],
+                env,
+            )  # fmt: skip
             assert sub.returncode == 0, sub.stderr
-            assert f"problem type: {want_type} (guessed:" in sub.stderr
+            assert f"problem type: {want_type}" + ("\n" if chosen else " (guessed:") in sub.stderr
             assert "question from 'problem', answer from 'solution'" in sub.stderr
             jobs[strategy] = int(sub.stdout.strip())
         with celery_worker(env, [CONTROL_QUEUE, queue_for_endpoint(a.url), queue_for_endpoint(b.url)]):
@@ -217,3 +221,27 @@ def test_math_as_published_runs_as_a_latex_job(sqlite_url: str, redis_url: str, 
         "m-2": ("10/3", "11/3", False, {"source": "MATH500"}),
         "m-3": ("2\\sqrt{13}", "2\\sqrt{13}", True, {"source": "MATH500"}),
     }
+
+
+CHOICE = [
+    {"id": "c-1", "problem": "Which number is even? (A) 3 (B) 4 (C) 5", "solution": "B"},
+    {"id": "c-2", "problem": "What is 2 + 2?\nA. 3\nB. 5\nC. 4", "solution": "4"},
+    {"id": "c-3", "problem": "Which is a colour? (A) red (B) dog (C) tree", "solution": "red"},
+]
+# Replies by an option's text or its letter; references too.
+CHOICE_REPLIES = {"c-1": ("4", "5"), "c-2": ("C", "A"), "c-3": ("Red", "dog")}
+
+
+def test_a_choice_job_reads_answers_and_references_given_as_an_options_text(
+    sqlite_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    jobs = _run_type(
+        tmp_path, sqlite_url, redis_url, CHOICE, name="choice", want_type="choice", chosen=True,
+        answer_format="End with the letter of the right option alone in \\boxed{}.", replies=CHOICE_REPLIES,
+    )  # fmt: skip
+    with session_scope(sqlite_url) as s:
+        for job_id in jobs.values():
+            problems = s.scalars(select(Problem).where(Problem.job_id == job_id).order_by(Problem.id)).all()
+            assert [(p.reference_answer, p.final_answer, p.correct) for p in problems] == [
+                ("B", "B", True), ("C", "A", False), ("A", "A", True),
+            ]  # fmt: skip

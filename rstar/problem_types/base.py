@@ -119,6 +119,13 @@ class ProblemType:
         """Equality of two normalised answers that are not identical strings."""
         return False
 
+    def for_question(self, question: str) -> ProblemType:
+        """The type as it reads answers to this question: itself, unless an answer's form depends
+        on the question (a choice's option text names its letter only among that question's
+        options). The worker parses replies with it and submit reads references with it, so what
+        is stored is already canonical and later comparisons need no question."""
+        return self
+
     def fallback(self, text: str) -> tuple[str | None, str | None]:
         """(raw answer, its normal form) from a reply with no explicit final answer; by default
         none (a LaTeX answer has no last-resort form: "3" in "x^3 + 1" is no answer)."""

@@ -1,8 +1,9 @@
 """`choice`: a multiple-choice question answered by an option's letter (A to J).
 
-The question holds its options ("(A) 12 (B) 15 ..."); the answer and the reference are a letter,
-written "B", "(B)", "B)", "Option B" or "\\boxed{B}". Matching an option's text to its letter needs
-the options parsed from the question and is not done: a reply that gives only the text is no answer.
+The question holds its options ("(A) 12 (B) 15 ...", or one a line: "A. 12", "B) 15"); the answer
+and the reference are a letter, written "B", "(B)", "B)", "Option B" or "\\boxed{B}", or the text of
+one option ("15", "\\boxed{15}"; a number as a number: "$15.00" is "15"), read as its letter among
+that question's options (`for_question`). Text that is no option's, or two options', is no answer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 
 from rstar.answers import clean_text, last_match
 from rstar.problem_types.base import ProblemType, SearchExamples, after_answer_marker, boxed_or_whole
+from rstar.problem_types.number import as_number
 
 __all__ = ["CHOICE"]
 
@@ -26,6 +28,10 @@ _LETTER = re.compile(rf"^[(\[]?(?P<x>[{_LETTERS}])(?:[)\].:,]|\s|$)")
 _NOT_A_LETTER = re.compile(rf"^(?:[AI]\s+(?!is\b)[a-z]|[{_LETTERS}]\s+(?:and|or)\b)")
 # A lower-case letter only alone or bracketed: "(c)", "c)", "c"; "a man" is no option.
 _LOWER = re.compile(rf"^(?:\((?P<x>[{_LETTERS.lower()}])\)|(?P<y>[{_LETTERS.lower()}])[).]?$)")
+# Options in the question: "(A) 12 (B) 15" inline, or "A. 12" / "A) 12" at the start of a line.
+_INLINE_OPTION = re.compile(rf"\(([{_LETTERS}])\)\s*")
+_LINE_OPTION = re.compile(rf"^[ \t]*\(?([{_LETTERS}])[.)][ \t]+", re.MULTILINE)
+_MAX_OPTION_CHARS = 300
 _IN_PROSE = re.compile(
     rf"(?:\((?P<a>[{_LETTERS}])\)|\b(?:option|choice|answer is)\s*:?\s*\(?(?P<b>[{_LETTERS}])\b)"
 )
@@ -94,6 +100,26 @@ Question 4.2: Now we can answer the question: Which planet is closest to the Sun
 Answer 4.2: Mercury is the first planet from the Sun: option (D). The answer is D."""
 
 
+def options(question: str) -> dict[str, str]:
+    """Letter -> option text, when the question lists options A, B, ... in order (two at least);
+    else none. Inline "(A) .. (B) .." first, then one a line."""
+    for pattern in (_INLINE_OPTION, _LINE_OPTION):
+        marks = list(pattern.finditer(question))
+        letters = "".join(m[1] for m in marks)
+        if len(marks) >= 2 and _LETTERS.startswith(letters):
+            ends = [m.start() for m in marks[1:]] + [len(question)]
+            texts = [question[m.end() : end].split("\n")[0] for m, end in zip(marks, ends, strict=True)]
+            return {m[1]: t.strip()[:_MAX_OPTION_CHARS] for m, t in zip(marks, texts, strict=True)}
+    return {}
+
+
+def _option_key(text: str) -> str:
+    """An option's text as compared: a number by its value, else words by case and spacing."""
+    text = re.sub(r"\\text(?:bf)?\s*\{([^{}]*)\}", r"\1", text).strip().strip("$*`\"' ").rstrip(".").strip()
+    number = as_number(text)
+    return number if number is not None else " ".join(text.casefold().split())
+
+
 class ChoiceType(ProblemType):
     name = "choice"
     order = 3
@@ -134,6 +160,34 @@ class ChoiceType(ProblemType):
 
     def looks_like(self, reference: str) -> bool:
         return len(reference.strip()) <= 3 and self.normalize(reference) is not None
+
+    def for_question(self, question: str) -> ProblemType:
+        found = options(question)
+        return _ChoiceAmong(found) if found else self
+
+
+class _ChoiceAmong(ChoiceType):
+    """The choice type for one question: an option's text is also its letter."""
+
+    def __init__(self, found: dict[str, str]) -> None:
+        keys: dict[str, list[str]] = {}
+        for letter, text in found.items():
+            keys.setdefault(_option_key(text), []).append(letter)
+        # Text two options share names neither.
+        self.by_text = {key: letters[0] for key, letters in keys.items() if key and len(letters) == 1}
+
+    def normalize(self, raw: str | None) -> str | None:
+        letter = super().normalize(raw)
+        if letter is not None or raw is None:
+            return letter
+        text = after_answer_marker(boxed_or_whole(raw).strip(), " *`$\"'")
+        return self.by_text.get(_option_key(_LEAD_IN.sub("", text.strip())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ChoiceAmong) and other.by_text == self.by_text
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.by_text.items())))
 
     def fallback(self, text: str) -> tuple[str | None, str | None]:
         found = last_match(_IN_PROSE, clean_text(text[-2000:]))

@@ -15,7 +15,7 @@ from rstar.answers import answers_equal
 from rstar.inputs import AUTHORS_FIELDS, Decoded, InputError, ProblemReader, decode_array, guess_fields
 from rstar.parsing import parse_review, parse_solution
 from rstar.problem_types import PROBLEM_TYPES, ProblemType, get_problem_type, guess_problem_type
-from rstar.problem_types.choice import CHOICE
+from rstar.problem_types.choice import CHOICE, options
 from rstar.problem_types.latex import LATEX, Verifier
 from rstar.problem_types.number import NUMBER
 from rstar.problem_types.yes_no import YES_NO
@@ -330,3 +330,40 @@ def test_aime_is_a_type_of_its_own_module_only() -> None:
     assert guess_problem_type(["204", "33"])[0] is NUMBER  # never guessed
     assert "integer from 0 to 999" in prompts.solution_format("prose", aime)
     assert get_strategy("self-consistency", {}, kind="aime").kind is aime
+
+
+# -- a choice's option text --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("question", "found"),
+    [
+        ("Which is even? (A) 3 (B) 4 (C) 5", {"A": "3", "B": "4", "C": "5"}),
+        ("Pick one:\nA. red\nB) blue\n(C) green", {"A": "red", "B": "blue", "C": "green"}),
+        ("Answer Choices: (A) $12 (B) 15 men", {"A": "$12", "B": "15 men"}),
+        ("What is (A) plus (C)?", {}),  # not A, B, ... in order
+        ("Is 7 prime?", {}),
+        ("(A) only one option", {}),
+    ],
+)
+def test_a_choice_questions_options_are_read_inline_or_one_a_line(
+    question: str, found: dict[str, str]
+) -> None:
+    assert options(question) == found
+
+
+def test_an_options_text_reads_as_its_letter_only_among_that_questions_options() -> None:
+    kind = CHOICE.for_question("Which costs most? (A) $5.00 (B) 7 apples (C) \\frac{1}{2} (D) 7 Apples")
+    assert [kind.normalize(a) for a in ("5", "$5", "\\boxed{5.00}", "The answer is (A).", "0.5", "6")] == [
+        "A", "A", "A", "A", "C", None,
+    ]  # fmt: skip
+    assert kind.normalize("7 apples") is None  # two options say it: neither
+    assert kind.normalize("B") == "B" and kind.normalize("E") == "E"  # a letter stays a letter
+    assert kind.equal("5", "A") and not kind.equal("5", "B")
+    assert CHOICE.normalize("5") is None  # without the question, text is no answer
+    assert CHOICE.for_question("Is 7 prime?") is CHOICE
+    reader = ProblemReader(kind=CHOICE, fields=AUTHORS_FIELDS, unit="record")
+    records = decode_array(
+        json.dumps([{"id": "1", "problem": "Pick: (A) red (B) blue", "solution": "Blue"}]).encode()
+    )
+    assert [p.reference_answer for p in reader.read(records)] == ["B"]
