@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 from rich.console import Console
@@ -18,6 +17,7 @@ from rich.tree import Tree as RichTree
 from db.audit import ProblemTrail, StepTrail
 from db.jobs import stored_judgement
 from db.models import ModelCall, Output
+from rstar.answers import visible
 from rstar.roster import describe
 from rstar.strategies.base import REVIEW_KINDS, SOLUTION_KINDS
 from rstar.strategies.mcts.view import NodeView, tree_view
@@ -29,16 +29,6 @@ TITLES = {
     "complete": "completes the peer's solution ({parent}) from its cut-off point",
     "select": "selection",
 }
-
-
-# C0 controls but tab and newline, DEL, and the C1 controls (0x9b is a one-byte CSI).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def visible(value: object) -> str:
-    """Stored or typed text as a reader may see it: each control character written as a visible
-    escape (ESC as `\\x1b`), tabs and newlines kept."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 class SafeText(Text):

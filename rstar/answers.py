@@ -50,6 +50,16 @@ def clean_text(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text)
 
 
+# C0 controls but tab and newline, DEL, and the C1 controls (0x9b is a one-byte CSI).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(value: object) -> str:
+    """Stored or typed text as a reader may see it: each control character written as a visible
+    escape (ESC as `\\x1b`), tabs and newlines kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     """The last match: models restate, and the final statement is the one that counts."""
     found = None

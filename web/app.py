@@ -268,7 +268,7 @@ def create_app(
     @app.get("/jobs/{job_id}/plots/{name}.png")
     async def job_plot(job_id: int, name: str) -> Response:
         _job_id(job_id)
-        from cli.report import plot_accuracy_per_round, plot_accuracy_vs_calls, plot_message
+        from rstar.plots import plot_accuracy_per_round, plot_accuracy_vs_calls, plot_message
 
         plots = {"accuracy": plot_accuracy_vs_calls, "rounds": plot_accuracy_per_round}
         if name not in plots:
