@@ -19,7 +19,7 @@ from db.models import MAX_ROW_ID
 from db.reports import UnknownJobError, load_report
 from db.session import session_scope
 from rstar.exports import SpreadsheetCsv
-from rstar.plots import plot_accuracy_per_round, plot_accuracy_vs_calls, plot_accuracy_vs_tokens
+from rstar.plots import cost_points, plot_accuracy_per_round, plot_accuracy_vs_calls, plot_accuracy_vs_tokens
 from rstar.reports import (
     CompletionStats,
     JobSummary,
@@ -543,7 +543,7 @@ def write_report(report: Report, out_dir: Path, *, preamble: str | None = None) 
     (searches), endpoints.csv (replicas) and the PNG plots; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = ["accuracy_vs_calls.png", "accuracy_vs_tokens.png"]
-    plot_accuracy_vs_calls(report, out_dir / plots[0])
+    plot_accuracy_vs_calls(cost_points(report), out_dir / plots[0])
     plot_accuracy_vs_tokens(report, out_dir / plots[1])
     if plot_accuracy_per_round(report, out_dir / "accuracy_per_round.png"):
         plots.append("accuracy_per_round.png")

@@ -4,14 +4,53 @@ viewer's job page draw the same figures."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from rstar.answers import visible
-from rstar.reports import JobSummary, Report
+from rstar.reports import JobSummary, Report, wilson_interval
 
 
-def plot_accuracy_vs_calls(report: Report, path: Path | BinaryIO) -> None:
+@dataclass(frozen=True)
+class CostPoint:
+    """One job on the accuracy-against-cost plot: from a report's summary, or from the counts
+    the database keeps (the viewer: a million-problem job's point without reading its rows)."""
+
+    job_id: int
+    label: str
+    strategy: str
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    sequences_per_problem: float
+
+    @classmethod
+    def of_summary(cls, s: JobSummary) -> CostPoint:
+        return cls(s.job_id, s.label, s.strategy, s.accuracy, s.ci_low, s.ci_high, s.sequences_per_problem)
+
+    @classmethod
+    def of_counts(
+        cls, *, job_id: int, label: str, strategy: str, right: int, judged: int, sequences: int, problems: int
+    ) -> CostPoint:
+        low, high = wilson_interval(right, judged)
+        return cls(
+            job_id,
+            label,
+            strategy,
+            right / judged if judged else 0.0,
+            low,
+            high,
+            sequences / max(problems, 1),
+        )
+
+
+def cost_points(report: Report) -> list[CostPoint]:
+    return [CostPoint.of_summary(s) for s in report.jobs]
+
+
+def plot_accuracy_vs_calls(points: Sequence[CostPoint], path: Path | BinaryIO) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +58,7 @@ def plot_accuracy_vs_calls(report: Report, path: Path | BinaryIO) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     markers = {"mutual": "o", "mutual-consistency": "D", "self-consistency": "s", "cot": "^", "rstar": "*"}
-    for s in report.jobs:
+    for s in points:
         y = 100 * s.accuracy
         err = [[y - 100 * s.ci_low], [100 * s.ci_high - y]]
         ax.errorbar(

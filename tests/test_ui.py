@@ -26,10 +26,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from db import migrate
+from db import browse, migrate
 from db.models import Job, ModelCall, Output, Problem, Selection
 from db.reports import load_report
 from db.session import dispose_all, session_scope
+from rstar.plots import CostPoint, cost_points
 from tests.fakeserver import FakeInferenceServer, FakeRequest, Reply
 from tests.support import (
     REPO,
@@ -525,6 +526,22 @@ def test_filters_sorting_and_pages_agree_with_the_results(jobs_db: tuple[str, in
     assert client.get("/jobs/3/problems/nope").status_code == 404
     plot = client.get("/jobs/3/plots/accuracy.png")
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
+
+
+def test_the_accuracy_plot_of_a_job_page_is_the_reports_point_read_from_the_counts(
+    jobs_db: tuple[str, int, int],
+) -> None:
+    url, mutual_job, search_job = jobs_db
+    with session_scope(url) as s:
+        report = load_report(session=s, job_ids=[mutual_job, search_job], max_rounds_limit=10)
+        overviews = {o.id: o for o in browse.job_overviews(session=s, job_ids=[mutual_job, search_job])}
+    for point in cost_points(report):
+        o = overviews[point.job_id]
+        counted = CostPoint.of_counts(
+            job_id=o.id, label=f"{o.id} {o.name}", strategy=o.strategy, right=o.right, judged=o.judged,
+            sequences=o.sequences, problems=o.problems,
+        )  # fmt: skip
+        assert counted == point
 
 
 def test_a_running_or_cancelled_job_is_stated_as_it_is(tmp_path: Path) -> None:

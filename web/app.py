@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -29,13 +29,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from db import audit, browse
 from db.audit import ProblemTrail, StepTrail
 from db.models import MAX_ROW_ID, Job, JobStatus
-from db.reports import UnknownJobError, load_report
+from db.reports import load_report
 from db.session import read_scope, session_scope
 from rstar import roster
 from rstar.problem_types import get_problem_type
@@ -48,6 +49,9 @@ HERE = Path(__file__).resolve().parent
 PER_PAGE = 50
 MAX_PER_PAGE = 500
 PLOT_CACHE = 32
+ROUNDS_PLOT_PROBLEMS = 20_000
+"""A job with more problems gets no accuracy-per-round plot on its page: it replays every problem's
+rounds (a million problems: minutes); `rstar report` draws it."""
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -268,11 +272,39 @@ def create_app(
     @app.get("/jobs/{job_id}/plots/{name}.png")
     async def job_plot(job_id: int, name: str) -> Response:
         _job_id(job_id)
-        from rstar.plots import plot_accuracy_per_round, plot_accuracy_vs_calls, plot_message
+        from rstar.plots import CostPoint, plot_accuracy_per_round, plot_accuracy_vs_calls, plot_message
 
-        plots = {"accuracy": plot_accuracy_vs_calls, "rounds": plot_accuracy_per_round}
-        if name not in plots:
+        if name not in ("accuracy", "rounds"):
             raise HTTPException(404, f"no plot {name!r}")
+
+        def figure(s: Session) -> Callable[[BinaryIO], object]:
+            """What to draw, read inside the session (the drawing comes after it)."""
+            found = browse.job_overviews(session=s, job_ids=[job_id])
+            if not found:
+                raise HTTPException(404, f"no job {job_id}")
+            job = found[0]
+            if name == "accuracy":  # from the counts the database keeps: fast at any size
+                point = CostPoint.of_counts(
+                    job_id=job.id, label=f"{job.id} {job.name}", strategy=job.strategy, right=job.right,
+                    judged=job.judged, sequences=job.sequences, problems=job.problems,
+                )  # fmt: skip
+                return lambda out: plot_accuracy_vs_calls([point], out)
+            if job.problems > ROUNDS_PLOT_PROBLEMS:  # replaying every problem's rounds takes minutes
+                return lambda out: plot_message(
+                    f"Too many problems to replay here: `rstar report {job_id}`.", out
+                )
+            report = load_report(
+                session=s,
+                job_ids=[job_id],
+                max_rounds_limit=get_settings().max_rounds_limit,
+                searches=False,  # the plot needs no search's account
+            )
+
+            def rounds(out: BinaryIO) -> None:
+                if not plot_accuracy_per_round(report, out):  # drew nothing; a page's image is never broken
+                    plot_message("No problem of this job has used more than one round yet.", out)
+
+            return rounds
 
         def draw() -> bytes:
             with read_scope(url) as s:
@@ -280,20 +312,10 @@ def create_app(
                 key = (job_id, name, finished)
                 if finished is not None and key in drawn_plots:  # a finished job's plot is final
                     return drawn_plots[key]
-                try:
-                    report = load_report(
-                        session=s,
-                        job_ids=[job_id],
-                        max_rounds_limit=get_settings().max_rounds_limit,
-                        searches=False,  # the plots need no search's account
-                    )
-                except UnknownJobError as exc:
-                    raise HTTPException(404, str(exc)) from None
+                draw_into = figure(s)
             out = io.BytesIO()
             with drawing:  # pyplot keeps global state: one figure at a time
-                if plots[name](report, out) is False:  # a page's image is never a broken one
-                    out = io.BytesIO()
-                    plot_message("No problem of this job has used more than one round yet.", out)
+                draw_into(out)
                 png = out.getvalue()
             if finished is not None:
                 drawn_plots[key] = png
