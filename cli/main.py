@@ -23,10 +23,10 @@ from cli import problems_file
 from cli.demo import demo_command
 from cli.export import export_command, write_records
 from cli.local import models_app, serve_local_command
-from cli.render import SafeText, make_console, print_error, print_trail, shown_title
+from cli.render import SafeText, make_console, print_error, shown_title
 from cli.report import report_command
 from cli.ui import ui_command
-from db import audit, migrate
+from db import migrate
 from db.jobs import ProblemResult, iter_problem_results, rollout_progress, status_counts
 from db.models import MAX_ROW_ID, TERMINAL_PROBLEM_STATES, Job, ProblemStatus, utcnow
 from db.session import session_scope
@@ -555,6 +555,9 @@ def show(
     calls: Annotated[bool, typer.Option(help="Include every model call's prompt and response.")] = True,
 ) -> None:
     """The whole audit trail of one problem."""
+    from cli.trail import print_trail
+    from db import audit
+
     _ensure_schema()
     with session_scope(get_settings().database_url) as session:
         _job_or_fail(session, job)
