@@ -6,7 +6,8 @@ type's answer; then `results`, `report` and `export` judge by the type.
 The fake models answer in the type's own forms, differently written from the reference (yes/no for
 true/false, `\\dfrac` and `\\left(` for MATH's `\\frac` and `(`), and wrong on the second problem.
 An rstar job runs too: its few-shot prompts (steps, decompositions, rephrasing) must be the type's,
-and a request with the number type's few-shots is refused.
+and a request with the number type's few-shots is refused (aime's are the number type's). The
+`number` type's own end-to-end tests are the pipeline's, the strategies' and rstar's.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _search_oracle(kind_name: str, solve):  # type: ignore[no-untyped-def]
     def respond(request: FakeRequest) -> Reply | str:
         system = next((m["content"] for m in request.messages if m.get("role") == "system"), "")
         prompt = request.prompt
-        if system in (NUMBER.search.steps, NUMBER.search.decompose):
+        if shots is not NUMBER.search and system in (NUMBER.search.steps, NUMBER.search.decompose):
             return Reply(status=422, error="a few-shot prompt of the number type")
         if system == shots.steps and "Rewrite the question" in prompt:
             return prompt.removeprefix("Question: ").split("\n\n")[0]  # its own words: the oracle knows them
@@ -245,3 +246,32 @@ def test_a_choice_job_reads_answers_and_references_given_as_an_options_text(
             assert [(p.reference_answer, p.final_answer, p.correct) for p in problems] == [
                 ("B", "B", True), ("C", "A", False), ("A", "A", True),
             ]  # fmt: skip
+
+
+AIME = [
+    {"id": "a-1", "problem": "Find the remainder when $2^{10}$ is divided by $1000$.", "solution": "24"},
+    {"id": "a-2", "problem": "How many positive divisors does $360$ have?", "solution": "024"},
+    {"id": "a-3", "problem": "What is $1001 - 1000$?", "solution": "1"},
+]
+# An AIME answer is an integer from 0 to 999: "024" and "001" are 24 and 1, 1024 is none.
+AIME_REPLIES = {"a-1": ("024", "1024"), "a-2": ("24", "23"), "a-3": ("001", "1001")}
+
+
+def test_an_aime_job_judges_integers_from_0_to_999(sqlite_url: str, redis_url: str, tmp_path: Path) -> None:
+    beyond = tmp_path / "beyond.json"
+    beyond.write_text(json.dumps([*AIME[:2], {**AIME[2], "solution": "1001"}]), encoding="utf-8")
+    env = service_env(
+        sqlite_url, redis_url, RSTAR_MODEL_A_URL="http://127.0.0.1:9", RSTAR_CHECK_MODELS="false"
+    )
+    assert rstar(["db", "upgrade"], env).returncode == 0
+    refused = rstar(["submit", str(beyond), "--type", "aime", "--strategy", "cot"], env)
+    assert refused.returncode == 2 and "record 3" in refused.stderr and "no aime answer" in refused.stderr
+    jobs = _run_type(
+        tmp_path, sqlite_url, redis_url, AIME, name="aime", want_type="aime", chosen=True,
+        answer_format="an integer from 0 to 999, alone in \\boxed{}", replies=AIME_REPLIES,
+    )  # fmt: skip
+    with session_scope(sqlite_url) as s:
+        problems = s.scalars(select(Problem).where(Problem.job_id == jobs["cot"]).order_by(Problem.id)).all()
+        assert [(p.reference_answer, p.final_answer, p.correct) for p in problems] == [
+            ("24", "24", True), ("24", "23", False), ("1", "1", True),
+        ]  # fmt: skip
