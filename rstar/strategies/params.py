@@ -30,6 +30,10 @@ Peers = Annotated[
 ]
 
 
+DEFAULT_ROUNDS_LIMIT = 10
+"""RSTAR_MAX_ROUNDS_LIMIT's default; the strategies are given the setting's value."""
+
+
 def _within_rounds_limit(value: int, info: ValidationInfo) -> int:
     limit = (info.context or {}).get("max_rounds_limit", DEFAULT_ROUNDS_LIMIT)
     if value > limit:
@@ -37,7 +41,6 @@ def _within_rounds_limit(value: int, info: ValidationInfo) -> int:
     return value
 
 
-DEFAULT_ROUNDS_LIMIT = 10
 MaxRounds = Annotated[
     int,
     Field(ge=1, description="rounds at most (and no more than RSTAR_MAX_ROUNDS_LIMIT, default 10)"),
