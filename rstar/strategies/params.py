@@ -36,14 +36,14 @@ DEFAULT_ROUNDS_LIMIT = 10
 
 def _within_rounds_limit(value: int, info: ValidationInfo) -> int:
     limit = (info.context or {}).get("max_rounds_limit", DEFAULT_ROUNDS_LIMIT)
-    if value > limit:
+    if not 1 <= value <= limit:
         raise ValueError(f"max_rounds must be an integer from 1 to {limit}, got {value!r}")
     return value
 
 
 MaxRounds = Annotated[
     int,
-    Field(ge=1, description="rounds at most (and no more than RSTAR_MAX_ROUNDS_LIMIT, default 10)"),
+    Field(description="rounds at most: 1 to RSTAR_MAX_ROUNDS_LIMIT (default 10)"),
     AfterValidator(_within_rounds_limit),
 ]
 SolutionFormat = Annotated[
@@ -102,7 +102,10 @@ def describe(field: FieldInfo) -> str:
     elif kind is bool:
         text = "true or false"
     elif kind is int:
-        text = f"an integer from {low} to {high}" if high is not None else f"an integer of at least {low}"
+        if low is not None and high is not None:
+            text = f"an integer from {low} to {high}"
+        else:
+            text = f"an integer of at least {low}" if low is not None else "an integer"
     elif kind is float:
         text = f"a number from {low} to {high}"
     else:

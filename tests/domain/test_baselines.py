@@ -46,7 +46,7 @@ def test_bad_parameters_are_refused(name: str, params: dict[str, object], messag
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("mutual", {"max_rounds": 0}, "max_rounds must be an integer of at least 1, got 0"),
+        ("mutual", {"max_rounds": 0}, "max_rounds must be an integer from 1 to 10, got 0"),
         ("mutual", {"max_rounds": 11}, "max_rounds must be an integer from 1 to 10, got 11"),
         ("cot", {"seed": -1}, "seed must be an integer from 0 to 2147483647, or null, got -1"),
         ("cot", {"temperature": True}, "temperature must be a number from 0.0 to 2.0, got True"),
