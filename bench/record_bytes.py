@@ -7,7 +7,8 @@ For each job, per problem: every model call's request, raw response and `respons
 every output's text and payload. Before: the request as sent, the response as received (each text
 in it again) and JSON as `json.dumps` writes it by default. Now: the request without its system
 prompt (`rstar.records.compact_request`; the job's shared texts counted once, with their digests),
-the response without the texts `response_text` holds (`compact_response`), an output's text
+the response without the texts `response_text` holds (`compact_response`), packed
+(`pack_json`, migration 0011: its compact JSON, zlib-compressed), an output's text
 only where it is not its call's sequence (`sequence_index`), JSON without the spaces after
 separators (`db.session.compact_json`). The database may have been written by any release
 (upgraded to this one's schema: `rstar db upgrade`): each value is first put back as sent and
@@ -60,7 +61,7 @@ def measure(db_url: str, job_id: int) -> dict[str, float]:
     from db.calls import requests_as_sent
     from db.models import ModelCall, Output, Problem
     from db.session import session_scope
-    from rstar.records import compact_request, compact_response, expanded_response, sequence_index
+    from rstar.records import compact_request, compact_response, expanded_response, pack_json, sequence_index
 
     sizes = dict.fromkeys(COLUMNS, 0)
     shared: dict[str, str] = {}  # each text the job's requests name, counted once
@@ -82,9 +83,8 @@ def measure(db_url: str, job_id: int) -> dict[str, float]:
                 sizes["request before"] += _size(sent[c.id], compact=False)
                 sizes["request now"] += _size(stored, compact=True)
                 sizes["response before"] += _size(received, compact=False)
-                sizes["response now"] += _size(
-                    compact_response(received, c.response_text, c.sequences), compact=True
-                )
+                stored_response = compact_response(received, c.response_text, c.sequences)
+                sizes["response now"] += 0 if stored_response is None else len(pack_json(stored_response))
                 sizes["response_text"] += _size(c.response_text, compact=True)
             n_calls += len(calls)
             after = calls[-1].id

@@ -30,6 +30,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -41,6 +42,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeDecorator
+
+from rstar.records import pack_json, unpack_json
 
 MAX_ROW_ID = 2**63 - 1
 """The largest id a row can have (SQLite's and PostgreSQL's 64-bit integers): an id typed above
@@ -53,6 +57,20 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class PackedJSON(TypeDecorator[Any]):
+    """A JSON value stored packed (`rstar.records.pack_json`): read and written as the value, by
+    the ORM and Core statements alike; None is SQL NULL."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> bytes | None:
+        return None if value is None else pack_json(value)
+
+    def process_result_value(self, value: bytes | None, dialect: Any) -> Any:
+        return None if value is None else unpack_json(value)
 
 
 class JobStatus(StrEnum):
@@ -193,7 +211,8 @@ class ModelCall(Base):
     request: Mapped[dict[str, Any]]
     """As sent, but for its system messages, stored once in `shared_texts` and named by digest
     (rstar/records.py: `expanded_request` gives it as sent)."""
-    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    response: Mapped[dict[str, Any] | None] = mapped_column(PackedJSON)
+    """As received, but for the texts `response_text` holds (rstar/records.py), packed."""
     response_text: Mapped[str | None] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(50))
     requests: Mapped[int | None] = mapped_column(Integer)

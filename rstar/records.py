@@ -17,6 +17,11 @@ every call of a kind) is most of a request's bytes. Stored, its content is null 
 names it by digest (`SHARED_TEXTS`: message index -> sha256 of the text); the text itself is a row
 of `shared_texts`, one per distinct text in the whole database. `expanded_request` gives the
 request as sent. User and assistant messages stay inline: they differ from call to call.
+
+The raw response, once its texts are left out, is what the server said about them (ids, usage,
+timings, finish reasons): read by people, never queried, and repetitive. It is stored packed
+(`pack_json`: its compact JSON, zlib-compressed); the request and the texts stay plain, where SQL
+reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +41,21 @@ SHARED_TEXTS = "rstar_shared_texts"
 
 SHARE_FROM = 64
 """System messages this long or longer are shared (a digest costs 64 characters)."""
+
+
+PACK_LEVEL = 6
+"""zlib's default level."""
+
+
+def pack_json(value: Any) -> bytes:
+    """A JSON value as stored packed: its compact JSON text (as the database's JSON columns write
+    it), zlib-compressed."""
+    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), PACK_LEVEL)
+
+
+def unpack_json(data: bytes) -> Any:
+    """The value `pack_json` packed."""
+    return json.loads(zlib.decompress(data))
 
 
 def recorded_texts(response_text: str | None, sequences: int | None) -> tuple[str, ...]:

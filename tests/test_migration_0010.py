@@ -49,21 +49,22 @@ def test_upgrade_keeps_every_job_as_a_number_job_that_prints_what_the_release_pr
 ) -> None:
     url = release_db
     before = {t: _rows(url, t) for t in TABLES}
-    migrate.upgrade(url)
+    migrate.upgrade(url, "0010")
     assert migrate.current_revision(url) == "0010"
     assert_rows_kept(url, before)
     assert {r["problem_type"] for r in _rows(url, "jobs")} == {"number"}
     with session_scope(url) as s:
         assert count_errors(s) == []
         assert [j.problem_type for j in s.scalars(sa.select(Job).order_by(Job.id))] == ["number"] * len(JOBS)
+    migrate.upgrade(url)  # what today's code prints needs today's schema
     assert_prints_as_released(GOLDEN, JOBS, tmp_path)
 
 
 def test_downgrade_to_0009_is_lossless_and_refused_once_a_job_has_another_type(release_db: str) -> None:
     url = release_db
-    assert_round_trip_is_lossless(url, TABLES, up="head", down="0009")
+    assert_round_trip_is_lossless(url, TABLES, up="0010", down="0009")
 
-    migrate.upgrade(url)
+    migrate.upgrade(url, "0010")
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE jobs SET problem_type = 'yes-no' WHERE id = (SELECT MIN(id) FROM jobs)"))

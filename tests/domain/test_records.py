@@ -17,8 +17,10 @@ from rstar.records import (
     compact_response,
     expanded_request,
     expanded_response,
+    pack_json,
     shared_digests,
     text_digest,
+    unpack_json,
 )
 
 
@@ -147,3 +149,15 @@ def test_a_text_missing_stays_null_and_a_damaged_marker_is_dropped() -> None:
     damaged = {**stored, SHARED_TEXTS: {"7": "x", "zero": "y", "0": 5}}
     assert expanded_request(damaged, {"x": "t", "y": "t"})["messages"] == stored["messages"]
     assert expanded_request(["not", "a", "dict"], {}) == ["not", "a", "dict"]
+
+
+@pytest.mark.parametrize("value", [_completion("2 + 3 = 5", "5"), {"a": [1, 2.5, None, True]}, [], "é ☃"])
+def test_a_packed_value_unpacks_to_itself(value: Any) -> None:
+    packed = pack_json(value)
+    assert isinstance(packed, bytes)
+    assert unpack_json(packed) == value
+
+
+def test_a_repetitive_response_packs_small() -> None:
+    response = _completion(*(["The answer is 5."] * 32))  # 32 votes of one prompt are much alike
+    assert len(pack_json(response)) * 3 < len(json.dumps(response, separators=(",", ":")))
