@@ -610,3 +610,26 @@ def test_v4_budget_and_defaults_are_the_authors() -> None:
     )
     state = ProblemState(QUESTION, ("A",), {}, {"x0:a2": tree.nodes[1].output})  # type: ignore[dict-item]
     assert hot.build_request(StepSpec("d0.d0:c0", Kind.COMPLETE, "A", 2), state).temperature == 1.0
+
+
+def test_an_intermediate_sub_answer_in_a_yes_no_problem_goes_on_with_the_answer_most_samples_state() -> None:
+    """ "How many legs has a spider?" in a yes-no problem: no sample answers yes or no. The trajectory
+    takes the sub-answer most samples state (the authors group any answer), and the node has no
+    answer, so it can never be a candidate for the problem's."""
+    from rstar.problem_types.yes_no import YES_NO
+
+    strategy = RStarStrategy(kind=YES_NO)
+    texts = (
+        "Answer 5.1: A spider has six legs. The answer is 6.",
+        "Answer 5.1: Spiders have eight legs. The answer is 8.",
+        "Answer 5.1: A spider has 8 legs. The answer is: 8.",
+    )
+    parsed = strategy.parse_samples(StepSpec("q0:a3", Kind.A3, "A", 1), texts)[0]
+    assert parsed.answer is None and parsed.parse_error == "none of the 3 samples gave an answer"
+    assert parsed.text == texts[1]
+    assert parsed.payload["votes"] == [None, None, None]
+    # Samples that do answer yes or no are voted on as the type reads them, whatever else is stated.
+    mixed = strategy.parse_samples(
+        StepSpec("q1:a3", Kind.A3, "A", 1), ("The answer is 8.", "The answer is 8.", "The answer is: yes.")
+    )[0]
+    assert mixed.answer == "yes" and mixed.payload["share"] == 1 / 3

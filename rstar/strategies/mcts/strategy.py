@@ -26,6 +26,10 @@ rStar-mutualreasoning) where it and the paper agree:
   all of them, :223: a defect not copied), and a terminal answer may reason at `max_tokens`.
 - A4 re-answers the last sub-question by chain of thought on the question's context
   (:299-314), `votes` samples.
+- A node's samples are voted on by the problem type's answers; where none gives one (an
+  intermediate sub-question's "8" in a yes-no problem) the trajectory goes on with the sample
+  whose stated answer most samples share, as the authors' `find_most_confident_answer` groups any
+  answer (eval_src/Evaluator.py:56-79); such a node has no answer and is never a candidate.
 - A1 one step at `step_tokens` (256, :436).
 - The candidates are every valid solution node of the tree (an A2 answer, a terminal sub-answer,
   an A1 step that states the answer: :960 `is_valid_solution_node`, rstar_utils.py:624
@@ -72,7 +76,7 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import Field, model_validator
 
 from rstar.parsing import parse_solution
-from rstar.problem_types.base import ProblemType
+from rstar.problem_types.base import ProblemType, after_answer_marker
 from rstar.problem_types.number import NUMBER
 from rstar.strategies.base import (
     SEED_MASK,
@@ -649,6 +653,27 @@ def _subquestion(text: str) -> ParsedOutput:
     return ParsedOutput({"subquestion": subq}, parse_error=None if subq else "empty sub-question", text=text)
 
 
+def _stated(text: str) -> str:
+    """The answer a sample states, in any form: the line after its last "the answer is", lowercased,
+    its closing period dropped (the authors' `isolate_answer`, eval_src/Evaluator.py:37-54)."""
+    lines = after_answer_marker(text, " .:\n").strip().split("\n")
+    return " ".join(lines[0].lower().strip(" .:").split())
+
+
+def _most_stated(texts: Sequence[str]) -> int | None:
+    """The first of the samples whose stated answer most samples share, for votes none of which
+    answers in the problem's form: an intermediate sub-question's ("How many legs has a spider?",
+    8, in a yes-no problem). Its trajectory then goes on with the answer most samples give, as the
+    authors' `find_most_confident_answer` groups any answer (Evaluator.py:56-79); the node keeps
+    no answer, so it is never a candidate."""
+    stated = [_stated(t) for t in texts]
+    counts = Counter(a for a in stated if a)
+    if not counts:
+        return 0 if texts else None
+    top = max(counts.values())
+    return next(i for i, a in enumerate(stated) if a and counts[a] == top)
+
+
 def _votes(texts: Sequence[str], prefix: re.Pattern[str] | None, kind: ProblemType) -> ParsedOutput:
     """A vote node: the majority answer of its samples, valued by its share of them."""
     parsed = [parse_solution(t, kind) for t in texts]
@@ -656,8 +681,8 @@ def _votes(texts: Sequence[str], prefix: re.Pattern[str] | None, kind: ProblemTy
     groups = answer_groups(parsed, kind)
     best = max(groups, key=len) if groups else []  # max() keeps the first of equals
     answer, count = (best[0].answer, len(best)) if best else (None, 0)
-    first = next((i for i, p in enumerate(parsed) if p is best[0]), None) if best else None
-    chosen = texts[first] if first is not None else (texts[0] if texts else "")
+    first = next((i for i, p in enumerate(parsed) if p is best[0]), None) if best else _most_stated(texts)
+    chosen = texts[first] if first is not None else ""
     shown = _clean(chosen, prefix) if prefix is not None else chosen.strip()[:MAX_TEXT]
     payload = {
         "text": shown,
