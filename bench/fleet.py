@@ -29,14 +29,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.services import REDIS_URL_HELP, bench_redis
 from bench.simulator import SimConfig
 from bench.throughput import (
     DEFAULT_PG_ADMIN,
-    DEFAULT_REDIS,
     GSM8K,
     RESULTS_DIR,
     RunResult,
-    check_private_redis,
     load_questions,
     log,
     middle_means,
@@ -120,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the fleet")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="postgres")
     parser.add_argument("--questions", type=Path, default=GSM8K, help="JSONL with a `question` per line")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help="a private Redis database; it is flushed")
+    parser.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
     parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=None, help="file name stem (default fleet-<database>)")
@@ -128,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        return run(args, argv)
+        with bench_redis(args.redis_url) as args.redis_url:
+            return run(args, argv)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -139,7 +139,6 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     most = args.problems_per_replica * max(counts) if args.problems_per_replica else args.problems
     every_question = load_questions(most, args.questions)
     params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
-    check_private_redis(args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="rstar-fleet-"))
     runs: list[tuple[int, RunResult, list[ServerRow]]] = []
     for replicas in counts:

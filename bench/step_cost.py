@@ -8,7 +8,8 @@ runs every queued step's task in this process, one at a time, with Celery's `Tas
 same code a worker runs for a message, minus the consumer and the threads. So it separates what a
 step costs from what 80 threads on one interpreter add (compare with `bench.throughput`'s CPU per
 call), and counts the statements each step sends, which on PostgreSQL are round trips.
-Uses Redis database 13 (flushed) for the messages the steps send, and a fresh database.
+Uses a redis-server of its own (or `--redis-url`, emptied) for the messages the steps send, and a
+fresh database.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.services import REDIS_URL_HELP, bench_redis
 from bench.simulator import SimConfig, SimulatorProcess
 from bench.throughput import DEFAULT_PG_ADMIN, GSM8K, load_questions
-
-REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter (JSON value)"
     )
     parser.add_argument("--profile", type=Path, default=None, help="write the steps' cProfile stats here")
+    parser.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
     args = parser.parse_args(argv)
+    with bench_redis(args.redis_url) as redis_url:
+        return measure(args, redis_url)
+
+
+def measure(args: argparse.Namespace, redis_url: str) -> int:
     params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
     profiler = cProfile.Profile() if args.profile else None
 
@@ -58,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         url = make_url(args.postgres_admin_url).set(database=name).render_as_string(hide_password=False)
     # Settings are read once, on first use: set them before anything imports them.
-    os.environ.update(RSTAR_DATABASE_URL=url, RSTAR_BROKER_URL=REDIS_URL)
+    os.environ.update(RSTAR_DATABASE_URL=url, RSTAR_BROKER_URL=redis_url)
     import redis
 
     from db import migrate
@@ -72,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workers.settings import get_settings
 
     app.loader.import_default_modules()  # the task modules, as a worker loads them
-    broker = redis.Redis.from_url(REDIS_URL)
+    broker = redis.Redis.from_url(redis_url)
     broker.flushdb()
     try:
         migrate.upgrade(url)

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.llama_server_speed import free_port
+from bench.services import private_redis
 from bench.simulator import SimConfig, SimulatorProcess
 from bench.throughput import (
     DEFAULT_PG_ADMIN,
@@ -58,35 +58,6 @@ def write_problems(path: Path, n: int, dataset: Path = GSM8K) -> int:
                 item["answer"] = row["answer"]
             out.write(json.dumps(item) + "\n")
     return path.stat().st_size
-
-
-@contextmanager
-def private_redis(tmp: Path) -> Iterator[str]:
-    """A redis-server of its own (no persistence) on a free port: the run may flush it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def broker_state(url: str) -> tuple[float, int]:

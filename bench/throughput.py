@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.bare_driver import run_bare
+from bench.services import REDIS_URL_HELP, bench_redis
 from bench.simulator import SimConfig, SimulatorProcess, proc_cpu_seconds, proc_peak_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 RESULTS_DIR = REPO / "docs" / "results" / "throughput"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 DEFAULT_PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -202,16 +202,18 @@ def run_bare_once(
     strategy: str = "mutual",
     params: dict[str, Any] | None = None,
     replicas: bool = False,
+    *,
+    redis_url: str,
 ) -> RunResult:
     with simulators(cfg, endpoints, tmp) as sims:
-        window = CpuWindow()
-        window.open(DEFAULT_REDIS)
+        window = CpuWindow()  # the bare driver uses no Redis: its CPU there is the machine's other work
+        window.open(redis_url)
         sim_cpu0 = sum(s.cpu_seconds() for s in sims)
         for s in sims:
             s.reset()
         urls = _replica_urls(sims) if replicas else _role_urls(sims)
         res = run_bare(questions, urls, concurrency=concurrency, strategy=strategy, params=params)
-        window.close(DEFAULT_REDIS)
+        window.close(redis_url)
         totals, series = _sim_totals(sims)
         sim_cpu = sum(s.cpu_seconds() for s in sims) - sim_cpu0
     rounds: dict[str, int] = {}
@@ -280,30 +282,6 @@ def _flush_redis(url: str) -> None:
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()
-
-
-def check_private_redis(url: str) -> None:
-    """Refuse a Redis database that another client uses, then empty it (once, before any run).
-
-    Another worker consuming this database's `rstar.control` queue would take our tasks and ack
-    them against its own database: the run would hang with steps queued forever.
-    """
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        db = client.connection_pool.connection_kwargs.get("db", 0)
-        me = client.client_id()
-        others = [c for c in client.client_list() if int(c.get("db", -1)) == db and int(c["id"]) != me]
-        if others:
-            raise RuntimeError(
-                f"Redis database {db} is in use by {len(others)} other connection(s) "
-                f"({', '.join(sorted({c.get('addr', '?') for c in others})[:5])}); "
-                "pick another with --redis-url"
-            )
-        client.flushdb()
-    finally:
-        client.close()
 
 
 def _worker_env(db_url: str, broker_url: str, extra: dict[str, str]) -> dict[str, str]:
@@ -739,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=SimConfig.time_scale)
     parser.add_argument("--server-limit", type=int, default=None, help="default: --concurrency")
     parser.add_argument("--questions", type=Path, default=GSM8K, help="JSONL with a `question` per line")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help="a private Redis database; it is flushed")
+    parser.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
     parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=None, help="file name stem for the .md/.png/.json")
@@ -752,7 +730,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A plain SIGTERM would skip the clean-up (workers, simulators, the PostgreSQL database).
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        return run(args, argv)
+        with bench_redis(args.redis_url) as args.redis_url:
+            return run(args, argv)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -767,7 +746,6 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     pairs: list[tuple[RunResult, RunResult]] = []
     bare_by_endpoints: dict[int, RunResult] = {}
     underfilled: list[int] = []
-    check_private_redis(args.redis_url)
     tmp = Path(tempfile.mkdtemp(prefix="rstar-bench-"))
     log(f"logs and the SQLite files go to {tmp} (removed after a successful run unless --keep-logs)")
     for endpoints, workers in configs:
@@ -777,7 +755,15 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 f"concurrency {args.concurrency}"
             )
             bare = run_bare_once(
-                questions, cfg, endpoints, args.concurrency, tmp, args.strategy, params, args.replicas
+                questions,
+                cfg,
+                endpoints,
+                args.concurrency,
+                tmp,
+                args.strategy,
+                params,
+                args.replicas,
+                redis_url=args.redis_url,
             )
             log(
                 f"  makespan {bare.makespan_s:.1f} s, {bare.calls} calls, "

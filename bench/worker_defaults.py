@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
+from bench.services import REDIS_URL_HELP, bench_redis
 from bench.simulator import SimConfig
 from bench.throughput import (
     DEFAULT_PG_ADMIN,
     GSM8K,
     RunResult,
-    check_private_redis,
     load_questions,
     log,
     run_system_once,
@@ -41,7 +41,6 @@ from bench.throughput import (
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "results" / "worker_defaults.md"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/13"
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--baseline-problems", type=int, default=100)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help="a private Redis database; it is flushed")
+    parser.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
     parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
     parser.add_argument("--questions", type=Path, default=GSM8K)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
@@ -179,12 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = SimConfig(max_concurrent_requests=args.server_limit, time_scale=args.time_scale)
-    check_private_redis(args.redis_url)
-    results = [measure("no flags", args, cfg, args.problems, {})]
-    if args.baseline_threads:
-        env = {"RSTAR_WORKER_CONCURRENCY": str(args.baseline_threads)}
-        label = f"RSTAR_WORKER_CONCURRENCY={args.baseline_threads}"
-        results.append(measure(label, args, cfg, args.baseline_problems, env))
+    with bench_redis(args.redis_url) as args.redis_url:
+        results = [measure("no flags", args, cfg, args.problems, {})]
+        if args.baseline_threads:
+            env = {"RSTAR_WORKER_CONCURRENCY": str(args.baseline_threads)}
+            label = f"RSTAR_WORKER_CONCURRENCY={args.baseline_threads}"
+            results.append(measure(label, args, cfg, args.baseline_problems, env))
     command = "python -m bench.worker_defaults " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     text = markdown(results, command, cfg)
     args.out.parent.mkdir(parents=True, exist_ok=True)

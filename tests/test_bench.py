@@ -310,3 +310,28 @@ def test_the_accuracy_bench_takes_gsm8k_lines_or_an_authors_array_as_published(t
     array.write_text(json.dumps(records))
     path, n = write_problems(tmp_path, dataset=array, offset=3, n=10)
     assert (path.name, n) == ("problems.json", 2) and json.loads(path.read_text()) == records[3:]
+
+
+def test_a_benchmark_uses_a_redis_of_its_own_unless_one_is_named() -> None:
+    """The Redis at 6379 is the user's: by default a run gets a redis-server of its own, gone
+    afterwards; a named database is refused while another client uses it, else emptied."""
+    from bench.services import bench_redis
+
+    with bench_redis(None) as url:
+        client = redis.Redis.from_url(url)
+        assert client.ping() and not url.startswith("redis://127.0.0.1:6379/")
+        client.set("k", "v")
+        client.close()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+
+    named = BENCH_REDIS_URL.rsplit("/", 1)[0] + "/10"  # a database no other test connects to
+    require_redis(named)
+    other = redis.Redis.from_url(named)
+    other.set("theirs", "1")
+    with pytest.raises(RuntimeError, match="in use by 1 other connection"), bench_redis(named):
+        pass
+    assert other.get("theirs") == b"1"
+    other.close()
+    with bench_redis(named) as url:
+        assert url == named and redis.Redis.from_url(url).dbsize() == 0
