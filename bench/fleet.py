@@ -75,17 +75,21 @@ def markdown(command: str, runs: list[tuple[int, RunResult, list[ServerRow]]], c
         "",
         f"Simulated servers admit {cfg.max_concurrent_requests} requests each (time scale "
         f"{cfg.time_scale}); the generator A runs on every server, the discriminator B on server 1. "
-        f"Mean in flight is over the middle 80% of each run; the bar is {BAR:.0%} of each server's limit.",
+        f"Mean in flight is over the middle 80% of each run; the bar is {BAR:.0%} of each server's limit."
+        " Machine busy is the share of this machine's CPU in use over the run: near 100%, the servers"
+        " wait for the machine (the simulators, the worker and the database share it), not for the"
+        " system's dispatch.",
         "",
         "| replicas | problems | answered | makespan | calls | sequences | 429s | worker threads |"
-        " worker CPU per sequence | lowest fill | every server >= 90% |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " worker CPU per sequence | simulators' CPU | machine busy | lowest fill | every server >= 90% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for replicas, r, rows in runs:
         lowest = min(row.fill for row in rows)
         lines.append(
             f"| {replicas} | {r.problems} | {r.answered} | {r.makespan_s:.1f} s | {r.calls} | {r.sequences} |"
-            f" {r.rejected_429} | {r.threads_per_worker} | {r.cpu_ms_per_sequence:.2f} ms | {lowest:.1%} |"
+            f" {r.rejected_429} | {r.threads_per_worker} | {r.cpu_ms_per_sequence:.2f} ms |"
+            f" {r.simulator_cpu_s:.0f} s | {r.machine_cpu_busy:.0%} | {lowest:.1%} |"
             f" {'yes' if lowest >= BAR else 'no'} |"
         )
     lines += ["", "Per server:", "", "| replicas | server | models | mean in flight | limit | fill |",
@@ -177,7 +181,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     raw = [
         {"replicas": n, "makespan_s": r.makespan_s, "answered": r.answered, "calls": r.calls,
          "sequences": r.sequences, "rejected_429": r.rejected_429, "threads": r.threads_per_worker,
-         "cpu_ms_per_sequence": r.cpu_ms_per_sequence,
+         "cpu_ms_per_sequence": r.cpu_ms_per_sequence, "simulator_cpu_s": r.simulator_cpu_s,
+         "machine_cpu_busy": r.machine_cpu_busy,
          "servers": [{"server": x.server, "mean_in_flight": x.mean_in_flight, "limit": x.limit}
                      for x in rows]}
         for n, r, rows in runs
