@@ -430,9 +430,12 @@ def run_system_once(
             env.update({"RSTAR_MODEL_A_URL": urls["A"], "RSTAR_MODEL_B_URL": urls["B"]})
         data = "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions))
         problems = parse_problems(data.encode())
-        # Submit starts the window the workers keep (RSTAR_JOB_WINDOW in their environment).
-        job_window = int(env.get("RSTAR_JOB_WINDOW", Settings.model_fields["job_window"].default))
-        settings = Settings(database_url=db_url, broker_url=redis_url, job_window=job_window)
+        # RSTAR_JOB_WINDOW for the submit too, when the run sets it (else the job's own, from its
+        # servers' slots).
+        window = env.get("RSTAR_JOB_WINDOW")
+        settings = Settings(
+            database_url=db_url, broker_url=redis_url, job_window=int(window) if window else None
+        )
         previous = current_app._get_current_object()
         app = create_app(settings)
         app.set_current()

@@ -273,6 +273,14 @@ def submit(
             f" {', '.join(done.queues)} "
             f"(models {', '.join(done.models)})"
         )
+        if done.window < done.problems:
+            err.print(
+                f"window: {done.window} problems at once ({done.why_window}); the others start in"
+                " input order as those end",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if done.unused:
             err.print(
                 f"strategy {strategy} uses {len(done.models)} model(s); not used: {', '.join(done.unused)}"

@@ -126,6 +126,9 @@ class Job(Base):
         ForeignKey("jobs.id", name="fk_jobs_resume_from", ondelete="SET NULL")
     )
     """`submit --resume-from`: identical model requests answered in that job are reused, not re-sent."""
+    job_window: Mapped[int | None] = mapped_column(Integer)
+    """Its problems started and open at once (tasks/dispatch.py, `feed`), decided at submit (0012);
+    null for jobs from before, which keep the workers' RSTAR_JOB_WINDOW (1024 unset)."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 

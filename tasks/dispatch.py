@@ -7,9 +7,10 @@ each next step (the unique step key settles any remaining race). Messages are se
 steps are committed (`settle()`); a crash in between leaves queued steps that the recovery sweep
 or `rstar resume` re-sends.
 
-A job does not start all its problems at once: `feed()` keeps `job_window` of them started and
-open (in input order), starting the next waiting one as one ends, so the broker holds what the
-workers can start soon, not the whole job's steps, and answers stream out from the first minutes.
+A job does not start all its problems at once: `feed()` keeps its window of them (`jobs.job_window`,
+set at submit) started and open, in input order, starting the next waiting one as one ends, so the
+broker holds what the workers can start soon, not the whole job's steps, and answers stream out
+from the first minutes.
 Submit starts the first window; every ending problem tops it up; the recovery sweep tops up what a
 crash between an ending and its top-up left short.
 """
@@ -110,12 +111,19 @@ def first_steps(job: Any) -> tuple[StepSpec, ...]:
     return strategy.plan(ProblemState.empty(roster.names(job.models))).steps
 
 
-def feed(session: Session, job_id: int, window: int) -> list[Dispatch]:
-    """Within the caller's transaction: start the job's next waiting problems up to `window`
-    started and open; the dispatches to send once it commits."""
+UNSTORED_WINDOW = 1024
+"""The window of a job from before windows were stored (0012) when RSTAR_JOB_WINDOW is unset:
+the default of the release that submitted it."""
+
+
+def feed(session: Session, job_id: int, setting: int | None) -> list[Dispatch]:
+    """Within the caller's transaction: start the job's next waiting problems up to its window
+    started and open; the dispatches to send once it commits. `setting`: RSTAR_JOB_WINDOW, for a
+    job whose window was not stored."""
     job = session.get(Job, job_id)
     if job is None or job.status != JobStatus.ACTIVE:
         return []
+    window = job.job_window or setting or UNSTORED_WINDOW
     made = start_problems(session=session, job_id=job_id, first_steps=first_steps(job), window=window)
     return [dispatch_for(step, job) for step in made]
 

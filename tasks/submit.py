@@ -18,9 +18,16 @@ from rstar.strategies import fit_roster, get_strategy
 from rstar.strategies.base import ProblemState
 from rstar.types import ProblemInput
 from tasks.dispatch import dispatch_for, enqueue
-from workers.client import unreachable
+from workers.client import server_info, unreachable
+from workers.errors import ModelServerError
 from workers.redact import scrub, url_password, without_userinfo
-from workers.settings import Settings
+from workers.settings import FALLBACK_SLOTS, Settings
+
+WINDOW_PER_SLOT = 2
+"""A job's window, per in-flight slot of its servers: each slot has a problem in its call and one
+between calls (planning, recording, in the queue). Measured with one mutual job of 300 problems on
+a server of 32 slots: a window of 32 kept it 98% full (docs/results/million.md)."""
+MIN_WINDOW = 32
 
 
 class BrokerUnavailableError(RuntimeError):
@@ -52,6 +59,35 @@ class Submitted:
     """The roster names the job uses (a strategy that needs fewer takes the first ones)."""
     unused: tuple[str, ...] = ()
     """Names given that the strategy does not use."""
+    window: int = 0
+    why_window: str = ""
+    """How the window was decided, for the line submit prints."""
+
+
+def job_window(
+    roster: Iterable[ModelEntry], settings: Settings, *, ask_servers: bool = True
+) -> tuple[int, str]:
+    """How many of a job's problems are started at once (tasks/dispatch.py, `feed`), and why:
+    RSTAR_JOB_WINDOW when set; else `WINDOW_PER_SLOT` times the in-flight slots of the job's
+    servers (each URL once: TGI's max_concurrent_requests, llama-server's slots; one that does not
+    say counts RSTAR_MAX_IN_FLIGHT or FALLBACK_SLOTS), at least `MIN_WINDOW`. A window of the
+    fleet's size keeps it full and lets the first problems finish first: all of a large job's
+    problems started at once would all finish near its end."""
+    if settings.job_window is not None:
+        return settings.job_window, "RSTAR_JOB_WINDOW"
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    urls = {without_userinfo(u): u for m in roster for u in m.urls}
+    slots = 0
+    for url in urls.values():
+        limit = None
+        if ask_servers and settings.server_kind == "auto":
+            try:
+                limit = server_info(url, token=token).max_concurrent_requests
+            except ModelServerError:
+                limit = None  # down now: counted as a server that does not say
+        slots += limit or settings.max_in_flight or FALLBACK_SLOTS
+    window = max(MIN_WINDOW, WINDOW_PER_SLOT * slots)
+    return window, f"{WINDOW_PER_SLOT} x the {slots} in-flight slots of its servers; RSTAR_JOB_WINDOW to set"
 
 
 def check_roster(models: list[ModelEntry] | tuple[ModelEntry, ...], settings: Settings) -> None:
@@ -131,6 +167,7 @@ def submit_job(
         check_roster(roster, settings)
     check_broker(settings)
     first = strategy.plan(ProblemState.empty(used)).steps
+    window, why_window = job_window(roster, settings, ask_servers=check_models)
     with session_scope(settings.database_url) as session:
         job, count = create_job(
             session=session,
@@ -143,9 +180,10 @@ def submit_job(
             problems=problems,
             problem_type=strategy.kind.name,
         )
+        job.job_window = window
         # The first window; the rest wait their turn (tasks/dispatch.py, `feed`): the broker never
         # holds a million problems' steps.
-        start_problems(session=session, job_id=job.id, first_steps=first, window=settings.job_window)
+        start_problems(session=session, job_id=job.id, first_steps=first, window=window)
         if resume_from is not None:
             if session.get(Job, resume_from) is None:
                 raise ResumeFromError(f"--resume-from {resume_from}: there is no job {resume_from}")
@@ -167,7 +205,7 @@ def submit_job(
             job_id, scrub(f"{type(exc).__name__}: {exc}", url_password(settings.broker_url))
         ) from exc
     unused = tuple(m.name for m in models if m.name not in used)
-    return Submitted(job_id, count, tuple(sorted(queues)), used, unused)
+    return Submitted(job_id, count, tuple(sorted(queues)), used, unused, window, why_window)
 
 
 def _queued(settings: Settings, job_id: int, after: int) -> list[QueuedStep]:

@@ -313,7 +313,8 @@ def test_a_file_changed_between_the_two_passes_is_refused_and_nothing_is_written
 
 def test_a_pipe_is_submitted_whole(migrated: str, redis_url: str) -> None:
     """/dev/stdin cannot be read twice: it is copied on the first pass. Every problem is stored;
-    the first RSTAR_JOB_WINDOW (1024) are started, the rest wait their turn."""
+    the first window's are started (64: twice the 32 slots a server not asked is counted), the
+    rest wait their turn."""
     data = "\n".join(json.dumps({"id": f"p{i}", "question": f"What is {i} + 1?"}) for i in range(1200)) + "\n"
     args = ["submit", "/dev/stdin", "--no-check-models", "--model-a", "http://x:1", "--strategy", "cot"]
     done = subprocess.run(
@@ -327,8 +328,9 @@ def test_a_pipe_is_submitted_whole(migrated: str, redis_url: str) -> None:
         started = s.scalars(select(Problem.line).join(Step).order_by(Problem.id)).all()
         statuses = s.execute(select(Problem.status, func.count()).group_by(Problem.status)).all()
     assert lines == list(range(1, 1201))
-    assert started == list(range(1, 1025))  # one first step each, in input order
-    assert dict(statuses) == {"pending": 1024, "waiting": 176}
+    assert started == list(range(1, 65))  # one first step each, in input order
+    assert dict(statuses) == {"pending": 64, "waiting": 1136}
+    assert "window: 64 problems at once (2 x the 32 in-flight slots of its servers" in done.stderr
 
 
 def test_strategies_lists_every_parameter_with_its_range_and_default() -> None:

@@ -172,3 +172,52 @@ def test_a_real_worker_keeps_at_most_the_window_in_progress(
         assert p.started_at is not None and p.finished_at is not None
         at_once = sum(1 for o in problems if o.started_at <= p.started_at < o.finished_at)  # type: ignore[operator]
         assert at_once <= window, (p.item_id, at_once)
+
+
+def test_unset_the_window_is_twice_the_slots_of_the_jobs_servers_and_stored_with_it(
+    app_env: Celery, settings_env: pytest.MonkeyPatch
+) -> None:
+    """A TGI server of 20 requests and a llama-server of 8 slots: 2 x 28 = 56 problems at once,
+    stored on the job; RSTAR_JOB_WINDOW set wins; at least 32 whatever the servers."""
+    from tasks.submit import MIN_WINDOW, job_window
+
+    settings_env.delenv("RSTAR_JOB_WINDOW", raising=False)
+    with (
+        FakeInferenceServer(lambda _: ANSWER, kind="tgi", max_concurrent_requests=20) as a,
+        FakeInferenceServer(lambda _: ANSWER, kind="llama-server", slots=8) as b,
+    ):
+        roster = [ModelEntry("A", a.url), ModelEntry("B", b.url)]
+        done = submit_job(
+            settings=get_settings(), name="w", strategy_name="mutual", params={}, models=roster,
+            source=None, problems=parse_problems(_problems_file(60)),
+        )  # fmt: skip
+        assert (done.window, done.why_window) == (
+            56,
+            "2 x the 28 in-flight slots of its servers; RSTAR_JOB_WINDOW to set",
+        )
+        assert job_window([ModelEntry("A", b.url)], get_settings()) == (
+            MIN_WINDOW,
+            "2 x the 8 in-flight slots of its servers; RSTAR_JOB_WINDOW to set",
+        )
+        settings_env.setenv("RSTAR_JOB_WINDOW", "7")
+        assert job_window(roster, get_settings()) == (7, "RSTAR_JOB_WINDOW")
+    db_url = get_settings().database_url
+    with session_scope(db_url) as s:
+        job = s.get(Job, done.job_id)
+        assert job is not None and job.job_window == 56
+    assert _statuses(db_url).count("pending") == 56
+
+
+def test_a_job_keeps_its_stored_window_and_one_from_before_the_workers_setting(
+    cot_job: tuple[str, int, str], settings_env: pytest.MonkeyPatch
+) -> None:
+    """The workers' RSTAR_JOB_WINDOW changed to 3 after submit: the job keeps the 2 it was given;
+    one whose window is null (written before 0012) is topped up to the workers' 3."""
+    db_url, job_id, _ = cot_job
+    settings_env.setenv("RSTAR_JOB_WINDOW", "3")
+    model_step.apply(args=[_queued_step_ids(db_url)[0]])  # one ends: its stored window says one starts
+    assert _statuses(db_url) == ["answered", "pending", "pending", "waiting", "waiting"]
+    with session_scope(db_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(job_window=None))
+    model_step.apply(args=[_queued_step_ids(db_url)[0]])  # one ends: the workers' 3 say two start
+    assert _statuses(db_url) == ["answered", "answered", "pending", "pending", "pending"]

@@ -59,7 +59,7 @@ def test_upgrade_packs_every_response_keeps_every_value_and_prints_what_the_rele
     before = {t: _rows(url, t) for t in TABLES}
     old_calls = {c["id"]: c for c in before["model_calls"]}
     assert any(c["response"] for c in old_calls.values())
-    migrate.upgrade(url)
+    migrate.upgrade(url, "0011")
     assert migrate.current_revision(url) == "0011"
 
     for table in TABLES:
@@ -73,6 +73,7 @@ def test_upgrade_packs_every_response_keeps_every_value_and_prints_what_the_rele
             old = old_calls[row["id"]]
             assert _without_response(row) == _without_response(old)
             assert (None if row["response"] is None else unpack_json(row["response"])) == old["response"]
+    migrate.upgrade(url)  # what today's code reads needs today's schema
     with session_scope(url) as s:
         assert count_errors(s) == []
         calls = s.scalars(sa.select(ModelCall).order_by(ModelCall.id)).all()

@@ -74,9 +74,8 @@ class Settings(BaseSettings):
 
     # Problems of one job started and not finished at once (tasks/dispatch.py, `feed`): the broker
     # holds their steps only, not the whole job's, and answers come out from the first minutes.
-    # Enough to keep the fleet full: several times its in-flight slots over the sequences a
-    # problem has in flight (about 2 for rstar, 1-2 for the others).
-    job_window: int = Field(default=1024, gt=0, description="problems of a job in progress at once")
+    # Unset, submit gives each job twice its servers' in-flight slots (tasks/submit.py, `job_window`).
+    job_window: int | None = Field(default=None, gt=0, description="problems of a job in progress at once")
 
     # Recovery (see tasks/recovery.py). A running step's lease is renewed every lease/4 seconds
     # while its worker lives; a lease left to expire marks a dead worker, and its step is re-sent.
