@@ -22,11 +22,18 @@ REDIS_URL_HELP = "a Redis database to empty and use (default: a redis-server of 
 
 @contextmanager
 def private_redis(tmp: Path | None = None) -> Iterator[str]:
-    """A redis-server of its own (no persistence) on a free port: the run may flush it."""
+    """A redis-server of its own (no persistence) on a free port, its working directory `tmp` (or
+    one of its own, removed after): the run may flush it."""
+    if tmp is None:
+        with (
+            tempfile.TemporaryDirectory(prefix="rstar-bench-redis-") as own,
+            private_redis(Path(own)) as url,
+        ):
+            yield url
+        return
     port = free_port()
-    workdir = tmp or Path(tempfile.mkdtemp(prefix="rstar-bench-redis-"))
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

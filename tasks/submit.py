@@ -80,9 +80,9 @@ def job_window(
     slots = 0
     for url in urls.values():
         limit = None
-        if ask_servers and settings.server_kind == "auto":
-            try:
-                limit = server_info(url, token=token).max_concurrent_requests
+        if ask_servers:
+            try:  # a configured kind (RSTAR_SERVER_KIND) asks nothing and says no limit
+                limit = server_info(url, kind=settings.server_kind, token=token).max_concurrent_requests
             except ModelServerError:
                 limit = None  # down now: counted as a server that does not say
         slots += limit or settings.max_in_flight or FALLBACK_SLOTS

@@ -14,7 +14,8 @@ Lossless both ways: the downgrade writes every value back as JSON.
 """
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -33,7 +34,7 @@ def _views() -> dict[str, str]:
     return dict(importlib.import_module("migrations.versions.0005_sampled_sequences").VIEWS)
 
 
-def _convert(old: sa.types.TypeEngine, new: sa.types.TypeEngine, convert: object) -> None:
+def _convert(old: sa.types.TypeEngine, new: sa.types.TypeEngine, convert: Callable[[Any], Any]) -> None:
     """Replace model_calls.response of type `old` by one of type `new`, each value through `convert`:
     a new column filled a batch at a time, the old one dropped, the new one renamed. In place on
     SQLite too (3.35+): rebuilding `model_calls` would touch the tables that refer to it."""
@@ -44,7 +45,8 @@ def _convert(old: sa.types.TypeEngine, new: sa.types.TypeEngine, convert: object
     after = 0
     query = sa.select(calls.c.id, calls.c.response).where(calls.c.response.is_not(None)).order_by(calls.c.id)
     while rows := conn.execute(query.where(calls.c.id > after).limit(BATCH)).all():
-        values = [{"row": r.id, "value": convert(r.response)} for r in rows if r.response is not None]  # type: ignore[operator]
+        # A JSON null passes the SQL filter and reads as None: left NULL.
+        values = [{"row": r.id, "value": convert(r.response)} for r in rows if r.response is not None]
         if values:
             conn.execute(
                 target.update()
