@@ -9,7 +9,10 @@ same code a worker runs for a message, minus the consumer and the threads. So it
 step costs from what 80 threads on one interpreter add (compare with `bench.throughput`'s CPU per
 call), and counts the statements each step sends, which on PostgreSQL are round trips.
 Uses a redis-server of its own (or `--redis-url`, emptied) for the messages the steps send, and a
-fresh database.
+fresh database. Then the bare driver (bench/bare_driver.py) makes the same strategy's calls on the
+same problems and server, in memory, and the CPU per generated sequence of both is printed: the
+worker's own cost over the strategy's and the HTTP client's, measured in one run, without what a
+loaded machine does to the threaded worker's figure in `bench.throughput`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.bare_driver import run_bare
 from bench.services import REDIS_URL_HELP, bench_redis
 from bench.simulator import SimConfig, SimulatorProcess
 from bench.throughput import DEFAULT_PG_ADMIN, GSM8K, load_questions
@@ -49,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace, redis_url: str) -> int:
     params = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.param)}
-    profiler = cProfile.Profile() if args.profile else None
+    profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits
 
     from sqlalchemy import create_engine, event, func, select, text
     from sqlalchemy.engine import make_url
@@ -121,16 +125,28 @@ def measure(args: argparse.Namespace, redis_url: str) -> int:
                 cpu += time.process_time() - started
                 counted += statements - before
                 tasks += len(todo)
+            # The yardstick on the same problems and server: the same strategy's calls, in memory.
+            bare = run_bare(
+                questions,
+                {"A": sim.url, "B": sim.url + "/"},
+                concurrency=64,
+                params=params,
+                strategy=args.strategy,
+            )
         with session_scope(url) as session:
             calls = session.scalar(select(func.count()).select_from(ModelCall)) or 1
             sequences = session.scalar(select(func.sum(ModelCall.sequences))) or 1
         if profiler is not None:
             profiler.dump_stats(args.profile)
+        per_sequence, bare_per_sequence = cpu / sequences, bare.cpu_s / max(bare.sequences, 1)
         print(
             f"{args.database}: {args.problems} problems, {args.strategy}, {calls} model calls, "
             f"{sequences} sequences, {tasks} tasks; CPU {1000 * cpu / calls:.2f} ms per call, "
-            f"{1000 * cpu / sequences:.2f} per sequence; {counted / calls:.1f} SQL statements per call "
-            "(SQLite's BEGIN IMMEDIATE counted; PostgreSQL's BEGIN and COMMIT, sent by the driver, not)"
+            f"{1000 * per_sequence:.2f} per sequence; {counted / calls:.1f} SQL statements per call "
+            "(SQLite's BEGIN IMMEDIATE counted; PostgreSQL's BEGIN and COMMIT, sent by the driver, not)\n"
+            f"bare driver, same problems: {bare.sequences} sequences, CPU {1000 * bare_per_sequence:.2f} ms "
+            f"per sequence; the steps' CPU per sequence is {per_sequence / bare_per_sequence:.2f}x the "
+            "bare driver's"
         )
     finally:
         broker.flushdb()

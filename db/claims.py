@@ -29,7 +29,7 @@ from db.models import (
     StepStatus,
     utcnow,
 )
-from db.state import OutputCache, load_state
+from db.state import OutputCache, load_state, remembered_outputs
 from rstar import roster
 from rstar.strategies.base import ProblemState
 
@@ -214,7 +214,7 @@ def claim_step(
     if row.problem_status == ProblemStatus.PENDING:
         conn.execute(_START_PROBLEM, {"problem_id": row.problem_id, "now": now})
     recorded = session.get(ModelCall, row.recorded_id) if row.recorded_id is not None else None
-    cache = OutputCache()
+    cache = remembered_outputs.recall(session, row.problem_id, row.question)
     return Claim(
         step_id=step_id,
         problem_id=row.problem_id,

@@ -7,6 +7,7 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,11 +29,12 @@ from db.models import (
     StepStatus,
     utcnow,
 )
+from db.session import compact_json
 from rstar.problem_types.base import ProblemType
 from rstar.problem_types.number import NUMBER
 from rstar.records import sequence_index
 from rstar.reports import judge
-from rstar.strategies.base import SELECT_KEY
+from rstar.strategies.base import SELECT_KEY, OutputView
 from rstar.types import ParsedOutput
 
 _st, _ct, _tt = Step.__table__, ModelCall.__table__, SharedText.__table__
@@ -42,7 +44,7 @@ def _output_writes(output: Any) -> tuple[Any, Any]:
     """The output's two inserts: plain (the call is recorded already), and, for PostgreSQL,
     one that also stores the call's shared texts not stored yet, records the new call and
     finishes the step, in data-modifying CTEs (one round trip where four cost four)."""
-    plain = insert(output)
+    plain = insert(output).returning(output.c.id, output.c.model_call_id)
     texts = (
         postgresql.insert(_tt)
         .from_select(
@@ -82,6 +84,7 @@ def _output_writes(output: Any) -> tuple[Any, Any]:
         .add_cte(texts)
         .add_cte(call)
         .add_cte(finish)
+        .returning(output.c.id, output.c.model_call_id)
     )
     return plain, combined
 
@@ -91,9 +94,9 @@ _OUTPUT_WRITES = _output_writes(Output.__table__)
 
 def _write_output(
     session: Session, writes: tuple[Any, Any], values: dict[str, Any], step_id: int, model_call: int | NewCall
-) -> None:
+) -> tuple[int, int]:
     """Insert a step's output (`values`, without its call), record its call when it is new, and
-    mark the step done."""
+    mark the step done. Returns the output's id and its call's."""
     conn = session.connection()
     plain, combined = writes
     if isinstance(model_call, NewCall) and conn.dialect.name == "postgresql":
@@ -110,12 +113,13 @@ def _write_output(
             texts_digests=digests,
             texts_texts=[model_call.texts[d] for d in digests],
         )
-        conn.execute(combined, params)
-        return
+        row = conn.execute(combined, params).one()
+        return row.id, row.model_call_id
     if isinstance(model_call, NewCall):
         model_call = record_call(session=session, call=model_call, count_attempt=False)
-    conn.execute(plain, {**values, "model_call_id": model_call})
+    row = conn.execute(plain, {**values, "model_call_id": model_call}).one()
     _finish_step(session, step_id)
+    return row.id, row.model_call_id
 
 
 def save_outputs(
@@ -125,39 +129,62 @@ def save_outputs(
     outputs: Sequence[tuple[ParsedOutput, str | None]],
     model_call: int | NewCall,
     parent_id: int | None,
-) -> None:
+) -> list[OutputView]:
     """Store a step's outputs, each with the text it came from (an unparsable reply is kept and
     flagged, and used like any other), record their call when it is new, and mark the step done.
-    A step writes one output at least: a strategy that parsed none gets the reply kept as one."""
+    A step writes one output at least: a strategy that parsed none gets the reply kept as one.
+
+    Returns them as `load_state` would read them back (so the plan in the same transaction need
+    not read them)."""
     assert claim.model is not None, f"step {claim.key} runs no model"
     if not outputs:
         outputs = [(ParsedOutput(payload={}, parse_error="the strategy made no output of the reply"), None)]
     call = model_call.values if isinstance(model_call, NewCall) else _recorded(session, model_call)
+    rows: list[dict[str, Any]] = []
     for seq, (parsed, text) in enumerate(outputs):
         # Its text stored once: as its call's sequence when it is one verbatim (rstar/records.py).
         text_seq = sequence_index(text, call["response_text"], call["sequences"], first=seq)
-        values = {
-            "problem_id": claim.problem_id,
-            "step_id": claim.step_id,
-            "seq": seq,
-            "round": claim.round,
-            "model": claim.model,
-            "kind": claim.kind,
-            "parent_id": parent_id,
-            "text": text if text_seq is None else None,
-            "text_seq": text_seq,
-            "payload": parsed.payload,
-            "answer": parsed.answer,
-            "parse_error": _with_cut_note(parsed.parse_error, call["finish_reason"]),
-        }
-        if seq == 0:
-            _write_output(session, _OUTPUT_WRITES, values, claim.step_id, model_call)
-            if isinstance(model_call, NewCall) and len(outputs) > 1:  # the others point at its id
-                model_call = session.scalar(
-                    select(Output.model_call_id).where(Output.step_id == claim.step_id, Output.seq == 0)
-                )
-        else:
-            session.connection().execute(_OUTPUT_WRITES[0], {**values, "model_call_id": model_call})
+        rows.append(
+            {
+                "problem_id": claim.problem_id,
+                "step_id": claim.step_id,
+                "seq": seq,
+                "round": claim.round,
+                "model": claim.model,
+                "kind": claim.kind,
+                "parent_id": parent_id,
+                "text": text if text_seq is None else None,
+                "text_seq": text_seq,
+                "payload": parsed.payload,
+                "answer": parsed.answer,
+                "parse_error": _with_cut_note(parsed.parse_error, call["finish_reason"]),
+            }
+        )
+    first_id, call_id = _write_output(session, _OUTPUT_WRITES, rows[0], claim.step_id, model_call)
+    ids = [first_id]
+    if len(rows) > 1:  # the others point at the first's call, in one statement
+        more = [{**r, "model_call_id": call_id} for r in rows[1:]]
+        ids += session.connection().execute(_INSERT_MORE, more).scalars().all()
+    return [
+        OutputView(
+            id=output_id,
+            step_key=claim.key,
+            kind=r["kind"],
+            model=r["model"],
+            round=r["round"],
+            parent_id=r["parent_id"],
+            # As the column gives it back: through JSON (lists for tuples, string keys).
+            payload=json.loads(compact_json(r["payload"])) if r["payload"] else {},
+            answer=r["answer"],
+            text=text,  # `Output.text` reads it back from the call when it is not stored here
+            parse_error=r["parse_error"],
+            seq=r["seq"],
+        )
+        for output_id, r, (_parsed, text) in zip(ids, rows, outputs, strict=True)
+    ]
+
+
+_INSERT_MORE = insert(Output.__table__).returning(Output.__table__.c.id, sort_by_parameter_order=True)
 
 
 _RECORDED = select(ModelCall.finish_reason, ModelCall.response_text, ModelCall.sequences).where(

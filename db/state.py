@@ -7,11 +7,16 @@ Like every query module in db/: keyword-only and typed, one transaction's worth 
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import Pool
 
 from db.models import Output, Step, StepStatus
 from rstar import roster
@@ -70,10 +75,90 @@ class OutputCache:
     def __init__(self, by_step: dict[int, list[tuple[str, OutputView]]] | None = None) -> None:
         self.by_step: dict[int, list[tuple[str, OutputView]]] = by_step or {}
 
+    def wrote(self, step_id: int, outputs: Sequence[OutputView]) -> None:
+        """The outputs the caller's transaction wrote for its step (which it marked done)."""
+        self.by_step[step_id] = [(output_key(o.step_key, o.seq), o) for o in outputs]
+
     def fork(self) -> OutputCache:
         """A copy to read with in a transaction that may roll back: what it reads of the
         transaction's own writes must not outlive it."""
         return OutputCache(dict(self.by_step))
+
+
+class OutputMemo:
+    """The outputs this process has read of its problems, kept between task runs (the most
+    recently used problems, at most `max_outputs` outputs in all).
+
+    A step's claim used to read every output of its problem (and decode each payload): at rstar's
+    budget a problem has hundreds, and each of its hundreds of steps read them all again. The rule
+    that makes `OutputCache` safe makes keeping them safe: a done step's outputs are written in the
+    transaction that marks it done and are never updated or deleted; and only what a committed
+    read or a committed write produced is kept (`remember` after the commit). Kept per database (a
+    process may use several, and forgets one when its engine's pool goes) and per problem id
+    and question.
+    """
+
+    def __init__(self, max_outputs: int) -> None:
+        self.max_outputs = max_outputs
+        # Reentrant: an engine's finalizer (below) may run in a garbage collection this lock's
+        # holder set off.
+        self._lock = threading.RLock()
+        self._kept: OrderedDict[tuple[int, int, str], tuple[dict[int, list[tuple[str, OutputView]]], int]] = (
+            OrderedDict()
+        )
+        self._size = 0
+        self._pools: set[int] = set()
+
+    @property
+    def size(self) -> int:
+        """How many outputs are kept."""
+        return self._size
+
+    def recall(self, session: Session, problem_id: int, question: str) -> OutputCache:
+        """A cache to read the problem's state with, holding what this process has kept of it."""
+        key = (id(_pool_of(session)), problem_id, question)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None:
+                return OutputCache()
+            self._kept.move_to_end(key)
+            return OutputCache(dict(kept[0]))
+
+    def remember(self, session: Session, problem_id: int, question: str, cache: OutputCache) -> None:
+        """Keep what `cache` read or was given, once the transaction that did so has committed."""
+        pool = _pool_of(session)
+        key = (id(pool), problem_id, question)
+        count = sum(len(outs) for outs in cache.by_step.values())
+        with self._lock:
+            if key[0] not in self._pools:
+                self._pools.add(key[0])
+                weakref.finalize(pool, self._forget_pool, key[0])
+            old = self._kept.pop(key, None)
+            self._size -= old[1] if old is not None else 0
+            if count > self.max_outputs:
+                return
+            self._kept[key] = (dict(cache.by_step), count)
+            self._size += count
+            while self._size > self.max_outputs:
+                _key, (_outs, dropped) = self._kept.popitem(last=False)
+                self._size -= dropped
+
+    def _forget_pool(self, pool_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._kept if k[0] == pool_id]:
+                self._size -= self._kept.pop(key)[1]
+            self._pools.discard(pool_id)
+
+
+def _pool_of(session: Session) -> Pool:
+    """The database a session reads, as the connection pool its engine and that engine's variants
+    (autocommit_scope's) share: one per engine, replaced when the engine is disposed."""
+    bind = session.get_bind()
+    return bind.pool if isinstance(bind, Engine) else bind.engine.pool
+
+
+# About 1-2 KB an output (its text and payload): some 50-100 MB a worker process at most.
+remembered_outputs = OutputMemo(max_outputs=50_000)
 
 
 class LazyOutputs(Mapping[str, V]):
@@ -133,7 +218,8 @@ def load_state(
         if not any_done:
             rows: Any = ()
         elif known:
-            unknown = [s.id for s in steps if s.id not in known]
+            # Only a done step has outputs (see above).
+            unknown = [s.id for s in steps if s.id not in known and s.status == StepStatus.DONE]
             rows = conn.execute(_STATE_OUTPUTS_OF_STEPS, {**params, "step_ids": unknown}) if unknown else ()
         else:
             rows = conn.execute(_STATE_OUTPUTS, params)

@@ -26,7 +26,6 @@ reads them.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import zlib
@@ -108,6 +107,29 @@ def _messages(response: Any) -> Iterator[dict[str, Any]]:
                 yield message
 
 
+def _copy_to_messages(response: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the response in which the containers on the way to each message, and the
+    messages, are new (what `compact_response` edits), the rest shared: a deep copy of 32
+    completions cost more than the rest of recording them."""
+
+    def choices_copied(part: Any) -> Any:
+        choices = part.get("choices") if isinstance(part, dict) else None
+        if not isinstance(choices, list):
+            return part
+        return {**part, "choices": [_message_copied(c) for c in choices]}
+
+    parts = response.get("responses")
+    if isinstance(parts, list):
+        return {**response, "responses": [choices_copied(p) for p in parts]}
+    return dict(choices_copied(response))
+
+
+def _message_copied(choice: Any) -> Any:
+    if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+        return choice
+    return {**choice, "message": dict(choice["message"])}
+
+
 def compact_response(
     response: dict[str, Any] | None, response_text: str | None, sequences: int | None
 ) -> dict[str, Any] | None:
@@ -117,7 +139,7 @@ def compact_response(
     texts = recorded_texts(response_text, sequences)
     if len(list(_messages(response))) != len(texts):
         return response
-    stored = copy.deepcopy(response)
+    stored = _copy_to_messages(response)
     left_out = 0
     for message, text in zip(_messages(stored), texts, strict=True):
         if isinstance(message.get("content"), str) and message["content"] == text:
@@ -135,7 +157,7 @@ def expanded_response(
     """The response as the server sent it, from its stored form."""
     if not isinstance(response, dict) or TEXTS_STORED_APART not in response:
         return response
-    shown = copy.deepcopy(response)
+    shown = _copy_to_messages(response)
     del shown[TEXTS_STORED_APART]
     texts = recorded_texts(response_text, sequences)
     for message, text in zip(_messages(shown), texts, strict=False):

@@ -29,10 +29,11 @@ from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome, ModelCall, Output
 from db.outputs import save_outputs
 from db.session import autocommit_scope, session_scope
+from db.state import remembered_outputs
 from rstar.problem_types import get_problem_type
 from rstar.records import recorded_texts
 from rstar.strategies import get_strategy
-from rstar.strategies.base import StepSpec, Strategy, parse_reply
+from rstar.strategies.base import OutputView, StepSpec, Strategy, parse_reply
 from rstar.types import ModelRequest
 from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
@@ -53,8 +54,8 @@ from workers.settings import Settings, get_settings
 logger = get_task_logger(__name__)
 
 # (session, claim, the reply's sequences, the model call: its id, or a new one to record with the
-# outputs) -> None: writes the step's output rows.
-OutputWriter = Callable[[Session, Claim, tuple[str, ...], int | NewCall], None]
+# outputs) -> the step's outputs as written (its output rows).
+OutputWriter = Callable[[Session, Claim, tuple[str, ...], int | NewCall], list[OutputView]]
 
 _clients: dict[str, ModelClient] = {}
 _clients_lock = threading.Lock()
@@ -140,8 +141,10 @@ def output_writer(strategy: Strategy, spec: StepSpec) -> OutputWriter:
     """How the step's reply becomes its output rows: the strategy parses its sequences, then one
     insert per output."""
 
-    def write(session: Session, claim: Claim, texts: tuple[str, ...], call: int | NewCall) -> None:
-        save_outputs(
+    def write(
+        session: Session, claim: Claim, texts: tuple[str, ...], call: int | NewCall
+    ) -> list[OutputView]:
+        return save_outputs(
             session=session,
             claim=claim,
             outputs=[
@@ -189,6 +192,9 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
             write_output = output_writer(strategy, spec)
             if claim.recorded is None:
                 request = strategy.build_request(spec, claim.state)
+            # Read outside this run's writes (it wrote none): the next step of the problem here
+            # reads only what is new.
+            remembered_outputs.remember(session, claim.problem_id, claim.state.question, claim.outputs)
     if claim is None:
         return "missing"
     if isinstance(claim, int):
@@ -289,10 +295,14 @@ def _record_and_plan(
                 else:
                     assert call_id is not None
                     call = call_id
-                write_output(session, claim, texts, call)
-                # A fork: this transaction's own outputs, read by the plan, may yet roll back.
+                written = write_output(session, claim, texts, call)
+                # A fork: this transaction's own outputs, given to the plan, may yet roll back.
                 cache = claim.outputs.fork()
-                return plan_next(session, claim.problem_id, settings.max_rounds_limit, cache=cache)
+                cache.wrote(claim.step_id, written)
+                planned = plan_next(session, claim.problem_id, settings.max_rounds_limit, cache=cache)
+            # Committed: what the plan read, this step's outputs included, may be kept.
+            remembered_outputs.remember(session, claim.problem_id, claim.state.question, cache)
+            return planned
         except DBAPIError as exc:
             if reply is None or not lost_connection(exc) or time.monotonic() + pause > deadline:
                 raise

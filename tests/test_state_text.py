@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from db.jobs import create_job
 from db.models import Output, Problem, Step
 from db.session import session_scope
-from db.state import OutputCache, load_state
+from db.state import OutputCache, OutputMemo, load_state
 from rstar.types import ProblemInput
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -185,3 +185,66 @@ def test_a_state_read_with_an_earlier_reads_outputs_equals_a_fresh_read(migrated
         s.rollback()
     assert step.id in fork.by_step and step.id not in cache.by_step
     assert read(cache) == read(None)
+
+
+def test_outputs_kept_between_task_runs_are_those_of_committed_reads_and_stay_bounded(migrated: str) -> None:
+    """`OutputMemo`: what one run read of a problem is recalled by the next run in the process
+    (which then reads only what is new, and sees what a fresh read sees); kept per problem and
+    question and per database; the least recently used problems go first past the bound."""
+    models = [{"name": "A", "url": "http://a"}]
+    memo = OutputMemo(max_outputs=3)
+    with session_scope(migrated) as s:
+        job, _ = create_job(
+            session=s, name="memo", strategy="mutual", params={}, models=models, source=None,
+            problems=[ProblemInput("p1", 1, QUESTION, None, None),
+                      ProblemInput("p2", 2, "Other?", None, None)],
+        )  # fmt: skip
+        p1, p2 = s.scalars(select(Problem.id).where(Problem.job_id == job.id).order_by(Problem.id)).all()
+
+    def add(problem_id: int, key: str, answers: tuple[str, ...]) -> None:
+        with session_scope(migrated) as s:
+            step = Step(problem_id=problem_id, key=key, kind="generate", model="A", round=1, status="done")
+            s.add(step)
+            s.flush()
+            for seq, answer in enumerate(answers):
+                s.add(Output(problem_id=problem_id, step_id=step.id, round=1, model="A", kind="generate",
+                             seq=seq, stored_text=answer, payload={"n": seq}, answer=answer))  # fmt: skip
+
+    def run(problem_id: int, question: str) -> tuple[list[str | None], int]:
+        """A task run's read: recalled, read, remembered; the outputs' answers and the statements."""
+        with session_scope(migrated) as s:
+            statements = 0
+
+            def count(*_: object) -> None:
+                nonlocal statements
+                statements += 1
+
+            event.listen(s.connection(), "before_cursor_execute", count)
+            cache = memo.recall(s, problem_id, question)
+            state = load_state(
+                session=s, problem_id=problem_id, question=question, models=models, cache=cache
+            )
+            answers = [o.answer for o in state.outputs.values()]
+            event.remove(s.connection(), "before_cursor_execute", count)
+            memo.remember(s, problem_id, question, cache)
+        return answers, statements
+
+    def fresh(problem_id: int, question: str) -> list[str | None]:
+        with session_scope(migrated) as s:
+            state = load_state(session=s, problem_id=problem_id, question=question, models=models)
+            return [o.answer for o in state.outputs.values()]
+
+    add(p1, "r1.generate.A", ("7", "8"))
+    assert run(p1, QUESTION) == (["7", "8"], 2)  # steps, outputs
+    add(p1, "r1.generate.B", ("9",))
+    assert run(p1, QUESTION) == (["7", "8", "9"], 2)  # steps, the new step's outputs only
+    assert run(p1, QUESTION) == (["7", "8", "9"], 1)  # nothing new: the steps only
+    assert run(p1, QUESTION)[0] == fresh(p1, QUESTION)
+    # Another question under the same id is another problem (a database made again): read whole.
+    assert memo.size == 3
+    assert run(p1, "Something else?")[1] == 2
+    # The bound: p1's three outputs under the other key, then p2's one push out the oldest.
+    add(p2, "r1.generate.A", ("1",))
+    assert run(p2, "Other?") == (["1"], 2)
+    assert memo.size <= 3
+    assert run(p1, QUESTION)[1] == 2  # it was dropped: read whole again
