@@ -1,7 +1,13 @@
 """Fleet benchmark: one rstar job on one model served by many simulated GPUs. Is every one full?
 
-    python -m bench.fleet --replicas 2,4,8 --problems 128 --server-limit 32 --time-scale 1.0
+    python -m bench.fleet --replicas 2,4,8 --server-limit 32 --time-scale 1.0
     python -m bench.fleet --replicas 2,4,8 --problems-per-replica 16 --time-scale 0.2
+
+By default each replica gets twice its limit in problems: the window a large job keeps started
+(`tasks.submit.job_window`: twice the in-flight slots of the job's servers), so the run has the
+work a job of 100,000 problems would have at any moment. An rstar search has only one to a few
+sequences in flight at a time (a rollout's steps follow each other), so with fewer problems than
+that the servers cannot be full whatever the dispatch does (the earlier runs at 16 a replica).
 
 For each replica count R: R fresh simulated servers (`bench.simulator`, each admitting
 `--server-limit` requests at once), the generator A on all of them (`--model A=URL1,...,URLR`) and
@@ -108,12 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--replicas", default="2,4,8", help="replica counts to run, e.g. 2,4,8")
-    parser.add_argument("--problems", type=int, default=128)
+    parser.add_argument("--problems", type=int, default=None, help="problems in all, at every fleet size")
     parser.add_argument(
         "--problems-per-replica",
         type=int,
         default=None,
-        help="problems per replica instead of --problems: the same work per server at every fleet size",
+        help="problems per replica: the same work per server at every fleet size (default: twice"
+        " --server-limit, a large job's window)",
     )
     parser.add_argument("--server-limit", type=int, default=32, help="requests each simulated server admits")
     parser.add_argument("--time-scale", type=float, default=SimConfig.time_scale)
@@ -139,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     cfg = SimConfig(max_concurrent_requests=args.server_limit, time_scale=args.time_scale)
+    if args.problems is None and args.problems_per_replica is None:
+        args.problems_per_replica = 2 * args.server_limit
     counts = [int(r) for r in args.replicas.split(",") if r.strip()]
     most = args.problems_per_replica * max(counts) if args.problems_per_replica else args.problems
     every_question = load_questions(most, args.questions)
