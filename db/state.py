@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, select
@@ -186,6 +186,24 @@ class LazyOutputs(Mapping[str, V]):
 
     def __len__(self) -> int:
         return len(self._items())
+
+    # The dict's own views and lookups: Mapping's generic ones go through __getitem__ once per
+    # item, and a search walks every output of its problem several times per step (at the
+    # paper's budget that was a tenth of the step's CPU).
+    def __contains__(self, key: object) -> bool:
+        return key in self._items()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._items().get(key, default)
+
+    def keys(self) -> KeysView[str]:
+        return self._items().keys()
+
+    def values(self) -> ValuesView[V]:
+        return self._items().values()
+
+    def items(self) -> ItemsView[str, V]:
+        return self._items().items()
 
 
 def load_state(

@@ -299,7 +299,9 @@ def _record_and_plan(
                 # A fork: this transaction's own outputs, given to the plan, may yet roll back.
                 cache = claim.outputs.fork()
                 cache.wrote(claim.step_id, written)
-                planned = plan_next(session, claim.problem_id, settings.max_rounds_limit, cache=cache)
+                planned = plan_next(
+                    session, claim.problem_id, settings.max_rounds_limit, cache=cache, finished=claim.kind
+                )
             # Committed: what the plan read, this step's outputs included, may be kept.
             remembered_outputs.remember(session, claim.problem_id, claim.state.question, cache)
             return planned

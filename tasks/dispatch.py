@@ -140,13 +140,21 @@ _LOCK_PROBLEM = (
     .with_for_update(of=_problems_t, key_share=True)
 )
 _STEPS_WITH_ERROR = STATE_STEPS.add_columns(Step.__table__.c.error)
+_OPEN = (StepStatus.QUEUED, StepStatus.RUNNING)
 
 
 def plan_next(
-    session: Session, problem_id: int, max_rounds_limit: int, *, cache: OutputCache | None = None
+    session: Session,
+    problem_id: int,
+    max_rounds_limit: int,
+    *,
+    cache: OutputCache | None = None,
+    finished: str | None = None,
 ) -> list[Dispatch] | int:
     """Within the caller's transaction: the dispatches to send once it commits, or the job id when
-    this problem just ended (answered, or failed). `cache`: the outputs the step's claim read."""
+    this problem just ended (answered, or failed). `cache`: the outputs the step's claim read;
+    `finished`: the kind of the step whose end this plan follows (the strategy may say that it
+    cannot change the plan: `Strategy.plans_after`)."""
     conn = session.connection()
     problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
     if problem is None or problem.problem_status in TERMINAL_PROBLEM_STATES:
@@ -162,6 +170,10 @@ def plan_next(
     strategy = get_strategy(
         job.strategy, job.params, kind=job.problem_type, max_rounds_limit=max_rounds_limit
     )
+    if finished is not None:
+        others_open = any(s.model is not None and s.status in _OPEN for s in steps)
+        if not strategy.plans_after(finished, others_open):
+            return []
     state = load_state(
         session=session,
         problem_id=problem_id,

@@ -308,6 +308,12 @@ class Strategy(Protocol):
         """A search's account (visits, values, candidates) of a problem's state."""
         ...
 
+    def plans_after(self, kind: str, others_open: bool) -> bool:
+        """Whether a step of this kind finishing can change the plan while `others_open` (other
+        model steps of the problem queued or running). False lets the machinery skip the plan:
+        the step that finishes last plans in any case, so a wrong False delays, never stalls."""
+        ...
+
 
 class StrategyBase:
     """What every strategy module's class starts from: the optional capabilities of `Strategy`,
@@ -330,6 +336,10 @@ class StrategyBase:
 
     def report(self, state: ProblemState) -> Any:
         raise TypeError(f"strategy {type(self).__name__} does not search: it has no search report")
+
+    def plans_after(self, kind: str, others_open: bool) -> bool:
+        """Plan after every step."""
+        return True
 
 
 def fit_roster(strategy: Strategy, models: Sequence[str]) -> tuple[str, ...]:

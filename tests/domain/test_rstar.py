@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from rstar import prompts as solve_prompts
 from rstar.strategies import ParamError, get_strategy
-from rstar.strategies.base import OutputView, ProblemState, StepSpec, StepView, output_key
+from rstar.strategies.base import OutputView, ProblemState, Selection, StepSpec, StepView, output_key
 from rstar.strategies.mcts import prompts as mcts_prompts
 from rstar.strategies.mcts.discriminator import (
     Candidate,
@@ -263,6 +264,39 @@ def test_a_v3_search_in_memory_runs_its_rollouts_and_every_request_extends_its_p
                 assert "\n".join(tree.steps(parent or ROOT)) in user and tree.question_at(node) in user
             else:
                 assert "\n".join(["Question: " + tree.question_at(node), *tree.steps(parent or ROOT)]) in user
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_plan_the_strategy_says_to_skip_would_have_asked_for_nothing_new(seed: int) -> None:
+    """`plans_after`: the workers skip the plan after a step the strategy says cannot change it.
+    Run one step at a time, in a random order, planning after every one as a worker does: where the
+    strategy says skip, the plan asks for no step that is not planned already; and the search
+    that skips reaches the same selection through the same requests as one that never does."""
+    params = {"rollouts": 5, "votes": 3, "last_votes": 4, "max_depth": 3, "a1_samples": 2, "a5": True}
+
+    def drive(skip: bool) -> tuple[Selection, list[str]]:
+        rng = random.Random(seed)
+        strategy = RStarStrategy(params)
+        run = MemoryRun(strategy, QUESTION)
+        pending = {s.key: s for s in strategy.plan(run.state()).steps}
+        skipped = 0
+        while True:
+            spec = pending.pop(rng.choice(sorted(pending)))
+            run.run_step(spec, scripted)
+            plan = strategy.plan(run.state())
+            new = [s for s in plan.steps if s.key not in run.steps and s.key not in pending]
+            if not strategy.plans_after(str(spec.kind), others_open=bool(pending)):
+                assert new == [], (spec.key, [s.key for s in new])
+                skipped += 1
+                if skip:
+                    continue
+            pending.update((s.key, s) for s in new)
+            if plan.finished and not pending:
+                assert skipped > 0
+                return strategy.select(run.state()), [spec.key for spec, _ in run.requests]
+
+    with_skips, without = drive(skip=True), drive(skip=False)
+    assert with_skips == without
 
 
 def test_a_search_interrupted_at_any_step_continues_with_the_same_requests() -> None:

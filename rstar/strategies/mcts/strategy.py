@@ -388,6 +388,14 @@ class RStarStrategy(StrategyBase):
 
     # -- the strategy contract ------------------------------------------------------------------
 
+    def plans_after(self, kind: str, others_open: bool) -> bool:
+        """A search asks for one batch at a time (a node's expansion, or the candidates'
+        completions) and moves on only when all of it is done; within a batch, only a sub-question
+        step adds work (the answers to its sub-questions). So a step that is not one, while others
+        are open, leaves the plan as it was: replaying the search for it, as every step did, was
+        most of a step's CPU at the paper's budget."""
+        return not others_open or kind == Kind.A3_QUESTION
+
     def plan(self, state: ProblemState) -> Plan:
         tree, search = self.search(state)
         if search.waiting_at is not None:

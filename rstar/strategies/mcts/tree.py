@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from rstar.strategies.base import OutputView
@@ -204,11 +205,17 @@ class Tree:
 
     def subquestions_of(self, node: Node) -> list[str]:
         """The names of the sub-questions A3 asked at the node that have text to answer."""
-        return [
-            name
-            for name, q in self.subquestions.items()
-            if parent_name(name) == node.name and str(q.payload.get("subquestion") or "").strip()
-        ]
+        return self._subquestions_by_parent.get(node.name, [])
+
+    @cached_property
+    def _subquestions_by_parent(self) -> dict[str | None, list[str]]:
+        # Asked for every node a replay passes, every step: one pass over the sub-questions, not
+        # one per node (that pass was a tenth of a step's CPU at the paper's budget).
+        by_parent: dict[str | None, list[str]] = {}
+        for name, q in self.subquestions.items():
+            if str(q.payload.get("subquestion") or "").strip():
+                by_parent.setdefault(parent_name(name), []).append(name)
+        return by_parent
 
     @property
     def root(self) -> Node:
