@@ -187,9 +187,8 @@ class LazyOutputs(Mapping[str, V]):
     def __len__(self) -> int:
         return len(self._items())
 
-    # The dict's own views and lookups: Mapping's generic ones go through __getitem__ once per
-    # item, and a search walks every output of its problem several times per step (at the
-    # paper's budget that was a tenth of the step's CPU).
+    # The dict's own views and lookups: Mapping's generic ones call __getitem__ once per item,
+    # and a search walks every output of its problem several times per step.
     def __contains__(self, key: object) -> bool:
         return key in self._items()
 
