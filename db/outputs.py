@@ -44,7 +44,8 @@ def _output_writes(output: Any) -> tuple[Any, Any]:
     """The output's two inserts: plain (the call is recorded already), and, for PostgreSQL,
     one that also stores the call's shared texts not stored yet, records the new call and
     finishes the step, in data-modifying CTEs (one round trip where four cost four)."""
-    plain = insert(output).returning(output.c.id, output.c.model_call_id)
+    # In the order of its parameters when given several (a step's later outputs, at once).
+    plain = insert(output).returning(output.c.id, output.c.model_call_id, sort_by_parameter_order=True)
     texts = (
         postgresql.insert(_tt)
         .from_select(
@@ -164,7 +165,7 @@ def save_outputs(
     ids = [first_id]
     if len(rows) > 1:  # the others point at the first's call, in one statement
         more = [{**r, "model_call_id": call_id} for r in rows[1:]]
-        ids += session.connection().execute(_INSERT_MORE, more).scalars().all()
+        ids += session.connection().execute(_OUTPUT_WRITES[0], more).scalars().all()
     return [
         OutputView(
             id=output_id,
@@ -182,9 +183,6 @@ def save_outputs(
         )
         for output_id, r, (_parsed, text) in zip(ids, rows, outputs, strict=True)
     ]
-
-
-_INSERT_MORE = insert(Output.__table__).returning(Output.__table__.c.id, sort_by_parameter_order=True)
 
 
 _RECORDED = select(ModelCall.finish_reason, ModelCall.response_text, ModelCall.sequences).where(
