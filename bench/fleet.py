@@ -16,10 +16,17 @@ unless `--param` says otherwise) through `rstar worker` processes as a user star
 the worker from the servers' limits; `--workers 2` shares the fleet with
 RSTAR_WORKERS_PER_ENDPOINT=2) on a fresh database and a private Redis database (flushed).
 
-Reported per server: requests, mean in flight over the middle 80% of the run (from 10% to 90% of
-the makespan; the ramp-up and the last problems' tail left out) and that mean over the server's
-limit. The issue's bar is 90% of each server's limit. Written to `docs/results/throughput/`
-(fleet-<database>.md and .json).
+Reported per server, as a share of its limit, the mean in flight over the middle 80% (the ramp-up
+and the end left out) of two spans:
+- the window phase: while the job keeps its whole window open, until fewer problems than the
+  window are left unanswered (`bench.throughput.window_phase_answers`). A large job's run is this
+  phase but for its last window's drain, so this is the fill a user with 100,000 problems gets.
+- the whole run. A job of one window starts all its problems at once and they end together: the
+  tail, with nothing left to start, is as long as a problem's life, and over it the servers drain.
+
+`--stop-after-window` ends each run with its window phase (the tail not waited for); a run that
+reaches `--timeout` is reported as far as it got. The issue's bar is 90% of each server's limit.
+Written to `docs/results/throughput/` (fleet-<database>.md and .json).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from bench.throughput import (
     log,
     middle_means,
     run_system_once,
+    window_phase_end,
 )
 
 BAR = 0.90
@@ -55,18 +63,49 @@ BAR = 0.90
 class ServerRow:
     server: int
     role: str
-    mean_in_flight: float
+    window_mean: float | None
+    """Mean in flight over the middle 80% of the window phase (None: the run ended before it)."""
+    run_mean: float | None
+    """... of the whole run (None: the run did not finish)."""
     limit: int
 
     @property
-    def fill(self) -> float:
-        return self.mean_in_flight / self.limit if self.limit else 0.0
+    def window_fill(self) -> float | None:
+        return None if self.window_mean is None else self.window_mean / self.limit
+
+    @property
+    def run_fill(self) -> float | None:
+        return None if self.run_mean is None else self.run_mean / self.limit
 
 
 def server_rows(result: RunResult, limit: int) -> list[ServerRow]:
-    """Each server's mean in flight over the middle 80% of the run; A on all, B on the first."""
-    means = middle_means(result)
-    return [ServerRow(i + 1, "A, B" if i == 0 else "A", mean, limit) for i, mean in enumerate(means)]
+    """Each server's mean in flight over the window phase and the run; A on all, B on the first."""
+    phase_end = window_phase_end(result)
+    phase = middle_means(result, end=phase_end) if phase_end else [None] * len(result.series)
+    run = middle_means(result) if result.ended == "finished" else [None] * len(result.series)
+    return [
+        ServerRow(i + 1, "A, B" if i == 0 else "A", w, r, limit)
+        for i, (w, r) in enumerate(zip(phase, run, strict=True))
+    ]
+
+
+def lowest(fills: Sequence[float | None]) -> float | None:
+    return None if any(f is None for f in fills) else min(f for f in fills if f is not None)
+
+
+def _pct(fill: float | None) -> str:
+    return "-" if fill is None else f"{fill:.1%}"
+
+
+def _verdict(fill: float | None) -> str:
+    return "-" if fill is None else ("yes" if fill >= BAR else "no")
+
+
+def run_ok(result: RunResult) -> bool:
+    """The run got as far as it was asked: every problem answered, or its window phase over."""
+    if result.ended == "finished":
+        return result.answered == result.problems
+    return result.ended == "stopped"
 
 
 def markdown(command: str, runs: list[tuple[int, RunResult, list[ServerRow]]], cfg: SimConfig) -> str:
@@ -81,30 +120,37 @@ def markdown(command: str, runs: list[tuple[int, RunResult, list[ServerRow]]], c
         "",
         f"Simulated servers admit {cfg.max_concurrent_requests} requests each (time scale "
         f"{cfg.time_scale}); the generator A runs on every server, the discriminator B on server 1. "
-        f"Mean in flight is over the middle 80% of each run; the bar is {BAR:.0%} of each server's limit."
+        "Fill is a server's mean in flight over its limit, over the middle 80% of the window phase"
+        " (while the job keeps its whole window of problems open: what a large job's run is made of)"
+        f" and of the whole run (its last window's drain included); the bar is {BAR:.0%}."
         " Machine busy is the share of this machine's CPU in use over the run: near 100%, the servers"
         " wait for the machine (the simulators, the worker and the database share it), not for the"
         " system's dispatch.",
         "",
-        "| replicas | problems | answered | makespan | calls | sequences | 429s | worker threads |"
-        " worker CPU per sequence | simulators' CPU | machine busy | lowest fill | every server >= 90% |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| replicas | problems | window | answered | run | window phase | calls | sequences | 429s |"
+        " worker threads | worker CPU per sequence | simulators' CPU | machine busy |"
+        " lowest fill, window phase | every server >= 90% | lowest fill, run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for replicas, r, rows in runs:
-        lowest = min(row.fill for row in rows)
+        phase_end = window_phase_end(r)
+        low_window = lowest([row.window_fill for row in rows])
         lines.append(
-            f"| {replicas} | {r.problems} | {r.answered} | {r.makespan_s:.1f} s | {r.calls} | {r.sequences} |"
+            f"| {replicas} | {r.problems} | {r.job_window} | {r.answered} | {r.makespan_s:.1f} s, {r.ended} |"
+            f" {'-' if phase_end is None else f'{phase_end:.1f} s'} | {r.calls} | {r.sequences} |"
             f" {r.rejected_429} | {r.threads_per_worker} | {r.cpu_ms_per_sequence:.2f} ms |"
-            f" {r.simulator_cpu_s:.0f} s | {r.machine_cpu_busy:.0%} | {lowest:.1%} |"
-            f" {'yes' if lowest >= BAR else 'no'} |"
+            f" {r.simulator_cpu_s:.0f} s | {r.machine_cpu_busy:.0%} | {_pct(low_window)} |"
+            f" {_verdict(low_window)} | {_pct(lowest([row.run_fill for row in rows]))} |"
         )
-    lines += ["", "Per server:", "", "| replicas | server | models | mean in flight | limit | fill |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "Per server (mean in flight over the middle 80% of the span):", "",
+              "| replicas | server | models | limit | window phase | fill | run | fill |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for replicas, _, rows in runs:
         for row in rows:
             lines.append(
-                f"| {replicas} | {row.server} | {row.role} | {row.mean_in_flight:.1f} | {row.limit} |"
-                f" {row.fill:.1%} |"
+                f"| {replicas} | {row.server} | {row.role} | {row.limit} |"
+                f" {'-' if row.window_mean is None else f'{row.window_mean:.1f}'} | {_pct(row.window_fill)} |"
+                f" {'-' if row.run_mean is None else f'{row.run_mean:.1f}'} | {_pct(row.run_fill)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -134,7 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postgres-admin-url", default=DEFAULT_PG_ADMIN)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", default=None, help="file name stem (default fleet-<database>)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+    parser.add_argument(
+        "--stop-after-window",
+        action="store_true",
+        help="end each run when its window phase does (fewer problems than the window left unanswered)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        help="seconds per run; one that reaches it is reported as far as it got",
+    )
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
@@ -175,11 +231,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             strategy="rstar",
             params=params,
             replicas=True,
+            stop_after_window=args.stop_after_window,
+            partial=True,
         )
         rows = server_rows(result, cfg.max_concurrent_requests)
-        fills = ", ".join(f"{row.fill:.0%}" for row in rows)
+        fills = ", ".join(_pct(row.window_fill) for row in rows)
         done = f"{result.answered}/{result.problems} answered"
-        log(f"  makespan {result.makespan_s:.1f} s, {done}, fill {fills}")
+        log(f"  {result.ended} at {result.makespan_s:.1f} s, {done}, fill over the window phase {fills}")
         runs.append((replicas, result, rows))
     shutil.rmtree(tmp, ignore_errors=True)
     command = "python -m bench.fleet " + shlex.join(sys.argv[1:] if argv is None else list(argv))
@@ -188,18 +246,19 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     text = markdown(command, runs, cfg)
     (args.out / f"{name}.md").write_text(text)
     raw = [
-        {"replicas": n, "makespan_s": r.makespan_s, "answered": r.answered, "calls": r.calls,
+        {"replicas": n, "makespan_s": r.makespan_s, "ended": r.ended, "job_window": r.job_window,
+         "window_phase_s": window_phase_end(r), "answered": r.answered, "calls": r.calls,
          "sequences": r.sequences, "rejected_429": r.rejected_429, "threads": r.threads_per_worker,
          "cpu_ms_per_sequence": r.cpu_ms_per_sequence, "simulator_cpu_s": r.simulator_cpu_s,
          "machine_cpu_busy": r.machine_cpu_busy,
-         "servers": [{"server": x.server, "mean_in_flight": x.mean_in_flight, "limit": x.limit}
-                     for x in rows]}
+         "servers": [{"server": x.server, "window_mean_in_flight": x.window_mean,
+                      "run_mean_in_flight": x.run_mean, "limit": x.limit} for x in rows]}
         for n, r, rows in runs
     ]  # fmt: skip
     (args.out / f"{name}.json").write_text(json.dumps({"command": command, "runs": raw}, indent=1) + "\n")
     print(text)
     log(f"wrote {args.out / name}.md and .json")
-    return 0 if all(r.answered == r.problems for _, r, _ in runs) else 1
+    return 0 if all(run_ok(r) for _, r, _ in runs) else 1
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,13 @@ class RunResult:
     """System: ... to the moment half the problems were answered."""
     hundredth_answer_s: float | None = None
     """System: ... to the 100th problem answered (None: fewer problems)."""
+    answer_times: list[float] = field(default_factory=list)
+    """System: seconds from the start of submit to each problem's answer, in order."""
+    job_window: int = 0
+    """System: how many of the job's problems it keeps started at once (`jobs.job_window`)."""
+    ended: str = "finished"
+    """System: "finished" (the job did), "stopped" (`stop_after_window`) or "timed out"; the
+    makespan is then the time to that moment."""
 
     @property
     def cpu_ms_per_call(self) -> float:
@@ -403,10 +410,16 @@ def run_system_once(
     strategy: str = "mutual",
     params: dict[str, Any] | None = None,
     replicas: bool = False,
+    stop_after_window: bool = False,
+    partial: bool = False,
 ) -> RunResult:
     """One job through `workers` worker processes on `endpoints` simulated servers: model A on
     the first and B on the last, or with `replicas` A on all of them (one model, many GPUs) and B
-    on the first."""
+    on the first.
+
+    `stop_after_window`: end the run once fewer of the job's problems than its window are left
+    unanswered (`window_phase_end`), the rest left unfinished. `partial`: at the timeout, return
+    what was measured (`ended="timed out"`) instead of raising."""
     from celery import current_app
 
     from db import migrate
@@ -460,14 +473,25 @@ def run_system_once(
                     problems=problems,
                 )
                 submit_wall, submit_cpu = time.monotonic() - t0, time.process_time() - c0
+                job_window = _job_window(db_url, job.job_id)
+                last_needed = window_phase_answers(len(questions), job_window)
                 finished: datetime | None = None
+                ended = "finished"
                 while finished is None:
                     if time.monotonic() - t0 > timeout:
-                        raise RuntimeError(f"the job did not finish within {timeout} s; see {tmp}")
+                        if not partial:
+                            raise RuntimeError(f"the job did not finish within {timeout} s; see {tmp}")
+                        ended, finished = "timed out", datetime.now(UTC).replace(tzinfo=None)
+                        break
                     if any(p.poll() is not None for p in procs):
                         raise RuntimeError(f"a worker died; see {tmp}")
                     time.sleep(0.25)
                     finished = _finished_at(db_url, job.job_id)
+                    if finished is None and stop_after_window:
+                        times = _answer_times(db_url, job.job_id, started_utc)
+                        if len(times) >= last_needed:
+                            ended = "stopped"
+                            finished = started_utc + timedelta(seconds=times[last_needed - 1])
                 makespan = (finished - started_utc).total_seconds()
                 cpu = sum(proc_cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True))
                 rss = max(proc_peak_rss_mb(p.pid) for p in procs)
@@ -511,7 +535,19 @@ def run_system_once(
         first_answer_s=answer_times[0] if answer_times else None,
         median_answer_s=answer_times[len(answer_times) // 2] if answer_times else None,
         hundredth_answer_s=answer_times[99] if len(answer_times) >= 100 else None,
+        answer_times=answer_times,
+        job_window=job_window,
+        ended=ended,
     )
+
+
+def _job_window(db_url: str, job_id: int) -> int:
+    from db.models import Job
+    from db.session import session_scope
+
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        return job.job_window or 0 if job is not None else 0
 
 
 def _answer_times(db_url: str, job_id: int, started_utc: datetime) -> list[float]:
@@ -554,11 +590,28 @@ def window_mean(series: Sequence[tuple[float, int]], start: float, end: float) -
     return area / (end - start)
 
 
-def middle_means(result: RunResult, *, middle: float = 0.8) -> list[float]:
-    """Each server's mean in flight over the middle `middle` of the run (the ramp-up and the last
-    problems' tail left out; times from the servers' reset, at the start of the run)."""
-    margin = (1.0 - middle) / 2 * result.makespan_s
-    return [window_mean(s, margin, result.makespan_s - margin) for s in result.series]
+def middle_means(result: RunResult, *, middle: float = 0.8, end: float | None = None) -> list[float]:
+    """Each server's mean in flight over the middle `middle` of the run, or of its first `end`
+    seconds (the ramp-up and the last problems' tail left out; times from the servers' reset, at
+    the start of the run)."""
+    end = result.makespan_s if end is None else end
+    margin = (1.0 - middle) / 2 * end
+    return [window_mean(s, margin, end - margin) for s in result.series]
+
+
+def window_phase_answers(problems: int, window: int) -> int:
+    """How many answers end the phase in which a job keeps its whole window open: with `problems`
+    of which at most `window` are started at once, until fewer than the window are left
+    unanswered; a job smaller than its window holds all its problems open until its first answer.
+    A large job's run is this phase but for its last window's drain (100,000 problems in windows
+    of 512: all but the last 0.5%)."""
+    return max(problems - window, 0) + 1
+
+
+def window_phase_end(result: RunResult) -> float | None:
+    """Seconds from the start to the end of that phase (None: the run ended before it did)."""
+    needed = window_phase_answers(result.problems, result.job_window)
+    return result.answer_times[needed - 1] if len(result.answer_times) >= needed else None
 
 
 def _fmt_row(bare: RunResult, system: RunResult, limit: int) -> str:

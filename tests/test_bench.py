@@ -197,10 +197,47 @@ def test_fleet_benchmark_runs_one_rstar_job_on_two_replicas(tmp_path: Path) -> N
     )  # fmt: skip
     assert code == 0
     (run,) = json.loads((tmp_path / "tiny.json").read_text())["runs"]
-    assert run["answered"] == 4 and run["rejected_429"] == 0
+    assert run["answered"] == 4 and run["rejected_429"] == 0 and run["ended"] == "finished"
     assert [s["limit"] for s in run["servers"]] == [6, 6]
-    assert all(s["mean_in_flight"] > 0 for s in run["servers"]), run["servers"]
+    # 4 problems, a window of 32 (the least a job gets): all open until the first answer.
+    assert run["job_window"] == 32 and 0 < run["window_phase_s"] <= run["makespan_s"]
+    assert all(s["run_mean_in_flight"] > 0 for s in run["servers"]), run["servers"]
+    assert all(s["window_mean_in_flight"] > 0 for s in run["servers"]), run["servers"]
     assert "| 2 | 2 | A |" in (tmp_path / "tiny.md").read_text()
+
+
+def _fleet_run(answer_times: list[float], *, problems: int, window: int, ended: str) -> throughput.RunResult:
+    """Two servers: the first full (4 of 4) for 10 s then empty, the second at 2 from 0 s to 20 s."""
+    return throughput.RunResult(
+        driver="system", endpoints=2, workers=1, database="sqlite", problems=problems,
+        makespan_s=answer_times[-1] if ended == "finished" else 20.0, calls=0, answered=len(answer_times),
+        server_requests=0, rejected_429=0, mean_in_flight=0.0, peak_in_flight=0, busy_fraction=0.0,
+        machine_cpu_busy=0.0, simulator_cpu_s=0.0, redis_cpu_s=0.0, driver_cpu_s=0.0,
+        series=[[(0.0, 4), (10.0, 0)], [(0.0, 2), (20.0, 0)]],
+        answer_times=answer_times, job_window=window, ended=ended,
+    )  # fmt: skip
+
+
+def test_fleet_fill_is_measured_over_the_phase_the_window_is_full_and_over_the_run() -> None:
+    """Of 6 problems in a window of 3, the 4th answer ends the phase in which 3 are open; a run
+    that did not finish has no whole-run figure, one that stopped before the phase none at all."""
+    assert throughput.window_phase_answers(6, 3) == 4
+    assert throughput.window_phase_answers(2, 32) == 1  # smaller than its window: the first answer
+    finished = _fleet_run([5.0, 6.0, 8.0, 10.0, 15.0, 20.0], problems=6, window=3, ended="finished")
+    assert throughput.window_phase_end(finished) == 10.0
+    first, second = fleet.server_rows(finished, limit=4)
+    assert (first.window_fill, second.window_fill) == (1.0, 0.5)  # middle 80% of 0-10 s: 1-9 s
+    assert first.run_mean == 4 * (10 - 2) / 16 and second.run_mean == 2.0  # middle 80% of 0-20 s: 2-18 s
+    assert fleet.lowest([r.window_fill for r in (first, second)]) == 0.5 and fleet.run_ok(finished)
+    stopped = _fleet_run([5.0, 6.0, 8.0, 10.0], problems=6, window=3, ended="stopped")
+    assert [r.window_fill for r in fleet.server_rows(stopped, limit=4)] == [1.0, 0.5]
+    assert [r.run_fill for r in fleet.server_rows(stopped, limit=4)] == [None, None] and fleet.run_ok(stopped)
+    early = _fleet_run([5.0, 6.0], problems=6, window=3, ended="timed out")
+    assert [r.window_fill for r in fleet.server_rows(early, limit=4)] == [None, None]
+    assert fleet.lowest([None, 0.9]) is None and not fleet.run_ok(early)
+    assert "| 2 | 6 | 3 | 2 | 20.0 s, timed out | - |" in fleet.markdown(
+        "cmd", [(2, early, fleet.server_rows(early, limit=4))], throughput.SimConfig()
+    )
 
 
 def test_submit_benchmark_measures_a_submit_and_a_kill_trial(tmp_path: Path) -> None:
