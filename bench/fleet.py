@@ -1,7 +1,7 @@
 """Fleet benchmark: one rstar job on one model served by many simulated GPUs. Is every one full?
 
     python -m bench.fleet --replicas 2,4,8 --server-limit 32 --time-scale 1.0
-    python -m bench.fleet --replicas 2,4,8 --problems-per-replica 16 --time-scale 0.2
+    python -m bench.fleet --replicas 2,4 --time-scale 0.25 --param rollouts=4 --stop-after-window
 
 By default each replica gets twice its limit in problems: the window a large job keeps started
 (`tasks.submit.job_window`: twice the in-flight slots of the job's servers), so the run has the
