@@ -81,7 +81,7 @@ class ServerRow:
 def server_rows(result: RunResult, limit: int) -> list[ServerRow]:
     """Each server's mean in flight over the window phase and the run; A on all, B on the first."""
     phase_end = window_phase_end(result)
-    phase = middle_means(result, end=phase_end) if phase_end else [None] * len(result.series)
+    phase = middle_means(result, end=phase_end) if phase_end is not None else [None] * len(result.series)
     run = middle_means(result) if result.ended == "finished" else [None] * len(result.series)
     return [
         ServerRow(i + 1, "A, B" if i == 0 else "A", w, r, limit)

@@ -473,8 +473,7 @@ def run_system_once(
                     problems=problems,
                 )
                 submit_wall, submit_cpu = time.monotonic() - t0, time.process_time() - c0
-                job_window = _job_window(db_url, job.job_id)
-                last_needed = window_phase_answers(len(questions), job_window)
+                last_needed = window_phase_answers(len(questions), job.window)
                 finished: datetime | None = None
                 ended = "finished"
                 while finished is None:
@@ -536,18 +535,9 @@ def run_system_once(
         median_answer_s=answer_times[len(answer_times) // 2] if answer_times else None,
         hundredth_answer_s=answer_times[99] if len(answer_times) >= 100 else None,
         answer_times=answer_times,
-        job_window=job_window,
+        job_window=job.window,
         ended=ended,
     )
-
-
-def _job_window(db_url: str, job_id: int) -> int:
-    from db.models import Job
-    from db.session import session_scope
-
-    with session_scope(db_url) as s:
-        job = s.get(Job, job_id)
-        return job.job_window or 0 if job is not None else 0
 
 
 def _answer_times(db_url: str, job_id: int, started_utc: datetime) -> list[float]:
