@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench.bare_driver import run_bare
@@ -43,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strategy", default="mutual")
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter (JSON value)"
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="servers of model A (one simulator each; each step then picks one, preferring its parent's)",
     )
     parser.add_argument("--profile", type=Path, default=None, help="write the steps' cProfile stats here")
     parser.add_argument("--redis-url", default=None, help=REDIS_URL_HELP)
@@ -93,7 +100,10 @@ def measure(args: argparse.Namespace, redis_url: str) -> int:
             nonlocal statements
             statements += 1
 
-        with SimulatorProcess(SimConfig(max_concurrent_requests=512, time_scale=0.0001)) as sim:
+        with ExitStack() as servers:
+            config = SimConfig(max_concurrent_requests=512, time_scale=0.0001)
+            sims = [servers.enter_context(SimulatorProcess(config)) for _ in range(max(args.replicas, 1))]
+            sim = sims[0]
             questions = load_questions(args.problems, args.questions)
             data = "".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(questions))
             submit_job(
@@ -102,7 +112,10 @@ def measure(args: argparse.Namespace, redis_url: str) -> int:
                 strategy_name=args.strategy,
                 params=params,
                 # B: another queue, the same server
-                models=[ModelEntry("A", sim.url), ModelEntry("B", sim.url + "/")],
+                models=[
+                    ModelEntry("A", sim.url, tuple(s.url for s in sims[1:])),
+                    ModelEntry("B", sim.url + "/"),
+                ],
                 source=None,
                 problems=parse_problems(data.encode()),
             )
@@ -125,7 +138,8 @@ def measure(args: argparse.Namespace, redis_url: str) -> int:
                 cpu += time.process_time() - started
                 counted += statements - before
                 tasks += len(todo)
-            # The yardstick on the same problems and server: the same strategy's calls, in memory.
+            # The yardstick on the same problems and (first) server: the same strategy's calls, in
+            # memory (its CPU per sequence does not depend on how many servers answer).
             bare = run_bare(
                 questions,
                 {"A": sim.url, "B": sim.url + "/"},
@@ -143,7 +157,8 @@ def measure(args: argparse.Namespace, redis_url: str) -> int:
             f"{args.database}: {args.problems} problems, {args.strategy}, {calls} model calls, "
             f"{sequences} sequences, {tasks} tasks; CPU {1000 * cpu / calls:.2f} ms per call, "
             f"{1000 * per_sequence:.2f} per sequence; {counted / calls:.1f} SQL statements per call "
-            "(SQLite's BEGIN IMMEDIATE counted; PostgreSQL's BEGIN and COMMIT, sent by the driver, not)\n"
+            "(SQLite's BEGIN IMMEDIATE counted; PostgreSQL's BEGIN and COMMIT, sent by the driver, not)"
+            f"{f'; model A on {len(sims)} servers' if len(sims) > 1 else ''}\n"
             f"bare driver, same problems: {bare.sequences} sequences, CPU {1000 * bare_per_sequence:.2f} ms "
             f"per sequence; the steps' CPU per sequence is {per_sequence / bare_per_sequence:.2f}x the "
             "bare driver's"

@@ -29,7 +29,7 @@ from db.models import (
     StepStatus,
     utcnow,
 )
-from db.state import OutputCache, load_state, remembered_outputs
+from db.state import OutputCache, StateStep, load_state, remembered_outputs, steps_from_json, steps_json
 from rstar import roster
 from rstar.strategies.base import ProblemState
 
@@ -139,7 +139,8 @@ _TAKE_STEP = (
 
 def _take_and_read(*only: Any) -> Any:
     """PostgreSQL: the read and the take in one UPDATE ... FROM ... RETURNING (one round trip,
-    where the read-then-update pair and its transaction cost four)."""
+    where the read-then-update pair and its transaction cost four), the problem's steps for its
+    state included (one more saved)."""
     return (
         update(_st)
         .where(
@@ -152,7 +153,7 @@ def _take_and_read(*only: Any) -> Any:
             _TAKEABLE,
         )
         .values(**_TAKE_VALUES)
-        .returning(_st.c.attempts, _st.c.retry_base, *_CLAIM_COLUMNS)
+        .returning(_st.c.attempts, _st.c.retry_base, *_CLAIM_COLUMNS, steps_json(_st.c.problem_id))
     )
 
 
@@ -193,6 +194,7 @@ def claim_step(
         "new_lease_until": now + lease,
     }
     row: Any
+    steps: list[StateStep] | None = None  # read by load_state where the claim did not
 
     def not_ours(row: Any) -> bool:
         return row is None or row.model is None or (kind is not None and row.kind != kind)
@@ -202,6 +204,11 @@ def claim_step(
         if taken is None:  # say why: read what the update did not take
             row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
             return None if not_ours(row) else row.problem_id
+        # The subquery read the steps as they were before the update: this one is now running.
+        steps = [
+            s._replace(status=StepStatus.RUNNING.value) if s.id == step_id else s
+            for s in steps_from_json(taken.state_steps)
+        ]
     else:
         row = conn.execute(_CLAIM_READ, {"step_id": step_id}).first()
         if not_ours(row):
@@ -228,7 +235,12 @@ def claim_step(
         strategy=row.strategy,
         params=dict(row.params),
         state=load_state(
-            session=session, problem_id=row.problem_id, question=row.question, models=row.models, cache=cache
+            session=session,
+            problem_id=row.problem_id,
+            question=row.question,
+            models=row.models,
+            steps=steps,
+            cache=cache,
         ),
         outputs=cache,
         recorded=recorded,

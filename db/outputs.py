@@ -180,14 +180,15 @@ def save_outputs(
             text=text,  # `Output.text` reads it back from the call when it is not stored here
             parse_error=r["parse_error"],
             seq=r["seq"],
+            endpoint=call["endpoint"],
         )
         for output_id, r, (_parsed, text) in zip(ids, rows, outputs, strict=True)
     ]
 
 
-_RECORDED = select(ModelCall.finish_reason, ModelCall.response_text, ModelCall.sequences).where(
-    ModelCall.id == bindparam("call_id")
-)
+_RECORDED = select(
+    ModelCall.finish_reason, ModelCall.response_text, ModelCall.sequences, ModelCall.endpoint
+).where(ModelCall.id == bindparam("call_id"))
 
 
 def _recorded(session: Session, call_id: int) -> dict[str, Any]:

@@ -11,14 +11,14 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import JSON, ColumnElement, bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from db.models import Output, Step, StepStatus
+from db.models import ModelCall, Output, Step, StepStatus
 from rstar import roster
 from rstar.strategies.base import OutputView, ProblemState, StepView, output_key
 
@@ -28,9 +28,44 @@ from rstar.strategies.base import OutputView, ProblemState, StepView, output_key
 # about four times the CPU.
 _steps_t = Step.__table__
 _outputs_t = Output.__table__
+_calls_t = ModelCall.__table__
 STATE_STEPS = select(
     _steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.model, _steps_t.c.round, _steps_t.c.status
 ).where(_steps_t.c.problem_id == bindparam("problem_id"))
+
+
+class StateStep(NamedTuple):
+    """A step as `STATE_STEPS` reads it, from `steps_json`'s aggregate."""
+
+    id: int
+    key: str
+    kind: str
+    model: str | None
+    round: int
+    status: str
+
+
+_state_steps = _steps_t.alias("state_steps")
+_STATE_STEP_COLUMNS = ("id", "key", "kind", "model", "round", "status")
+
+
+def steps_json(problem_id: ColumnElement[Any]) -> ColumnElement[Any]:
+    """PostgreSQL: `STATE_STEPS` of the problem as one JSON column (an array of arrays), to add to
+    another statement's columns (the claim's: one round trip less per model step). Read in that
+    statement's snapshot."""
+    row = func.json_build_array(*(_state_steps.c[c] for c in _STATE_STEP_COLUMNS))
+    return (
+        select(func.json_agg(row, type_=JSON))
+        .where(_state_steps.c.problem_id == problem_id)
+        .scalar_subquery()
+        .label("state_steps")
+    )
+
+
+def steps_from_json(rows: Sequence[Sequence[Any]] | None) -> list[StateStep]:
+    return [StateStep(*r) for r in rows or ()]
+
+
 _STATE_OUTPUTS = (
     select(
         _outputs_t.c.id,
@@ -44,6 +79,10 @@ _STATE_OUTPUTS = (
         _outputs_t.c.answer,
         Output.text.label("text"),  # stored with it, or its call's sequence (db/models.py)
         _outputs_t.c.parse_error,
+        select(_calls_t.c.endpoint)
+        .where(_calls_t.c.id == _outputs_t.c.model_call_id)
+        .scalar_subquery()
+        .label("endpoint"),
     )
     .where(_outputs_t.c.problem_id == bindparam("problem_id"))
     # In the order they were written: strategies break ties by it (the answer seen first), and
@@ -257,6 +296,7 @@ def load_state(
                 text=out.text,
                 parse_error=out.parse_error,
                 seq=out.seq,
+                endpoint=out.endpoint,
             )
             fresh.setdefault(out.step_id, []).append((output_key(key, out.seq), view))
         if cache is not None:

@@ -20,20 +20,19 @@ from datetime import timedelta
 
 from celery import Task
 from celery.utils.log import get_task_logger
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from db.calls import NewCall, attempt_recorded, new_call, record_call
 from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
-from db.models import CallOutcome, ModelCall, Output
+from db.models import CallOutcome
 from db.outputs import save_outputs
 from db.session import autocommit_scope, session_scope
 from db.state import remembered_outputs
 from rstar.problem_types import get_problem_type
 from rstar.records import recorded_texts
 from rstar.strategies import get_strategy
-from rstar.strategies.base import OutputView, StepSpec, Strategy, parse_reply
+from rstar.strategies.base import OutputView, ProblemState, StepSpec, Strategy, parse_reply
 from rstar.types import ModelRequest
 from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, plan_next, settled
 from tasks.leases import keeper
@@ -186,7 +185,7 @@ def _run_model_step(task: StepTask, step_id: int, kind: str | None) -> str:
             spec = StepSpec(claim.key, claim.kind, claim.model, claim.round)
             claim = replace(claim, parent_id=strategy.parent(spec, claim.state))
             if len(claim.replicas) > 1 and claim.parent_id is not None:
-                served = served_by(session, claim.parent_id)
+                served = served_by(claim.state, claim.parent_id)
                 prefer = next((u for u in claim.replicas if served and same_endpoint(u, served)), None)
                 claim = replace(claim, prefer=prefer)
             write_output = output_writer(strategy, spec)
@@ -327,14 +326,10 @@ def _record_and_plan(
             raise
 
 
-def served_by(session: Session, output_id: int) -> str | None:
+def served_by(state: ProblemState, output_id: int) -> str | None:
     """The endpoint whose call produced the output (a copied call names the original's; None for
-    an output no call produced)."""
-    return session.scalar(
-        select(ModelCall.endpoint)
-        .join(Output, Output.model_call_id == ModelCall.id)
-        .where(Output.id == output_id)
-    )
+    an output no call produced, or one the state does not hold)."""
+    return next((o.endpoint for o in state.outputs.values() if o.id == output_id), None)
 
 
 def replica_for(claim: Claim, request: ModelRequest, settings: Settings) -> AbstractContextManager[str]:

@@ -80,6 +80,9 @@ class OutputView:
     parse_error: str | None = None
     seq: int = 0
     """Its place among its step's outputs (a step that samples several may write several)."""
+    endpoint: str | None = None
+    """The server whose call produced it (a reused call's: the original's); the worker prefers it
+    for the steps that extend this output, whose prompts share its prefix."""
 
 
 def output_key(step_key: str, seq: int = 0) -> str:

@@ -72,6 +72,22 @@ def test_same_task_id_takes_back_only_an_unrenewed_lease(job) -> None:  # type: 
     assert not isinstance(_claim(db_url, step.id, "t2"), int)
 
 
+def test_a_claims_state_holds_the_problems_steps_as_they_are_with_its_own_running(job) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL the claim's UPDATE reads the steps in its own snapshot, from before it took
+    the step: the state must still show that step running, and every other step as it is."""
+    from db.claims import Claim
+
+    db_url, _ = job
+    steps = _steps(db_url)
+    claim = _claim(db_url, steps["r1.generate.A"].id, "t1")
+    assert isinstance(claim, Claim)
+    assert {k: (v.kind, v.model, v.round, v.status) for k, v in claim.state.steps.items()} == {
+        k: (v.kind, v.model, v.round, v.status) for k, v in _steps(db_url).items()
+    }
+    assert claim.state.steps["r1.generate.A"].status == "running"
+    assert claim.state.steps["r1.generate.B"].status == "queued"
+
+
 def test_a_cancelled_job_leaves_its_steps_unclaimed(job) -> None:  # type: ignore[no-untyped-def]
     db_url, job_id = job
     with session_scope(db_url) as s:
