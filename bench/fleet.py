@@ -78,9 +78,17 @@ class ServerRow:
         return None if self.run_mean is None else self.run_mean / self.limit
 
 
+def measured_phase_end(result: RunResult) -> float | None:
+    """The end of the window phase as measured: its end, or, for a run that timed out before the
+    phase ended, the end of what it recorded (all of it was the phase: the whole window was open
+    throughout); None for a run that ended otherwise before the phase did."""
+    end = window_phase_end(result)
+    return result.makespan_s if end is None and result.ended == "timed out" else end
+
+
 def server_rows(result: RunResult, limit: int) -> list[ServerRow]:
     """Each server's mean in flight over the window phase and the run; A on all, B on the first."""
-    phase_end = window_phase_end(result)
+    phase_end = measured_phase_end(result)
     phase = middle_means(result, end=phase_end) if phase_end is not None else [None] * len(result.series)
     run = middle_means(result) if result.ended == "finished" else [None] * len(result.series)
     return [
@@ -133,11 +141,12 @@ def markdown(command: str, runs: list[tuple[int, RunResult, list[ServerRow]]], c
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for replicas, r, rows in runs:
-        phase_end = window_phase_end(r)
+        phase_end = measured_phase_end(r)
+        so_far = " so far" if window_phase_end(r) is None else ""
         low_window = lowest([row.window_fill for row in rows])
         lines.append(
             f"| {replicas} | {r.problems} | {r.job_window} | {r.answered} | {r.makespan_s:.1f} s, {r.ended} |"
-            f" {'-' if phase_end is None else f'{phase_end:.1f} s'} | {r.calls} | {r.sequences} |"
+            f" {'-' if phase_end is None else f'{phase_end:.1f} s{so_far}'} | {r.calls} | {r.sequences} |"
             f" {r.rejected_429} | {r.threads_per_worker} | {r.cpu_ms_per_sequence:.2f} ms |"
             f" {r.simulator_cpu_s:.0f} s | {r.machine_cpu_busy:.0%} | {_pct(low_window)} |"
             f" {_verdict(low_window)} | {_pct(lowest([row.run_fill for row in rows]))} |"

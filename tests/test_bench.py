@@ -220,7 +220,8 @@ def _fleet_run(answer_times: list[float], *, problems: int, window: int, ended: 
 
 def test_fleet_fill_is_measured_over_the_phase_the_window_is_full_and_over_the_run() -> None:
     """Of 6 problems in a window of 3, the 4th answer ends the phase in which 3 are open; a run
-    that did not finish has no whole-run figure, one that stopped before the phase none at all."""
+    that did not finish has no whole-run figure; one that timed out before the phase ended was in
+    it all along: its phase figure is over what it recorded, and says so."""
     assert throughput.window_phase_answers(6, 3) == 4
     assert throughput.window_phase_answers(2, 32) == 1  # smaller than its window: the first answer
     finished = _fleet_run([5.0, 6.0, 8.0, 10.0, 15.0, 20.0], problems=6, window=3, ended="finished")
@@ -233,9 +234,12 @@ def test_fleet_fill_is_measured_over_the_phase_the_window_is_full_and_over_the_r
     assert [r.window_fill for r in fleet.server_rows(stopped, limit=4)] == [1.0, 0.5]
     assert [r.run_fill for r in fleet.server_rows(stopped, limit=4)] == [None, None] and fleet.run_ok(stopped)
     early = _fleet_run([5.0, 6.0], problems=6, window=3, ended="timed out")
-    assert [r.window_fill for r in fleet.server_rows(early, limit=4)] == [None, None]
+    assert throughput.window_phase_end(early) is None and fleet.measured_phase_end(early) == 20.0
+    # Middle 80% of the 20 s recorded: 2-18 s, the first server full for 8 of its 16 s.
+    assert [r.window_fill for r in fleet.server_rows(early, limit=4)] == [0.5, 0.5]
+    assert [r.run_fill for r in fleet.server_rows(early, limit=4)] == [None, None]
     assert fleet.lowest([None, 0.9]) is None and not fleet.run_ok(early)
-    assert "| 2 | 6 | 3 | 2 | 20.0 s, timed out | - |" in fleet.markdown(
+    assert "| 2 | 6 | 3 | 2 | 20.0 s, timed out | 20.0 s so far |" in fleet.markdown(
         "cmd", [(2, early, fleet.server_rows(early, limit=4))], throughput.SimConfig()
     )
 
