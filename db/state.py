@@ -29,13 +29,11 @@ from rstar.strategies.base import OutputView, ProblemState, StepView, output_key
 _steps_t = Step.__table__
 _outputs_t = Output.__table__
 _calls_t = ModelCall.__table__
-STATE_STEPS = select(
-    _steps_t.c.id, _steps_t.c.key, _steps_t.c.kind, _steps_t.c.model, _steps_t.c.round, _steps_t.c.status
-).where(_steps_t.c.problem_id == bindparam("problem_id"))
 
 
 class StateStep(NamedTuple):
-    """A step as `STATE_STEPS` reads it, from `steps_json`'s aggregate."""
+    """A step as its problem's state needs it: the columns `STATE_STEPS` reads, and the shape of
+    a row of `steps_json`'s aggregate."""
 
     id: int
     key: str
@@ -45,15 +43,17 @@ class StateStep(NamedTuple):
     status: str
 
 
+STATE_STEPS = select(*(_steps_t.c[c] for c in StateStep._fields)).where(
+    _steps_t.c.problem_id == bindparam("problem_id")
+)
 _state_steps = _steps_t.alias("state_steps")
-_STATE_STEP_COLUMNS = ("id", "key", "kind", "model", "round", "status")
 
 
 def steps_json(problem_id: ColumnElement[Any]) -> ColumnElement[Any]:
     """PostgreSQL: `STATE_STEPS` of the problem as one JSON column (an array of arrays), to add to
     another statement's columns (the claim's: one round trip less per model step). Read in that
     statement's snapshot."""
-    row = func.json_build_array(*(_state_steps.c[c] for c in _STATE_STEP_COLUMNS))
+    row = func.json_build_array(*(_state_steps.c[c] for c in StateStep._fields))
     return (
         select(func.json_agg(row, type_=JSON))
         .where(_state_steps.c.problem_id == problem_id)
