@@ -40,7 +40,11 @@ from tests.support import (
 )
 from workers.celery_app import CONTROL_QUEUE, queue_for_endpoint
 
-# Short everything, so a dead worker's lease runs out in 2 s and a lost message is re-sent in ~1 s.
+# Short everything, so a dead worker's lease runs out in 2 s, its reserved messages come back ~1 s
+# after their 6 s visibility, and a step whose message was lost (a worker killed between the
+# commit of its next steps and their messages, or in the middle of kombu's look for unacked
+# messages, whose lock then holds for 300 s) is sent again once it has waited 10 s with its queue
+# empty; the defaults give a lost message 180 s, longer than the tests wait for a job.
 FAST = {
     "RSTAR_REQUEST_TIMEOUT": "2",
     "RSTAR_MAX_RETRIES": "6",
@@ -49,6 +53,7 @@ FAST = {
     "RSTAR_LEASE_SECONDS": "2",
     "RSTAR_VISIBILITY_TIMEOUT": "6",
     "RSTAR_RECOVERY_INTERVAL": "1",
+    "RSTAR_REQUEUE_GRACE": "10",
     "RSTAR_DB_OUTAGE_GRACE": "60",
 }
 
