@@ -3,10 +3,15 @@ client per channel; messages still go through a real Redis."""
 
 from __future__ import annotations
 
-from kombu import Connection, Queue
+import time
 
-import workers.celery_app  # noqa: F401  (installs the transport, as every process using the app does)
+import redis
+from kombu import Connection, Queue
+from kombu.asynchronous import Hub
+
+from workers.celery_app import create_app  # installs the transport, as every process using the app does
 from workers.redis_transport import Transport
+from workers.settings import Settings
 
 
 def test_redis_urls_use_one_client_per_channel_and_deliver(redis_url: str) -> None:
@@ -25,3 +30,36 @@ def test_redis_urls_use_one_client_per_channel_and_deliver(redis_url: str) -> No
                 conn.drain_events(timeout=5)
         assert sorted(got) == [0, 1, 2]
         queue.bind(conn).delete()
+
+
+def test_a_dead_workers_reserved_message_comes_back_soon_after_its_visibility_timeout(redis_url: str) -> None:
+    """A worker killed holding a reserved message leaves it in Redis's unacked set; a live worker's
+    event loop gives it back to its queue once it is older than the visibility timeout, at the
+    cadence the app's transport options set (kombu's own: every 100 s, whatever the timeout)."""
+    app = create_app(Settings(broker_url=redis_url, visibility_timeout=2))
+    options = app.conf.broker_transport_options
+    queue = Queue("rstar.test.restore", routing_key="rstar.test.restore")
+    client = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport_options=options) as dead:
+        with dead.Producer() as producer:
+            producer.publish({"n": 1}, routing_key=queue.name, declare=[queue], serializer="json")
+        taken = queue.bind(dead.default_channel).get(no_ack=False)  # reserved, never acknowledged
+        assert taken is not None and taken.payload == {"n": 1}
+        assert client.llen(queue.name) == 0 and client.zcard("unacked_index") == 1
+
+        # The survivor: a consumer on kombu's event loop, as in a Celery worker. Its first look,
+        # at start, finds the message still within its visibility timeout.
+        hub = Hub()
+        got: list[dict[str, int]] = []
+        with Connection(redis_url, transport_options=options) as survivor:
+            survivor.transport.register_with_event_loop(survivor.connection, hub)
+            with survivor.Consumer(queue, callbacks=[lambda body, msg: (got.append(body), msg.ack())]):
+                loop = hub.create_loop()
+                deadline = time.monotonic() + 60  # kombu's own next look would come at 100 s
+                while not got and time.monotonic() < deadline:
+                    next(loop)
+            hub.close()
+            queue.bind(survivor).delete()
+    assert got == [{"n": 1}]
+    assert client.zcard("unacked_index") == 0
+    client.close()
