@@ -9,7 +9,8 @@ import redis
 from kombu import Connection, Queue
 from kombu.asynchronous import Hub
 
-from workers.celery_app import create_app  # installs the transport, as every process using the app does
+# Importing the app installs the transport, as in every process that uses it.
+from workers.celery_app import broker_transport_options
 from workers.redis_transport import Transport
 from workers.settings import Settings
 
@@ -36,8 +37,7 @@ def test_a_dead_workers_reserved_message_comes_back_soon_after_its_visibility_ti
     """A worker killed holding a reserved message leaves it in Redis's unacked set; a live worker's
     event loop gives it back to its queue once it is older than the visibility timeout, at the
     cadence the app's transport options set (kombu's own: every 100 s, whatever the timeout)."""
-    app = create_app(Settings(broker_url=redis_url, visibility_timeout=2))
-    options = app.conf.broker_transport_options
+    options = broker_transport_options(Settings(broker_url=redis_url, visibility_timeout=2))
     queue = Queue("rstar.test.restore", routing_key="rstar.test.restore")
     client = redis.Redis.from_url(redis_url)
     with Connection(redis_url, transport_options=options) as dead:

@@ -37,12 +37,24 @@ def queue_for_endpoint(url: str) -> str:
 redis_transport.install()  # redis:// brokers: one redis-py client per channel (see that module)
 
 
+def broker_transport_options(s: Settings) -> dict[str, int]:
+    """The Redis transport's: how long a reserved message may go unacknowledged before it is given
+    to another worker, and how often the workers look for such messages of dead ones."""
+    visibility = s.visibility_timeout or 2 * s.task_time_limit + int(s.retry_backoff_max) + 60
+    return {
+        "visibility_timeout": visibility,
+        # Look for messages of dead workers often enough for that timeout (kombu's default
+        # scans every 100 s).
+        "unacked_restore_interval": max(1, min(10, visibility // 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     limit_sessions(s.db_sessions)
     # tasks.recovery starts the recovery sweep in each worker process (see that module).
     app = Celery("rstar", broker=s.broker_url, include=[*TASK_MODULES, "tasks.recovery"])
-    visibility = s.visibility_timeout or 2 * s.task_time_limit + int(s.retry_backoff_max) + 60
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -55,13 +67,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         # Reconnect to a restarted broker for as long as it takes.
         broker_connection_max_retries=None,
-        broker_transport_options={
-            "visibility_timeout": visibility,
-            # Look for messages of dead workers often enough for that timeout (kombu's default
-            # scans every 100 s).
-            "unacked_restore_interval": max(1, min(10, visibility // 4)),
-            "unacked_restore_throttle": 1,
-        },
+        broker_transport_options=broker_transport_options(s),
         # Task events cost four Redis publishes per task (sent, received, started, succeeded):
         # 1.4 of a worker's ~11 ms of CPU per model call in bench/throughput.py. Flower switches
         # the workers' events on while it runs (its --enable_events, on by default), so they are
