@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import current_app
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from db.claims import PROBLEM_AND_JOB, add_steps
@@ -141,6 +141,15 @@ _LOCK_PROBLEM = (
 )
 _STEPS_WITH_ERROR = STATE_STEPS.add_columns(Step.__table__.c.error)
 _OPEN = (StepStatus.QUEUED, StepStatus.RUNNING)
+_steps_t = Step.__table__
+# What a plan that may be skipped needs of the problem's steps: one row, where the steps are
+# hundreds at rstar's budget (the rows and their decoding were most of a skipped plan's CPU).
+_FAILED_AND_OPEN = select(
+    func.count().filter(_steps_t.c.status == StepStatus.FAILED.value).label("failed"),
+    func.count()
+    .filter(_steps_t.c.model.is_not(None), _steps_t.c.status.in_([s.value for s in _OPEN]))
+    .label("open"),
+).where(_steps_t.c.problem_id == bindparam("problem_id"))
 
 
 def plan_next(
@@ -162,14 +171,19 @@ def plan_next(
     job = problem  # the row carries the job's columns too
     if job.job_status == JobStatus.CANCELLED:
         return []
+    strategy = get_strategy(
+        job.strategy, job.params, kind=job.problem_type, max_rounds_limit=max_rounds_limit
+    )
+    if finished is not None and not strategy.plans_after(finished, True):
+        # The step's own end is written in this transaction: "open" counts only the others.
+        counts = conn.execute(_FAILED_AND_OPEN, {"problem_id": problem_id}).one()
+        if not counts.failed and counts.open:
+            return []
     steps = conn.execute(_STEPS_WITH_ERROR, {"problem_id": problem_id}).all()
     failed = [s for s in steps if s.status == StepStatus.FAILED]
     if failed:
         fail_problem(session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}")
         return job.job_id
-    strategy = get_strategy(
-        job.strategy, job.params, kind=job.problem_type, max_rounds_limit=max_rounds_limit
-    )
     if finished is not None:
         others_open = any(s.model is not None and s.status in _OPEN for s in steps)
         if not strategy.plans_after(finished, others_open):
