@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Text, bindparam, func, insert, select, update
@@ -30,6 +31,7 @@ from db.models import (
     utcnow,
 )
 from db.session import compact_json
+from db.state import StepCounts, step_counts
 from rstar.problem_types.base import ProblemType
 from rstar.problem_types.number import NUMBER
 from rstar.records import sequence_index
@@ -85,7 +87,13 @@ def _output_writes(output: Any) -> tuple[Any, Any]:
         .add_cte(texts)
         .add_cte(call)
         .add_cte(finish)
-        .returning(output.c.id, output.c.model_call_id)
+        # Seen as they were when the statement began, after the caller locked the problem
+        # (tasks/dispatch.py lock_problem): the step it finishes still running.
+        .returning(
+            output.c.id,
+            output.c.model_call_id,
+            *step_counts(bindparam("out_problem_id"), besides=bindparam("finish_step_id")),
+        )
     )
     return plain, combined
 
@@ -95,9 +103,10 @@ _OUTPUT_WRITES = _output_writes(Output.__table__)
 
 def _write_output(
     session: Session, writes: tuple[Any, Any], values: dict[str, Any], step_id: int, model_call: int | NewCall
-) -> tuple[int, int]:
+) -> tuple[int, int, StepCounts | None]:
     """Insert a step's output (`values`, without its call), record its call when it is new, and
-    mark the step done. Returns the output's id and its call's."""
+    mark the step done. Returns the output's id, its call's, and the problem's step counts where
+    the statement read them (PostgreSQL, a new call)."""
     conn = session.connection()
     plain, combined = writes
     if isinstance(model_call, NewCall) and conn.dialect.name == "postgresql":
@@ -115,12 +124,23 @@ def _write_output(
             texts_texts=[model_call.texts[d] for d in digests],
         )
         row = conn.execute(combined, params).one()
-        return row.id, row.model_call_id
+        return row.id, row.model_call_id, StepCounts(row.failed, row.open)
     if isinstance(model_call, NewCall):
         model_call = record_call(session=session, call=model_call, count_attempt=False)
     row = conn.execute(plain, {**values, "model_call_id": model_call}).one()
     _finish_step(session, step_id)
-    return row.id, row.model_call_id
+    return row.id, row.model_call_id, None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `save_outputs` wrote, as the plan in the same transaction needs it."""
+
+    outputs: list[OutputView]
+    """As `load_state` would read them back (so the plan need not read them)."""
+    counts: StepCounts | None
+    """The problem's steps, counted by the statement that finished the step (the step not
+    open): on PostgreSQL, for a new call; else None (the plan counts them)."""
 
 
 def save_outputs(
@@ -130,13 +150,10 @@ def save_outputs(
     outputs: Sequence[tuple[ParsedOutput, str | None]],
     model_call: int | NewCall,
     parent_id: int | None,
-) -> list[OutputView]:
+) -> Written:
     """Store a step's outputs, each with the text it came from (an unparsable reply is kept and
     flagged, and used like any other), record their call when it is new, and mark the step done.
-    A step writes one output at least: a strategy that parsed none gets the reply kept as one.
-
-    Returns them as `load_state` would read them back (so the plan in the same transaction need
-    not read them)."""
+    A step writes one output at least: a strategy that parsed none gets the reply kept as one."""
     assert claim.model is not None, f"step {claim.key} runs no model"
     if not outputs:
         outputs = [(ParsedOutput(payload={}, parse_error="the strategy made no output of the reply"), None)]
@@ -161,12 +178,12 @@ def save_outputs(
                 "parse_error": _with_cut_note(parsed.parse_error, call["finish_reason"]),
             }
         )
-    first_id, call_id = _write_output(session, _OUTPUT_WRITES, rows[0], claim.step_id, model_call)
+    first_id, call_id, counts = _write_output(session, _OUTPUT_WRITES, rows[0], claim.step_id, model_call)
     ids = [first_id]
     if len(rows) > 1:  # the others point at the first's call, in one statement
         more = [{**r, "model_call_id": call_id} for r in rows[1:]]
         ids += session.connection().execute(_OUTPUT_WRITES[0], more).scalars().all()
-    return [
+    views = [
         OutputView(
             id=output_id,
             step_key=claim.key,
@@ -184,6 +201,7 @@ def save_outputs(
         )
         for output_id, r, (_parsed, text) in zip(ids, rows, outputs, strict=True)
     ]
+    return Written(views, counts)
 
 
 _RECORDED = select(

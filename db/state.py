@@ -66,6 +66,34 @@ def steps_from_json(rows: Sequence[Sequence[Any]] | None) -> list[StateStep]:
     return [StateStep(*r) for r in rows or ()]
 
 
+class StepCounts(NamedTuple):
+    """What a plan that may be skipped needs of its problem's steps (`Strategy.plans_after`): one
+    row, where the steps are hundreds at rstar's budget."""
+
+    failed: int
+    open: int
+    """Model steps queued or running."""
+
+
+_counted = _steps_t.alias("counted_steps")
+_OPEN_VALUES = [StepStatus.QUEUED.value, StepStatus.RUNNING.value]
+
+
+def step_counts(
+    problem_id: ColumnElement[Any], *, besides: ColumnElement[Any] | None = None
+) -> tuple[Any, Any]:
+    """`StepCounts` of the problem as two scalar subqueries (columns `failed` and `open`), to add
+    to a statement; `besides`: a step left out of `open` (one the statement itself finishes,
+    which its subqueries still see running)."""
+    mine = _counted.c.problem_id == problem_id
+    others = () if besides is None else (_counted.c.id != besides,)
+    failed = select(func.count()).where(mine, _counted.c.status == StepStatus.FAILED.value)
+    open_ = select(func.count()).where(
+        mine, _counted.c.model.is_not(None), _counted.c.status.in_(_OPEN_VALUES), *others
+    )
+    return failed.scalar_subquery().label("failed"), open_.scalar_subquery().label("open")
+
+
 _STATE_OUTPUTS = (
     select(
         _outputs_t.c.id,
@@ -200,12 +228,13 @@ def _pool_of(session: Session) -> Pool:
 remembered_outputs = OutputMemo(max_outputs=50_000)
 
 
-class LazyOutputs(Mapping[str, V]):
-    """A problem's outputs, read on first use.
+class Lazy(Mapping[str, V]):
+    """A problem's outputs, read on first use; or its steps' views, made on first use.
 
-    Most steps need none of them: a plan usually looks only at the steps' statuses (the first of
-    the models' steps to finish has nothing to plan), and a first-round step reads nothing to
-    build its request. Valid only inside the transaction that made it.
+    Most steps need none of the outputs: a plan usually looks only at the steps' statuses (the
+    first of the models' steps to finish has nothing to plan), and a first-round step reads
+    nothing to build its request. And rstar's request and parent need only the outputs, where its
+    steps are hundreds. Outputs: valid only inside the transaction that read the steps.
     """
 
     def __init__(self, load: Callable[[], dict[str, V]]) -> None:
@@ -264,14 +293,13 @@ def load_state(
     params = {"problem_id": problem_id}
     if steps is None:
         steps = conn.execute(STATE_STEPS, params).all()
-    by_id = {s.id: s for s in steps}
-    # An output is written in the transaction that marks its model step done: no done model
-    # step, no output, and no need to ask.
-    any_done = any(s.status == StepStatus.DONE and s.model is not None for s in steps)
 
     def outputs() -> dict[str, OutputView]:
         known = cache.by_step if cache is not None else {}
-        if not any_done:
+        by_id = {s.id: s for s in steps}
+        # An output is written in the transaction that marks its model step done: no done model
+        # step, no output, and no need to ask.
+        if not any(s.status == StepStatus.DONE and s.model is not None for s in steps):
             rows: Any = ()
         elif known:
             # Only a done step has outputs (see above).
@@ -311,6 +339,6 @@ def load_state(
     return ProblemState(
         question=question,
         models=roster.names(models),
-        steps={s.key: StepView(s.key, s.kind, s.model, s.round, s.status) for s in steps},
-        outputs=LazyOutputs(outputs),
+        steps=Lazy(lambda: {s.key: StepView(s.key, s.kind, s.model, s.round, s.status) for s in steps}),
+        outputs=Lazy(outputs),
     )

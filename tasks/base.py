@@ -26,15 +26,15 @@ from sqlalchemy.orm import Session
 from db.calls import NewCall, attempt_recorded, new_call, record_call
 from db.claims import Claim, claim_step, fail_step, release_step, step_is_done
 from db.models import CallOutcome
-from db.outputs import save_outputs
+from db.outputs import Written, save_outputs
 from db.session import autocommit_scope, session_scope
 from db.state import remembered_outputs
 from rstar.problem_types import get_problem_type
 from rstar.records import recorded_texts
 from rstar.strategies import get_strategy
-from rstar.strategies.base import OutputView, ProblemState, StepSpec, Strategy, parse_reply
+from rstar.strategies.base import ProblemState, StepSpec, Strategy, parse_reply
 from rstar.types import ModelRequest
-from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, plan_next, settled
+from tasks.dispatch import Dispatch, advance_and_enqueue, enqueue, lock_problem, plan_next, settled
 from tasks.leases import keeper
 from tasks.reuse import request_hash, reuse_recorded
 from workers import replicas
@@ -54,7 +54,7 @@ logger = get_task_logger(__name__)
 
 # (session, claim, the reply's sequences, the model call: its id, or a new one to record with the
 # outputs) -> the step's outputs as written (its output rows).
-OutputWriter = Callable[[Session, Claim, tuple[str, ...], int | NewCall], list[OutputView]]
+OutputWriter = Callable[[Session, Claim, tuple[str, ...], int | NewCall], Written]
 
 _clients: dict[str, ModelClient] = {}
 _clients_lock = threading.Lock()
@@ -140,9 +140,7 @@ def output_writer(strategy: Strategy, spec: StepSpec) -> OutputWriter:
     """How the step's reply becomes its output rows: the strategy parses its sequences, then one
     insert per output."""
 
-    def write(
-        session: Session, claim: Claim, texts: tuple[str, ...], call: int | NewCall
-    ) -> list[OutputView]:
+    def write(session: Session, claim: Claim, texts: tuple[str, ...], call: int | NewCall) -> Written:
         return save_outputs(
             session=session,
             claim=claim,
@@ -288,6 +286,8 @@ def _record_and_plan(
     while True:
         try:
             with session_scope(settings.database_url) as session:
+                # First: the write can then count the problem's steps as the plan must see them.
+                locked = lock_problem(session, claim.problem_id)
                 call: int | NewCall
                 if reply is not None:
                     call = _new_call(claim, attempt, endpoint, reply)  # recorded with the output
@@ -297,9 +297,15 @@ def _record_and_plan(
                 written = write_output(session, claim, texts, call)
                 # A fork: this transaction's own outputs, given to the plan, may yet roll back.
                 cache = claim.outputs.fork()
-                cache.wrote(claim.step_id, written)
+                cache.wrote(claim.step_id, written.outputs)
                 planned = plan_next(
-                    session, claim.problem_id, settings.max_rounds_limit, cache=cache, finished=claim.kind
+                    session,
+                    claim.problem_id,
+                    settings.max_rounds_limit,
+                    cache=cache,
+                    finished=claim.kind,
+                    locked=locked,
+                    counts=written.counts,
                 )
             # Committed: what the plan read, this step's outputs included, may be kept.
             remembered_outputs.remember(session, claim.problem_id, claim.state.question, cache)

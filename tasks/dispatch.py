@@ -1,7 +1,8 @@
 """From persisted state to the next Celery tasks: the only place that enqueues work.
 
-`plan_next()` runs in the transaction that writes a step's output (tasks/base.py), or in one of
-its own (`advance()`), and locks the problem row first, so when A's and B's steps finish together
+`plan_next()` runs in the transaction that writes a step's output (tasks/base.py, which takes the
+problem's lock, `lock_problem()`, before that write), or in one of its own (`advance()`), and the
+problem row is locked before anything the plan reads, so when A's and B's steps finish together
 the later one waits for the earlier one's commit, sees both outputs, and exactly one of them creates
 each next step (the unique step key settles any remaining race). Messages are sent only after the
 steps are committed (`settle()`); a crash in between leaves queued steps that the recovery sweep
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import current_app
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from db.claims import PROBLEM_AND_JOB, add_steps
@@ -30,7 +31,7 @@ from db.jobs import fail_problem, maybe_finish_job, start_problems
 from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
 from db.outputs import save_selection
 from db.session import session_scope
-from db.state import STATE_STEPS, OutputCache, load_state
+from db.state import STATE_STEPS, OutputCache, StepCounts, load_state, step_counts
 from rstar import roster
 from rstar.strategies import get_strategy
 from rstar.strategies.base import SELECT_KEY, ProblemState, StepSpec
@@ -141,15 +142,14 @@ _LOCK_PROBLEM = (
 )
 _STEPS_WITH_ERROR = STATE_STEPS.add_columns(Step.__table__.c.error)
 _OPEN = (StepStatus.QUEUED, StepStatus.RUNNING)
-_steps_t = Step.__table__
-# What a plan that may be skipped needs of the problem's steps: one row, where the steps are
-# hundreds at rstar's budget (the rows and their decoding were most of a skipped plan's CPU).
-_FAILED_AND_OPEN = select(
-    func.count().filter(_steps_t.c.status == StepStatus.FAILED.value).label("failed"),
-    func.count()
-    .filter(_steps_t.c.model.is_not(None), _steps_t.c.status.in_([s.value for s in _OPEN]))
-    .label("open"),
-).where(_steps_t.c.problem_id == bindparam("problem_id"))
+_STEP_COUNTS = select(*step_counts(bindparam("problem_id")))
+
+
+def lock_problem(session: Session, problem_id: int) -> Row[Any] | None:
+    """Within the caller's transaction: the problem's row, locked, with what its plan needs of its
+    job (None: no such problem). Taken before anything that the plan must see is read, so that
+    when two steps of the problem finish together the later one sees the earlier one's writes."""
+    return session.connection().execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
 
 
 def plan_next(
@@ -159,13 +159,17 @@ def plan_next(
     *,
     cache: OutputCache | None = None,
     finished: str | None = None,
+    locked: Row[Any] | None = None,
+    counts: StepCounts | None = None,
 ) -> list[Dispatch] | int:
     """Within the caller's transaction: the dispatches to send once it commits, or the job id when
     this problem just ended (answered, or failed). `cache`: the outputs the step's claim read;
     `finished`: the kind of the step whose end this plan follows (the strategy may say that it
-    cannot change the plan: `Strategy.plans_after`)."""
+    cannot change the plan: `Strategy.plans_after`). `locked`: the problem's row, when the caller
+    took its lock (`lock_problem`); `counts`: the problem's steps counted after that, the
+    finished one not open (read here when not given)."""
     conn = session.connection()
-    problem = conn.execute(_LOCK_PROBLEM, {"problem_id": problem_id}).first()
+    problem = locked if locked is not None else lock_problem(session, problem_id)
     if problem is None or problem.problem_status in TERMINAL_PROBLEM_STATES:
         return []
     job = problem  # the row carries the job's columns too
@@ -175,8 +179,8 @@ def plan_next(
         job.strategy, job.params, kind=job.problem_type, max_rounds_limit=max_rounds_limit
     )
     if finished is not None and not strategy.plans_after(finished, True):
-        # The step's own end is written in this transaction: "open" counts only the others.
-        counts = conn.execute(_FAILED_AND_OPEN, {"problem_id": problem_id}).one()
+        if counts is None:  # the step's own end is written in this transaction: not open
+            counts = StepCounts(*conn.execute(_STEP_COUNTS, {"problem_id": problem_id}).one())
         if not counts.failed and counts.open:
             return []
     steps = conn.execute(_STEPS_WITH_ERROR, {"problem_id": problem_id}).all()
