@@ -102,6 +102,10 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+OPEN_STEP_STATES = (StepStatus.QUEUED, StepStatus.RUNNING)
+"""A step someone will still work on."""
+
+
 class CallOutcome(StrEnum):
     OK = "ok"
     RETRYABLE_ERROR = "retryable_error"

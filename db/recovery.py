@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.jobs import NO_TALLIES
 from db.models import (
+    OPEN_STEP_STATES,
     TERMINAL_PROBLEM_STATES,
     Job,
     JobStatus,
@@ -22,7 +23,7 @@ from db.models import (
 )
 
 _TERMINAL = [s.value for s in TERMINAL_PROBLEM_STATES]
-_OPEN_STEP = [StepStatus.QUEUED.value, StepStatus.RUNNING.value]
+_OPEN_STEP = [s.value for s in OPEN_STEP_STATES]
 
 
 def _active(job_id: int | None) -> list[object]:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from db.models import ModelCall, Output, Step, StepStatus
+from db.models import OPEN_STEP_STATES, ModelCall, Output, Step, StepStatus
 from rstar import roster
 from rstar.strategies.base import OutputView, ProblemState, StepView, output_key
 
@@ -76,7 +76,7 @@ class StepCounts(NamedTuple):
 
 
 _counted = _steps_t.alias("counted_steps")
-_OPEN_VALUES = [StepStatus.QUEUED.value, StepStatus.RUNNING.value]
+_OPEN_VALUES = [s.value for s in OPEN_STEP_STATES]
 
 
 def step_counts(

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from db.claims import PROBLEM_AND_JOB, add_steps
 from db.jobs import fail_problem, maybe_finish_job, start_problems
-from db.models import TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
+from db.models import OPEN_STEP_STATES, TERMINAL_PROBLEM_STATES, Job, JobStatus, Problem, Step, StepStatus
 from db.outputs import save_selection
 from db.session import session_scope
 from db.state import STATE_STEPS, OutputCache, StepCounts, load_state, step_counts
@@ -141,7 +141,6 @@ _LOCK_PROBLEM = (
     .with_for_update(of=_problems_t, key_share=True)
 )
 _STEPS_WITH_ERROR = STATE_STEPS.add_columns(Step.__table__.c.error)
-_OPEN = (StepStatus.QUEUED, StepStatus.RUNNING)
 _STEP_COUNTS = select(*step_counts(bindparam("problem_id")))
 
 
@@ -189,7 +188,7 @@ def plan_next(
         fail_problem(session=session, problem_id=problem_id, error=f"{failed[0].key}: {failed[0].error}")
         return job.job_id
     if finished is not None:
-        others_open = any(s.model is not None and s.status in _OPEN for s in steps)
+        others_open = any(s.model is not None and s.status in OPEN_STEP_STATES for s in steps)
         if not strategy.plans_after(finished, others_open):
             return []
     state = load_state(
